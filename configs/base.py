@@ -1,0 +1,110 @@
+"""Base config: every knob of the unified Transfusion model, its data and its training.
+
+Run (any config file in configs/ works the same way):
+  mmpretrain train --config=configs/base.py --workdir=runs/base \
+      --config.model.num_layers=12 --config.optimizer.learning_rate=3e-4
+
+Other configs import this one and change what differs, so a reader sees one schema.
+`get_config('runlocal')` shrinks the same run to something a laptop finishes.
+"""
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # --- Data (host side; produces the batch contract of DESIGN.md) ---
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = os.environ.get(
+      "MMPRETRAIN_DATA_DIR", os.path.expanduser("~/.cache/mmpretrain/data"))
+  c.data.seq_len = 512
+  c.data.batch_size = 8                  # global batch (sequences per optimizer step)
+  c.data.max_frames = 4                  # images/frames one packed row can hold
+  c.data.image_size = 32                 # frames are resized/padded to this square size
+  c.data.image_channels = 1
+  c.data.mixture = {"text": 0.5, "image_text": 0.5}   # stream weights; 0 disables
+  c.data.generation_ratio = 0.5          # caption→image (generation) vs image→caption
+  c.data.caption_dropout = 0.1           # drop captions of generation docs, for CFG
+  c.data.text_doc_chars = 2000           # Shakespeare plays are cut into ~this many chars
+  c.data.shuffle_buffer_seed = 0
+  c.data.tokenizer = ml_collections.ConfigDict()
+  c.data.tokenizer.vocab_size = 8192
+  c.data.tokenizer.path = ""             # '' = <data_dir>/tokenizer.model, made by prepare
+
+  # --- Visual representation (frames -> continuous latent grid -> tokens) ---
+  c.visual = ml_collections.ConfigDict()
+  c.visual.representation = "pixels"    # later: 'rae', 'vae'
+  c.visual.patch_size = 4                # p×p patchify of the latent grid into tokens
+
+  # --- Model ---
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = c.data.tokenizer.get_ref("vocab_size")
+  c.model.d_model = 512
+  c.model.num_layers = 8
+  c.model.num_heads = 8
+  c.model.num_kv_heads = 8               # < num_heads: grouped-query attention
+  c.model.head_dim = 64
+  c.model.mlp_dim = 1536                 # SwiGLU hidden size
+  c.model.modality_ffn = False           # separate text / vision FFNs (paper's dense+)
+  c.model.qk_norm = False
+  c.model.rope_theta = 10_000.0
+  c.model.norm_eps = 1e-6
+  c.model.tie_embeddings = False
+  c.model.init_std = 0.02
+  c.model.scan_layers = True             # nnx.scan over layers: compile time O(1) in depth
+  c.model.remat = "none"                 # none | full | dots | dots_no_batch
+  c.model.dtype = "float32"              # compute dtype; bfloat16 = mixed precision
+  c.model.attention_impl = "xla"         # jax.nn.dot_product_attention implementation
+
+  # --- Flow matching (z_t = (1-t)·x + t·ε, t=1 is pure noise) ---
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.prediction = "x"           # x | v
+  c.diffusion.time_shift = config_dict.placeholder(float)  # None: sqrt(latent_numel/4096)
+  c.diffusion.logit_normal_mean = 0.0
+  c.diffusion.logit_normal_std = 1.0
+  c.diffusion.min_t = 0.05               # x-pred → velocity divides by max(t, min_t)
+  c.diffusion.sample_steps = 25
+  c.diffusion.cfg_scale = 3.0
+
+  # --- Loss ---
+  c.loss = ml_collections.ConfigDict()
+  c.loss.text_weight = 1.0
+  c.loss.flow_weight = 3.0
+  c.loss.z_loss = 0.0                    # weight of log(Z)^2 on the LM head
+
+  # --- Optimizer and schedule (optax) ---
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-4
+  c.optimizer.schedule = "cosine"        # cosine | wsd (warmup-stable-decay) | constant
+  c.optimizer.warmup_steps = 200
+  c.optimizer.decay_fraction = 0.2       # wsd: final fraction of steps spent decaying
+  c.optimizer.min_lr_ratio = 0.1
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip_norm = 1.0
+  c.optimizer.grad_accum_steps = 1       # microbatches per step; batch_size must divide
+
+  # --- Training loop ---
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 10_000
+  c.train.log_every = 10
+
+  # --- Samples written at the end of training ---
+  c.sample = ml_collections.ConfigDict()
+  c.sample.captions = [f"a handwritten digit {w}" for w in (
+      "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")]
+  c.sample.images_per_caption = 4
+
+  if arg == "runlocal":
+    c.data.seq_len = 256
+    c.data.batch_size = 4
+    c.model.d_model, c.model.num_layers, c.model.mlp_dim = 128, 2, 384
+    c.model.num_heads = c.model.num_kv_heads = 2
+    c.train.num_steps = 50
+  return c

@@ -1,0 +1,85 @@
+"""Config loading and validation: bad values fail at start with the key and the fix."""
+import importlib.util
+import os
+
+import ml_collections
+
+STREAMS = ("text", "image_text")
+REPRESENTATIONS = ("pixels",)
+SCHEDULES = ("cosine", "wsd", "constant")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Imports `path` and calls its get_config(arg) (for scripts outside absl flags)."""
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location("_mmpretrain_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _require(ok: bool, key: str, problem: str, fix: str):
+  if not ok:
+    raise ConfigError(f"config.{key}: {problem}. {fix}")
+
+
+def _one_of(value, allowed, key: str):
+  _require(value in allowed, key, f"{value!r} is not one of {list(allowed)}",
+           f"Set --config.{key} to one of them")
+
+
+def _positive(value, key: str):
+  _require(value > 0, key, f"must be > 0, got {value!r}", f"Set --config.{key} to a positive value")
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks cross-field constraints that ml_collections' type checks cannot see."""
+  d, m, v, o = c.data, c.model, c.visual, c.optimizer
+  for key in ("seq_len", "batch_size", "max_frames", "image_size", "image_channels"):
+    _positive(d[key], f"data.{key}")
+  for key in ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+              "vocab_size"):
+    _positive(m[key], f"model.{key}")
+  unknown = sorted(set(d.mixture) - set(STREAMS))
+  _require(not unknown, "data.mixture", f"unknown stream(s) {unknown}",
+           f"Use only {list(STREAMS)}")
+  _require(all(w >= 0 for w in d.mixture.values()) and sum(d.mixture.values()) > 0,
+           "data.mixture", f"weights must be >= 0 with a positive sum, got {dict(d.mixture)}",
+           "Give at least one stream a positive weight")
+  for key in ("generation_ratio", "caption_dropout"):
+    _require(0.0 <= d[key] <= 1.0, f"data.{key}", f"must lie in [0, 1], got {d[key]}",
+             "Use a probability")
+  _require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
+           f"num_heads={m.num_heads} is not a multiple of num_kv_heads={m.num_kv_heads}",
+           "Pick num_kv_heads that divides num_heads (grouped-query attention)")
+  _require(m.head_dim % 2 == 0, "model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}",
+           "Use an even head_dim")
+  _one_of(m.remat, REMAT_POLICIES, "model.remat")
+  _one_of(m.dtype, DTYPES, "model.dtype")
+  _one_of(v.representation, REPRESENTATIONS, "visual.representation")
+  _require(d.image_size % v.patch_size == 0, "visual.patch_size",
+           f"patch_size={v.patch_size} does not divide image_size={d.image_size}",
+           "Choose a patch size that divides the latent grid")
+  _one_of(c.diffusion.prediction, ("x", "v"), "diffusion.prediction")
+  _require(c.diffusion.time_shift is None or c.diffusion.time_shift > 0, "diffusion.time_shift",
+           f"must be > 0 or None (auto), got {c.diffusion.time_shift}", "Use a positive shift")
+  _positive(c.diffusion.logit_normal_std, "diffusion.logit_normal_std")
+  _positive(c.diffusion.sample_steps, "diffusion.sample_steps")
+  _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
+  _require(0.0 < o.decay_fraction <= 1.0, "optimizer.decay_fraction",
+           f"must lie in (0, 1], got {o.decay_fraction}", "Use a fraction of the run")
+  _positive(o.grad_accum_steps, "optimizer.grad_accum_steps")
+  _require(d.batch_size % o.grad_accum_steps == 0, "optimizer.grad_accum_steps",
+           f"{o.grad_accum_steps} does not divide data.batch_size={d.batch_size}",
+           "Make the batch size a multiple of the number of microbatches")
+  _require(o.warmup_steps < c.train.num_steps or c.train.num_steps == 0, "optimizer.warmup_steps",
+           f"warmup ({o.warmup_steps}) must be shorter than train.num_steps ({c.train.num_steps})",
+           "Lower the warmup or train longer")
+  return c

@@ -1,0 +1,1 @@
+"""Host-side data: sources -> documents -> packed rows (the batch contract) -> batches."""

@@ -1,0 +1,1 @@
+"""The unified Transfusion transformer (Flax NNX)."""

@@ -1,0 +1,1 @@
+"""Text tokenizers and visual representations (frames <-> continuous latents)."""

@@ -1,0 +1,55 @@
+"""Visual representations: frames <-> continuous latent grids, and latent grid <-> tokens.
+
+Every representation implements `encode(frames) -> latents` and `decode(latents) -> frames`
+on [..., H, W, C] arrays and reports its latent grid shape; the unified model only ever
+sees p×p patches of that grid. Raw pixels are the baseline here; RAE and VAE plug in later.
+"""
+import dataclasses
+
+import einops
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelRepresentation:
+  """Pixels scaled to [-1, 1]: the latent grid is the image itself (paper's pixel baseline)."""
+  image_size: int
+  channels: int
+
+  @property
+  def latent_grid(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, self.channels)
+
+  def encode(self, frames: jnp.ndarray) -> jnp.ndarray:
+    return frames.astype(jnp.float32) / 127.5 - 1.0
+
+  def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
+    return jnp.clip(jnp.round((latents + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def make_representation(config):
+  """Builds the representation named by config.visual.representation."""
+  name = config.visual.representation
+  if name == "pixels":
+    return PixelRepresentation(config.data.image_size, config.data.image_channels)
+  raise ValueError(f"unknown visual.representation {name!r}")
+
+
+def tokens_per_frame(latent_grid: tuple[int, int, int], patch_size: int) -> int:
+  h, w, _ = latent_grid
+  return (h // patch_size) * (w // patch_size)
+
+
+def patch_dim(latent_grid: tuple[int, int, int], patch_size: int) -> int:
+  return patch_size * patch_size * latent_grid[2]
+
+
+def patchify(latents: jnp.ndarray, p: int) -> jnp.ndarray:
+  """[..., h, w, c] -> [..., (h/p)·(w/p), p·p·c], row-major over patches."""
+  return einops.rearrange(latents, "... (h p) (w q) c -> ... (h w) (p q c)", p=p, q=p)
+
+
+def unpatchify(tokens: jnp.ndarray, p: int, latent_grid: tuple[int, int, int]) -> jnp.ndarray:
+  h, w, c = latent_grid
+  return einops.rearrange(tokens, "... (h w) (p q c) -> ... (h p) (w q) c",
+                          h=h // p, w=w // p, p=p, q=p, c=c)

