@@ -95,18 +95,23 @@ class DecoderStack(nnx.Module):
   def __call__(self, x, positions, mask, is_visual):
     def apply_block(block, x):
       return block(x, positions, mask, is_visual)
-    if self.remat_policy is not None:
-      apply_block = nnx.remat(apply_block, policy=self.remat_policy)
     if not self.scan_layers:
+      remat_block = apply_block if self.remat_policy is None else nnx.remat(
+          apply_block, policy=self.remat_policy)
       for block in self.blocks:
-        x = apply_block(block, x)
+        x = remat_block(block, x)
       return x
 
-    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
-              transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def scan_body(block, x):
-      return apply_block(block, x)
-    return scan_body(self.blocks, x)
+    # A plain lax.scan over the stacked block state (rather than nnx.scan) keeps the stack
+    # usable from inside other traced loops, e.g. the sampler's ODE scan.
+    graphdef, stacked = nnx.split(self.blocks)
+
+    def scan_body(x, block_state):
+      return apply_block(nnx.merge(graphdef, block_state), x), None
+    if self.remat_policy is not None:
+      scan_body = jax.checkpoint(scan_body, policy=self.remat_policy)
+    x, _ = jax.lax.scan(scan_body, x, stacked)
+    return x
 
 
 class Transfusion(nnx.Module):

@@ -26,6 +26,20 @@ def frame_latent_tokens(representation, frames, patch_size: int) -> jnp.ndarray:
   return tokens.reshape(b, f * t, d)
 
 
+def place_frame_tokens(frame_tokens, frame_slot) -> jnp.ndarray:
+  """[B, F·T, D] frame tokens -> [B, L, D] at their slots (slot 0 where frame_slot < 0)."""
+  return jnp.take_along_axis(frame_tokens, jnp.maximum(frame_slot, 0)[..., None], axis=1)
+
+
+def collect_frame_tokens(seq, frame_slot, num_frame_tokens: int) -> jnp.ndarray:
+  """Inverse of place_frame_tokens: [B, L, D] visual slots -> [B, F·T, D] (0 elsewhere)."""
+  b, _, d = seq.shape
+  index = jnp.where(frame_slot >= 0, frame_slot, num_frame_tokens)  # dump non-slots past end
+  rows = jnp.arange(b)[:, None]
+  out = jnp.zeros((b, num_frame_tokens + 1, d), seq.dtype).at[rows, index].set(seq)
+  return out[:, :num_frame_tokens]
+
+
 def noised_inputs(batch, latent_tokens, rng, dcfg, time_shift: float):
   """Places latent tokens at their slots and noises the generated frames.
 
@@ -34,7 +48,7 @@ def noised_inputs(batch, latent_tokens, rng, dcfg, time_shift: float):
   """
   frame_slot = jnp.maximum(batch["frame_slot"], 0)
   tokens_per_frame = latent_tokens.shape[1] // batch["frames"].shape[1]
-  x = jnp.take_along_axis(latent_tokens, frame_slot[..., None], axis=1)
+  x = place_frame_tokens(latent_tokens, frame_slot)
   time_rng, noise_rng = jax.random.split(rng)
   frame_t = diffusion.sample_time(time_rng, batch["frames"].shape[:2], mean=dcfg.logit_normal_mean,
                                   std=dcfg.logit_normal_std, shift=time_shift)

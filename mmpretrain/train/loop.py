@@ -1,0 +1,93 @@
+"""The training loop: data -> jitted step -> metrics; samples and plots at the end."""
+import json
+import os
+import time
+
+import jax
+import matplotlib
+import numpy as np
+from tqdm import tqdm
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+from mmpretrain import config as config_lib  # pylint: disable=wrong-import-position
+from mmpretrain import sample as sample_lib  # pylint: disable=wrong-import-position
+from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
+from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
+from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
+
+PLOTTED = ("text_loss", "flow_loss", "text_bits_per_byte")
+
+
+def plot_history(history: list[dict], path: str) -> None:
+  fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3))
+  steps = [h["step"] for h in history]
+  for ax, name in zip(axes, PLOTTED):
+    ax.plot(steps, [h[name] for h in history])
+    ax.set_title(name)
+    ax.set_xlabel("step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_samples(trainer, state, tok, config, workdir: str, writer: MetricWriter) -> str:
+  """Generates images for config.sample.captions and writes a PNG grid (one row per caption)."""
+  spec = pipeline.row_spec(config)
+  captions = [c for c in config.sample.captions for _ in range(config.sample.images_per_caption)]
+  rows = sample_lib.generation_rows(tok, captions, spec)
+  sampler = sample_lib.make_image_sampler(trainer, spec)
+  images = np.asarray(sampler(state.params, rows, jax.random.key(config.seed)))
+  grid = sample_lib.image_grid(images, columns=config.sample.images_per_caption)
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  path = os.path.join(workdir, "samples", f"images_step{int(state.step)}.png")
+  grid.save(path)
+  writer.image(int(state.step), "samples/caption_to_image", np.asarray(grid))
+  return path
+
+
+def train(config, workdir: str) -> dict:
+  """Trains config.train.num_steps steps in `workdir`; returns the first and last metrics."""
+  config_lib.validate(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  tok = pipeline.load_tokenizer(config)
+  batches = pipeline.make_batches(config, tok, shard_index=jax.process_index(),
+                                  shard_count=jax.process_count())
+  trainer = Trainer(config, tok.byte_lengths())
+  state = trainer.init_state(config.seed)
+  writer = MetricWriter(workdir, enabled=is_main)
+
+  history, skipped, tokens_seen, last_time = [], 0, 0, time.time()
+  num_steps, log_every = config.train.num_steps, config.train.log_every
+  bar = tqdm(range(num_steps), desc="train", disable=not is_main, dynamic_ncols=True)
+  for step in bar:
+    batch = next(batches)
+    skipped += int(batch.pop("skipped_documents").sum())
+    tokens_seen += int((batch["segment_ids"] > 0).sum())
+    state, metrics = trainer.step(state, batch)
+    if step % log_every == 0 or step == num_steps - 1:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      now = time.time()
+      metrics["tokens_per_s"] = tokens_seen / max(now - last_time, 1e-9)
+      metrics["skipped_documents"] = skipped
+      tokens_seen, last_time = 0, now
+      history.append({"step": step, **metrics})
+      writer.scalars(step, tagged(metrics))
+      bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
+                      bpb=f"{metrics['text_bits_per_byte']:.2f}",
+                      tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+  summary = {"first": history[0], "last": history[-1]}
+  if is_main:
+    summary["samples"] = write_samples(trainer, state, tok, config, workdir, writer)
+    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+    plot_history(history, os.path.join(workdir, "plots", "losses.png"))
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+  writer.close()
+  return summary

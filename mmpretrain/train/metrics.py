@@ -1,0 +1,48 @@
+"""Metric sinks: TensorBoard event files (tensorboardX, no TensorFlow) and a JSONL log.
+
+(clu's metric writers import TensorFlow, which the core install does not have.)
+"""
+import json
+import os
+
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+  """Writes scalars and images under <workdir>/tensorboard and <workdir>/metrics.jsonl."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if enabled:
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+  def scalars(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    for name, value in scalars.items():
+      self.tb.add_scalar(name, float(value), step)
+    self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    self.jsonl.flush()
+
+  def image(self, step: int, name: str, image: np.ndarray) -> None:
+    if self.enabled:
+      self.tb.add_image(name, image, step, dataformats="HWC" if image.ndim == 3 else "HW")
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()
+      self.jsonl.close()
+
+
+# Logged names grouped by modality so TensorBoard shows one panel per modality.
+TAGS = {"text_loss": "text/loss", "text_bits_per_byte": "text/bits_per_byte",
+        "z_loss": "text/z_loss", "text_tokens": "text/trained_tokens",
+        "flow_loss": "visual/flow_loss", "visual_tokens": "visual/trained_tokens",
+        "loss": "train/loss", "grad_norm": "train/grad_norm",
+        "learning_rate": "train/learning_rate"}
+
+
+def tagged(metrics: dict) -> dict:
+  return {TAGS.get(k, f"train/{k}"): v for k, v in metrics.items()}
