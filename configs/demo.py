@@ -14,20 +14,21 @@ import base  # pylint: disable=wrong-import-position
 def get_config(arg=None):
   c = base.get_config(arg)
   c.data.seq_len = 256
-  c.data.batch_size = 16
+  c.data.batch_size = 8
   c.data.max_frames = 3
   c.data.text_doc_chars = 600
-  c.data.mixture = {"text": 0.3, "image_text": 0.7}
+  c.data.mixture = {"text": 0.25, "image_text": 0.75}
   c.data.tokenizer.vocab_size = 4096
   c.model.d_model = 256
   c.model.num_layers = 4
   c.model.num_heads = c.model.num_kv_heads = 4
   c.model.head_dim = 64
   c.model.mlp_dim = 768
+  c.model.dtype = "bfloat16"      # bf16 compute, f32 params: ~1.2-1.35× faster on this CPU
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 50
   c.optimizer.weight_decay = 0.05
-  c.train.num_steps = 1500
+  c.train.num_steps = 800
   c.train.log_every = 25
   c.sample.images_per_caption = 6
   return c

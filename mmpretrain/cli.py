@@ -64,3 +64,7 @@ def main(argv=None):
     sys.exit(2)
   command = argv[1]
   app.run(_run(command), argv=[f"mmpretrain {command}"] + argv[2:])
+
+
+if __name__ == "__main__":
+  main()

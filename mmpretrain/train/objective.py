@@ -40,21 +40,28 @@ def collect_frame_tokens(seq, frame_slot, num_frame_tokens: int) -> jnp.ndarray:
   return out[:, :num_frame_tokens]
 
 
-def noised_inputs(batch, latent_tokens, rng, dcfg, time_shift: float):
+def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float):
   """Places latent tokens at their slots and noises the generated frames.
 
   One t per frame (diffusion-forcing style); frames that are only context (image before
-  caption) stay clean (t = 0). Returns (ModelInputs, flow target [B, L, patch_dim]).
+  caption) stay clean (t = 0). Randomness comes from one key per row, so a row's noise does
+  not depend on how the batch is split into microbatches or shards.
+  Returns (ModelInputs, flow target [B, L, patch_dim]).
   """
   frame_slot = jnp.maximum(batch["frame_slot"], 0)
-  tokens_per_frame = latent_tokens.shape[1] // batch["frames"].shape[1]
+  num_frames = batch["frames"].shape[1]
+  tokens_per_frame = latent_tokens.shape[1] // num_frames
   x = place_frame_tokens(latent_tokens, frame_slot)
-  time_rng, noise_rng = jax.random.split(rng)
-  frame_t = diffusion.sample_time(time_rng, batch["frames"].shape[:2], mean=dcfg.logit_normal_mean,
-                                  std=dcfg.logit_normal_std, shift=time_shift)
+
+  def row_noise(key):
+    time_key, noise_key = jax.random.split(key)
+    frame_t = diffusion.sample_time(time_key, (num_frames,), mean=dcfg.logit_normal_mean,
+                                    std=dcfg.logit_normal_std, shift=time_shift)
+    return frame_t, jax.random.normal(noise_key, x.shape[1:], jnp.float32)
+
+  frame_t, noise = jax.vmap(row_noise)(row_rngs)
   t = jnp.take_along_axis(frame_t, frame_slot // tokens_per_frame, axis=1)
   t = jnp.where(batch["visual_loss_mask"], t, 0.0)
-  noise = jax.random.normal(noise_rng, x.shape, jnp.float32)
   inputs = ModelInputs(
       tokens=batch["tokens"], modality=batch["modality"], segment_ids=batch["segment_ids"],
       block_ids=batch["block_ids"], positions=batch["positions"],

@@ -64,33 +64,39 @@ class Trainer:
   def model(self, params) -> Transfusion:
     return nnx.merge(self.graphdef, params)
 
-  def loss(self, params, batch, rng, normalizers):
-    """Loss and metric sums of one (micro)batch."""
+  def loss(self, params, batch, row_rngs, normalizers):
+    """Loss and metric sums of one (micro)batch; row_rngs holds one key per row."""
     cfg = self.config
     latents = objective.frame_latent_tokens(self.representation, batch["frames"],
                                             cfg.visual.patch_size)
-    inputs, target = objective.noised_inputs(batch, latents, rng, cfg.diffusion, self.time_shift)
+    inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
+                                             self.time_shift)
     logits, pred = self.model(params)(inputs)
     return objective.transfusion_loss(logits, pred, target, batch, normalizers,
                                       self.byte_lengths, cfg.loss)
 
   def gradients(self, params, batch, rng):
-    """Gradient of the full-batch loss, summed over `grad_accum_steps` microbatches."""
+    """Gradient of the full-batch loss, summed over `grad_accum_steps` microbatches.
+
+    Normalizers are batch-wide and noise keys are per row, so any number of microbatches
+    gives the same gradient as one.
+    """
     accum = self.config.optimizer.grad_accum_steps
     normalizers = objective.loss_normalizers(batch)
+    batch = dict(batch, row_rngs=jax.random.split(rng, batch["tokens"].shape[0]))
     micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
     grad_fn = jax.grad(self.loss, has_aux=True)
 
-    def body(carry, xs):
+    def body(carry, mb):
       grads, sums = carry
-      mb, mb_rng = xs
-      g, m = grad_fn(params, mb, mb_rng, normalizers)
+      row_rngs = mb.pop("row_rngs")
+      g, m = grad_fn(params, mb, row_rngs, normalizers)
       return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, m)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     sums0 = {k: jnp.zeros((), jnp.float32) for k in
              ("text_ce_sum", "flow_mse_sum", "z_sum", "text_bytes", "text_tokens", "visual_tokens")}
-    (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), (micro, jax.random.split(rng, accum)))
+    (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), micro)
     return grads, sums
 
   def _train_step(self, state: TrainState, batch):

@@ -1,0 +1,94 @@
+"""Train-step throughput and MFU on this machine, f32 vs bf16, in one process.
+
+  python benchmarks/train_step.py --config=configs/bench/dense_ref.py [--steps=3]
+
+Prints one JSON line: tokens_per_s, model_flops_per_s, matmul_peak_flops_per_s (a large
+jitted f32 matmul measured here), mfu = their ratio, and the same for the bf16 switch
+(bf16 compute, f32 params) with bf16_speedup = bf16 tokens/s ÷ f32 tokens/s.
+Model FLOPs = 6·N·tokens (N: matmul parameters incl. LM head, not the input embedding)
++ 12·layers·heads·head_dim·seq_len per token for attention (the full L×L that XLA computes).
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
+from mmpretrain.data.pipeline import row_spec  # pylint: disable=wrong-import-position
+from mmpretrain.data.synthetic import interleaved_batch  # pylint: disable=wrong-import-position
+from mmpretrain.scaling.flops import train_flops_per_token  # pylint: disable=wrong-import-position
+from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
+
+
+def matmul_peak(dtype, n=2048, repeats=5) -> float:
+  """FLOP/s of a large jitted n×n @ n×n matmul (bf16 operands accumulate in f32)."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+  f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+  f(a, a).block_until_ready()
+  best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+  return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def measure(config, steps: int) -> dict:
+  trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32))
+  bench = config.bench
+  batch = interleaved_batch(row_spec(config), config.data.batch_size, bench["text_tokens_per_row"],
+                            bench["images_per_row"], config.model.vocab_size)
+  batch.pop("skipped_documents")
+  batch = jax.device_put(batch)
+  state = trainer.init_state(0)
+  state, metrics = trainer.step(state, batch)          # compile
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = trainer.step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  step_s = float(np.median(times))
+  tokens = config.data.batch_size * config.data.seq_len
+  return {"step_s": step_s, "tokens_per_s": tokens / step_s,
+          "model_flops_per_s": train_flops_per_token(config) * tokens / step_s}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--steps", type=int, default=3)
+  args = parser.parse_args()
+  config = validate(load_config(args.config))
+  f32 = measure(config, args.steps)
+  peak_f32 = matmul_peak(jnp.float32)
+  bf16_config = copy.deepcopy(config)
+  bf16_config.model.dtype = "bfloat16"
+  bf16 = measure(bf16_config, args.steps)
+  peak_bf16 = matmul_peak(jnp.bfloat16)
+  print(json.dumps({
+      "config": args.config, "devices": str(jax.devices()[0].device_kind),
+      "tokens_per_s": round(f32["tokens_per_s"], 1),
+      "model_flops_per_s": round(f32["model_flops_per_s"] / 1e9, 2) * 1e9,
+      "matmul_peak_flops_per_s": round(peak_f32 / 1e9, 2) * 1e9,
+      "mfu": round(f32["model_flops_per_s"] / peak_f32, 3),
+      "step_s": round(f32["step_s"], 3),
+      "bf16_tokens_per_s": round(bf16["tokens_per_s"], 1),
+      "bf16_matmul_peak_flops_per_s": round(peak_bf16 / 1e9, 2) * 1e9,
+      "bf16_mfu_vs_bf16_peak": round(bf16["model_flops_per_s"] / peak_bf16, 3),
+      "bf16_speedup": round(bf16["tokens_per_s"] / f32["tokens_per_s"], 3),
+  }))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Compute accounting and scaling-law tools."""

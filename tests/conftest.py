@@ -1,0 +1,57 @@
+"""Shared fixtures. 8 virtual CPU devices so mesh code runs on real (virtual) meshes."""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # pylint: disable=wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: long-running; run with `make test-slow`")
+
+
+def tiny_config(data_dir: str):
+  """The runlocal base config shrunk further so a test step takes milliseconds."""
+  import base  # pylint: disable=import-outside-toplevel
+  c = base.get_config("runlocal")
+  c.data.data_dir = data_dir
+  c.data.seq_len = 128
+  c.data.batch_size = 4
+  c.data.max_frames = 2
+  c.data.image_size = 16
+  c.data.text_doc_chars = 300
+  c.data.tokenizer.vocab_size = 512
+  c.model.d_model, c.model.mlp_dim, c.model.head_dim = 64, 128, 32
+  c.optimizer.warmup_steps = 2
+  c.optimizer.learning_rate = 3e-3
+  c.train.num_steps = 30
+  c.train.log_every = 5
+  c.diffusion.sample_steps = 3
+  c.sample.captions = ["a handwritten digit three", "a handwritten digit seven"]
+  c.sample.images_per_caption = 2
+  return c
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A data dir with a small tokenizer trained on the real corpus (as `prepare` does)."""
+  from mmpretrain.prepare import prepare  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path_factory.mktemp("data"))
+  prepare(tiny_config(path))
+  return path
+
+
+@pytest.fixture
+def config(data_dir):
+  return tiny_config(data_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(data_dir):
+  from mmpretrain.data.pipeline import load_tokenizer  # pylint: disable=import-outside-toplevel
+  return load_tokenizer(tiny_config(data_dir))

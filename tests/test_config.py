@@ -1,0 +1,71 @@
+"""Configs: command-line overrides, and bad values failing early with the key named."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import base
+import demo
+from mmpretrain import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("get_config", [base.get_config, demo.get_config,
+                                        lambda: base.get_config("runlocal")])
+def test_shipped_configs_validate(get_config):
+  config_lib.validate(get_config())
+
+
+def test_vocab_size_follows_the_tokenizer_setting():
+  c = base.get_config()
+  c.data.tokenizer.vocab_size = 1234
+  assert c.model.vocab_size == 1234
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model.num_kv_heads", 3, "config.model.num_kv_heads"),
+    ("data.mixture", {"text": 1.0, "audio": 1.0}, "unknown stream"),
+    ("data.mixture", {"text": 0.0}, "positive sum"),
+    ("visual.patch_size", 5, "does not divide"),
+    ("diffusion.prediction", "eps", "config.diffusion.prediction"),
+    ("optimizer.schedule", "linear", "config.optimizer.schedule"),
+    ("optimizer.grad_accum_steps", 3, "does not divide data.batch_size"),
+    ("data.caption_dropout", 1.5, "config.data.caption_dropout"),
+    ("model.remat", "some", "config.model.remat"),
+])
+def test_bad_values_name_the_key(key, value, message):
+  c = base.get_config()
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(c)
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "mmpretrain.cli", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_rejects_unknown_key():
+  out = run_cli("prepare", "--config=configs/demo.py", "--config.model.num_layerz=3")
+  assert out.returncode != 0
+  assert "num_layerz" in out.stderr
+
+
+def test_cli_rejects_wrong_type():
+  out = run_cli("prepare", "--config=configs/demo.py", "--config.model.num_layers=deep")
+  assert out.returncode != 0
+  assert "num_layers" in out.stderr
+
+
+def test_cli_reports_validation_errors_cleanly():
+  out = run_cli("prepare", "--config=configs/demo.py", "--config.model.num_kv_heads=3")
+  assert out.returncode == 2
+  assert "config.model.num_kv_heads" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_without_command_prints_usage():
+  out = run_cli()
+  assert out.returncode == 2 and "usage: mmpretrain" in out.stderr

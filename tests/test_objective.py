@@ -1,0 +1,118 @@
+"""The Transfusion loss against float64 numpy references, and exact gradient accumulation."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mmpretrain.model.transformer import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.train import objective
+
+LOSS_CFG = ml_collections.ConfigDict({"text_weight": 1.0, "flow_weight": 3.0, "z_loss": 1e-2})
+
+
+def tiny_batch(rng, B=2, L=7, V=11, D=3):
+  modality = np.where(rng.random((B, L)) < 0.4, MODALITY_VISUAL, MODALITY_TEXT).astype(np.int8)
+  return {
+      "tokens": rng.integers(0, V, (B, L)).astype(np.int32),
+      "modality": modality,
+      "text_loss_mask": (rng.random((B, L)) < 0.7) & (modality == MODALITY_TEXT),
+      "visual_loss_mask": (rng.random((B, L)) < 0.8) & (modality == MODALITY_VISUAL),
+  }, rng.normal(size=(B, L, V)), rng.normal(size=(B, L, D)), rng.normal(size=(B, L, D))
+
+
+def reference_loss(batch, logits, pred, target, byte_lengths):
+  """Loops in float64: next-token CE, z-loss, flow MSE, bits per byte."""
+  ce, z, n_text, nbytes, flow, n_vis = 0.0, 0.0, 0, 0.0, 0.0, 0
+  B, L = batch["tokens"].shape
+  for b in range(B):
+    for i in range(L - 1):
+      if batch["text_loss_mask"][b, i + 1]:
+        row = logits[b, i].astype(np.float64)
+        log_z = math.log(np.exp(row - row.max()).sum()) + row.max()
+        ce += log_z - row[batch["tokens"][b, i + 1]]
+        z += log_z ** 2
+        n_text += 1
+        nbytes += byte_lengths[batch["tokens"][b, i + 1]]
+    for i in range(L):
+      if batch["visual_loss_mask"][b, i]:
+        flow += np.mean((pred[b, i] - target[b, i]) ** 2)
+        n_vis += 1
+  loss = 1.0 * ce / n_text + 3.0 * flow / n_vis + 1e-2 * z / n_text
+  return loss, ce / n_text, flow / n_vis, ce / math.log(2) / nbytes
+
+
+def test_loss_terms_match_float64_reference():
+  rng = np.random.default_rng(0)
+  batch, logits, pred, target = tiny_batch(rng)
+  byte_lengths = rng.integers(1, 5, 11).astype(np.float32)
+  jbatch = jax.tree.map(jnp.asarray, batch)
+  loss, sums = objective.transfusion_loss(
+      jnp.asarray(logits, jnp.float32), jnp.asarray(pred, jnp.float32),
+      jnp.asarray(target, jnp.float32), jbatch, objective.loss_normalizers(jbatch),
+      jnp.asarray(byte_lengths), LOSS_CFG)
+  ref_loss, ref_ce, ref_flow, ref_bpb = reference_loss(batch, logits, pred, target, byte_lengths)
+  summary = objective.summarize(sums, LOSS_CFG)
+  assert float(loss) == pytest.approx(ref_loss, rel=1e-5)
+  assert float(summary["loss"]) == pytest.approx(ref_loss, rel=1e-5)
+  assert float(summary["text_loss"]) == pytest.approx(ref_ce, rel=1e-5)
+  assert float(summary["flow_loss"]) == pytest.approx(ref_flow, rel=1e-5)
+  assert float(summary["text_bits_per_byte"]) == pytest.approx(ref_bpb, rel=1e-5)
+
+
+def test_place_and_collect_frame_tokens_are_inverse():
+  rng = np.random.default_rng(2)
+  frame_tokens = jnp.asarray(rng.normal(size=(2, 6, 3)), jnp.float32)
+  frame_slot = jnp.asarray([[-1, 0, 1, 2, -1, 3, 4, 5], [5, 4, 3, -1, 2, 1, 0, -1]])
+  seq = objective.place_frame_tokens(frame_tokens, frame_slot)
+  np.testing.assert_array_equal(seq[0, 1], frame_tokens[0, 0])
+  np.testing.assert_array_equal(seq[1, 0], frame_tokens[1, 5])
+  back = objective.collect_frame_tokens(seq, frame_slot, 6)
+  np.testing.assert_array_equal(back, frame_tokens)
+
+
+def test_context_frames_stay_clean_and_generated_frames_share_one_t(config, tokenizer):
+  from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
+  config.data.mixture = {"image_text": 1.0}
+  batch = next(make_batches(config, tokenizer))
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  latents = objective.frame_latent_tokens(trainer.representation, batch["frames"],
+                                          config.visual.patch_size)
+  keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
+  inputs, target = objective.noised_inputs(jax.tree.map(jnp.asarray, batch), latents, keys,
+                                           config.diffusion, 1.0)
+  t, visual = np.asarray(inputs.timesteps), batch["modality"] == MODALITY_VISUAL
+  gen, ctx = visual & batch["visual_loss_mask"], visual & ~batch["visual_loss_mask"]
+  assert gen.any() and ctx.any()
+  assert np.all(t[ctx] == 0.0) and np.all(t[gen] > 0.0)
+  clean = np.asarray(objective.place_frame_tokens(latents, batch["frame_slot"]))
+  np.testing.assert_allclose(np.asarray(inputs.visual_latents)[ctx], clean[ctx], atol=1e-6)
+  for b in range(batch["tokens"].shape[0]):             # one t per frame
+    for block in np.unique(batch["block_ids"][b][gen[b]]):
+      assert len(np.unique(t[b][batch["block_ids"][b] == block])) == 1
+  np.testing.assert_allclose(np.asarray(target)[gen], clean[gen], atol=1e-6)  # x-prediction
+
+
+def test_gradient_accumulation_equals_full_batch(config, tokenizer):
+  from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
+  batch = next(make_batches(config, tokenizer))
+  batch.pop("skipped_documents")
+  batch = jax.tree.map(jnp.asarray, batch)
+  results = {}
+  for accum in (1, 2, 4):
+    config.optimizer.grad_accum_steps = accum
+    trainer = Trainer(config, tokenizer.byte_lengths())
+    params = trainer.init_state(0).params
+    results[accum] = jax.jit(lambda p, b, t=trainer: t.gradients(p, b, jax.random.key(3)))(
+        params, batch)
+  grads1, sums1 = results[1]
+  assert float(sums1["visual_tokens"]) > 0 and float(sums1["text_tokens"]) > 0
+  for accum in (2, 4):
+    grads, sums = results[accum]
+    for key in ("text_ce_sum", "flow_mse_sum", "text_tokens", "visual_tokens"):
+      np.testing.assert_allclose(sums[key], sums1[key], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, grads1)
