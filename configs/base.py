@@ -107,4 +107,5 @@ def get_config(arg=None):
     c.model.d_model, c.model.num_layers, c.model.mlp_dim = 128, 2, 384
     c.model.num_heads = c.model.num_kv_heads = 2
     c.train.num_steps = 50
+    c.optimizer.warmup_steps = 5
   return c

@@ -50,9 +50,9 @@ def unrolled_copy(scanned: Transfusion, cfg) -> Transfusion:
   for path, var in nnx.to_flat_state(scanned_state):
     if path[:2] == ("decoder", "blocks"):
       for layer in range(cfg.num_layers):
-        flat[path[:2] + (layer,) + path[2:]].value = var.value[layer]
+        flat[path[:2] + (layer,) + path[2:]][...] = var[...][layer]
     else:
-      flat[path].value = var.value
+      flat[path][...] = var[...]
   nnx.update(unrolled, nnx.from_flat_state(flat))
   return unrolled
 
@@ -93,7 +93,7 @@ def test_modality_ffn_routes_by_modality():
   before = model(inputs)
   # Perturb only the vision FFN: text positions (all before the image) must not move.
   vision_ffn = model.decoder.blocks.vision_ffn
-  vision_ffn.down.kernel.value = vision_ffn.down.kernel.value + 0.5
+  vision_ffn.down.kernel[...] = vision_ffn.down.kernel[...] + 0.5
   after = model(inputs)
   np.testing.assert_allclose(before[0][:, :8], after[0][:, :8], atol=1e-6)
   assert not np.allclose(before[1][:, 8:], after[1][:, 8:])

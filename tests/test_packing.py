@@ -80,7 +80,7 @@ def test_visual_documents_are_never_split_and_text_is():
 def test_oversized_documents_are_skipped_and_counted():
   rows = _pack(_docs([(14, 1), (2, 3), (0, 0), (4, 0)]))
   assert sum(int(r["skipped_documents"]) for r in rows) == 3   # too long, too many frames, empty
-  assert int((rows[0]["segment_ids"] > 0).sum()) == 5           # only <the 4-token doc>
+  assert int((rows[0]["segment_ids"] > 0).sum()) == 4           # only the 4-token doc
 
 
 def test_iterator_state_restores_the_exact_stream(config, tokenizer):

@@ -106,6 +106,6 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = objective.summarize(sums, self.config.loss)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
