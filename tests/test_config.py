@@ -69,3 +69,15 @@ def test_cli_reports_validation_errors_cleanly():
 def test_cli_without_command_prints_usage():
   out = run_cli()
   assert out.returncode == 2 and "usage: mmpretrain" in out.stderr
+
+
+def test_command_line_overrides_reach_the_config():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  values(["prog", f"--config={ROOT}/configs/demo.py", "--config.model.num_layers=7",
+          "--config.diffusion.time_shift=2.5", "--config.model.modality_ffn=True"])
+  c = values.config
+  assert c.model.num_layers == 7 and c.diffusion.time_shift == 2.5 and c.model.modality_ffn
+  assert c.data.seq_len == 256                                  # untouched keys keep the file's

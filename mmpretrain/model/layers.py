@@ -61,12 +61,16 @@ class Attention(nnx.Module):
     self.rope_theta, self.impl = cfg.rope_theta, cfg.attention_impl
 
   def __call__(self, x, positions, mask):
-    q, k, v = self.q(x), self.k(x), self.v(x)
+    """x: tokens [B·L, d] (flat, see Transfusion.__call__); positions [B, L]."""
+    batch, length = positions.shape
+    def heads(t):
+      return t.reshape(batch, length, *t.shape[1:])
+    q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.impl)
-    return self.o(out)
+    return self.o(out.reshape(batch * length, *out.shape[2:]))
 
 
 class SwiGLU(nnx.Module):

@@ -135,13 +135,19 @@ class Transfusion(nnx.Module):
 
   def __call__(self, inputs: ModelInputs):
     """Returns (text logits [B, L, V] float32, visual prediction [B, L, patch_dim] float32)."""
-    is_visual = inputs.modality == MODALITY_VISUAL
-    text_h = self.embed(inputs.tokens)
-    visual_h = (self.visual_in(inputs.visual_latents.astype(self.dtype))
-                + self.time_embed(inputs.timesteps).astype(self.dtype))
+    # The decoder works on flat tokens [B·L, d]; only attention sees [B, L, ...]. Weight
+    # gradients then contract over one axis, which XLA:CPU runs ~2× faster than over two.
+    batch, length = inputs.tokens.shape
+    def flat(t):
+      return t.reshape(batch * length, *t.shape[2:])
+    is_visual = flat(inputs.modality == MODALITY_VISUAL)
+    text_h = self.embed(flat(inputs.tokens))
+    visual_h = (self.visual_in(flat(inputs.visual_latents).astype(self.dtype))
+                + self.time_embed(flat(inputs.timesteps)).astype(self.dtype))
     x = jnp.where(is_visual[..., None], visual_h, text_h)
     mask = attention_mask(inputs.segment_ids, inputs.block_ids)
-    x = self.decoder(x, inputs.positions, mask, is_visual)
-    x = self.final_norm(x)
+    x = self.final_norm(self.decoder(x, inputs.positions, mask, is_visual))
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
-    return logits.astype(jnp.float32), self.visual_out(x).astype(jnp.float32)
+    def unflat(t):
+      return t.reshape(batch, length, *t.shape[1:]).astype(jnp.float32)
+    return unflat(logits), unflat(self.visual_out(x))
