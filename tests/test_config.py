@@ -71,13 +71,12 @@ def test_cli_without_command_prints_usage():
   assert out.returncode == 2 and "usage: mmpretrain" in out.stderr
 
 
-def test_command_line_overrides_reach_the_config():
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
-  values(["prog", f"--config={ROOT}/configs/demo.py", "--config.model.num_layers=7",
-          "--config.diffusion.time_shift=2.5", "--config.model.modality_ffn=True"])
-  c = values.config
-  assert c.model.num_layers == 7 and c.diffusion.time_shift == 2.5 and c.model.modality_ffn
-  assert c.data.seq_len == 256                                  # untouched keys keep the file's
+def test_command_line_overrides_reach_the_config(tmp_path, data_dir):
+  # The override of data_dir and tokenizer.vocab_size decides where prepare looks and what
+  # size it checks; the session tokenizer (512 ids) copied there is accepted as is.
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.copy(os.path.join(data_dir, "tokenizer.model"), tmp_path / "tokenizer.model")
+  out = run_cli("prepare", "--config=configs/demo.py", f"--config.data.data_dir={tmp_path}",
+                "--config.data.tokenizer.vocab_size=512")
+  assert out.returncode == 0, out.stderr
+  assert f"tokenizer ready: {tmp_path}/tokenizer.model (512 ids)" in out.stdout
