@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 import base
-from mmpretrain.model.transformer import (MODALITY_TEXT, MODALITY_VISUAL, ModelInputs,
-                                          Transfusion)
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.model.transformer import ModelInputs, Transfusion
 
 PATCH = 8
 

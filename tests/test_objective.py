@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmpretrain.model.transformer import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.train import objective
 
 LOSS_CFG = ml_collections.ConfigDict({"text_weight": 1.0, "flow_weight": 3.0, "z_loss": 1e-2})

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from mmpretrain.data import documents
-from mmpretrain.data.packing import (MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL,
-                                     PackIterDataset, RowSpec)
+from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.data.packing import PackIterDataset, RowSpec
 from mmpretrain.data.pipeline import make_batches, row_spec
 import grain
 

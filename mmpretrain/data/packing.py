@@ -10,10 +10,9 @@ import dataclasses
 import grain
 import numpy as np
 
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.data.documents import (Document, TextSegment, document_frames,
                                        document_length)
-
-MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmpretrain.batch import MODALITY_VISUAL
 from mmpretrain.model import layers
 from mmpretrain.model.masks import attention_mask
-
-MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL = 0, 1, 2
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,

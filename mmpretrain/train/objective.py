@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from mmpretrain import diffusion
-from mmpretrain.model.transformer import MODALITY_VISUAL, ModelInputs
+from mmpretrain.batch import MODALITY_VISUAL
+from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers.visual import patchify
 
 

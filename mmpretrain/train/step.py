@@ -8,14 +8,11 @@ import optax
 from flax import nnx
 
 from mmpretrain import diffusion
+from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.model.transformer import Transfusion
 from mmpretrain.tokenizers.visual import make_representation, patch_dim
 from mmpretrain.train import objective
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
-
-# Fields of the batch contract that the device step reads.
-DEVICE_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions",
-                 "text_loss_mask", "visual_loss_mask", "frames", "frame_slot")
 
 
 @flax.struct.dataclass
@@ -46,8 +43,7 @@ class Trainer:
   def __init__(self, config, byte_lengths):
     self.config = config
     self.representation = make_representation(config)
-    self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
-    del abstract
+    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
     self.tx = make_optimizer(config.optimizer, config.train.num_steps)
     self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
     self.byte_lengths = jnp.asarray(byte_lengths, jnp.float32)
