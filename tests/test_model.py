@@ -71,7 +71,7 @@ def test_future_tokens_do_not_change_past_outputs():
   model = Transfusion(model_config(), PATCH, rngs=nnx.Rngs(0))
   a = make_inputs(0)
   b = ModelInputs(**{**a.__dict__, "tokens": a.tokens.at[:, 10:].set(5)})
-  (la, va), (lb, vb) = model(a), model(b)
+  (la, _), (lb, _) = model(a), model(b)
   np.testing.assert_allclose(la[:, :10], lb[:, :10], atol=1e-6)
   assert not np.allclose(la[:, 10:], lb[:, 10:])
 

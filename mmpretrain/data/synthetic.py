@@ -16,11 +16,12 @@ def interleaved_batch(spec, batch_size: int, text_tokens: int, images: int, voca
   rows = []
   for _ in range(batch_size):
     runs = np.array_split(rng.integers(4, vocab_size, text_tokens), images + 1)
-    doc = [text_segment(runs[0])]
+    doc = [text_segment(runs[0])] if len(runs[0]) else []
     for run in runs[1:]:
       frame = rng.integers(0, 256, (1, *spec.frame_shape), dtype=np.uint8)
-      doc += [VisualSegment(frame, generate=True), text_segment(run)]
-    doc = [s for s in doc if not (hasattr(s, "ids") and len(s.ids) == 0)]
+      doc.append(VisualSegment(frame, generate=True))
+      if len(run):
+        doc.append(text_segment(run))
     builder = RowBuilder(spec)
     if not builder.fits(doc):
       raise ValueError(f"{text_tokens} text tokens + {images} images do not fit {spec}")
