@@ -7,7 +7,8 @@ export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
 .PHONY: install prepare demo test test-slow bench clean
 
-$(BIN)/.installed: setup.py
+$(BIN)/.installed: setup.py scripts/system_packages.sh
+	bash scripts/system_packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

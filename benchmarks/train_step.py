@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
+from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
 from mmpretrain.data.pipeline import row_spec  # pylint: disable=wrong-import-position
 from mmpretrain.data.synthetic import interleaved_batch  # pylint: disable=wrong-import-position
 from mmpretrain.scaling.flops import train_flops_per_token  # pylint: disable=wrong-import-position
@@ -65,6 +66,7 @@ def measure(config, steps: int) -> dict:
 
 
 def main():
+  relaunch_with_jemalloc()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--steps", type=int, default=3)

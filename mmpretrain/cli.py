@@ -9,6 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmpretrain import config as config_lib
+from mmpretrain import hostalloc
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
                                           lock_config=True)
@@ -63,6 +64,8 @@ def main(argv=None):
           "[--config.key=value ...]", file=sys.stderr)
     sys.exit(2)
   command = argv[1]
+  if command == "train":
+    hostalloc.relaunch_with_jemalloc()
   app.run(_run(command), argv=[f"mmpretrain {command}"] + argv[2:])
 
 

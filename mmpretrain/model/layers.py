@@ -3,6 +3,9 @@
 Every parameter carries logical axis names (`embed`, `heads`, `kv`, `mlp`, `vocab`, …) that
 the sharding rules in the config map onto mesh axes.
 """
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -11,6 +14,65 @@ from flax import nnx
 def dense_init(std: float, axes: tuple[str, ...]):
   """Normal init tagged with logical axes; sharding is applied later by mmpretrain.sharding."""
   return nnx.with_partitioning(nnx.initializers.normal(std), axes, eager_sharding=False)
+
+
+def linear(in_features, out_features, *, dtype, std: float, axes: tuple[str, ...], rngs,
+           use_bias: bool = False, **kwargs) -> nnx.LinearGeneral:
+  """A dense layer: logical-axis normal init and f32-accumulating matmuls."""
+  return nnx.LinearGeneral(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                           dot_general=f32_accumulating_dot_general,
+                           kernel_init=dense_init(std, axes), rngs=rngs, **kwargs)
+
+
+def f32_accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                                preferred_element_type=None, out_sharding=None):
+  """`dot_general` for Flax layers: operands in the compute dtype, products summed in f32.
+
+  The result is cast back to the operands' dtype. The backward pass is written out so its
+  two matmuls also take bf16 operands with f32 accumulation: autodiff of
+  `preferred_element_type=f32` would hand them an f32 cotangent and promote the weight to
+  f32, and XLA:CPU only uses its bf16 kernels (2× the f32 rate) for bf16→f32 dots.
+  Supports the Linear/LinearGeneral pattern: trailing lhs axes contract leading rhs axes.
+  """
+  del precision, preferred_element_type, out_sharding
+  (lhs_contract, rhs_contract), batch_dims = dimension_numbers
+  num_contract = len(lhs_contract)
+  if (any(batch_dims) or tuple(rhs_contract) != tuple(range(num_contract))
+      or tuple(lhs_contract) != tuple(range(lhs.ndim - num_contract, lhs.ndim))):
+    raise NotImplementedError(f"unsupported dimension_numbers {dimension_numbers}")
+  if lhs.dtype == jnp.float32:
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers)
+  return _matmul_f32_accumulate(lhs, rhs.astype(lhs.dtype), num_contract)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_f32_accumulate(x, w, num_contract):
+  return _matmul_forward(x, w, num_contract)[0]
+
+
+def _as_matrices(x, w, num_contract):
+  contract = math.prod(w.shape[:num_contract])
+  return x.reshape(-1, contract), w.reshape(contract, -1)
+
+
+def _matmul_forward(x, w, num_contract):
+  x2, w2 = _as_matrices(x, w, num_contract)
+  out = jnp.dot(x2, w2, preferred_element_type=jnp.float32).astype(x.dtype)
+  return out.reshape(*x.shape[:x.ndim - num_contract], *w.shape[num_contract:]), (x, w)
+
+
+def _matmul_backward(num_contract, residuals, d_out):
+  x, w = residuals
+  x2, w2 = _as_matrices(x, w, num_contract)
+  d_out2 = d_out.reshape(x2.shape[0], w2.shape[1]).astype(x.dtype)
+  d_x = jax.lax.dot_general(d_out2, w2, (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  d_w = jax.lax.dot_general(x2, d_out2, (((0,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  return d_x.astype(x.dtype).reshape(x.shape), d_w.astype(w.dtype).reshape(w.shape)
+
+
+_matmul_f32_accumulate.defvjp(_matmul_forward, _matmul_backward)
 
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndarray:
@@ -47,15 +109,13 @@ class Attention(nnx.Module):
     std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.num_layers) ** 0.5
 
     def proj(heads, axes):
-      return nnx.LinearGeneral(d, (heads, hd), use_bias=False, dtype=dtype,
-                               kernel_init=dense_init(std, axes), rngs=rngs)
+      return linear(d, (heads, hd), dtype=dtype, std=std, axes=axes, rngs=rngs)
 
     self.q = proj(h, ("embed", "heads", "kv"))
     self.k = proj(k, ("embed", "kv_heads", "kv"))
     self.v = proj(k, ("embed", "kv_heads", "kv"))
-    self.o = nnx.LinearGeneral((h, hd), d, axis=(-2, -1), use_bias=False, dtype=dtype,
-                               kernel_init=dense_init(out_std, ("heads", "kv", "embed")),
-                               rngs=rngs)
+    self.o = linear((h, hd), d, axis=(-2, -1), dtype=dtype, std=out_std,
+                    axes=("heads", "kv", "embed"), rngs=rngs)
     self.q_norm = RMSNorm(hd, cfg.norm_eps, dtype) if cfg.qk_norm else None
     self.k_norm = RMSNorm(hd, cfg.norm_eps, dtype) if cfg.qk_norm else None
     self.rope_theta, self.impl = cfg.rope_theta, cfg.attention_impl
@@ -79,12 +139,9 @@ class SwiGLU(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     d, f, dtype = cfg.d_model, cfg.mlp_dim, jnp.dtype(cfg.dtype)
     std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.num_layers) ** 0.5
-    self.gate = nnx.Linear(d, f, use_bias=False, dtype=dtype,
-                           kernel_init=dense_init(std, ("embed", "mlp")), rngs=rngs)
-    self.up = nnx.Linear(d, f, use_bias=False, dtype=dtype,
-                         kernel_init=dense_init(std, ("embed", "mlp")), rngs=rngs)
-    self.down = nnx.Linear(f, d, use_bias=False, dtype=dtype,
-                           kernel_init=dense_init(out_std, ("mlp", "embed")), rngs=rngs)
+    self.gate = linear(d, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)
+    self.up = linear(d, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)
+    self.down = linear(f, d, dtype=dtype, std=out_std, axes=("mlp", "embed"), rngs=rngs)
 
   def __call__(self, x):
     return self.down(jax.nn.silu(self.gate(x)) * self.up(x))

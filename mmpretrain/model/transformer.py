@@ -121,16 +121,15 @@ class Transfusion(nnx.Module):
     d, std = cfg.d_model, cfg.init_std
     self.embed = nnx.Embed(cfg.vocab_size, d, dtype=self.dtype, rngs=rngs,
                            embedding_init=layers.dense_init(std, ("vocab", "embed")))
-    self.visual_in = nnx.Linear(patch_dim, d, dtype=self.dtype, rngs=rngs,
-                                kernel_init=layers.dense_init(std, ("latent", "embed")))
+    self.visual_in = layers.linear(patch_dim, d, dtype=self.dtype, std=std,
+                                   axes=("latent", "embed"), use_bias=True, rngs=rngs)
     self.time_embed = TimestepEmbedding(cfg, rngs=rngs)
     self.decoder = DecoderStack(cfg, rngs=rngs)
     self.final_norm = layers.RMSNorm(d, cfg.norm_eps, self.dtype)
-    self.lm_head = None if cfg.tie_embeddings else nnx.Linear(
-        d, cfg.vocab_size, use_bias=False, dtype=self.dtype, rngs=rngs,
-        kernel_init=layers.dense_init(std, ("embed", "vocab")))
-    self.visual_out = nnx.Linear(d, patch_dim, dtype=self.dtype, rngs=rngs,
-                                 kernel_init=layers.dense_init(std, ("embed", "latent")))
+    self.lm_head = None if cfg.tie_embeddings else layers.linear(
+        d, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs)
+    self.visual_out = layers.linear(d, patch_dim, dtype=self.dtype, std=std,
+                                    axes=("embed", "latent"), use_bias=True, rngs=rngs)
 
   def __call__(self, inputs: ModelInputs):
     """Returns (text logits [B, L, V] float32, visual prediction [B, L, patch_dim] float32)."""

@@ -76,9 +76,10 @@ def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_
   Logits at position i predict tokens[i + 1]; text_loss_mask[i + 1] says whether that
   target is trained. The flow head predicts the target of its own position.
   """
-  targets = batch["tokens"][:, 1:]
-  text_mask = batch["text_loss_mask"][:, 1:].astype(jnp.float32)
-  logits = logits[:, :-1]
+  # Shift the (small) targets left rather than slicing the (large) logits; the last
+  # position has no target and is masked out.
+  targets = jnp.pad(batch["tokens"][:, 1:], ((0, 0), (0, 1)))
+  text_mask = jnp.pad(batch["text_loss_mask"][:, 1:], ((0, 0), (0, 1))).astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   ce = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   ce_sum = jnp.sum(ce * text_mask)
