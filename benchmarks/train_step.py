@@ -1,6 +1,6 @@
 """Train-step throughput and MFU on this machine, f32 vs bf16, in one process.
 
-  python benchmarks/train_step.py --config=configs/bench/dense_ref.py [--steps=3]
+  python benchmarks/train_step.py --config=configs/bench/dense_ref.py [--steps=5 --warmup=2]
 
 Prints one JSON line: tokens_per_s, model_flops_per_s, matmul_peak_flops_per_s (a large
 jitted f32 matmul measured here), mfu = their ratio, and the same for the bf16 switch
@@ -43,7 +43,7 @@ def _timed(fn) -> float:
   return time.perf_counter() - start
 
 
-def measure(config, steps: int) -> dict:
+def measure(config, steps: int, warmup: int) -> dict:
   trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32))
   bench = config.bench
   batch = interleaved_batch(row_spec(config), config.data.batch_size, bench["text_tokens_per_row"],
@@ -51,8 +51,9 @@ def measure(config, steps: int) -> dict:
   batch.pop("skipped_documents")
   batch = jax.device_put(batch)
   state = trainer.init_state(0)
-  state, metrics = trainer.step(state, batch)          # compile
-  jax.block_until_ready(metrics)
+  for _ in range(1 + warmup):      # compile, then let the allocator reach its high-water mark
+    state, metrics = trainer.step(state, batch)
+    jax.block_until_ready(metrics)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -69,14 +70,15 @@ def main():
   relaunch_with_jemalloc()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True)
-  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   args = parser.parse_args()
   config = validate(load_config(args.config))
-  f32 = measure(config, args.steps)
+  f32 = measure(config, args.steps, args.warmup)
   peak_f32 = matmul_peak(jnp.float32)
   bf16_config = copy.deepcopy(config)
   bf16_config.model.dtype = "bfloat16"
-  bf16 = measure(bf16_config, args.steps)
+  bf16 = measure(bf16_config, args.steps, args.warmup)
   peak_bf16 = matmul_peak(jnp.bfloat16)
   print(json.dumps({
       "config": args.config, "devices": str(jax.devices()[0].device_kind),
