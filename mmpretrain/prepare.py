@@ -1,18 +1,55 @@
-"""`mmpretrain prepare`: builds what a config needs into config.data.data_dir, idempotently."""
+"""`mmpretrain prepare`: builds what a config needs into config.data.data_dir, idempotently.
+
+The TFDS datasets its streams read (built-in builders only; a user's own dataset must
+already be there) and the SentencePiece tokenizer, trained on the text those datasets hold.
+"""
 import os
 
-from mmpretrain.data import pipeline, sources
+from mmpretrain.data import builders, pipeline, streams
 from mmpretrain.tokenizers.text import TextTokenizer, train_tokenizer
 
-
-def tokenizer_corpus(config) -> list[str]:
-  """Training text of every stream that has text: play excerpts and digit captions."""
-  texts = sources.shakespeare_documents("train", config.data.text_doc_chars)
-  captions = [sources.digit_caption(d) for d in range(len(sources.DIGIT_WORDS))]
-  return texts + captions * 20
+TEXT_FIELDS = ("text", "caption", "actions", "mission")
+CORPUS_RECORDS = 20_000      # per dataset: plenty for an 8k BPE, bounded for huge sets
 
 
-def prepare(config) -> str:
+def datasets_in_use(config) -> list[str]:
+  """Datasets with a positive weight in a stream with a positive mixture weight."""
+  return sorted({name for stream, weight in config.data.mixture.items() if weight > 0
+                 for name, w in config.data.streams[stream].datasets.items() if w > 0})
+
+
+def prepare_datasets(config, names) -> None:
+  for name in names:
+    if name not in config.data.datasets:
+      raise ValueError(f"unknown dataset {name!r}; config.data.datasets has "
+                       f"{sorted(config.data.datasets)}")
+    spec = config.data.datasets[name]
+    data_dir = spec.data_dir or config.data.data_dir
+    if spec.tfds_name in builders.BUILDERS:
+      print(f"dataset ready: {builders.prepare_dataset(spec.tfds_name, data_dir)}")
+    else:   # a user's own TFDS dataset: check it is readable, never build it
+      builders.open_split(spec.tfds_name, spec.train_split, data_dir, spec.version)
+      print(f"dataset found: {spec.tfds_name} in {data_dir}")
+
+
+def tokenizer_corpus(config, names) -> list[str]:
+  """Every text-like field (text, captions, action names, missions) of the datasets."""
+  texts = []
+  for name in names:
+    fields = config.data.datasets[name].fields
+    records = pipeline.dataset_records(config, name, "train")
+    for i in range(min(len(records), CORPUS_RECORDS)):
+      record = records[i]
+      for field in TEXT_FIELDS:
+        value = record.get(fields.get(field, ""))
+        if value is None:
+          continue
+        values = value if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) else [value]
+        texts.extend(streams.as_text(v) for v in values)
+  return [t for t in texts if t]
+
+
+def prepare_tokenizer(config, names) -> str:
   """Trains the SentencePiece tokenizer unless one with the right size already exists."""
   path = pipeline.tokenizer_path(config)
   vocab_size = config.data.tokenizer.vocab_size
@@ -22,6 +59,13 @@ def prepare(config) -> str:
   if config.data.tokenizer.path:
     raise FileNotFoundError(f"data.tokenizer.path={path!r} is missing or has the wrong size; "
                             "point it at an existing model or leave it empty to train one")
-  train_tokenizer(tokenizer_corpus(config), path, vocab_size)
+  train_tokenizer(tokenizer_corpus(config, names), path, vocab_size)
   print(f"trained tokenizer: {path} ({vocab_size} ids)")
   return path
+
+
+def prepare(config, datasets: list[str] | None = None) -> None:
+  """Builds `datasets` (default: all the config reads), then the tokenizer if missing."""
+  names = datasets or datasets_in_use(config)
+  prepare_datasets(config, names)
+  prepare_tokenizer(config, datasets_in_use(config) if datasets else names)

@@ -24,7 +24,7 @@ def tiny_config(data_dir: str):
   c.data.batch_size = 4
   c.data.max_frames = 2
   c.data.image_size = 16
-  c.data.text_doc_chars = 300
+  c.data.mixture.text, c.data.mixture.image_text = 0.25, 0.75
   c.data.tokenizer.vocab_size = 512
   c.model.d_model, c.model.mlp_dim, c.model.head_dim = 64, 128, 32
   c.optimizer.warmup_steps = 2

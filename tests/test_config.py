@@ -32,13 +32,20 @@ def test_vocab_size_follows_the_tokenizer_setting():
     ("diffusion.prediction", "eps", "config.diffusion.prediction"),
     ("optimizer.schedule", "linear", "config.optimizer.schedule"),
     ("optimizer.grad_accum_steps", 3, "does not divide data.batch_size"),
-    ("data.caption_dropout", 1.5, "config.data.caption_dropout"),
+    ("data.streams.image_text.caption_dropout", 1.5,
+     "config.data.streams.image_text.caption_dropout"),
+    ("data.streams.text.datasets", {"wikipedia": 1.0}, "unknown dataset"),
+    ("data.mixture.action_video", 1.0, "holds 5 frames but a row holds data.max_frames=4"),
+    ("data.num_workers", -1, "config.data.num_workers"),
     ("model.remat", "some", "config.model.remat"),
 ])
 def test_bad_values_name_the_key(key, value, message):
   c = base.get_config()
-  section, name = key.split(".")
-  c[section][name] = value
+  *parents, name = key.split(".")
+  node = c
+  for parent in parents:
+    node = node[parent]
+  node[name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(c)
 

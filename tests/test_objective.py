@@ -100,7 +100,6 @@ def test_gradient_accumulation_equals_full_batch(config, tokenizer):
   from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
   from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
   batch = next(make_batches(config, tokenizer))
-  batch.pop("skipped_documents")
   batch = jax.tree.map(jnp.asarray, batch)
   results = {}
   for accum in (1, 2, 4):

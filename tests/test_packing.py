@@ -38,7 +38,7 @@ def test_rows_follow_the_batch_contract(config, tokenizer):
 
 def test_frames_in_rows_are_the_documents_images(config, tokenizer):
   config.data.mixture = {"image_text": 1.0}
-  config.data.caption_dropout = 0.0
+  config.data.streams.image_text.caption_dropout = 0.0
   batch = next(make_batches(config, tokenizer))
   spec = row_spec(config)
   digits = set()
@@ -79,7 +79,8 @@ def test_visual_documents_are_never_split_and_text_is():
 
 def test_oversized_documents_are_skipped_and_counted():
   rows = _pack(_docs([(14, 1), (2, 3), (0, 0), (4, 0)]))
-  assert sum(int(r["skipped_documents"]) for r in rows) == 3   # too long, too many frames, empty
+  assert sum(int(r["skipped_too_long"]) for r in rows) == 2    # too long, too many frames
+  assert sum(int(r["skipped_empty"]) for r in rows) == 1
   assert int((rows[0]["segment_ids"] > 0).sum()) == 4           # only the 4-token doc
 
 

@@ -24,6 +24,12 @@ class VisualSegment:
 Document = list  # list[TextSegment | VisualSegment]
 
 
+@dataclasses.dataclass
+class Skipped:
+  """Stands in for a record that could not become a document (counted, never trained)."""
+  reason: str              # one of batch.SKIP_REASONS
+
+
 def text_segment(ids, trained: bool | list[bool] = True) -> TextSegment:
   ids = np.asarray(ids, np.int32)
   mask = np.broadcast_to(np.asarray(trained, bool), ids.shape).copy()
@@ -67,6 +73,26 @@ def understanding_document(caption_ids, frame, *, bos, eos, boi, eoi) -> Documen
   return [text_segment([bos, boi], False),
           VisualSegment(frame[None], generate=False),
           text_segment([eoi] + list(caption_ids) + [eos], [False] + [True] * (len(caption_ids) + 1))]
+
+
+def video_document(frames, *, bos, eos, boi, eoi) -> Document:
+  """A clip: every frame generated, each its own block (block-causal across frames)."""
+  return [text_segment([bos, boi], False), VisualSegment(frames, generate=True),
+          text_segment([eoi, eos], [False, True])]
+
+
+def action_video_document(context, action_ids, next_frame, mission_ids=(), *, bos, eos, boi,
+                          eoi) -> Document:
+  """World modeling: [mission] clean context frames, the action as text, the next frame.
+
+  Only the next frame is trained: the mission and the action are conditioning, written as
+  text tokens as in the paper.
+  """
+  return [text_segment([bos] + list(mission_ids) + [boi], False),
+          VisualSegment(context, generate=False),
+          text_segment([eoi] + list(action_ids) + [boi], False),
+          VisualSegment(next_frame[None], generate=True),
+          text_segment([eoi, eos], [False, True])]
 
 
 def document_length(doc: Document, tokens_per_frame: int) -> int:

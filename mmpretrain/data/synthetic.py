@@ -4,6 +4,7 @@ Rows are built by the real RowBuilder, so they are exactly the batch contract.
 """
 import numpy as np
 
+from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.documents import VisualSegment, text_segment
 from mmpretrain.data.packing import RowBuilder
 
@@ -27,4 +28,4 @@ def interleaved_batch(spec, batch_size: int, text_tokens: int, images: int, voca
       raise ValueError(f"{text_tokens} text tokens + {images} images do not fit {spec}")
     builder.add(doc)
     rows.append(builder.row)
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  return {k: np.stack([r[k] for r in rows]) for k in DEVICE_FIELDS}

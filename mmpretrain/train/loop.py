@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from mmpretrain import config as config_lib  # pylint: disable=wrong-import-position
+from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain import sample as sample_lib  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
@@ -62,19 +63,21 @@ def train(config, workdir: str) -> dict:
   state = trainer.init_state(config.seed)
   writer = MetricWriter(workdir, enabled=is_main)
 
-  history, skipped, tokens_seen, last_time = [], 0, 0, time.time()
+  history, tokens_seen, last_time = [], 0, time.time()
+  skipped = dict.fromkeys(SKIP_FIELDS, 0)
   num_steps, log_every = config.train.num_steps, config.train.log_every
   bar = tqdm(range(num_steps), desc="train", disable=not is_main, dynamic_ncols=True)
   for step in bar:
     batch = next(batches)
-    skipped += int(batch.pop("skipped_documents").sum())
+    for field in SKIP_FIELDS:
+      skipped[field] += int(batch.pop(field).sum())
     tokens_seen += int((batch["segment_ids"] > 0).sum())
     state, metrics = trainer.step(state, batch)
     if step % log_every == 0 or step == num_steps - 1:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       now = time.time()
       metrics["tokens_per_s"] = tokens_seen / max(now - last_time, 1e-9)
-      metrics["skipped_documents"] = skipped
+      metrics.update(skipped)
       tokens_seen, last_time = 0, now
       history.append({"step": step, **metrics})
       writer.scalars(step, tagged(metrics))

