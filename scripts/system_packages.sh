@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# System packages mmpretrain benefits from but can run without (see mmpretrain/hostalloc.py):
-# libjemalloc2, the allocator that stops XLA:CPU re-faulting its step buffers.
-# Never fails the install: without apt or root rights it prints what to install and exits 0.
+# Debian packages mmpretrain uses but can run without:
+#   libjemalloc2            the allocator that stops XLA:CPU re-faulting its step buffers
+#                           (mmpretrain/hostalloc.py)
+#   fonts-noto-color-emoji  the emoji_captions dataset (emoji images + Unicode names)
+# Never fails the install: without apt or root rights it says what to install and exits 0.
 set -uo pipefail
-if ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2'; then
+PACKAGES=(libjemalloc2 fonts-noto-color-emoji)
+missing=()
+for package in "${PACKAGES[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  SUDO="sudo -n"
+fi
+if ! command -v apt-get >/dev/null || { [ "$(id -u)" != 0 ] && [ -z "$SUDO" ]; }; then
+  echo "scripts/system_packages.sh: please install ${missing[*]} (optional, see the script)"
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; fi
-fi
-if command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; then
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q libjemalloc2 >/dev/null 2>&1 \
-    || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q libjemalloc2 >/dev/null 2>&1; } \
-    || echo "scripts/system_packages.sh: apt-get could not install libjemalloc2; continuing without it"
-else
-  echo "scripts/system_packages.sh: install libjemalloc2 (or your OS's jemalloc) for faster CPU training"
-fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+  || { $SUDO apt-get update -q >/dev/null 2>&1 \
+       && $SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1; } \
+  || echo "scripts/system_packages.sh: apt-get could not install ${missing[*]}; continuing"
 exit 0

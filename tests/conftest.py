@@ -37,12 +37,26 @@ def tiny_config(data_dir: str):
   return c
 
 
+def has_emoji_font() -> bool:
+  from mmpretrain.data import sources  # pylint: disable=import-outside-toplevel
+  return os.path.exists(sources.EMOJI_FONT)
+
+
+def all_streams_config(data_dir: str):
+  """tiny_config reading all four streams and every built-in dataset."""
+  c = tiny_config(data_dir)
+  c.data.mixture = {"text": 0.1, "image_text": 0.3, "video": 0.3, "action_video": 0.3}
+  c.data.streams.image_text.datasets.emoji_captions = 1.0 if has_emoji_font() else 0.0
+  c.data.seq_len, c.data.max_frames, c.data.image_channels = 512, 5, 3
+  return c
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-  """A data dir with a small tokenizer trained on the real corpus (as `prepare` does)."""
-  from mmpretrain.prepare import prepare  # pylint: disable=import-outside-toplevel
+  """Every built-in dataset and a small tokenizer, made by `prepare` as a user would."""
+  from mmpretrain.prepare import datasets_in_use, prepare  # pylint: disable=import-outside-toplevel
   path = str(tmp_path_factory.mktemp("data"))
-  prepare(tiny_config(path))
+  prepare(tiny_config(path), datasets_in_use(all_streams_config(path)))
   return path
 
 

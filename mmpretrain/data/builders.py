@@ -18,7 +18,7 @@ from mmpretrain.data import sources
 SPLITS = ("train", "validation")
 TEXT_CHUNK_CHARS = 1000          # play excerpts: one document each
 VIDEO_FPS, VIDEO_CLIP_FRAMES, VIDEO_SIZE = 4.0, 8, 64
-MINIGRID_EPISODES, MINIGRID_MAX_STEPS = 600, 32
+MINIGRID_EPISODES, MINIGRID_MAX_STEPS, MINIGRID_MIN_FRAMES = 600, 32, 12
 
 
 def png(image: np.ndarray) -> bytes:
@@ -89,12 +89,13 @@ class SkvideoClips(_Builder):
 
 
 class MinigridEpisodes(_Builder):
-  """MiniGrid episodes: 64×64 renders of every step and the name of each action taken."""
+  """MiniGrid episodes (12–33 frames): 64×64 renders of every step and each action's name."""
   FEATURES = {"frames": _BYTES_LIST, "actions": tfds.features.Sequence(tfds.features.Text()),
               "mission": tfds.features.Text()}
 
   def _generate_examples(self, split):
-    episodes = sources.minigrid_episodes(split, MINIGRID_EPISODES, MINIGRID_MAX_STEPS)
+    episodes = sources.minigrid_episodes(split, MINIGRID_EPISODES, MINIGRID_MAX_STEPS,
+                                         MINIGRID_MIN_FRAMES)
     for i, (frames, actions, mission) in enumerate(episodes):
       yield i, {"frames": [png(f) for f in frames], "actions": actions, "mission": mission}
 

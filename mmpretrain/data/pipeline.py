@@ -8,6 +8,7 @@ processes. The iterator's state is checkpointable (get_state/set_state, grain.ch
 import os
 
 import grain
+from absl import flags
 import numpy as np
 
 from mmpretrain.data import builders, documents, streams
@@ -112,6 +113,8 @@ def make_batches(config, tok: TextTokenizer, *, split: str = "train", batch_size
   rows = PackIterDataset(docs.to_iter_dataset(), row_spec(config))
   batches = rows.batch(batch_size, drop_remainder=True)
   if config.data.num_workers > 0:
+    if not flags.FLAGS.is_parsed():   # grain's workers read its absl flags (outside absl.app)
+      flags.FLAGS.mark_as_parsed()
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.data.num_workers,
         per_worker_buffer_size=config.data.worker_buffer_size))

