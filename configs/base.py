@@ -66,7 +66,7 @@ def get_config(arg=None):
                              "fields": fields}
   c.data.tokenizer = ml_collections.ConfigDict()
   c.data.tokenizer.vocab_size = 8192
-  c.data.tokenizer.path = ""             # '' = <data_dir>/tokenizer.model, made by prepare
+  c.data.tokenizer.path = ""             # '' = <data_dir>/tokenizer_<vocab>.model (prepare)
 
   # --- Visual representation (frames -> continuous latent grid -> tokens) ---
   c.visual = ml_collections.ConfigDict()

@@ -82,8 +82,8 @@ def test_command_line_overrides_reach_the_config(tmp_path, data_dir):
   # The override of data_dir and tokenizer.vocab_size decides where prepare looks and what
   # size it checks; the session tokenizer (512 ids) copied there is accepted as is.
   import shutil  # pylint: disable=import-outside-toplevel
-  shutil.copy(os.path.join(data_dir, "tokenizer.model"), tmp_path / "tokenizer.model")
+  shutil.copy(os.path.join(data_dir, "tokenizer_512.model"), tmp_path / "tokenizer_512.model")
   out = run_cli("prepare", "--config=configs/demo.py", f"--config.data.data_dir={tmp_path}",
                 "--config.data.tokenizer.vocab_size=512")
   assert out.returncode == 0, out.stderr
-  assert f"tokenizer ready: {tmp_path}/tokenizer.model (512 ids)" in out.stdout
+  assert f"tokenizer ready: {tmp_path}/tokenizer_512.model (512 ids)" in out.stdout

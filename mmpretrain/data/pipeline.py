@@ -18,7 +18,10 @@ from mmpretrain.tokenizers.visual import make_representation, tokens_per_frame
 
 
 def tokenizer_path(config) -> str:
-  return config.data.tokenizer.path or os.path.join(config.data.data_dir, "tokenizer.model")
+  """The configured tokenizer, or the one `prepare` trains: one file per vocabulary size."""
+  vocab_size = config.data.tokenizer.vocab_size
+  return config.data.tokenizer.path or os.path.join(config.data.data_dir,
+                                                    f"tokenizer_{vocab_size}.model")
 
 
 def load_tokenizer(config) -> TextTokenizer:
