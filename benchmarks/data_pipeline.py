@@ -14,7 +14,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position

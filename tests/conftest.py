@@ -21,7 +21,7 @@ def tiny_config(data_dir: str):
   c = base.get_config("runlocal")
   c.data.data_dir = data_dir
   c.data.seq_len = 128
-  c.data.batch_size = 4
+  c.data.batch_size = 8                  # one row per virtual device
   c.data.max_frames = 2
   c.data.image_size = 16
   c.data.mixture.text, c.data.mixture.image_text = 0.25, 0.75

@@ -1,12 +1,14 @@
-"""Packing and the grain pipeline: the batch contract, no split images, exact resume."""
-import numpy as np
-import pytest
+"""Packing and batches: the batch contract, no split images, skip counts, seeds, shards.
 
-from mmpretrain.data import documents
+Four-stream behaviour (mixture ratios, resumption, bad records) is in test_streams.py.
+"""
+import grain
+import numpy as np
+
 from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.data import documents
 from mmpretrain.data.packing import PackIterDataset, RowSpec
 from mmpretrain.data.pipeline import make_batches, row_spec
-import grain
 
 
 def test_rows_follow_the_batch_contract(config, tokenizer):
@@ -84,20 +86,6 @@ def test_oversized_documents_are_skipped_and_counted():
   assert int((rows[0]["segment_ids"] > 0).sum()) == 4           # only the 4-token doc
 
 
-def test_iterator_state_restores_the_exact_stream(config, tokenizer):
-  it = make_batches(config, tokenizer)
-  for _ in range(3):
-    next(it)
-  state = it.get_state()
-  expected = [next(it) for _ in range(4)]
-  resumed = make_batches(config, tokenizer)
-  resumed.set_state(state)
-  for want in expected:
-    got = next(resumed)
-    for key in want:
-      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-
-
 def test_same_seed_same_batches_and_other_seed_differs(config, tokenizer):
   a, b = next(make_batches(config, tokenizer)), next(make_batches(config, tokenizer))
   c = next(make_batches(config, tokenizer, seed=123))
@@ -111,11 +99,3 @@ def test_process_shards_are_disjoint(config, tokenizer):
             for i in range(2)]
   images = [{f.tobytes() for row in s["frames"] for f in row if f.any()} for s in shards]
   assert images[0] and images[1] and not images[0] & images[1]
-
-
-def test_mixture_share_of_documents(config, tokenizer):
-  from mmpretrain.data.pipeline import document_mixture  # pylint: disable=import-outside-toplevel
-  config.data.mixture = {"text": 0.3, "image_text": 0.7}
-  docs = document_mixture(config, tokenizer, "train", seed=0)
-  kinds = [documents.document_frames(docs[i]) > 0 for i in range(2000)]
-  assert np.mean(kinds) == pytest.approx(0.7, abs=0.03)

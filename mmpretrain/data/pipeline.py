@@ -9,7 +9,6 @@ import os
 
 import grain
 from absl import flags
-import numpy as np
 
 from mmpretrain.data import builders, documents, streams
 from mmpretrain.data.packing import PackIterDataset, RowSpec

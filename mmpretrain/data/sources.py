@@ -172,7 +172,7 @@ def minigrid_episodes(split: str, episodes: int, max_steps: int, min_frames: int
   """
   _check_split(split)
   import gymnasium as gym  # pylint: disable=import-outside-toplevel
-  import minigrid  # pylint: disable=import-outside-toplevel,unused-import
+  import minigrid  # pylint: disable=import-outside-toplevel,unused-import  # registers the envs
   from minigrid.core.actions import Actions  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
   # left, right, forward, pickup, drop, toggle, done: mostly turning and walking.

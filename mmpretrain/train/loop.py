@@ -16,6 +16,7 @@ from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-positio
 from mmpretrain import sample as sample_lib  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
+from mmpretrain.train import placement  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
 
 PLOTTED = ("text_loss", "flow_loss", "text_bits_per_byte")
@@ -59,7 +60,8 @@ def train(config, workdir: str) -> dict:
   tok = pipeline.load_tokenizer(config)
   batches = pipeline.make_batches(config, tok, shard_index=jax.process_index(),
                                   shard_count=jax.process_count())
-  trainer = Trainer(config, tok.byte_lengths())
+  mesh = placement.data_parallel_mesh(config.data.batch_size)
+  trainer = Trainer(config, tok.byte_lengths(), mesh)
   state = trainer.init_state(config.seed)
   writer = MetricWriter(workdir, enabled=is_main)
 
@@ -72,7 +74,7 @@ def train(config, workdir: str) -> dict:
     for field in SKIP_FIELDS:
       skipped[field] += int(batch.pop(field).sum())
     tokens_seen += int((batch["segment_ids"] > 0).sum())
-    state, metrics = trainer.step(state, batch)
+    state, metrics = trainer.step(state, placement.global_batch(batch, mesh))
     if step % log_every == 0 or step == num_steps - 1:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       now = time.time()

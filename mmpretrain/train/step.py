@@ -11,7 +11,7 @@ from mmpretrain import diffusion
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.model.transformer import Transfusion
 from mmpretrain.tokenizers.visual import make_representation, patch_dim
-from mmpretrain.train import objective
+from mmpretrain.train import objective, placement
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
 
 
@@ -40,7 +40,8 @@ def time_shift(config) -> float:
 class Trainer:
   """Owns the model graph, the optimizer and the jitted step for one config."""
 
-  def __init__(self, config, byte_lengths):
+  def __init__(self, config, byte_lengths, mesh=None):
+    """`mesh`: a data-parallel mesh (train/placement.py) or None for jax's default device."""
     self.config = config
     self.representation = make_representation(config)
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
@@ -48,14 +49,21 @@ class Trainer:
     self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
     self.byte_lengths = jnp.asarray(byte_lengths, jnp.float32)
     self.time_shift = time_shift(config)
-    self.step = jax.jit(self._train_step, donate_argnums=0)
+    if mesh is None:
+      self._state_sharding = None
+      self.step = jax.jit(self._train_step, donate_argnums=0)
+    else:
+      self._state_sharding = placement.replicated(mesh)
+      self.step = jax.jit(self._train_step, donate_argnums=0,
+                          in_shardings=(self._state_sharding, placement.batch_sharding(mesh)),
+                          out_shardings=self._state_sharding)
 
   def init_state(self, seed: int) -> TrainState:
     def init():
       _, params = nnx.split(build_model(self.config, seed))
       return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                         opt_state=self.tx.init(params), rng=jax.random.key(seed + 1))
-    return jax.jit(init)()
+    return jax.jit(init, out_shardings=self._state_sharding)()
 
   def model(self, params) -> Transfusion:
     return nnx.merge(self.graphdef, params)
