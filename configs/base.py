@@ -92,6 +92,18 @@ def get_config(arg=None):
   c.model.remat = "none"                 # none | full | dots | dots_no_batch
   c.model.dtype = "float32"              # compute dtype; bfloat16 = mixed precision
   c.model.attention_impl = "xla"         # jax.nn.dot_product_attention implementation
+  # Mixture-of-Experts FFN (model/moe.py); num_experts = 0 keeps every FFN dense.
+  c.model.moe = ml_collections.ConfigDict()
+  c.model.moe.num_experts = 0            # before granularity
+  c.model.moe.experts_per_token = 2      # before granularity
+  c.model.moe.granularity = 1            # G: ×G experts and ×G active, hidden ÷ G
+  c.model.moe.expert_mlp_dim = 0         # 0 = model.mlp_dim (before granularity)
+  c.model.moe.shared_experts = "none"    # none | global | per_modality
+  c.model.moe.shared_mlp_dim = 0         # 0 = the routed experts' hidden size
+  c.model.moe.router = "softmax"         # softmax | sigmoid (aux-loss-free bias balancing)
+  c.model.moe.renormalize = True         # combine weights of the k chosen experts sum to 1
+  c.model.moe.dispatch = "auto"          # auto | dropless | capacity
+  c.model.moe.capacity_factor = 1.25     # capacity dispatch: slots = factor·tokens·k / experts
 
   # --- Flow matching (z_t = (1-t)·x + t·ε, t=1 is pure noise) ---
   c.diffusion = ml_collections.ConfigDict()

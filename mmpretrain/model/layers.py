@@ -136,8 +136,8 @@ class Attention(nnx.Module):
 class SwiGLU(nnx.Module):
   """Gated FFN: down(silu(gate(x)) * up(x))."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
-    d, f, dtype = cfg.d_model, cfg.mlp_dim, jnp.dtype(cfg.dtype)
+  def __init__(self, cfg, *, rngs: nnx.Rngs, mlp_dim: int | None = None):
+    d, f, dtype = cfg.d_model, mlp_dim or cfg.mlp_dim, jnp.dtype(cfg.dtype)
     std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.num_layers) ** 0.5
     self.gate = linear(d, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)
     self.up = linear(d, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)

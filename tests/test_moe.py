@@ -1,0 +1,140 @@
+"""MoE layer against a dense per-token float64 loop: both dispatches, drops, routers, losses."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import base
+from mmpretrain.model import moe as moe_lib
+
+T, D = 24, 16
+
+
+def moe_config(**overrides):
+  c = base.get_config("runlocal").model
+  c.d_model, c.mlp_dim, c.num_layers = D, 32, 2
+  c.moe.num_experts, c.moe.experts_per_token = 4, 2
+  for key, value in overrides.items():
+    c.moe[key] = value
+  return c
+
+
+def inputs(seed=0, masked=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(T, D)), jnp.float32)
+  is_visual = jnp.asarray(rng.random(T) < 0.5)
+  mask = jnp.asarray(np.arange(T) < T - masked)
+  return x, is_visual, mask
+
+
+def f64(a):
+  return np.asarray(a, np.float64)
+
+
+def swiglu(x, gate, up, down):
+  h = x @ gate
+  return ((h / (1 + np.exp(-h))) * (x @ up)) @ down
+
+
+def dense_reference(layer, x, is_visual, capacity=None):
+  """Per token: Σ over its chosen experts of weight · expert(x), + shared experts.
+
+  With `capacity`, an expert takes assignments in choice-major order (all first choices,
+  then second choices, each in token order) until it holds `capacity`; the rest drop.
+  """
+  x = f64(x)
+  logits = x @ f64(layer.router.kernel[...])
+  k, kind = layer.router.k, layer.router.kind
+  if kind == "softmax":
+    scores = np.exp(logits - logits.max(-1, keepdims=True))
+    scores /= scores.sum(-1, keepdims=True)
+    ranking = scores
+  else:
+    scores = 1 / (1 + np.exp(-logits))
+    ranking = scores + f64(layer.router.bias[...])
+  chosen = np.argsort(-ranking, axis=-1, kind="stable")[:, :k]
+  weights = np.take_along_axis(scores, chosen, -1)
+  if layer.router.renormalize:
+    weights /= weights.sum(-1, keepdims=True)
+  gate, up, down = (f64(w[...]) for w in (layer.experts.gate, layer.experts.up,
+                                          layer.experts.down))
+  out, used, kept = np.zeros_like(x), np.zeros(gate.shape[0], int), 0
+  for choice in range(k):
+    for t in range(len(x)):
+      e = chosen[t, choice]
+      if capacity is not None and used[e] >= capacity:
+        continue
+      used[e] += 1
+      kept += 1
+      out[t] += weights[t, choice] * swiglu(x[t], gate[e], up[e], down[e])
+  def shared(module, rows):
+    return swiglu(rows, f64(module.gate.kernel[...]), f64(module.up.kernel[...]),
+                  f64(module.down.kernel[...]))
+  if layer.shared_visual is not None:
+    out += np.where(np.asarray(is_visual)[:, None], shared(layer.shared_visual, x),
+                    shared(layer.shared, x))
+  elif layer.shared is not None:
+    out += shared(layer.shared, x)
+  return out, 1 - kept / (len(x) * k)
+
+
+@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+@pytest.mark.parametrize("overrides", [
+    {}, {"granularity": 2}, {"shared_experts": "global"}, {"shared_experts": "per_modality"},
+    {"router": "sigmoid"}, {"renormalize": False}])
+def test_dispatch_matches_dense_loop(dispatch, overrides):
+  # Capacity for every assignment on one expert: nothing can drop.
+  cfg = moe_config(dispatch=dispatch, capacity_factor=4.0 * 2, **overrides)
+  layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(0))
+  x, is_visual, mask = inputs()
+  out, stats = layer(x, is_visual, mask)
+  want, _ = dense_reference(layer, x, is_visual)
+  np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
+  assert float(stats["drop_rate"]) == 0.0
+
+
+def test_capacity_drops_overflow_in_choice_major_order():
+  cfg = moe_config(dispatch="capacity", capacity_factor=0.5)
+  layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(1))
+  x, is_visual, mask = inputs(1)
+  out, stats = layer(x, is_visual, mask)
+  capacity = int(np.ceil(0.5 * T * 2 / 4))
+  want, drop_rate = dense_reference(layer, x, is_visual, capacity=capacity)
+  assert drop_rate > 0.1
+  np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
+  assert float(stats["drop_rate"]) == pytest.approx(drop_rate)
+
+
+def test_sigmoid_bias_changes_the_choice_not_the_weight():
+  layer = moe_lib.MoE(moe_config(router="sigmoid", renormalize=False), rngs=nnx.Rngs(2))
+  layer.router.bias[...] = jnp.array([100.0, 0.0, 0.0, 0.0])
+  x, _, mask = inputs(2)
+  experts, weights, _ = layer.router(x, mask)
+  assert (np.asarray(experts)[:, 0] == 0).all()                 # everyone picks expert 0 …
+  scores = jax.nn.sigmoid(x @ layer.router.kernel[...])
+  np.testing.assert_allclose(weights[:, 0], scores[:, 0], rtol=1e-6)   # … at its own score
+
+
+def test_load_balance_and_z_loss_match_their_formulas_and_ignore_padding():
+  layer = moe_lib.MoE(moe_config(), rngs=nnx.Rngs(3))
+  x, _, mask = inputs(3, masked=6)
+  _, _, stats = layer.router(x, mask)
+  logits = f64(x)[:18] @ f64(layer.router.kernel[...])
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  chosen = np.argsort(-probs, -1, kind="stable")[:, :2]
+  share = np.bincount(chosen.ravel(), minlength=4) / (18 * 2)
+  np.testing.assert_allclose(stats["load_balance"], 4 * np.sum(share * probs.mean(0)), rtol=1e-5)
+  lse = np.log(np.exp(logits).sum(-1))
+  np.testing.assert_allclose(stats["router_z"], np.mean(lse ** 2), rtol=1e-5)
+  np.testing.assert_array_equal(stats["expert_load"], np.bincount(chosen.ravel(), minlength=4))
+
+
+def test_granularity_keeps_active_flops():
+  cfg = moe_config(granularity=4)
+  assert moe_lib.expert_count(cfg.moe) == 16 and moe_lib.experts_per_token(cfg.moe) == 8
+  # Active FFN width per token: (k·G) · (hidden / G) = 8 · 8, the same 2 · 32 as G = 1.
+  assert moe_lib.expert_hidden(cfg.moe, cfg.mlp_dim) == 8
+  with pytest.raises(ValueError, match="granularity=3 does not divide"):
+    moe_lib.expert_hidden(moe_config(granularity=3).moe, 32)
