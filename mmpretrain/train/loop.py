@@ -12,11 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from mmpretrain import config as config_lib  # pylint: disable=wrong-import-position
-from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain import sample as sample_lib  # pylint: disable=wrong-import-position
+from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
-from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.train import placement  # pylint: disable=wrong-import-position
+from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
 
 PLOTTED = ("text_loss", "flow_loss", "text_bits_per_byte")
