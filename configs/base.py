@@ -104,6 +104,9 @@ def get_config(arg=None):
   c.model.moe.renormalize = True         # combine weights of the k chosen experts sum to 1
   c.model.moe.dispatch = "auto"          # auto | dropless | capacity
   c.model.moe.capacity_factor = 1.25     # capacity dispatch: slots = factor·tokens·k / experts
+  c.model.moe.first_dense_layers = 0     # these first layers keep a dense FFN
+  c.model.moe.every_n_layers = 1         # then every n-th layer is MoE (1 = all)
+  c.model.moe.bias_update_rate = 1e-3    # sigmoid router: bias step per train step
 
   # --- Flow matching (z_t = (1-t)·x + t·ε, t=1 is pure noise) ---
   c.diffusion = ml_collections.ConfigDict()
@@ -120,6 +123,8 @@ def get_config(arg=None):
   c.loss.text_weight = 1.0
   c.loss.flow_weight = 3.0
   c.loss.z_loss = 0.0                    # weight of log(Z)^2 on the LM head
+  c.loss.moe_load_balance = 0.01         # Switch load-balancing loss, mean over MoE layers
+  c.loss.moe_router_z = 1e-3             # router z-loss, mean over MoE layers
 
   # --- Optimizer and schedule (optax) ---
   c.optimizer = ml_collections.ConfigDict()

@@ -61,6 +61,28 @@ def _validate_stream(d, stream: str):
              f"Raise data.max_frames to {frames} or use fewer frames")
 
 
+def _validate_moe(m):
+  moe = m.moe
+  if moe.num_experts == 0:
+    return
+  _one_of(moe.router, ("softmax", "sigmoid"), "model.moe.router")
+  _one_of(moe.dispatch, ("auto", "dropless", "capacity"), "model.moe.dispatch")
+  _one_of(moe.shared_experts, ("none", "global", "per_modality"), "model.moe.shared_experts")
+  for key in ("num_experts", "experts_per_token", "granularity", "every_n_layers",
+              "capacity_factor"):
+    _positive(moe[key], f"model.moe.{key}")
+  _require(moe.experts_per_token <= moe.num_experts, "model.moe.experts_per_token",
+           f"{moe.experts_per_token} > num_experts={moe.num_experts}",
+           "Route each token to at most num_experts experts")
+  hidden = moe.expert_mlp_dim or m.mlp_dim
+  _require(hidden % moe.granularity == 0, "model.moe.granularity",
+           f"granularity={moe.granularity} does not divide the expert hidden size {hidden}",
+           "Pick a granularity that divides model.moe.expert_mlp_dim (or model.mlp_dim)")
+  _require(0 <= moe.first_dense_layers < m.num_layers, "model.moe.first_dense_layers",
+           f"must lie in [0, num_layers={m.num_layers}), got {moe.first_dense_layers}",
+           "Leave at least one layer for MoE, or set model.moe.num_experts=0")
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks cross-field constraints that ml_collections' type checks cannot see."""
   d, m, v, o = c.data, c.model, c.visual, c.optimizer
@@ -86,6 +108,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(m.head_dim % 2 == 0, "model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}",
            "Use an even head_dim")
   _one_of(m.remat, REMAT_POLICIES, "model.remat")
+  _validate_moe(m)
   _one_of(m.dtype, DTYPES, "model.dtype")
   _one_of(v.representation, REPRESENTATIONS, "visual.representation")
   _require(d.image_size % v.patch_size == 0, "visual.patch_size",

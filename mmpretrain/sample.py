@@ -53,7 +53,7 @@ def make_image_sampler(trainer, spec):
       inputs = ModelInputs(tokens=rows["tokens"], modality=rows["modality"],
                            segment_ids=rows["segment_ids"], block_ids=rows["block_ids"],
                            positions=rows["positions"], visual_latents=z_seq, timesteps=t_seq)
-      _, pred = trainer.model(params)(inputs)  # merged per call: NNX graphs can't cross scan
+      _, pred, _ = trainer.model(params)(inputs)  # merged per call: NNX graphs can't cross scan
       v_seq = diffusion.velocity(pred, z_seq, t_seq, cfg.diffusion.prediction, cfg.diffusion.min_t)
       v = collect_frame_tokens(v_seq, rows["frame_slot"], num_frame_tokens)
       return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.diffusion.cfg_scale)

@@ -37,6 +37,7 @@ def test_vocab_size_follows_the_tokenizer_setting():
     ("data.streams.text.datasets", {"wikipedia": 1.0}, "unknown dataset"),
     ("data.mixture.action_video", 1.0, "holds 5 frames but a row holds data.max_frames=4"),
     ("data.num_workers", -1, "config.data.num_workers"),
+
     ("model.remat", "some", "config.model.remat"),
 ])
 def test_bad_values_name_the_key(key, value, message):
@@ -87,3 +88,18 @@ def test_command_line_overrides_reach_the_config(tmp_path, data_dir):
                 "--config.data.tokenizer.vocab_size=512")
   assert out.returncode == 0, out.stderr
   assert f"tokenizer ready: {tmp_path}/tokenizer_512.model (512 ids)" in out.stdout
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("granularity", 5, "config.model.moe.granularity: granularity=5 does not divide"),
+    ("router", "hash", "config.model.moe.router"),
+    ("experts_per_token", 9, "config.model.moe.experts_per_token"),
+    ("first_dense_layers", 99, "config.model.moe.first_dense_layers"),
+])
+def test_bad_moe_values_name_the_key(key, value, message):
+  c = base.get_config()
+  c.model.moe.num_experts = 8
+  config_lib.validate(c)                           # a valid MoE config …
+  c.model.moe[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message):   # … broken by one key
+    config_lib.validate(c)

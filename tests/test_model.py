@@ -48,30 +48,47 @@ def unrolled_copy(scanned: Transfusion, cfg) -> Transfusion:
   state = nnx.state(unrolled)
   flat = dict(nnx.to_flat_state(state))
   for path, var in nnx.to_flat_state(scanned_state):
-    if path[:2] == ("decoder", "blocks"):
-      for layer in range(cfg.num_layers):
-        flat[path[:2] + (layer,) + path[2:]][...] = var[...][layer]
+    if path[:2] == ("decoder", "runs") and path[3] == "blocks":    # stacked [layers, ...]
+      for layer in range(var[...].shape[0]):
+        flat[path[:4] + (layer,) + path[4:]][...] = var[...][layer]
     else:
       flat[path][...] = var[...]
   nnx.update(unrolled, nnx.from_flat_state(flat))
   return unrolled
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_scan_equals_unrolled(remat):
-  cfg = model_config(scan_layers=True, remat=remat, qk_norm=True, modality_ffn=True)
+MOE = {"num_experts": 4, "first_dense_layers": 1, "every_n_layers": 2, "router": "sigmoid",
+       "shared_experts": "per_modality"}
+
+
+@pytest.mark.parametrize("remat,moe", [("none", {}), ("full", {}), ("none", MOE)])
+def test_scan_equals_unrolled(remat, moe):
+  cfg = model_config(scan_layers=True, remat=remat, qk_norm=True, modality_ffn=True,
+                     num_layers=4)
+  cfg.moe.update(moe)
   scanned = Transfusion(cfg, PATCH, rngs=nnx.Rngs(0))
   unrolled = unrolled_copy(scanned, cfg)
   inputs = make_inputs()
-  for got, want in zip(unrolled(inputs), scanned(inputs)):
+  for got, want in zip(jax.tree.leaves(unrolled(inputs)), jax.tree.leaves(scanned(inputs))):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_moe_layer_placement_and_stats():
+  cfg = model_config(num_layers=4)
+  cfg.moe.update(MOE)          # layers 1 and 3 are MoE
+  model = Transfusion(cfg, PATCH, rngs=nnx.Rngs(0))
+  assert [run.moe for run in model.decoder.runs] == [False, True, False, True]
+  _, _, stats = model(make_inputs())
+  assert stats["expert_load"].shape == (2, 4) and stats["load_balance"].shape == (2,)
+  # Every non-padding token makes k = 2 assignments in each MoE layer.
+  np.testing.assert_array_equal(stats["expert_load"].sum(axis=1), [2 * 24, 2 * 24])
 
 
 def test_future_tokens_do_not_change_past_outputs():
   model = Transfusion(model_config(), PATCH, rngs=nnx.Rngs(0))
   a = make_inputs(0)
   b = ModelInputs(**{**a.__dict__, "tokens": a.tokens.at[:, 10:].set(5)})
-  (la, _), (lb, _) = model(a), model(b)
+  la, lb = model(a)[0], model(b)[0]
   np.testing.assert_allclose(la[:, :10], lb[:, :10], atol=1e-6)
   assert not np.allclose(la[:, 10:], lb[:, 10:])
 
@@ -81,7 +98,7 @@ def test_image_tokens_see_each_other_but_not_later_text():
   a = make_inputs(0)
   # Changing the last image token changes the first image token's output (bidirectional)...
   b = ModelInputs(**{**a.__dict__, "visual_latents": a.visual_latents.at[:, 7].add(1.0)})
-  (_, va), (_, vb) = model(a), model(b)
+  va, vb = model(a)[1], model(b)[1]
   assert not np.allclose(va[:, 4], vb[:, 4])
   # ...but text before the image is untouched.
   np.testing.assert_allclose(model(a)[0][:, :4], model(b)[0][:, :4], atol=1e-6)
@@ -92,7 +109,7 @@ def test_modality_ffn_routes_by_modality():
   inputs = make_inputs(0, image=(8, 12))        # image at the end: text never sees it
   before = model(inputs)
   # Perturb only the vision FFN: text positions (all before the image) must not move.
-  vision_ffn = model.decoder.blocks.vision_ffn
+  vision_ffn = model.decoder.runs[0].blocks.vision_ffn
   vision_ffn.down.kernel[...] = vision_ffn.down.kernel[...] + 0.5
   after = model(inputs)
   np.testing.assert_allclose(before[0][:, :8], after[0][:, :8], atol=1e-6)
@@ -102,7 +119,7 @@ def test_modality_ffn_routes_by_modality():
 def test_tied_embeddings_share_the_lm_head():
   model = Transfusion(model_config(tie_embeddings=True), PATCH, rngs=nnx.Rngs(0))
   assert model.lm_head is None
-  logits, _ = model(make_inputs())
+  logits = model(make_inputs())[0]
   assert logits.shape == (2, 12, 97)
 
 
@@ -110,7 +127,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   model = Transfusion(model_config(dtype="bfloat16"), PATCH, rngs=nnx.Rngs(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model)))
   ref = Transfusion(model_config(), PATCH, rngs=nnx.Rngs(0))
-  logits, pred = model(make_inputs())
-  ref_logits, _ = ref(make_inputs())
+  logits, pred, _ = model(make_inputs())
+  ref_logits = ref(make_inputs())[0]
   assert logits.dtype == jnp.float32 and pred.dtype == jnp.float32
   np.testing.assert_allclose(logits, ref_logits, atol=0.05)   # bf16 rounding only

@@ -5,15 +5,17 @@ visual positions embed noisy latent patches plus a timestep embedding and are re
 a linear flow head (x- or v-prediction). Which is which comes from `modality`.
 """
 import dataclasses
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmpretrain.batch import MODALITY_VISUAL
+from mmpretrain.batch import MODALITY_PAD, MODALITY_VISUAL
 from mmpretrain.model import layers
 from mmpretrain.model.masks import attention_mask
+from mmpretrain.model.moe import MoE, RouterBias
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -34,26 +36,42 @@ class ModelInputs:
   timesteps: jnp.ndarray        # [B, L] flow time of each visual slot (0 = clean)
 
 
-class DecoderBlock(nnx.Module):
-  """Pre-norm block: x + attn(norm(x)); x + ffn(norm(x)), with optional modality FFNs."""
+def is_moe_layer(cfg, index: int) -> bool:
+  """MoE FFN at layer `index`: after `first_dense_layers`, every `every_n_layers`-th layer."""
+  moe = cfg.moe
+  return (moe.num_experts > 0 and index >= moe.first_dense_layers
+          and (index - moe.first_dense_layers) % moe.every_n_layers == 0)
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+
+class DecoderBlock(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)); x + ffn(norm(x)).
+
+  The FFN is a SwiGLU, a pair of modality SwiGLUs (`modality_ffn`), or a MoE layer.
+  Returns (x, routing stats) — stats are empty for dense FFNs.
+  """
+
+  def __init__(self, cfg, *, moe: bool, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.dtype)
     self.attn_norm = layers.RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
     self.attn = layers.Attention(cfg, rngs=rngs)
     self.ffn_norm = layers.RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
-    self.ffn = layers.SwiGLU(cfg, rngs=rngs)
+    self.ffn = MoE(cfg, rngs=rngs) if moe else layers.SwiGLU(cfg, rngs=rngs)
     # The paper's improved dense baseline: visual tokens use their own FFN weights.
-    self.vision_ffn = layers.SwiGLU(cfg, rngs=rngs) if cfg.modality_ffn else None
+    self.vision_ffn = (layers.SwiGLU(cfg, rngs=rngs) if cfg.modality_ffn and not moe
+                       else None)
 
-  def __call__(self, x, positions, mask, is_visual):
+  def __call__(self, x, positions, mask, is_visual, token_mask):
     x = x + self.attn(self.attn_norm(x), positions, mask)
     h = self.ffn_norm(x)
+    if isinstance(self.ffn, MoE):
+      out, stats = self.ffn(h, is_visual, token_mask)
+      stats.pop("experts")
+      return x + out, stats
     if self.vision_ffn is None:
-      return x + self.ffn(h)
+      return x + self.ffn(h), {}
     # Both FFNs run on every token and the result is selected: simple and exact; an
     # ablation-only cost (2× FFN FLOPs) that MoE dispatch replaces at scale.
-    return x + jnp.where(is_visual[..., None], self.vision_ffn(h), self.ffn(h))
+    return x + jnp.where(is_visual[..., None], self.vision_ffn(h), self.ffn(h)), {}
 
 
 def timestep_features(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jnp.ndarray:
@@ -76,41 +94,79 @@ class TimestepEmbedding(nnx.Module):
     return self.fc2(jax.nn.silu(self.fc1(timestep_features(t, self.freq_dim))))
 
 
-class DecoderStack(nnx.Module):
-  """num_layers DecoderBlocks, either stacked for nnx.scan or kept as a list."""
+class LayerRun(nnx.Module):
+  """Consecutive blocks of one kind (dense or MoE), stacked for a scan or kept as a list."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
-    self.scan_layers = cfg.scan_layers
+  def __init__(self, cfg, count: int, moe: bool, *, rngs: nnx.Rngs):
+    self.count, self.moe, self.scan_layers = count, moe, cfg.scan_layers
     self.remat_policy = REMAT_POLICIES.get(cfg.remat)
     if cfg.scan_layers:
-      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.split_rngs(splits=count)
       @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
       def make_blocks(rngs):
-        return DecoderBlock(cfg, rngs=rngs)
+        return DecoderBlock(cfg, moe=moe, rngs=rngs)
       self.blocks = make_blocks(rngs)
     else:
-      self.blocks = nnx.List([DecoderBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+      self.blocks = nnx.List([DecoderBlock(cfg, moe=moe, rngs=rngs) for _ in range(count)])
 
-  def __call__(self, x, positions, mask, is_visual):
+  def __call__(self, x, *args):
+    """Returns x and the blocks' stats stacked along a leading layer axis."""
     def apply_block(block, x):
-      return block(x, positions, mask, is_visual)
+      return block(x, *args)
     if not self.scan_layers:
       remat_block = apply_block if self.remat_policy is None else nnx.remat(
           apply_block, policy=self.remat_policy)
+      stats = []
       for block in self.blocks:
-        x = remat_block(block, x)
-      return x
+        x, block_stats = remat_block(block, x)
+        stats.append(block_stats)
+      return x, jax.tree.map(lambda *s: jnp.stack(s), *stats)
 
     # A plain lax.scan over the stacked block state (rather than nnx.scan) keeps the stack
     # usable from inside other traced loops, e.g. the sampler's ODE scan.
     graphdef, stacked = nnx.split(self.blocks)
 
     def scan_body(x, block_state):
-      return apply_block(nnx.merge(graphdef, block_state), x), None
+      return apply_block(nnx.merge(graphdef, block_state), x)
     if self.remat_policy is not None:
       scan_body = jax.checkpoint(scan_body, policy=self.remat_policy)
-    x, _ = jax.lax.scan(scan_body, x, stacked)
-    return x
+    return jax.lax.scan(scan_body, x, stacked)
+
+
+class DecoderStack(nnx.Module):
+  """num_layers DecoderBlocks as runs of consecutive same-kind layers (see is_moe_layer)."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    kinds = [is_moe_layer(cfg, i) for i in range(cfg.num_layers)]
+    runs = [(moe, len(list(group))) for moe, group in itertools.groupby(kinds)]
+    self.runs = nnx.List([LayerRun(cfg, count, moe, rngs=rngs) for moe, count in runs])
+
+  def __call__(self, x, positions, mask, is_visual, token_mask):
+    """Returns x and the MoE layers' routing stats, stacked in layer order ({} if none)."""
+    stats = []
+    for run in self.runs:
+      x, run_stats = run(x, positions, mask, is_visual, token_mask)
+      if run_stats:
+        stats.append(run_stats)
+    return x, jax.tree.map(lambda *s: jnp.concatenate(s), *stats) if stats else {}
+
+  def update_router_bias(self, expert_load, rate: float):
+    """Aux-loss-free balancing: raise the bias of under-loaded experts, lower the others.
+
+    expert_load [moe_layers, E] as returned by __call__; a no-op without sigmoid routers.
+    """
+    start = 0
+    for run in self.runs:
+      if not run.moe:
+        continue
+      load = expert_load[start:start + run.count]
+      start += run.count
+      step = rate * jnp.sign(jnp.mean(load, axis=-1, keepdims=True) - load)   # [count, E]
+      leaves, treedef = jax.tree.flatten(nnx.state(run, RouterBias))
+      if not leaves:
+        continue
+      new = [leaves[0] + step] if run.scan_layers else [b + s for b, s in zip(leaves, step)]
+      nnx.update(run, jax.tree.unflatten(treedef, new))
 
 
 class Transfusion(nnx.Module):
@@ -132,7 +188,8 @@ class Transfusion(nnx.Module):
                                     axes=("embed", "latent"), use_bias=True, rngs=rngs)
 
   def __call__(self, inputs: ModelInputs):
-    """Returns (text logits [B, L, V] float32, visual prediction [B, L, patch_dim] float32)."""
+    """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the
+    MoE layers' routing stats (per MoE layer, in order; {} for a dense model)."""
     # The decoder works on flat tokens [B·L, d]; only attention sees [B, L, ...]. Weight
     # gradients then contract over one axis, which XLA:CPU runs ~2× faster than over two.
     batch, length = inputs.tokens.shape
@@ -144,8 +201,10 @@ class Transfusion(nnx.Module):
                 + self.time_embed(flat(inputs.timesteps)).astype(self.dtype))
     x = jnp.where(is_visual[..., None], visual_h, text_h)
     mask = attention_mask(inputs.segment_ids, inputs.block_ids)
-    x = self.final_norm(self.decoder(x, inputs.positions, mask, is_visual))
+    token_mask = flat(inputs.modality != MODALITY_PAD)
+    x, moe_stats = self.decoder(x, inputs.positions, mask, is_visual, token_mask)
+    x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
     def unflat(t):
       return t.reshape(batch, length, *t.shape[1:]).astype(jnp.float32)
-    return unflat(logits), unflat(self.visual_out(x))
+    return unflat(logits), unflat(self.visual_out(x)), moe_stats

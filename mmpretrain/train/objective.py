@@ -97,6 +97,21 @@ def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_
   return loss, metrics
 
 
+def add_moe_terms(loss, sums: dict, moe_stats: dict, lcfg, microbatches: int):
+  """Adds the router losses (means over MoE layers) and their metrics to one microbatch.
+
+  Divided by the microbatch count so that summing over microbatches gives their mean.
+  """
+  load_balance = jnp.mean(moe_stats["load_balance"])
+  router_z = jnp.mean(moe_stats["router_z"])
+  loss = loss + (lcfg.moe_load_balance * load_balance + lcfg.moe_router_z * router_z) / microbatches
+  sums = dict(sums, moe_load_balance=load_balance / microbatches,
+              moe_router_z=router_z / microbatches,
+              moe_drop_rate=jnp.mean(moe_stats["drop_rate"]) / microbatches,
+              expert_load=jax.lax.stop_gradient(moe_stats["expert_load"]))
+  return loss, sums
+
+
 def summarize(sums: dict, lcfg) -> dict:
   """Turns accumulated sums into the logged means (text CE, flow MSE, bits per byte)."""
   text_tokens = jnp.maximum(sums["text_tokens"], 1.0)
@@ -104,9 +119,14 @@ def summarize(sums: dict, lcfg) -> dict:
   text_loss = sums["text_ce_sum"] / text_tokens
   flow_loss = sums["flow_mse_sum"] / visual_tokens
   z_loss = sums["z_sum"] / text_tokens
-  return {
+  metrics = {
       "loss": lcfg.text_weight * text_loss + lcfg.flow_weight * flow_loss + lcfg.z_loss * z_loss,
       "text_loss": text_loss, "flow_loss": flow_loss, "z_loss": z_loss,
       "text_bits_per_byte": sums["text_ce_sum"] / math.log(2) / jnp.maximum(sums["text_bytes"], 1),
       "text_tokens": sums["text_tokens"], "visual_tokens": sums["visual_tokens"],
   }
+  if "moe_load_balance" in sums:
+    metrics["loss"] += (lcfg.moe_load_balance * sums["moe_load_balance"]
+                        + lcfg.moe_router_z * sums["moe_router_z"])
+    metrics.update({k: v for k, v in sums.items() if k.startswith("moe_")})
+  return metrics

@@ -20,11 +20,14 @@ def learning_rate_schedule(ocfg, num_steps: int) -> optax.Schedule:
   raise ValueError(f"unknown optimizer.schedule {ocfg.schedule!r}")
 
 
+DECAYED = ("kernel", "embedding", "gate", "up", "down")   # the last three: stacked experts
+
+
 def decay_mask(params):
-  """Weight decay on matmul kernels and embeddings only, not on norms or biases."""
+  """Weight decay on matmul weights and embeddings only, not on norms or biases."""
   def is_decayed(path, _):
-    names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
-    return bool(names & {"kernel", "embedding"})
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    return names[-1] in DECAYED
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 

@@ -75,9 +75,13 @@ class Trainer:
                                             cfg.visual.patch_size)
     inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
                                              self.time_shift)
-    logits, pred = self.model(params)(inputs)
-    return objective.transfusion_loss(logits, pred, target, batch, normalizers,
-                                      self.byte_lengths, cfg.loss)
+    logits, pred, moe_stats = self.model(params)(inputs)
+    loss, sums = objective.transfusion_loss(logits, pred, target, batch, normalizers,
+                                            self.byte_lengths, cfg.loss)
+    if moe_stats:
+      loss, sums = objective.add_moe_terms(loss, sums, moe_stats, cfg.loss,
+                                           cfg.optimizer.grad_accum_steps)
+    return loss, sums
 
   def gradients(self, params, batch, rng):
     """Gradient of the full-batch loss, summed over `grad_accum_steps` microbatches.
@@ -98,8 +102,9 @@ class Trainer:
       return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, m)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    sums0 = {k: jnp.zeros((), jnp.float32) for k in
-             ("text_ce_sum", "flow_mse_sum", "z_sum", "text_bytes", "text_tokens", "visual_tokens")}
+    first = jax.tree.map(lambda x: x[0], micro)
+    _, sums_shape = jax.eval_shape(self.loss, params, first, first.pop("row_rngs"), normalizers)
+    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
     (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), micro)
     return grads, sums
 
@@ -109,6 +114,11 @@ class Trainer:
     grads, sums = self.gradients(state.params, batch, step_rng)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if "expert_load" in sums:          # sigmoid routers: balance by bias, not by gradient
+      model = self.model(params)
+      model.decoder.update_router_bias(sums.pop("expert_load"),
+                                       self.config.model.moe.bias_update_rate)
+      params = nnx.split(model)[1]
     metrics = objective.summarize(sums, self.config.loss)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state.step)
