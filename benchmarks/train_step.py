@@ -61,7 +61,7 @@ def measure(config, steps: int, warmup: int) -> dict:
     times.append(time.perf_counter() - start)
   step_s = float(np.median(times))
   tokens = config.data.batch_size * config.data.seq_len
-  return {"step_s": step_s, "tokens_per_s": tokens / step_s,
+  return {"step_s": step_s, "tokens_per_s": tokens / step_s, "metrics": jax.device_get(metrics),
           "model_flops_per_s": train_flops_per_token(config) * tokens / step_s}
 
 

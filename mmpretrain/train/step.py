@@ -114,12 +114,15 @@ class Trainer:
     grads, sums = self.gradients(state.params, batch, step_rng)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if "expert_load" in sums:          # sigmoid routers: balance by bias, not by gradient
+    expert_load = sums.pop("expert_load", None)       # [MoE layers, experts]
+    if expert_load is not None:        # sigmoid routers: balance by bias, not by gradient
       model = self.model(params)
-      model.decoder.update_router_bias(sums.pop("expert_load"),
-                                       self.config.model.moe.bias_update_rate)
+      model.decoder.update_router_bias(expert_load, self.config.model.moe.bias_update_rate)
       params = nnx.split(model)[1]
     metrics = objective.summarize(sums, self.config.loss)
+    if expert_load is not None:
+      busiest = jnp.max(expert_load, -1) / jnp.maximum(jnp.mean(expert_load, -1), 1.0)
+      metrics["moe_max_load_over_mean"] = jnp.max(busiest)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
