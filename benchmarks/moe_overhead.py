@@ -10,6 +10,7 @@ balance (max expert load ÷ mean) of the last step.
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -22,25 +23,47 @@ from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong
 from train_step import measure  # pylint: disable=wrong-import-position
 
 
+CONFIGS = {"dense": ("dense_ref.py", None), "moe": ("moe_ref.py", None),
+           "moe_fine": ("moe_ref.py", "fine")}
+
+
+def measure_one(name: str, steps: int, warmup: int) -> dict:
+  path, arg = CONFIGS[name]
+  config = validate(load_config(os.path.join(ROOT, "configs", "bench", path), arg))
+  result = measure(config, steps, warmup)
+  out = {"step_s": result["step_s"]}
+  if name != "dense":
+    out["drop_rate"] = float(result["metrics"]["moe_drop_rate"])
+    out["max_load_over_mean"] = float(result["metrics"]["moe_max_load_over_mean"])
+  return out
+
+
 def main():
   relaunch_with_jemalloc()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--only", choices=list(CONFIGS), help="measure one config (internal)")
   args = parser.parse_args()
-  bench = os.path.join(ROOT, "configs", "bench")
-  configs = {"dense": validate(load_config(os.path.join(bench, "dense_ref.py"))),
-             "moe": validate(load_config(os.path.join(bench, "moe_ref.py"))),
-             "moe_fine": validate(load_config(os.path.join(bench, "moe_ref.py"), "fine"))}
-  out = {"devices": str(jax.devices()[0].device_kind)}
-  for name, config in configs.items():
-    result = measure(config, args.steps, args.warmup)
-    out[f"{name}_step_s"] = round(result["step_s"], 3)
-    if name != "dense":
-      metrics = result["metrics"]
-      out[f"{name}_vs_dense"] = round(result["step_s"] / out["dense_step_s"], 3)
-      out[f"{name}_drop_rate"] = round(float(metrics["moe_drop_rate"]), 4)
-      out[f"{name}_max_load_over_mean"] = round(float(metrics["moe_max_load_over_mean"]), 3)
+  if args.only:
+    print(json.dumps(measure_one(args.only, args.steps, args.warmup)))
+    return
+  # One process per config: jemalloc keeps each model's high-water memory, and three
+  # models' worth in one process exceeds this machine's RAM.
+  results = {}
+  for name in CONFIGS:
+    run = subprocess.run([sys.executable, os.path.abspath(__file__), f"--only={name}",
+                          f"--steps={args.steps}", f"--warmup={args.warmup}"],
+                         capture_output=True, text=True, check=True)
+    results[name] = json.loads(run.stdout.strip().splitlines()[-1])
+  out = {"devices": str(jax.devices()[0].device_kind),
+         "dense_step_s": round(results["dense"]["step_s"], 3)}
+  for name in ("moe", "moe_fine"):
+    r = results[name]
+    out[f"{name}_step_s"] = round(r["step_s"], 3)
+    out[f"{name}_vs_dense"] = round(r["step_s"] / results["dense"]["step_s"], 3)
+    out[f"{name}_drop_rate"] = round(r["drop_rate"], 4)
+    out[f"{name}_max_load_over_mean"] = round(r["max_load_over_mean"], 3)
   print(json.dumps(out))
 
 
