@@ -175,5 +175,4 @@ class MoE(nnx.Module):
     elif self.shared is not None:
       out = out + self.shared(x)
     stats["drop_rate"] = drop_rate
-    stats["experts"] = experts
     return out.astype(self.dtype), stats

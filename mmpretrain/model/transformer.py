@@ -65,7 +65,6 @@ class DecoderBlock(nnx.Module):
     h = self.ffn_norm(x)
     if isinstance(self.ffn, MoE):
       out, stats = self.ffn(h, is_visual, token_mask)
-      stats.pop("experts")
       return x + out, stats
     if self.vision_ffn is None:
       return x + self.ffn(h), {}
