@@ -108,6 +108,24 @@ def get_config(arg=None):
   c.model.moe.every_n_layers = 1         # then every n-th layer is MoE (1 = all)
   c.model.moe.bias_update_rate = 1e-3    # sigmoid router: bias step per train step
 
+  # --- Parallelism (mmpretrain/sharding.py): mesh sizes, -1 = the devices the others leave ---
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                       # pure data parallelism
+  c.mesh.fsdp = 1                        # parameters and optimizer state split, gathered per use
+  c.mesh.expert = 1                      # experts split; tokens reach them by all-to-all
+  c.mesh.tensor = 1                      # heads / FFN hidden / vocab split (Megatron style)
+  # Logical axis name -> mesh axes it is split over; names not listed stay replicated.
+  c.mesh.rules = ml_collections.ConfigDict({
+      "batch": ("data", "fsdp", "expert"),   # rows of the batch and their activations
+      "moe_batch": ("data", "fsdp"),         # rows while their tokens sit with their experts
+      "expert": ("expert",),
+      "embed": ("fsdp",),
+      "mlp": ("tensor",),
+      "heads": ("tensor",),
+      "kv_heads": ("tensor",),
+      "vocab": ("tensor",),
+  })
+
   # --- Flow matching (z_t = (1-t)·x + t·ε, t=1 is pure noise) ---
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.prediction = "x"           # x | v
@@ -144,6 +162,10 @@ def get_config(arg=None):
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 10_000
   c.train.log_every = 10
+
+  # --- Analyses written during training (mmpretrain/analysis/) ---
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.expert_threshold = 0.8      # text (vision) expert: text affinity ≥ (≤ 1 −) this
 
   # --- Samples written at the end of training ---
   c.sample = ml_collections.ConfigDict()

@@ -2,6 +2,7 @@
 
   mmpretrain prepare --config=configs/demo.py [--datasets=mnist_captions,emoji_captions]
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
+  mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
 """
 import sys
 
@@ -14,6 +15,10 @@ from mmpretrain import hostalloc
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, samples, checkpoints).")
+_WINDOWS = flags.DEFINE_integer("windows", 1, "analyze-experts: sum the routing counts of the "
+                                "last N log intervals (0 = the whole run).")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.8, "analyze-experts: text (vision) expert = "
+                                "text affinity at least (at most 1 minus) this.")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
 
@@ -44,7 +49,21 @@ def cmd_train():
     print(f"samples: {summary['samples']}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train}
+def cmd_analyze_experts():
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required: the directory of an MoE training run")
+  from mmpretrain.analysis.experts import analyze  # pylint: disable=import-outside-toplevel
+  result = analyze(_WORKDIR.value, _WINDOWS.value, _THRESHOLD.value)
+  print(f"steps {result['steps'][0]}..{result['steps'][-1]}, threshold {result['threshold']}")
+  print("layer  text  vision  multimodal  unused  und~gen r")
+  for row in result["layers"]:
+    print(f"{row['layer']:5d}  {row['text_experts']:4.2f}  {row['vision_experts']:6.2f}  "
+          f"{row['multimodal_experts']:10.2f}  {row['unused_experts']:6.2f}  "
+          f"{row['understanding_generation_r']:9.3f}")
+  print(f"wrote {_WORKDIR.value}/analysis/experts.json and experts.png")
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "analyze-experts": cmd_analyze_experts}
 
 
 def _run(command):

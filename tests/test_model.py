@@ -8,8 +8,9 @@ import pytest
 from flax import nnx
 
 import base
-from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
-from mmpretrain.model.transformer import ModelInputs, Transfusion
+from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.model.moe import TOKEN_KINDS
+from mmpretrain.model.transformer import ModelInputs, Transfusion, token_kinds
 
 PATCH = 8
 
@@ -131,3 +132,11 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   ref_logits = ref(make_inputs())[0]
   assert logits.dtype == jnp.float32 and pred.dtype == jnp.float32
   np.testing.assert_allclose(logits, ref_logits, atol=0.05)   # bf16 rounding only
+
+
+def test_token_kinds_follow_modality_and_noise():
+  modality = np.array([[MODALITY_TEXT, MODALITY_VISUAL, MODALITY_VISUAL, MODALITY_PAD]])
+  timesteps = np.array([[0.0, 0.0, 0.3, 0.0]])
+  kinds = np.asarray(token_kinds(jnp.asarray(modality), jnp.asarray(timesteps)))
+  want = [TOKEN_KINDS.index(k) for k in ("text", "visual_understanding", "visual_generation")]
+  np.testing.assert_array_equal(kinds, [want + [-1]])

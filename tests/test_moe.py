@@ -8,7 +8,8 @@ from flax import nnx
 import base
 from mmpretrain.model import moe as moe_lib
 
-T, D = 24, 16
+ROWS, LENGTH, D = 2, 12, 16
+T = ROWS * LENGTH
 
 
 def moe_config(**overrides):
@@ -21,11 +22,12 @@ def moe_config(**overrides):
 
 
 def inputs(seed=0, masked=0):
+  """x [T, d] and token kinds (0 text, 1 clean visual, 2 noisy visual); the last `masked`
+  tokens are padding (-1)."""
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.normal(size=(T, D)), jnp.float32)
-  is_visual = jnp.asarray(rng.random(T) < 0.5)
-  mask = jnp.asarray(np.arange(T) < T - masked)
-  return x, is_visual, mask
+  kind = np.where(np.arange(T) < T - masked, rng.integers(0, 3, T), -1)
+  return x, jnp.asarray(kind, jnp.int32)
 
 
 def f64(a):
@@ -37,16 +39,17 @@ def swiglu(x, gate, up, down):
   return ((h / (1 + np.exp(-h))) * (x @ up)) @ down
 
 
-def dense_reference(layer, x, is_visual, capacity=None):
+def dense_reference(layer, x, kind, capacity=None):
   """Per token: Σ over its chosen experts of weight · expert(x), + shared experts.
 
-  With `capacity`, an expert takes assignments in choice-major order (all first choices,
-  then second choices, each in token order) until it holds `capacity`; the rest drop.
+  With `capacity`, inside each row of LENGTH tokens an expert takes assignments in
+  choice-major order (all first choices, then second choices, each in token order) until
+  it holds `capacity`; the rest drop.
   """
   x = f64(x)
   logits = x @ f64(layer.router.kernel[...])
-  k, kind = layer.router.k, layer.router.kind
-  if kind == "softmax":
+  k = layer.router.k
+  if layer.router.kind == "softmax":
     scores = np.exp(logits - logits.max(-1, keepdims=True))
     scores /= scores.sum(-1, keepdims=True)
     ranking = scores
@@ -59,20 +62,22 @@ def dense_reference(layer, x, is_visual, capacity=None):
     weights /= weights.sum(-1, keepdims=True)
   gate, up, down = (f64(w[...]) for w in (layer.experts.gate, layer.experts.up,
                                           layer.experts.down))
-  out, used, kept = np.zeros_like(x), np.zeros(gate.shape[0], int), 0
-  for choice in range(k):
-    for t in range(len(x)):
-      e = chosen[t, choice]
-      if capacity is not None and used[e] >= capacity:
-        continue
-      used[e] += 1
-      kept += 1
-      out[t] += weights[t, choice] * swiglu(x[t], gate[e], up[e], down[e])
+  out, kept = np.zeros_like(x), 0
+  for row in range(ROWS):
+    used = np.zeros(gate.shape[0], int)
+    for choice in range(k):
+      for t in range(row * LENGTH, (row + 1) * LENGTH):
+        e = chosen[t, choice]
+        if capacity is not None and used[e] >= capacity:
+          continue
+        used[e] += 1
+        kept += 1
+        out[t] += weights[t, choice] * swiglu(x[t], gate[e], up[e], down[e])
   def shared(module, rows):
     return swiglu(rows, f64(module.gate.kernel[...]), f64(module.up.kernel[...]),
                   f64(module.down.kernel[...]))
   if layer.shared_visual is not None:
-    out += np.where(np.asarray(is_visual)[:, None], shared(layer.shared_visual, x),
+    out += np.where(np.asarray(kind)[:, None] >= 1, shared(layer.shared_visual, x),
                     shared(layer.shared, x))
   elif layer.shared is not None:
     out += shared(layer.shared, x)
@@ -87,20 +92,20 @@ def test_dispatch_matches_dense_loop(dispatch, overrides):
   # Capacity for every assignment on one expert: nothing can drop.
   cfg = moe_config(dispatch=dispatch, capacity_factor=4.0 * 2, **overrides)
   layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(0))
-  x, is_visual, mask = inputs()
-  out, stats = layer(x, is_visual, mask)
-  want, _ = dense_reference(layer, x, is_visual)
+  x, kind = inputs()
+  out, stats = layer(x, kind, rows=ROWS)
+  want, _ = dense_reference(layer, x, kind)
   np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
   assert float(stats["drop_rate"]) == 0.0
 
 
-def test_capacity_drops_overflow_in_choice_major_order():
+def test_capacity_drops_overflow_per_row_in_choice_major_order():
   cfg = moe_config(dispatch="capacity", capacity_factor=0.5)
   layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(1))
-  x, is_visual, mask = inputs(1)
-  out, stats = layer(x, is_visual, mask)
-  capacity = int(np.ceil(0.5 * T * 2 / 4))
-  want, drop_rate = dense_reference(layer, x, is_visual, capacity=capacity)
+  x, kind = inputs(1)
+  out, stats = layer(x, kind, rows=ROWS)
+  capacity = int(np.ceil(0.5 * LENGTH * 2 / 4))
+  want, drop_rate = dense_reference(layer, x, kind, capacity=capacity)
   assert drop_rate > 0.1
   np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
   assert float(stats["drop_rate"]) == pytest.approx(drop_rate)
@@ -109,8 +114,8 @@ def test_capacity_drops_overflow_in_choice_major_order():
 def test_sigmoid_bias_changes_the_choice_not_the_weight():
   layer = moe_lib.MoE(moe_config(router="sigmoid", renormalize=False), rngs=nnx.Rngs(2))
   layer.router.bias[...] = jnp.array([100.0, 0.0, 0.0, 0.0])
-  x, _, mask = inputs(2)
-  experts, weights, _ = layer.router(x, mask)
+  x, kind = inputs(2)
+  experts, weights, _ = layer.router(x, kind)
   assert (np.asarray(experts)[:, 0] == 0).all()                 # everyone picks expert 0 …
   scores = jax.nn.sigmoid(x @ layer.router.kernel[...])
   np.testing.assert_allclose(weights[:, 0], scores[:, 0], rtol=1e-6)   # … at its own score
@@ -118,8 +123,8 @@ def test_sigmoid_bias_changes_the_choice_not_the_weight():
 
 def test_load_balance_and_z_loss_match_their_formulas_and_ignore_padding():
   layer = moe_lib.MoE(moe_config(), rngs=nnx.Rngs(3))
-  x, _, mask = inputs(3, masked=6)
-  _, _, stats = layer.router(x, mask)
+  x, kind = inputs(3, masked=6)
+  _, _, stats = layer.router(x, kind)
   logits = f64(x)[:18] @ f64(layer.router.kernel[...])
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
@@ -129,6 +134,10 @@ def test_load_balance_and_z_loss_match_their_formulas_and_ignore_padding():
   lse = np.log(np.exp(logits).sum(-1))
   np.testing.assert_allclose(stats["router_z"], np.mean(lse ** 2), rtol=1e-5)
   np.testing.assert_array_equal(stats["expert_load"], np.bincount(chosen.ravel(), minlength=4))
+  for index, name in enumerate(moe_lib.TOKEN_KINDS):
+    of_kind = chosen[np.asarray(kind)[:18] == index]
+    np.testing.assert_array_equal(stats["kind_load"][index],
+                                  np.bincount(of_kind.ravel(), minlength=4), err_msg=name)
 
 
 def test_granularity_keeps_active_flops():

@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from mmpretrain.analysis.experts import load_routing
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.model.moe import RouterBias
 from mmpretrain.train import objective
@@ -42,6 +43,12 @@ def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tm
   assert last["text_loss"] < first["text_loss"] - 0.5
   assert last["flow_loss"] < 0.8 * first["flow_loss"]
   assert {"moe_load_balance", "moe_router_z", "moe_drop_rate"} <= set(last)
+  # Routing counts by token kind, one window per log step, every step counted once.
+  counts, layers, steps = load_routing(str(tmp_path), windows=0)
+  assert steps == [0, 5, 10, 15, 20, 25, 29] and list(layers) == [0, 1]
+  per_layer = counts.sum(axis=(1, 2))
+  assert per_layer[0] == per_layer[1] > 0          # each layer routes every token k times
+  assert (counts.sum(axis=(0, 2)) > 0).all()       # text, understanding and generation seen
 
   trainer = Trainer(config, tokenizer.byte_lengths())
   batch = next(make_batches(config, tokenizer))

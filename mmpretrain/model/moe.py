@@ -10,8 +10,8 @@ Config (`config.model.moe`):
   shared_experts — "none", "global" (one always-on expert), or "per_modality" (an always-on
       text expert for text tokens and a vision expert for visual tokens).
   dispatch — "dropless" (tokens sorted by expert, grouped matmuls with jax.lax.ragged_dot),
-      "capacity" (GShard-style per-expert buffers of capacity_factor·T·k/E slots, batched
-      einsum; overflow is dropped and the token keeps only its residual), or "auto"
+      "capacity" (GShard-style per-row, per-expert buffers of capacity_factor·L·k/E slots,
+      batched einsum; overflow is dropped and the token keeps only its residual), or "auto"
       (capacity on CPU, where ragged_dot is ~10× slower than the einsum; dropless elsewhere).
 """
 import math
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmpretrain import sharding
 from mmpretrain.model import layers
 
 
@@ -43,6 +44,11 @@ def expert_hidden(moe, mlp_dim: int) -> int:
   return hidden // moe.granularity
 
 
+# Token kinds for routing statistics (-1 = padding): text, a clean image or frame (read,
+# "understanding"), a noisy one (being generated).
+TOKEN_KINDS = ("text", "visual_understanding", "visual_generation")
+
+
 class Router(nnx.Module):
   """Token -> (k expert ids, k combine weights) plus the auxiliary statistics."""
 
@@ -55,8 +61,8 @@ class Router(nnx.Module):
     if self.kind == "sigmoid":
       self.bias = RouterBias(jnp.zeros((num_experts,), jnp.float32))
 
-  def __call__(self, x, token_mask):
-    """x [T, d], token_mask bool [T] -> experts int32 [T, k], weights f32 [T, k], stats."""
+  def __call__(self, x, token_kind):
+    """x [T, d], token_kind int [T] -> experts int32 [T, k], weights f32 [T, k], stats."""
     logits = jnp.dot(x.astype(jnp.float32), self.kernel[...].astype(jnp.float32))
     if self.kind == "softmax":
       probs = jax.nn.softmax(logits, axis=-1)
@@ -67,15 +73,17 @@ class Router(nnx.Module):
       weights = jnp.take_along_axis(probs, experts, axis=-1)
     if self.renormalize:
       weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-    valid = token_mask.astype(jnp.float32)
+    valid = (token_kind >= 0).astype(jnp.float32)
     count = jnp.maximum(jnp.sum(valid), 1.0)
-    load = jnp.sum(jax.nn.one_hot(experts, self.num_experts) * valid[:, None, None], axis=(0, 1))
+    chosen = jnp.sum(jax.nn.one_hot(experts, self.num_experts), axis=1)        # [T, E]
+    kind_load = jnp.einsum("tk,te->ke", jax.nn.one_hot(token_kind, len(TOKEN_KINDS)), chosen)
+    load = jnp.sum(kind_load, axis=0)
     # Switch load balancing, k-way: E · Σ_e (share of assignments to e) · (mean prob of e).
     share = load / (count * self.k)
     mean_prob = jnp.sum(probs / jnp.sum(probs, -1, keepdims=True) * valid[:, None], 0) / count
     stats = {"load_balance": self.num_experts * jnp.sum(share * mean_prob),
              "router_z": jnp.sum(jnp.square(jax.nn.logsumexp(logits, axis=-1)) * valid) / count,
-             "expert_load": load}
+             "expert_load": load, "kind_load": kind_load}
     return experts, weights, stats
 
 
@@ -115,31 +123,46 @@ class Experts(nnx.Module):
         y.astype(jnp.float32) * combine[:, None])
     return out, jnp.zeros((), jnp.float32)
 
-  def capacity(self, x, experts, weights, token_mask, capacity_factor: float):
-    """Per-expert buffers of C slots; first choices claim slots before second choices."""
+  def capacity(self, x, experts, weights, token_mask, rows: int, capacity_factor: float):
+    """GShard-style dispatch with per-row expert buffers of C slots.
+
+    Each row of the batch routes on its own (C = capacity_factor·L·k/E), so which tokens
+    are dropped never depends on how the batch is sharded. The buffers [rows, E, C, d] are
+    moved from row-sharded to expert-sharded for the expert matmuls and back: under an
+    `expert` mesh axis these two reshardings are the all-to-alls of expert parallelism.
+    """
     tokens, k = experts.shape
-    num_experts = self.gate.shape[0]
-    slots = max(k, math.ceil(capacity_factor * tokens * k / num_experts))
-    choice_major = experts.T.reshape(-1)                         # [k·T]: all 1st choices first
-    valid = jnp.tile(token_mask, k)
-    one_hot = jax.nn.one_hot(choice_major, num_experts, dtype=jnp.int32) * valid[:, None]
-    position = jnp.sum((jnp.cumsum(one_hot, axis=0) - 1) * one_hot, axis=-1)
-    kept = valid & (position < slots)
-    token_of = jnp.tile(jnp.arange(tokens), k)
-    slot = jnp.where(kept, position, slots)                      # `slots` = out of range: dropped
-    buffers = jnp.zeros((num_experts, slots, x.shape[-1]), self.dtype).at[
-        choice_major, slot].set(x[token_of].astype(self.dtype), mode="drop")
+    length, num_experts, d = tokens // rows, self.gate.shape[0], x.shape[-1]
+    slots = max(k, math.ceil(capacity_factor * length * k / num_experts))
+
+    def claim_slots(row_experts, row_mask):
+      """First choices claim slots before second choices; earlier tokens before later."""
+      choice_major = row_experts.T.reshape(-1)                    # [k·L]
+      valid = jnp.tile(row_mask, k)
+      one_hot = jax.nn.one_hot(choice_major, num_experts, dtype=jnp.int32) * valid[:, None]
+      position = jnp.sum((jnp.cumsum(one_hot, axis=0) - 1) * one_hot, axis=-1)
+      kept = valid & (position < slots)
+      return choice_major, jnp.where(kept, position, slots), kept   # slot `slots`: dropped
+
+    expert_of, slot, kept = jax.vmap(claim_slots)(experts.reshape(rows, length, k),
+                                                  token_mask.reshape(rows, length))
+    pairs = jnp.tile(x.reshape(rows, length, d).astype(self.dtype), (1, k, 1))  # [rows, k·L, d]
+    buffers = jax.vmap(lambda p, e, s: jnp.zeros((num_experts, slots, d), self.dtype)
+                       .at[e, s].set(p, mode="drop"))(pairs, expert_of, slot)
+    buffers = sharding.constrain(buffers, ("moe_batch", "expert", None, None))
     gate, up, down = self.weights()
     def dot(a, w):
-      return jnp.einsum("ecd,edf->ecf", a, w,
+      return jnp.einsum("recd,edf->recf", a, w,
                         preferred_element_type=jnp.float32).astype(self.dtype)
     y = _swiglu(buffers, gate, up, down, dot)
-    gathered = y.at[choice_major, slot].get(mode="fill", fill_value=0).astype(jnp.float32)
-    combine = weights.T.reshape(-1) * kept
-    out = jnp.zeros((tokens, x.shape[-1]), jnp.float32).at[token_of].add(
-        gathered * combine[:, None])
-    drop_rate = 1.0 - jnp.sum(kept) / jnp.maximum(jnp.sum(valid), 1)
-    return out, drop_rate
+    y = sharding.constrain(y, ("batch", None, None, None))
+    gathered = jax.vmap(lambda b, e, s: b.at[e, s].get(mode="fill", fill_value=0))(
+        y, expert_of, slot).astype(jnp.float32)                   # [rows, k·L, d]
+    combine = weights.reshape(rows, length, k).transpose(0, 2, 1).reshape(rows, k * length)
+    combine = combine * kept
+    out = jnp.sum((gathered * combine[..., None]).reshape(rows, k, length, d), axis=1)
+    drop_rate = 1.0 - jnp.sum(kept) / jnp.maximum(k * jnp.sum(token_mask), 1)
+    return out.reshape(tokens, d), drop_rate
 
 
 class MoE(nnx.Module):
@@ -159,18 +182,21 @@ class MoE(nnx.Module):
     self.dispatch, self.capacity_factor = moe.dispatch, moe.capacity_factor
     self.dtype = jnp.dtype(cfg.dtype)
 
-  def __call__(self, x, is_visual, token_mask):
-    """x [T, d]; is_visual, token_mask bool [T]."""
-    experts, weights, stats = self.router(x, token_mask)
+  def __call__(self, x, token_kind, rows: int):
+    """x [T, d] (T = rows · length, row-major); token_kind int [T] (TOKEN_KINDS index,
+    -1 = padding)."""
+    token_mask = token_kind >= 0
+    experts, weights, stats = self.router(x, token_kind)
     dispatch = self.dispatch
     if dispatch == "auto":
       dispatch = "capacity" if jax.default_backend() == "cpu" else "dropless"
     if dispatch == "dropless":
       out, drop_rate = self.experts.dropless(x, experts, weights, token_mask)
     else:
-      out, drop_rate = self.experts.capacity(x, experts, weights, token_mask,
+      out, drop_rate = self.experts.capacity(x, experts, weights, token_mask, rows,
                                              self.capacity_factor)
     if self.shared_visual is not None:
+      is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
       out = out + jnp.where(is_visual[:, None], self.shared_visual(x), self.shared(x))
     elif self.shared is not None:
       out = out + self.shared(x)

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmpretrain.batch import MODALITY_PAD, MODALITY_VISUAL
+from mmpretrain import sharding
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model import layers
 from mmpretrain.model.masks import attention_mask
-from mmpretrain.model.moe import MoE, RouterBias
+from mmpretrain.model.moe import TOKEN_KINDS, MoE, RouterBias
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -43,6 +44,14 @@ def is_moe_layer(cfg, index: int) -> bool:
           and (index - moe.first_dense_layers) % moe.every_n_layers == 0)
 
 
+def token_kinds(modality, timesteps):
+  """TOKEN_KINDS index of every position: text, clean visual (t = 0), noisy visual; -1 pad."""
+  visual_kind = jnp.where(timesteps > 0, TOKEN_KINDS.index("visual_generation"),
+                          TOKEN_KINDS.index("visual_understanding"))
+  return jnp.where(modality == MODALITY_TEXT, TOKEN_KINDS.index("text"),
+                   jnp.where(modality == MODALITY_VISUAL, visual_kind, -1)).astype(jnp.int32)
+
+
 class DecoderBlock(nnx.Module):
   """Pre-norm block: x + attn(norm(x)); x + ffn(norm(x)).
 
@@ -60,17 +69,20 @@ class DecoderBlock(nnx.Module):
     self.vision_ffn = (layers.SwiGLU(cfg, rngs=rngs) if cfg.modality_ffn and not moe
                        else None)
 
-  def __call__(self, x, positions, mask, is_visual, token_mask):
+  def __call__(self, x, positions, mask, token_kind):
     x = x + self.attn(self.attn_norm(x), positions, mask)
     h = self.ffn_norm(x)
+    stats = {}
     if isinstance(self.ffn, MoE):
-      out, stats = self.ffn(h, is_visual, token_mask)
-      return x + out, stats
-    if self.vision_ffn is None:
-      return x + self.ffn(h), {}
-    # Both FFNs run on every token and the result is selected: simple and exact; an
-    # ablation-only cost (2× FFN FLOPs) that MoE dispatch replaces at scale.
-    return x + jnp.where(is_visual[..., None], self.vision_ffn(h), self.ffn(h)), {}
+      out, stats = self.ffn(h, token_kind, rows=positions.shape[0])
+    elif self.vision_ffn is None:
+      out = self.ffn(h)
+    else:
+      # Both FFNs run on every token and the result is selected: simple and exact; an
+      # ablation-only cost (2× FFN FLOPs) that MoE dispatch replaces at scale.
+      is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
+      out = jnp.where(is_visual[..., None], self.vision_ffn(h), self.ffn(h))
+    return sharding.constrain(x + out, ("batch", None)), stats
 
 
 def timestep_features(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jnp.ndarray:
@@ -140,11 +152,11 @@ class DecoderStack(nnx.Module):
     runs = [(moe, len(list(group))) for moe, group in itertools.groupby(kinds)]
     self.runs = nnx.List([LayerRun(cfg, count, moe, rngs=rngs) for moe, count in runs])
 
-  def __call__(self, x, positions, mask, is_visual, token_mask):
+  def __call__(self, x, positions, mask, token_kind):
     """Returns x and the MoE layers' routing stats, stacked in layer order ({} if none)."""
     stats = []
     for run in self.runs:
-      x, run_stats = run(x, positions, mask, is_visual, token_mask)
+      x, run_stats = run(x, positions, mask, token_kind)
       if run_stats:
         stats.append(run_stats)
     return x, jax.tree.map(lambda *s: jnp.concatenate(s), *stats) if stats else {}
@@ -194,14 +206,14 @@ class Transfusion(nnx.Module):
     batch, length = inputs.tokens.shape
     def flat(t):
       return t.reshape(batch * length, *t.shape[2:])
-    is_visual = flat(inputs.modality == MODALITY_VISUAL)
+    token_kind = flat(token_kinds(inputs.modality, inputs.timesteps))
+    is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
     text_h = self.embed(flat(inputs.tokens))
     visual_h = (self.visual_in(flat(inputs.visual_latents).astype(self.dtype))
                 + self.time_embed(flat(inputs.timesteps)).astype(self.dtype))
-    x = jnp.where(is_visual[..., None], visual_h, text_h)
+    x = sharding.constrain(jnp.where(is_visual[..., None], visual_h, text_h), ("batch", None))
     mask = attention_mask(inputs.segment_ids, inputs.block_ids)
-    token_mask = flat(inputs.modality != MODALITY_PAD)
-    x, moe_stats = self.decoder(x, inputs.positions, mask, is_visual, token_mask)
+    x, moe_stats = self.decoder(x, inputs.positions, mask, token_kind)
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
     def unflat(t):

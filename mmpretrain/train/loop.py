@@ -13,10 +13,12 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from mmpretrain import config as config_lib  # pylint: disable=wrong-import-position
 from mmpretrain import sample as sample_lib  # pylint: disable=wrong-import-position
+from mmpretrain import sharding  # pylint: disable=wrong-import-position
+from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-import-position
 from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
-from mmpretrain.train import placement  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
+from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
 
 PLOTTED = ("text_loss", "flow_loss", "text_bits_per_byte")
@@ -60,10 +62,13 @@ def train(config, workdir: str) -> dict:
   tok = pipeline.load_tokenizer(config)
   batches = pipeline.make_batches(config, tok, shard_index=jax.process_index(),
                                   shard_count=jax.process_count())
-  mesh = placement.data_parallel_mesh(config.data.batch_size)
+  mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, tok.byte_lengths(), mesh)
   state = trainer.init_state(config.seed)
   writer = MetricWriter(workdir, enabled=is_main)
+  moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
+  routing = (RoutingLog(workdir, moe_layers, config.analysis.expert_threshold)
+             if moe_layers and is_main else None)
 
   history, tokens_seen, last_time = [], 0, time.time()
   skipped = dict.fromkeys(SKIP_FIELDS, 0)
@@ -74,7 +79,10 @@ def train(config, workdir: str) -> dict:
     for field in SKIP_FIELDS:
       skipped[field] += int(batch.pop(field).sum())
     tokens_seen += int((batch["segment_ids"] > 0).sum())
-    state, metrics = trainer.step(state, placement.global_batch(batch, mesh))
+    state, metrics = trainer.step(state, sharding.global_batch(batch, mesh, config.mesh.rules))
+    step_routing = metrics.pop("moe_routing", None)     # [MoE layers, token kinds, experts]
+    if routing is not None:
+      routing.add(step_routing)
     if step % log_every == 0 or step == num_steps - 1:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       now = time.time()
@@ -83,6 +91,8 @@ def train(config, workdir: str) -> dict:
       tokens_seen, last_time = 0, now
       history.append({"step": step, **metrics})
       writer.scalars(step, tagged(metrics))
+      if routing is not None:
+        writer.scalars(step, routing.flush(step))
       bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
                       bpb=f"{metrics['text_bits_per_byte']:.2f}",
                       tok_s=f"{metrics['tokens_per_s']:.0f}")

@@ -108,7 +108,8 @@ def add_moe_terms(loss, sums: dict, moe_stats: dict, lcfg, microbatches: int):
   sums = dict(sums, moe_load_balance=load_balance / microbatches,
               moe_router_z=router_z / microbatches,
               moe_drop_rate=jnp.mean(moe_stats["drop_rate"]) / microbatches,
-              expert_load=jax.lax.stop_gradient(moe_stats["expert_load"]))
+              expert_load=jax.lax.stop_gradient(moe_stats["expert_load"]),
+              kind_load=jax.lax.stop_gradient(moe_stats["kind_load"]))
   return loss, sums
 
 

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmpretrain import diffusion
+from mmpretrain import diffusion, sharding
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.model.transformer import Transfusion
 from mmpretrain.tokenizers.visual import make_representation, patch_dim
-from mmpretrain.train import objective, placement
+from mmpretrain.train import objective
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
 
 
@@ -41,7 +41,8 @@ class Trainer:
   """Owns the model graph, the optimizer and the jitted step for one config."""
 
   def __init__(self, config, byte_lengths, mesh=None):
-    """`mesh`: a data-parallel mesh (train/placement.py) or None for jax's default device."""
+    """`mesh`: a (data, fsdp, expert, tensor) mesh from sharding.make_mesh, laid out by
+    config.mesh.rules; None runs on jax's default device."""
     self.config = config
     self.representation = make_representation(config)
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
@@ -49,21 +50,31 @@ class Trainer:
     self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
     self.byte_lengths = jnp.asarray(byte_lengths, jnp.float32)
     self.time_shift = time_shift(config)
+    self.mesh, self.state_sharding = mesh, None
     if mesh is None:
-      self._state_sharding = None
       self.step = jax.jit(self._train_step, donate_argnums=0)
-    else:
-      self._state_sharding = placement.replicated(mesh)
-      self.step = jax.jit(self._train_step, donate_argnums=0,
-                          in_shardings=(self._state_sharding, placement.batch_sharding(mesh)),
-                          out_shardings=self._state_sharding)
+      return
+    rules = config.mesh.rules
+    sharding.check_batch_splits(config.data.batch_size, mesh, rules)
+    self.state_sharding = sharding.state_shardings(
+        jax.eval_shape(lambda: self._initial_state(0)), mesh, rules)
+
+    def train_step(state, batch):
+      with sharding.activation_rules(mesh, rules):   # active while jit traces the step
+        return self._train_step(state, batch)
+    self.step = jax.jit(train_step, donate_argnums=0,
+                        in_shardings=(self.state_sharding, sharding.batch_sharding(mesh, rules)),
+                        out_shardings=(self.state_sharding, sharding.replicated(mesh)))
+
+  def _initial_state(self, seed: int) -> TrainState:
+    _, params = nnx.split(build_model(self.config, seed))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), rng=jax.random.key(seed + 1))
 
   def init_state(self, seed: int) -> TrainState:
-    def init():
-      _, params = nnx.split(build_model(self.config, seed))
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params), rng=jax.random.key(seed + 1))
-    return jax.jit(init, out_shardings=self._state_sharding)()
+    """The initial state, created directly in its shards (no host-side full copy)."""
+    return jax.jit(self._initial_state, static_argnums=0,
+                   out_shardings=self.state_sharding)(seed)
 
   def model(self, params) -> Transfusion:
     return nnx.merge(self.graphdef, params)
@@ -115,6 +126,7 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     expert_load = sums.pop("expert_load", None)       # [MoE layers, experts]
+    kind_load = sums.pop("kind_load", None)           # [MoE layers, token kinds, experts]
     if expert_load is not None:        # sigmoid routers: balance by bias, not by gradient
       model = self.model(params)
       model.decoder.update_router_bias(expert_load, self.config.model.moe.bias_update_rate)
@@ -123,6 +135,7 @@ class Trainer:
     if expert_load is not None:
       busiest = jnp.max(expert_load, -1) / jnp.maximum(jnp.mean(expert_load, -1), 1.0)
       metrics["moe_max_load_over_mean"] = jnp.max(busiest)
+      metrics["moe_routing"] = kind_load     # not a scalar: the loop accumulates it
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics

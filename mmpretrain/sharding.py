@@ -1,0 +1,149 @@
+"""The device mesh, logical-axis rules, and where the step's arrays live.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `expert`, …; see
+model/layers.py) and the model pins a few activations with `constrain`. `config.mesh.rules`
+maps each logical name onto zero or more mesh axes of the `(data, fsdp, expert, tensor)`
+mesh that `config.mesh.<axis>` sizes, so changing the parallelism is a config change:
+
+  --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.expert=2
+
+Each process loads its own rows of the global batch (data/pipeline.py shards by process);
+`global_batch` joins them into jax.Arrays split along the `batch` rule with
+`jax.make_array_from_process_local_data`.
+"""
+import contextlib
+import math
+import threading
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+
+
+class ShardingError(ValueError):
+  """A mesh or rule that cannot hold the model or batch; the message names the key to fix."""
+
+
+def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
+  """The (data, fsdp, expert, tensor) mesh over `devices` (all of them by default).
+
+  One axis may be -1: it takes the devices the others leave. Axis types are Auto so the
+  compiler (GSPMD) propagates shardings from the parameters, the batch and `constrain`.
+  """
+  devices = jax.devices() if devices is None else devices
+  sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+  fill = [axis for axis, size in zip(MESH_AXES, sizes) if size == -1]
+  if len(fill) > 1 or any(size == 0 or size < -1 for size in sizes):
+    raise ShardingError(f"config.mesh: sizes {dict(zip(MESH_AXES, sizes))} must be positive, "
+                        "with at most one -1 (the devices the others leave)")
+  fixed = math.prod(size for size in sizes if size > 0)
+  if fill:
+    if len(devices) % fixed:
+      raise ShardingError(f"config.mesh: {len(devices)} devices do not split into "
+                          f"{fixed} for the fixed axes; make their product divide it")
+    sizes[MESH_AXES.index(fill[0])] = len(devices) // fixed
+  if math.prod(sizes) != len(devices):
+    raise ShardingError(f"config.mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                        f"devices but there are {len(devices)}; set one axis to -1")
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def mesh_axes(rules, logical_name):
+  """Mesh axes (a tuple, possibly empty) that one logical axis name is split over."""
+  if logical_name is None or logical_name not in rules:
+    return ()
+  axes = rules[logical_name]
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  unknown = [a for a in axes if a not in MESH_AXES]
+  if unknown:
+    raise ShardingError(f"config.mesh.rules.{logical_name}: unknown mesh axes {unknown}; "
+                        f"use names from {list(MESH_AXES)}")
+  return axes
+
+
+def partition_spec(logical: tuple, rules, mesh=None, shape=None) -> PartitionSpec:
+  """Logical names -> PartitionSpec. A mesh axis already taken by an earlier dimension, or
+  of size 1 in `mesh`, is skipped; with `shape`, a dimension the mesh axes do not divide
+  is an error naming the rule to change."""
+  used, spec = set(), []
+  for dim, name in enumerate(logical):
+    axes = tuple(a for a in mesh_axes(rules, name) if a not in used)
+    if mesh is not None:
+      axes = tuple(a for a in axes if mesh.shape[a] > 1)
+    if shape is not None and mesh is not None:
+      ways = math.prod(mesh.shape[a] for a in axes)
+      if shape[dim] % ways:
+        raise ShardingError(
+            f"dimension {dim} ({name!r}, size {shape[dim]}) of an array of shape {shape} does "
+            f"not split {ways} ways over mesh axes {axes}: change config.mesh.rules.{name} "
+            "or the mesh, or resize the model")
+    used.update(axes)
+    spec.append(axes if len(axes) > 1 else (axes[0] if axes else None))
+  return PartitionSpec(*spec)
+
+
+def state_shardings(abstract_state, mesh, rules):
+  """NamedShardings for a pytree of (abstract) arrays whose nnx Variables name their axes.
+
+  Optimizer moments mirror the parameters' Variables, so they shard like them; leaves
+  without names (step counters, rng keys, router biases) are replicated.
+  """
+  logical = nnx.get_partition_spec(abstract_state)
+  def leaf_sharding(names, leaf):
+    names = tuple(names) if isinstance(names, PartitionSpec) else ()
+    names = names + (None,) * (len(leaf.shape) - len(names))
+    return NamedSharding(mesh, partition_spec(names, rules, mesh, leaf.shape))
+  return jax.tree.map(leaf_sharding, logical, abstract_state)
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh, rules) -> NamedSharding:
+  """Rows of the global batch split over the mesh axes of the `batch` rule."""
+  return NamedSharding(mesh, partition_spec(("batch",), rules, mesh))
+
+
+def check_batch_splits(batch_size: int, mesh, rules):
+  ways = math.prod(mesh.shape[a] for a in mesh_axes(rules, "batch"))
+  if batch_size % ways:
+    raise ShardingError(f"config.data.batch_size={batch_size} does not split {ways} ways over "
+                        f"the batch mesh axes {mesh_axes(rules, 'batch')}: use a multiple of "
+                        f"{ways}")
+
+
+def global_batch(local_rows: dict, mesh, rules) -> dict:
+  """This process's rows (numpy, leading axis = rows) -> global arrays over `mesh`."""
+  sharding = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_rows.items()}
+
+
+_active = threading.local()
+
+
+@contextlib.contextmanager
+def activation_rules(mesh, rules):
+  """Makes `constrain` pin activations to `mesh` while a step is traced inside this block."""
+  previous = getattr(_active, "value", None)
+  _active.value = (mesh, rules)
+  try:
+    yield
+  finally:
+    _active.value = previous
+
+
+def constrain(x, logical: tuple):
+  """Sharding constraint by logical names; a no-op outside `activation_rules` (one device,
+  unit tests of single modules)."""
+  active = getattr(_active, "value", None)
+  if active is None:
+    return x
+  mesh, rules = active
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, partition_spec(logical, rules, mesh, x.shape)))

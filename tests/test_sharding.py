@@ -1,0 +1,117 @@
+"""The (data, fsdp, expert, tensor) mesh: global batches, parameter layout, and a sharded
+train step that equals the one-device step."""
+import jax
+import numpy as np
+import pytest
+
+from jax.sharding import PartitionSpec as P
+
+from conftest import tiny_config
+from mmpretrain import sharding
+from mmpretrain.data.pipeline import make_batches
+from mmpretrain.train.step import Trainer
+
+
+def mesh_config(config, data, fsdp, expert, tensor):
+  config.mesh.update({"data": data, "fsdp": fsdp, "expert": expert, "tensor": tensor})
+  return config.mesh
+
+
+def moe_config(config):
+  """An MoE layer then a dense one; 8 experts so a 4-way expert axis holds 2 each."""
+  config.model.moe.update({"num_experts": 8, "experts_per_token": 2, "every_n_layers": 2,
+                           "shared_experts": "per_modality", "dispatch": "capacity"})
+  return config
+
+
+def host_batch(config, tokenizer):
+  batch = next(make_batches(config, tokenizer))
+  return {k: v for k, v in batch.items() if not k.startswith("skipped_")}
+
+
+def test_global_batch_holds_the_local_rows_split_over_devices(config, tokenizer):
+  mesh = sharding.make_mesh(config.mesh)
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "expert": 1, "tensor": 1}
+  local = host_batch(config, tokenizer)
+  batch = sharding.global_batch(local, mesh, config.mesh.rules)
+  for key, value in local.items():
+    np.testing.assert_array_equal(np.asarray(batch[key]), value, err_msg=key)
+    assert len(batch[key].sharding.device_set) == jax.device_count() == 8
+    assert batch[key].addressable_shards[0].data.shape[0] == config.data.batch_size // 8
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ((3, -1, 1, 1), "do not split into 3"),
+    ((2, 2, 1, 1), "needs 4 devices but there are 8"),
+    ((-1, -1, 1, 1), "at most one -1"),
+])
+def test_mesh_sizes_that_do_not_fit_the_devices_are_refused(config, sizes, message):
+  with pytest.raises(sharding.ShardingError, match=message):
+    sharding.make_mesh(mesh_config(config, *sizes))
+
+
+def test_batch_or_parameters_that_do_not_split_are_refused_naming_the_fix(config, tokenizer):
+  config.data.batch_size = 12
+  with pytest.raises(sharding.ShardingError, match="batch_size=12 does not split 8 ways"):
+    Trainer(config, tokenizer.byte_lengths(), sharding.make_mesh(config.mesh))
+  config.data.batch_size = 8
+  config.model.num_heads = config.model.num_kv_heads = 1    # one head over 2 tensor shards
+  mesh = sharding.make_mesh(mesh_config(config, -1, 1, 1, 2))
+  with pytest.raises(sharding.ShardingError, match=r"heads', size 1\) .* does not split 2 ways .* "
+                     r"change config\.mesh\.rules\.(kv_)?heads"):
+    Trainer(config, tokenizer.byte_lengths(), mesh)
+
+
+def test_parameters_and_optimizer_state_follow_the_rules(config, tokenizer):
+  moe_config(config)
+  mesh = sharding.make_mesh(mesh_config(config, 1, 2, 2, 2))
+  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  state = trainer.init_state(0)
+  experts = state.params["decoder"]["runs"][0]["blocks"]["ffn"]["experts"]
+  # [layers, expert, embed, mlp] -> (None, expert, fsdp, tensor): 2·2·2 shards of 1/8 each.
+  assert experts["gate"].sharding.spec == P(None, "expert", "fsdp", "tensor")
+  assert experts["gate"].addressable_shards[0].data.shape == (1, 4, 32, 64)
+  adam = state.opt_state[1][0]
+  mu_gate = adam.mu["decoder"]["runs"][0]["blocks"]["ffn"]["experts"]["gate"]
+  assert mu_gate.sharding.spec == experts["gate"].sharding.spec
+  assert state.params["embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
+  assert state.rng.sharding.is_fully_replicated
+
+
+@pytest.fixture(scope="module")
+def one_device_moe_step(data_dir, tokenizer):
+  """The MoE config's batch and its train step on one device (no mesh)."""
+  config = moe_config(tiny_config(data_dir))
+  batch = host_batch(config, tokenizer)
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  state, metrics = trainer.step(trainer.init_state(0), batch)
+  return batch, jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("sizes", [(8, 1, 1, 1), (2, 2, 2, 1), (1, 2, 4, 1), (2, 1, 2, 2)])
+def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_moe_step, sizes):
+  """Loss, gradient norm and updated parameters agree to float32 reduction-order noise
+  (rtol 1e-5 on metrics; rtol 1e-4 / atol 1e-6 on parameters after one AdamW step).
+  Capacity drops are decided per row, so they are the same on every mesh."""
+  moe_config(config)
+  batch, ref_params, ref_metrics = one_device_moe_step
+
+  mesh = sharding.make_mesh(mesh_config(config, *sizes))
+  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  state, metrics = trainer.step(trainer.init_state(0),
+                                sharding.global_batch(batch, mesh, config.mesh.rules))
+  assert float(metrics["moe_drop_rate"]) == pytest.approx(float(ref_metrics["moe_drop_rate"]))
+  for key in ("loss", "text_loss", "flow_loss", "moe_load_balance", "grad_norm"):
+    np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
+  np.testing.assert_array_equal(metrics["moe_routing"], ref_metrics["moe_routing"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               jax.device_get(state.params), ref_params)
+
+
+def test_expert_axis_moves_tokens_by_all_to_all(config, tokenizer):
+  moe_config(config)
+  mesh = sharding.make_mesh(mesh_config(config, 1, 2, 4, 1))
+  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules)
+  hlo = trainer.step.lower(trainer.init_state(0), batch).compile().as_text()
+  assert "all-to-all" in hlo
