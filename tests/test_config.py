@@ -1,4 +1,5 @@
 """Configs: command-line overrides, and bad values failing early with the key named."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,6 +9,9 @@ import pytest
 import base
 import demo
 from mmpretrain import config as config_lib
+from mmpretrain.model.moe import expert_count
+from mmpretrain.model.transformer import is_moe_layer
+from mmpretrain.scaling.flops import active_matmul_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,3 +107,36 @@ def test_bad_moe_values_name_the_key(key, value, message):
   c.model.moe[key] = value
   with pytest.raises(config_lib.ConfigError, match=message):   # … broken by one key
     config_lib.validate(c)
+
+
+ABLATIONS = ("ffn_type", "granularity", "total_experts", "shared_experts")
+
+
+def ablation_variants(name):
+  module_path = os.path.join(ROOT, "configs", "ablations", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_ablation_{name}", module_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config, module.VARIANTS
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+@pytest.mark.parametrize("suffix", ["", ",runlocal"])
+def test_ablation_variants_validate_at_equal_active_ffn_flops(name, suffix):
+  """Every variant of an ablation multiplies the same FFN parameters per token (routers
+  aside, whose d × E is the cost of having experts at all)."""
+  get_config, variants = ablation_variants(name)
+  active = set()
+  for variant in variants:
+    c = config_lib.validate(get_config(variant + suffix))
+    m = c.model
+    moe_layers = sum(is_moe_layer(m, i) for i in range(m.num_layers))
+    routers = moe_layers * m.d_model * expert_count(m.moe) if m.moe.num_experts else 0
+    active.add(active_matmul_params(c) - routers)
+  assert len(active) == 1, (name, active)
+
+
+def test_ablation_arg_outside_its_variants_names_them():
+  get_config, _ = ablation_variants("granularity")
+  with pytest.raises(ValueError, match=r"use one of \['1', '2', '4', '8', '16'\]"):
+    get_config("3")
