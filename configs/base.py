@@ -104,6 +104,8 @@ def get_config(arg=None):
   c.model.moe.renormalize = True         # combine weights of the k chosen experts sum to 1
   c.model.moe.dispatch = "auto"          # auto | dropless | capacity
   c.model.moe.capacity_factor = 1.25     # capacity dispatch: slots = factor·tokens·k / experts
+  c.model.moe.capacity_group_rows = 1    # rows that share expert slots; groups never span
+                                         # devices, so up to rows per device (more = fewer drops)
   c.model.moe.first_dense_layers = 0     # these first layers keep a dense FFN
   c.model.moe.every_n_layers = 1         # then every n-th layer is MoE (1 = all)
   c.model.moe.bias_update_rate = 1e-3    # sigmoid router: bias step per train step
@@ -117,7 +119,6 @@ def get_config(arg=None):
   # Logical axis name -> mesh axes it is split over; names not listed stay replicated.
   c.mesh.rules = ml_collections.ConfigDict({
       "batch": ("data", "fsdp", "expert"),   # rows of the batch and their activations
-      "moe_batch": ("data", "fsdp"),         # rows while their tokens sit with their experts
       "expert": ("expert",),
       "embed": ("fsdp",),
       "mlp": ("tensor",),

@@ -69,7 +69,7 @@ def _validate_moe(m):
   _one_of(moe.dispatch, ("auto", "dropless", "capacity"), "model.moe.dispatch")
   _one_of(moe.shared_experts, ("none", "global", "per_modality"), "model.moe.shared_experts")
   for key in ("num_experts", "experts_per_token", "granularity", "every_n_layers",
-              "capacity_factor"):
+              "capacity_factor", "capacity_group_rows"):
     _positive(moe[key], f"model.moe.{key}")
   _require(moe.experts_per_token <= moe.num_experts, "model.moe.experts_per_token",
            f"{moe.experts_per_token} > num_experts={moe.num_experts}",
@@ -126,6 +126,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(d.batch_size % o.grad_accum_steps == 0, "optimizer.grad_accum_steps",
            f"{o.grad_accum_steps} does not divide data.batch_size={d.batch_size}",
            "Make the batch size a multiple of the number of microbatches")
+  microbatch = d.batch_size // o.grad_accum_steps
+  _require(m.moe.num_experts == 0 or microbatch % m.moe.capacity_group_rows == 0,
+           "model.moe.capacity_group_rows",
+           f"{m.moe.capacity_group_rows} does not divide the {microbatch} rows of a microbatch",
+           "Use a divisor of data.batch_size / optimizer.grad_accum_steps")
   _require(o.warmup_steps < c.train.num_steps or c.train.num_steps == 0, "optimizer.warmup_steps",
            f"warmup ({o.warmup_steps}) must be shorter than train.num_steps ({c.train.num_steps})",
            "Lower the warmup or train longer")

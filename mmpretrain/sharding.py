@@ -138,10 +138,15 @@ def activation_rules(mesh, rules):
     _active.value = previous
 
 
+def active_rules():
+  """(mesh, rules) while a step is traced under `activation_rules`, else None."""
+  return getattr(_active, "value", None)
+
+
 def constrain(x, logical: tuple):
   """Sharding constraint by logical names; a no-op outside `activation_rules` (one device,
   unit tests of single modules)."""
-  active = getattr(_active, "value", None)
+  active = active_rules()
   if active is None:
     return x
   mesh, rules = active

@@ -39,10 +39,10 @@ def swiglu(x, gate, up, down):
   return ((h / (1 + np.exp(-h))) * (x @ up)) @ down
 
 
-def dense_reference(layer, x, kind, capacity=None):
+def dense_reference(layer, x, kind, capacity=None, group=LENGTH):
   """Per token: Σ over its chosen experts of weight · expert(x), + shared experts.
 
-  With `capacity`, inside each row of LENGTH tokens an expert takes assignments in
+  With `capacity`, inside each group of `group` tokens an expert takes assignments in
   choice-major order (all first choices, then second choices, each in token order) until
   it holds `capacity`; the rest drop.
   """
@@ -63,10 +63,10 @@ def dense_reference(layer, x, kind, capacity=None):
   gate, up, down = (f64(w[...]) for w in (layer.experts.gate, layer.experts.up,
                                           layer.experts.down))
   out, kept = np.zeros_like(x), 0
-  for row in range(ROWS):
+  for start in range(0, len(x), group):
     used = np.zeros(gate.shape[0], int)
     for choice in range(k):
-      for t in range(row * LENGTH, (row + 1) * LENGTH):
+      for t in range(start, start + group):
         e = chosen[t, choice]
         if capacity is not None and used[e] >= capacity:
           continue
@@ -99,13 +99,15 @@ def test_dispatch_matches_dense_loop(dispatch, overrides):
   assert float(stats["drop_rate"]) == 0.0
 
 
-def test_capacity_drops_overflow_per_row_in_choice_major_order():
-  cfg = moe_config(dispatch="capacity", capacity_factor=0.5)
+@pytest.mark.parametrize("group_rows", [1, ROWS])
+def test_capacity_drops_overflow_per_group_in_choice_major_order(group_rows):
+  cfg = moe_config(dispatch="capacity", capacity_factor=0.5, capacity_group_rows=group_rows)
   layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(1))
   x, kind = inputs(1)
   out, stats = layer(x, kind, rows=ROWS)
-  capacity = int(np.ceil(0.5 * LENGTH * 2 / 4))
-  want, drop_rate = dense_reference(layer, x, kind, capacity=capacity)
+  group = group_rows * LENGTH
+  capacity = int(np.ceil(0.5 * group * 2 / 4))
+  want, drop_rate = dense_reference(layer, x, kind, capacity=capacity, group=group)
   assert drop_rate > 0.1
   np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
   assert float(stats["drop_rate"]) == pytest.approx(drop_rate)

@@ -115,3 +115,13 @@ def test_expert_axis_moves_tokens_by_all_to_all(config, tokenizer):
   batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules)
   hlo = trainer.step.lower(trainer.init_state(0), batch).compile().as_text()
   assert "all-to-all" in hlo
+
+
+def test_expert_axis_that_does_not_split_the_batch_is_refused(config, tokenizer):
+  moe_config(config)
+  config.mesh.rules.batch = ("data", "fsdp")
+  mesh = sharding.make_mesh(mesh_config(config, 4, 1, 2, 1))
+  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules)
+  with pytest.raises(sharding.ShardingError, match=r"expert axes \('expert',\) must also split"):
+    trainer.step(trainer.init_state(0), batch)

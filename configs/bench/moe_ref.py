@@ -15,6 +15,9 @@ def get_config(arg=None):
   c = dense_ref.get_config()
   c.model.moe.num_experts, c.model.moe.experts_per_token = 8, 2
   c.model.moe.expert_mlp_dim = 768
+  # One device holds the whole batch: one capacity group of all 8 rows (the default, one
+  # row per group, is what a batch split one row per device needs, and drops more).
+  c.model.moe.capacity_group_rows = c.data.batch_size
   if arg == "fine":
     c.model.moe.granularity = 4
   return c

@@ -10,10 +10,12 @@ Config (`config.model.moe`):
   shared_experts — "none", "global" (one always-on expert), or "per_modality" (an always-on
       text expert for text tokens and a vision expert for visual tokens).
   dispatch — "dropless" (tokens sorted by expert, grouped matmuls with jax.lax.ragged_dot),
-      "capacity" (GShard-style per-row, per-expert buffers of capacity_factor·L·k/E slots,
-      batched einsum; overflow is dropped and the token keeps only its residual), or "auto"
+      "capacity" (GShard-style per-expert buffers of capacity_factor·n·k/E slots for each
+      group of `capacity_group_rows` rows holding n tokens; batched einsum; overflow is
+      dropped and the token keeps only its residual), or "auto"
       (capacity on CPU, where ragged_dot is ~10× slower than the einsum; dropless elsewhere).
 """
+import functools
 import math
 
 import jax
@@ -123,46 +125,133 @@ class Experts(nnx.Module):
         y.astype(jnp.float32) * combine[:, None])
     return out, jnp.zeros((), jnp.float32)
 
-  def capacity(self, x, experts, weights, token_mask, rows: int, capacity_factor: float):
-    """GShard-style dispatch with per-row expert buffers of C slots.
+  def capacity(self, x, experts, weights, token_mask, groups: int, capacity_factor: float):
+    """GShard-style dispatch into per-group expert buffers of C slots.
 
-    Each row of the batch routes on its own (C = capacity_factor·L·k/E), so which tokens
-    are dropped never depends on how the batch is sharded. The buffers [rows, E, C, d] are
-    moved from row-sharded to expert-sharded for the expert matmuls and back: under an
-    `expert` mesh axis these two reshardings are the all-to-alls of expert parallelism.
+    Each group of n consecutive tokens (whole rows) routes on its own, with
+    C = capacity_factor·n·k/E slots per expert, so which tokens are dropped never depends
+    on how the batch is sharded. Under a mesh the groups are split like the batch and the
+    experts over the `expert` rule's axes: a shard_map runs the local dispatch on each
+    device's groups and moves the buffers to their experts' devices and back with two
+    all-to-alls (the exchange of expert parallelism), gathering `embed`-split weights and
+    summing `mlp`-split partial outputs on the way.
     """
     tokens, k = experts.shape
-    length, num_experts, d = tokens // rows, self.gate.shape[0], x.shape[-1]
+    length, num_experts = tokens // groups, self.gate.shape[0]
     slots = max(k, math.ceil(capacity_factor * length * k / num_experts))
+    def run(exchange, x, experts, weights, token_mask, gate, up, down):
+      return _capacity_local(x, experts, weights, token_mask, (gate, up, down), num_experts,
+                             length, slots, self.dtype, exchange)
+    active = sharding.active_rules()
+    if active is None:
+      out, kept = run(_Exchange(), x, experts, weights, token_mask, *self.weights())
+    else:
+      out, kept = _sharded(run, active, groups, x, experts, weights, token_mask,
+                           *self.weights())
+    drop_rate = 1.0 - kept / jnp.maximum(k * jnp.sum(token_mask), 1)
+    return out, drop_rate
 
-    def claim_slots(row_experts, row_mask):
-      """First choices claim slots before second choices; earlier tokens before later."""
-      choice_major = row_experts.T.reshape(-1)                    # [k·L]
-      valid = jnp.tile(row_mask, k)
-      one_hot = jax.nn.one_hot(choice_major, num_experts, dtype=jnp.int32) * valid[:, None]
-      position = jnp.sum((jnp.cumsum(one_hot, axis=0) - 1) * one_hot, axis=-1)
-      kept = valid & (position < slots)
-      return choice_major, jnp.where(kept, position, slots), kept   # slot `slots`: dropped
 
-    expert_of, slot, kept = jax.vmap(claim_slots)(experts.reshape(rows, length, k),
-                                                  token_mask.reshape(rows, length))
-    pairs = jnp.tile(x.reshape(rows, length, d).astype(self.dtype), (1, k, 1))  # [rows, k·L, d]
-    buffers = jax.vmap(lambda p, e, s: jnp.zeros((num_experts, slots, d), self.dtype)
-                       .at[e, s].set(p, mode="drop"))(pairs, expert_of, slot)
-    buffers = sharding.constrain(buffers, ("moe_batch", "expert", None, None))
-    gate, up, down = self.weights()
-    def dot(a, w):
-      return jnp.einsum("recd,edf->recf", a, w,
-                        preferred_element_type=jnp.float32).astype(self.dtype)
-    y = _swiglu(buffers, gate, up, down, dot)
-    y = sharding.constrain(y, ("batch", None, None, None))
-    gathered = jax.vmap(lambda b, e, s: b.at[e, s].get(mode="fill", fill_value=0))(
-        y, expert_of, slot).astype(jnp.float32)                   # [rows, k·L, d]
-    combine = weights.reshape(rows, length, k).transpose(0, 2, 1).reshape(rows, k * length)
-    combine = combine * kept
-    out = jnp.sum((gathered * combine[..., None]).reshape(rows, k, length, d), axis=1)
-    drop_rate = 1.0 - jnp.sum(kept) / jnp.maximum(k * jnp.sum(token_mask), 1)
-    return out.reshape(tokens, d), drop_rate
+class _Exchange:
+  """The collectives of expert parallelism; on one device, none of them does anything."""
+
+  def __init__(self, expert=(), embed=(), mlp=(), batch=()):
+    self.expert, self.embed, self.mlp, self.batch = expert, embed, mlp, batch
+
+  def to_experts(self, buffers):      # [E, g·C, d] -> [E/ep, ep·g·C, d]
+    return (jax.lax.all_to_all(buffers, self.expert, 0, 1, tiled=True)
+            if self.expert else buffers)
+
+  def from_experts(self, buffers):    # inverse of to_experts
+    return (jax.lax.all_to_all(buffers, self.expert, 1, 0, tiled=True)
+            if self.expert else buffers)
+
+  def full_width(self, weight, axis: int):   # gather the `embed` (fsdp) split of a weight
+    return jax.lax.all_gather(weight, self.embed, axis=axis, tiled=True) if self.embed else weight
+
+  def sum_mlp_parts(self, y):                # partial sums over an `mlp` (tensor) split
+    return jax.lax.psum(y, self.mlp) if self.mlp else y
+
+  def total(self, count):                    # over the devices holding other groups
+    return jax.lax.psum(count, self.batch) if self.batch else count
+
+
+def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts: int,
+                    length: int, slots: int, dtype, exchange: _Exchange):
+  """Dispatch, expert FFN and combine for the groups of n = `length` tokens in x;
+  expert_weights (gate, up, down) hold this device's experts (all of them without a mesh).
+
+  Indices are flat over this device's groups: XLA:CPU runs flat gathers markedly faster
+  than group-batched ones. Returns (output [T, d] f32, number of kept assignments).
+  """
+  tokens, k = experts.shape
+  groups, d = tokens // length, x.shape[-1]
+
+  def claim_slots(group_experts, group_mask):
+    """First choices claim slots before second choices; earlier tokens before later."""
+    choice_major = group_experts.T.reshape(-1)                   # [k·n]
+    valid = jnp.tile(group_mask, k)
+    one_hot = jax.nn.one_hot(choice_major, num_experts, dtype=jnp.int32) * valid[:, None]
+    position = jnp.sum((jnp.cumsum(one_hot, axis=0) - 1) * one_hot, axis=-1)
+    kept = valid & (position < slots)
+    return choice_major, position, kept
+
+  expert_of, position, kept = jax.vmap(claim_slots)(experts.reshape(groups, length, k),
+                                                    token_mask.reshape(groups, length))
+  # Buffer column of each kept (token, choice) pair; `groups·slots` (out of range) if dropped.
+  column = jnp.where(kept, jnp.arange(groups)[:, None] * slots + position, groups * slots)
+  token = jnp.arange(groups)[:, None] * length + jnp.tile(jnp.arange(length), k)[None]
+  source = jnp.full((num_experts, groups * slots), tokens, jnp.int32).at[
+      expert_of.reshape(-1), column.reshape(-1)].set(token.reshape(-1), mode="drop")
+  padded = jnp.concatenate([x.astype(dtype), jnp.zeros((1, d), dtype)])   # row T: empty slot
+  buffers = exchange.to_experts(padded[source])                # [E(/ep), g·C(·ep), d]
+
+  gate, up, down = expert_weights
+  # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
+  # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
+  gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
+  down = exchange.full_width(down, 2)
+  h = jnp.einsum("ecd,edf->ecf", buffers, gate_up,
+                 preferred_element_type=jnp.float32).astype(dtype)
+  hidden = gate.shape[-1]
+  y = jnp.einsum("ecf,efd->ecd", jax.nn.silu(h[..., :hidden]) * h[..., hidden:], down,
+                 preferred_element_type=jnp.float32)
+  y = exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))      # [E, g·C, d]
+
+  flat_y = jnp.concatenate([y.reshape(-1, d), jnp.zeros((1, d), dtype)])  # last row: dropped
+  slot_of = jnp.where(kept, expert_of * (groups * slots) + column, flat_y.shape[0] - 1)
+  def token_major(a):                                           # [g, k·n] -> [T, k]
+    return a.reshape(groups, k, length).transpose(0, 2, 1).reshape(tokens, k)
+  combine = weights * token_major(kept)
+  out = jnp.einsum("tkd,tk->td", flat_y[token_major(slot_of)].astype(jnp.float32), combine)
+  return out, exchange.total(jnp.sum(kept))
+
+
+def _sharded(run, active, groups: int, x, experts, weights, token_mask, gate, up, down):
+  """`run` under shard_map: groups split like the batch, experts over the expert axes."""
+  mesh, rules = active
+  def axes(name):
+    return tuple(a for a in sharding.mesh_axes(rules, name) if mesh.shape[a] > 1)
+  batch, expert = axes("batch"), axes("expert")
+  if not set(expert) <= set(batch):
+    raise sharding.ShardingError(
+        f"config.mesh.rules: the expert axes {expert} must also split the batch "
+        f"(rules.batch = {batch}) so each expert shard holds its own tokens")
+  ways = math.prod(mesh.shape[a] for a in batch)
+  if groups % ways:
+    raise sharding.ShardingError(
+        f"{groups} capacity groups do not split {ways} ways over the batch axes {batch}: "
+        "lower config.model.moe.capacity_group_rows")
+  exchange = _Exchange(expert, axes("embed"), axes("mlp"), batch)
+  def spec(*names):
+    return sharding.partition_spec(names, rules, mesh)
+  token_spec = spec("batch")
+  return jax.shard_map(
+      functools.partial(run, exchange), mesh=mesh,
+      in_specs=(token_spec, token_spec, token_spec, token_spec,
+                spec("expert", "embed", "mlp"), spec("expert", "embed", "mlp"),
+                spec("expert", "mlp", "embed")),
+      out_specs=(token_spec, spec()))(x, experts, weights, token_mask, gate, up, down)
 
 
 class MoE(nnx.Module):
@@ -180,11 +269,12 @@ class MoE(nnx.Module):
     self.shared_visual = (layers.SwiGLU(cfg, rngs=rngs, mlp_dim=shared_hidden)
                           if moe.shared_experts == "per_modality" else None)
     self.dispatch, self.capacity_factor = moe.dispatch, moe.capacity_factor
+    self.group_rows = moe.capacity_group_rows
     self.dtype = jnp.dtype(cfg.dtype)
 
   def __call__(self, x, token_kind, rows: int):
     """x [T, d] (T = rows · length, row-major); token_kind int [T] (TOKEN_KINDS index,
-    -1 = padding)."""
+    -1 = padding). Capacity groups are `capacity_group_rows` consecutive rows."""
     token_mask = token_kind >= 0
     experts, weights, stats = self.router(x, token_kind)
     dispatch = self.dispatch
@@ -193,8 +283,11 @@ class MoE(nnx.Module):
     if dispatch == "dropless":
       out, drop_rate = self.experts.dropless(x, experts, weights, token_mask)
     else:
-      out, drop_rate = self.experts.capacity(x, experts, weights, token_mask, rows,
-                                             self.capacity_factor)
+      if rows % self.group_rows:
+        raise ValueError(f"model.moe.capacity_group_rows={self.group_rows} does not divide "
+                         f"the {rows} rows of a (micro)batch")
+      out, drop_rate = self.experts.capacity(x, experts, weights, token_mask,
+                                             rows // self.group_rows, self.capacity_factor)
     if self.shared_visual is not None:
       is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
       out = out + jnp.where(is_visual[:, None], self.shared_visual(x), self.shared(x))
