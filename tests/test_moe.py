@@ -149,3 +149,21 @@ def test_granularity_keeps_active_flops():
   assert moe_lib.expert_hidden(cfg.moe, cfg.mlp_dim) == 8
   with pytest.raises(ValueError, match="granularity=3 does not divide"):
     moe_lib.expert_hidden(moe_config(granularity=3).moe, 32)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"granularity": 2, "router": "sigmoid"}])
+def test_capacity_gradients_equal_dropless_gradients(overrides):
+  """With room for every assignment, both dispatches compute the same function, so their
+  gradients (inputs, router, experts) agree too; dropless is plain autodiff of a sort."""
+  grads = {}
+  for dispatch in ("dropless", "capacity"):
+    layer = moe_lib.MoE(moe_config(dispatch=dispatch, capacity_factor=8.0, **overrides),
+                        rngs=nnx.Rngs(4))
+    graphdef, state = nnx.split(layer)
+    x, kind = inputs(4, masked=3)
+    def loss(state, x):
+      out, stats = nnx.merge(graphdef, state)(x, kind, rows=ROWS)
+      return jnp.sum(jnp.sin(out)) + stats["load_balance"]
+    grads[dispatch] = jax.grad(loss, argnums=(0, 1))(state, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               grads["capacity"], grads["dropless"])
