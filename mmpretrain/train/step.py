@@ -50,7 +50,7 @@ class Trainer:
     self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
     self.byte_lengths = jnp.asarray(byte_lengths, jnp.float32)
     self.time_shift = time_shift(config)
-    self.mesh, self.state_sharding = mesh, None
+    self.state_sharding = None
     if mesh is None:
       self.step = jax.jit(self._train_step, donate_argnums=0)
       return
