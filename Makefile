@@ -33,6 +33,7 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/train_step.py --config=configs/bench/dense_ref.py
 	$(BIN)/python benchmarks/train_step.py --config=configs/bench/mixed_ref.py
+	$(BIN)/python benchmarks/moe_overhead.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
