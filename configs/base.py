@@ -164,6 +164,12 @@ def get_config(arg=None):
   c.train.num_steps = 10_000
   c.train.log_every = 10
 
+  # --- Checkpoints (<workdir>/checkpoints; re-running the same command resumes) ---
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000        # and always after the last step (0 = only then)
+  c.checkpoint.keep = 3                  # newest checkpoints kept
+  c.checkpoint.async_save = True         # write in the background while training goes on
+
   # --- Analyses written during training (mmpretrain/analysis/) ---
   c.analysis = ml_collections.ConfigDict()
   c.analysis.expert_threshold = 0.8      # text (vision) expert: text affinity ≥ (≤ 1 −) this

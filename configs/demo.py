@@ -29,5 +29,6 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 0.05
   c.train.num_steps = 800
   c.train.log_every = 25
+  c.checkpoint.every_steps = 200
   c.sample.images_per_caption = 6
   return c

@@ -39,6 +39,12 @@ def cmd_train():
     raise app.UsageError("--workdir is required: the directory that holds this run")
   from mmpretrain.train.loop import train  # pylint: disable=import-outside-toplevel
   summary = train(_config(), _WORKDIR.value)
+  if summary["preempted"]:
+    print("preempted: checkpoint saved; re-run the same command to resume")
+    return
+  if summary["last"] is None:
+    print(f"{_WORKDIR.value} already holds the finished run (step {summary['resumed_from']})")
+    return
   first, last = summary["first"], summary["last"]
   print(f"text loss: {first['text_loss']:.4f} (step 0) -> {last['text_loss']:.4f} "
         f"(step {last['step']})")

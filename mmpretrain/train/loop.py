@@ -1,6 +1,8 @@
 """The training loop: data -> jitted step -> metrics; samples and plots at the end."""
+import contextlib
 import json
 import os
+import signal
 import time
 
 import jax
@@ -17,6 +19,7 @@ from mmpretrain import sharding  # pylint: disable=wrong-import-position
 from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-import-position
 from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
+from mmpretrain.train.checkpoint import RunCheckpoints  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
@@ -51,8 +54,26 @@ def write_samples(trainer, state, tok, config, workdir: str, writer: MetricWrite
   return path
 
 
+@contextlib.contextmanager
+def preemption_notice():
+  """A flag that SIGTERM (what a preempted TPU VM gets) sets instead of killing the run."""
+  notice = {"requested": False}
+  def on_sigterm(signum, frame):
+    del signum, frame
+    notice["requested"] = True
+  previous = signal.signal(signal.SIGTERM, on_sigterm)
+  try:
+    yield notice
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def train(config, workdir: str) -> dict:
-  """Trains config.train.num_steps steps in `workdir`; returns the first and last metrics."""
+  """Trains to config.train.num_steps in `workdir`, resuming from its newest complete
+  checkpoint; returns the first and last metrics of this invocation (and the sample path).
+
+  SIGTERM saves a checkpoint after the current step and returns early.
+  """
   config_lib.validate(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -64,7 +85,12 @@ def train(config, workdir: str) -> dict:
                                   shard_count=jax.process_count())
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, tok.byte_lengths(), mesh)
-  state = trainer.init_state(config.seed)
+  checkpoints = RunCheckpoints(workdir, config.checkpoint)
+  start = checkpoints.latest_step() or 0
+  if start:
+    state = checkpoints.restore(start, trainer.abstract_state(), batches)
+  else:
+    state = trainer.init_state(config.seed)
   writer = MetricWriter(workdir, enabled=is_main)
   moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
   routing = (RoutingLog(workdir, moe_layers, config.analysis.expert_threshold)
@@ -73,35 +99,44 @@ def train(config, workdir: str) -> dict:
   history, tokens_seen, last_time = [], 0, time.time()
   skipped = dict.fromkeys(SKIP_FIELDS, 0)
   num_steps, log_every = config.train.num_steps, config.train.log_every
-  bar = tqdm(range(num_steps), desc="train", disable=not is_main, dynamic_ncols=True)
-  for step in bar:
-    batch = next(batches)
-    for field in SKIP_FIELDS:
-      skipped[field] += int(batch.pop(field).sum())
-    tokens_seen += int((batch["segment_ids"] > 0).sum())
-    state, metrics = trainer.step(state, sharding.global_batch(batch, mesh, config.mesh.rules))
-    step_routing = metrics.pop("moe_routing", None)     # [MoE layers, token kinds, experts]
-    if routing is not None:
-      routing.add(step_routing)
-    if step % log_every == 0 or step == num_steps - 1:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      now = time.time()
-      metrics["tokens_per_s"] = tokens_seen / max(now - last_time, 1e-9)
-      metrics.update(skipped)
-      tokens_seen, last_time = 0, now
-      history.append({"step": step, **metrics})
-      writer.scalars(step, tagged(metrics))
+  bar = tqdm(range(start, num_steps), desc="train", disable=not is_main, dynamic_ncols=True,
+             initial=start, total=num_steps)
+  with preemption_notice() as preemption:
+    for step in bar:
+      batch = next(batches)
+      for field in SKIP_FIELDS:
+        skipped[field] += int(batch.pop(field).sum())
+      tokens_seen += int((batch["segment_ids"] > 0).sum())
+      state, metrics = trainer.step(state, sharding.global_batch(batch, mesh, config.mesh.rules))
+      step_routing = metrics.pop("moe_routing", None)   # [MoE layers, token kinds, experts]
       if routing is not None:
-        writer.scalars(step, routing.flush(step))
-      bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
-                      bpb=f"{metrics['text_bits_per_byte']:.2f}",
-                      tok_s=f"{metrics['tokens_per_s']:.0f}")
+        routing.add(step_routing)
+      if step % log_every == 0 or step == num_steps - 1:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.time()
+        metrics["tokens_per_s"] = tokens_seen / max(now - last_time, 1e-9)
+        metrics.update(skipped)
+        tokens_seen, last_time = 0, now
+        history.append({"step": step, **metrics})
+        writer.scalars(step, tagged(metrics))
+        if routing is not None:
+          writer.scalars(step, routing.flush(step))
+        bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
+                        bpb=f"{metrics['text_bits_per_byte']:.2f}",
+                        tok_s=f"{metrics['tokens_per_s']:.0f}")
+      if checkpoints.due(step + 1, num_steps) or preemption["requested"]:
+        checkpoints.save(step + 1, state, batches, config)
+      if preemption["requested"]:
+        break
+  checkpoints.close()
 
-  summary = {"first": history[0], "last": history[-1]}
-  if is_main:
+  summary = {"first": history[0] if history else None, "last": history[-1] if history else None,
+             "resumed_from": start, "preempted": preemption["requested"]}
+  if is_main and not preemption["requested"]:
     summary["samples"] = write_samples(trainer, state, tok, config, workdir, writer)
-    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-    plot_history(history, os.path.join(workdir, "plots", "losses.png"))
+    if history:
+      os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+      plot_history(history, os.path.join(workdir, "plots", "losses.png"))
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=2)
   writer.close()

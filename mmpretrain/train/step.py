@@ -71,6 +71,14 @@ class Trainer:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), rng=jax.random.key(seed + 1))
 
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the state, no arrays: the target of a restore."""
+    shapes = jax.eval_shape(lambda: self._initial_state(0))
+    shardings = self.state_sharding or jax.tree.map(
+        lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
   def init_state(self, seed: int) -> TrainState:
     """The initial state, created directly in its shards (no host-side full copy)."""
     return jax.jit(self._initial_state, static_argnums=0,

@@ -1,0 +1,70 @@
+"""Orbax checkpoints of a run: the sharded train state, every process's data iterator, the
+config. The workdir is the unit of resumption (big_vision style).
+
+<workdir>/checkpoints/<step>/ holds three items: `state` (params — dense and expert —,
+optimizer state, step and the rng key's data, each array in its shards), `data` (one grain
+iterator state per process) and `config` (JSON). Orbax writes a step under a temporary
+name and renames it when complete, so a save killed midway is never picked up.
+"""
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from mmpretrain.train.step import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _storable(state: TrainState) -> TrainState:
+  """Typed PRNG keys are stored as their raw uint32 data."""
+  return state.replace(rng=jax.random.key_data(state.rng))
+
+
+class RunCheckpoints:
+  """Saves every `config.checkpoint.every_steps` steps, keeps the newest `keep`."""
+
+  def __init__(self, workdir: str, ccfg):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.every_steps = ccfg.every_steps
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=ccfg.keep, enable_async_checkpointing=ccfg.async_save, create=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def due(self, step: int, last_step: int) -> bool:
+    return step == last_step or (self.every_steps > 0 and step % self.every_steps == 0)
+
+  def save(self, step: int, state: TrainState, batches, config) -> None:
+    """Starts saving `state` after `step` completed steps (returns while the write runs)."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_storable(state)),
+        data=grain.checkpoint.CheckpointSave(batches),
+        config=ocp.args.JsonSave(config.to_dict())), force=True)
+
+  def restore(self, step: int, target_state: TrainState, batches=None) -> TrainState:
+    """The state saved at `step`, laid out like `target_state` (Trainer.abstract_state:
+    shardings of this run's mesh, which may differ from the one that saved), with the
+    data iterator `batches` (if given) moved to where it was."""
+    rng = target_state.rng
+    key_data = jax.eval_shape(jax.random.key_data, rng)
+    target = target_state.replace(rng=jax.ShapeDtypeStruct(key_data.shape, key_data.dtype,
+                                                           sharding=rng.sharding))
+    items = {"state": ocp.args.StandardRestore(target)}
+    if batches is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(batches)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    state = restored.state
+    return state.replace(rng=jax.random.wrap_key_data(state.rng))
+
+  def close(self) -> None:
+    """Waits for a running save and releases the manager."""
+    self.manager.wait_until_finished()
+    self.manager.close()

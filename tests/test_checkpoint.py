@@ -1,0 +1,142 @@
+"""Checkpoints: a killed or preempted run resumes to the bitwise-identical result, a state
+moves to another mesh, a half-written checkpoint is never picked."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_config
+from mmpretrain import sharding
+from mmpretrain.data.pipeline import make_batches
+from mmpretrain.train.checkpoint import CHECKPOINT_DIR, RunCheckpoints
+from mmpretrain.train.loop import train
+from mmpretrain.train.step import Trainer
+
+STEPS, EVERY = 60, 5
+
+
+def resumable_config(data_dir):
+  c = tiny_config(data_dir)
+  c.train.num_steps, c.checkpoint.every_steps = STEPS, EVERY
+  c.train.log_every = 10
+  c.sample.captions = ["a handwritten digit three"]
+  c.sample.images_per_caption = 1
+  return c
+
+
+def config_file(tmp_path, data_dir) -> str:
+  """resumable_config as a file, for `mmpretrain train` in a subprocess."""
+  path = tmp_path / "resumable.py"
+  path.write_text(
+      "import sys\n"
+      f"sys.path[:0] = [{os.path.join(ROOT, 'tests')!r}, {os.path.join(ROOT, 'configs')!r}]\n"
+      "from test_checkpoint import resumable_config\n"
+      f"def get_config():\n  return resumable_config({data_dir!r})\n")
+  return str(path)
+
+
+def final_params(workdir, config, tokenizer):
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  checkpoints = RunCheckpoints(workdir, config.checkpoint)
+  assert checkpoints.latest_step() == STEPS
+  state = checkpoints.restore(STEPS, trainer.abstract_state())
+  checkpoints.close()
+  return jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tokenizer, tmp_path_factory):
+  """Run A: all STEPS steps in one go; its final parameters."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  config = resumable_config(data_dir)
+  train(config, workdir)
+  return final_params(workdir, config, tokenizer)
+
+
+def start_run(config_path, workdir):
+  return subprocess.Popen(
+      [sys.executable, "-m", "mmpretrain.cli", "train", f"--config={config_path}",
+       f"--workdir={workdir}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(workdir, step, process, timeout=300):
+  path = os.path.join(workdir, CHECKPOINT_DIR, str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    assert process.poll() is None, process.stdout.read()
+    assert time.time() < deadline, f"no checkpoint {path}"
+    time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_interrupted_run_resumes_to_identical_parameters(stop, data_dir, tokenizer, tmp_path,
+                                                          uninterrupted):
+  """Run B: stopped right after its first checkpoint — killed outright, or preempted
+  (SIGTERM: save after the current step and exit) —, then the same command again."""
+  workdir = str(tmp_path / "run")
+  process = start_run(config_file(tmp_path, data_dir), workdir)
+  wait_for_checkpoint(workdir, EVERY, process)
+  process.send_signal(getattr(signal, stop))
+  output, _ = process.communicate(timeout=120)
+  if stop == "SIGKILL":
+    assert process.returncode == -signal.SIGKILL
+  else:
+    assert process.returncode == 0 and "preempted: checkpoint saved" in output, output
+  config = resumable_config(data_dir)
+  interrupted_at = RunCheckpoints(workdir, config.checkpoint).latest_step()
+  assert EVERY <= interrupted_at < STEPS
+  summary = train(config, workdir)
+  assert summary["resumed_from"] == interrupted_at
+  resumed = final_params(workdir, config, tokenizer)
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)   # bitwise
+
+
+def test_rerunning_a_finished_run_trains_nothing(data_dir, tmp_path, uninterrupted):
+  del uninterrupted
+  config = resumable_config(data_dir)
+  config.train.num_steps = config.checkpoint.every_steps = 3
+  train(config, str(tmp_path))
+  summary = train(config, str(tmp_path))
+  assert summary["resumed_from"] == 3 and summary["last"] is None
+
+
+def test_half_written_checkpoint_is_never_picked(config, tokenizer, tmp_path):
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  checkpoints = RunCheckpoints(str(tmp_path), config.checkpoint)
+  checkpoints.save(3, trainer.init_state(0), make_batches(config, tokenizer), config)
+  checkpoints.close()
+  # What a save killed midway leaves: orbax's temporary directory for the step.
+  os.makedirs(tmp_path / CHECKPOINT_DIR / "7.orbax-checkpoint-tmp-1700000000")
+  assert RunCheckpoints(str(tmp_path), config.checkpoint).latest_step() == 3
+
+
+@pytest.mark.parametrize("target_sizes", [None, (8, 1, 1, 1), (2, 2, 2, 1)])
+def test_moe_state_saved_on_one_mesh_restores_on_another(config, tokenizer, tmp_path,
+                                                         target_sizes):
+  config.model.moe.update({"num_experts": 8, "dispatch": "capacity"})
+  config.mesh.update({"data": 1, "fsdp": 2, "expert": 4, "tensor": 1})
+  source = Trainer(config, tokenizer.byte_lengths(), sharding.make_mesh(config.mesh))
+  saved = source.init_state(0)
+  batches = make_batches(config, tokenizer)
+  checkpoints = RunCheckpoints(str(tmp_path), config.checkpoint)
+  checkpoints.save(1, saved, batches, config)
+  checkpoints.close()
+
+  mesh = None
+  if target_sizes is not None:
+    config.mesh.update(dict(zip(sharding.MESH_AXES, target_sizes)))
+    mesh = sharding.make_mesh(config.mesh)
+  target = Trainer(config, tokenizer.byte_lengths(), mesh)
+  restored = RunCheckpoints(str(tmp_path), config.checkpoint).restore(
+      1, target.abstract_state(), make_batches(config, tokenizer))
+  expected_layout = target.abstract_state()
+  jax.tree.map(lambda r, e: r.sharding.is_equivalent_to(e.sharding, r.ndim) or pytest.fail(
+      f"{r.sharding} != {e.sharding}"), restored, expected_layout)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params),
+               jax.device_get(saved.params))
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(saved.rng))
