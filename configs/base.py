@@ -163,6 +163,7 @@ def get_config(arg=None):
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 10_000
   c.train.log_every = 10
+  c.train.nonfinite = "skip"             # non-finite loss/grad: skip the update | stop the run
 
   # --- Checkpoints (<workdir>/checkpoints; re-running the same command resumes) ---
   c.checkpoint = ml_collections.ConfigDict()

@@ -78,7 +78,7 @@ def _run(command):
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
       COMMANDS[command]()
-    except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+    except (config_lib.ConfigError, FileNotFoundError, ValueError, ArithmeticError) as e:
       print(f"mmpretrain {command}: error: {e}", file=sys.stderr)
       sys.exit(2)
   return main

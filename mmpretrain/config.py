@@ -120,6 +120,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _positive(c.diffusion.logit_normal_std, "diffusion.logit_normal_std")
   _positive(c.diffusion.sample_steps, "diffusion.sample_steps")
   _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
+  _one_of(c.train.nonfinite, ("skip", "stop"), "train.nonfinite")
   _require(0.0 < o.decay_fraction <= 1.0, "optimizer.decay_fraction",
            f"must lie in (0, 1], got {o.decay_fraction}", "Use a fraction of the run")
   _positive(o.grad_accum_steps, "optimizer.grad_accum_steps")

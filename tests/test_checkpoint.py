@@ -14,7 +14,7 @@ from conftest import ROOT, tiny_config
 from mmpretrain import sharding
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.train.checkpoint import CHECKPOINT_DIR, RunCheckpoints
-from mmpretrain.train.loop import train
+from mmpretrain.train.loop import NonFiniteLoss, train
 from mmpretrain.train.step import Trainer
 
 STEPS, EVERY = 60, 5
@@ -140,3 +140,31 @@ def test_moe_state_saved_on_one_mesh_restores_on_another(config, tokenizer, tmp_
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.params),
                jax.device_get(saved.params))
   np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(saved.rng))
+
+
+def test_nonfinite_update_is_skipped_and_counted(config, tokenizer):
+  config.loss.flow_weight = float("nan")
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  state = trainer.init_state(0)
+  before = jax.device_get((state.params, state.opt_state))
+  batch = {k: v for k, v in next(make_batches(config, tokenizer)).items()
+           if not k.startswith("skipped_")}
+  state, metrics = trainer.step(state, batch)
+  assert int(metrics["nonfinite"]) == 1 and int(state.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get((state.params, state.opt_state)),
+               before)
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nonfinite_policy_skips_or_stops_keeping_the_last_good_checkpoint(
+    config, tmp_path, policy):
+  config.loss.flow_weight = float("nan")
+  config.train.nonfinite, config.train.num_steps, config.train.log_every = policy, 4, 1
+  config.optimizer.warmup_steps, config.checkpoint.every_steps = 1, 2
+  if policy == "skip":
+    summary = train(config, str(tmp_path))
+    assert summary["last"]["nonfinite_updates_skipped"] == 4
+    return
+  with pytest.raises(NonFiniteLoss, match=r"by step 0 \(1 updates skipped\).*last good state"):
+    train(config, str(tmp_path))
+  assert RunCheckpoints(str(tmp_path), config.checkpoint).latest_step() is None

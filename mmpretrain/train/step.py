@@ -146,4 +146,10 @@ class Trainer:
       metrics["moe_routing"] = kind_load     # not a scalar: the loop accumulates it
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state.step)
+    # A non-finite loss or gradient leaves parameters and optimizer state as they were; the
+    # batch still counts as consumed (the loop decides whether to go on: train.nonfinite).
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
+    metrics["nonfinite"] = (~finite).astype(jnp.int32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
