@@ -3,6 +3,7 @@
   mmpretrain prepare --config=configs/demo.py [--datasets=mnist_captions,emoji_captions]
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
   mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
+  mmpretrain export-params --config=configs/demo.py --workdir=runs/demo [--step=N]
 """
 import sys
 
@@ -19,6 +20,7 @@ _WINDOWS = flags.DEFINE_integer("windows", 1, "analyze-experts: sum the routing 
                                 "last N log intervals (0 = the whole run).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.8, "analyze-experts: text (vision) expert = "
                                 "text affinity at least (at most 1 minus) this.")
+_STEP = flags.DEFINE_integer("step", None, "export-params: checkpoint step (default: newest).")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
 
@@ -69,7 +71,20 @@ def cmd_analyze_experts():
   print(f"wrote {_WORKDIR.value}/analysis/experts.json and experts.png")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "analyze-experts": cmd_analyze_experts}
+def cmd_export_params():
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required: the run whose checkpoint to export")
+  # pylint: disable=import-outside-toplevel
+  from mmpretrain.data.pipeline import load_tokenizer
+  from mmpretrain.train.checkpoint import export_params
+  from mmpretrain.train.step import Trainer
+  config = _config()
+  trainer = Trainer(config, load_tokenizer(config).byte_lengths())
+  print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, trainer, _STEP.value)}")
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "analyze-experts": cmd_analyze_experts,
+            "export-params": cmd_export_params}
 
 
 def _run(command):

@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, tiny_config
 from mmpretrain import sharding
 from mmpretrain.data.pipeline import make_batches
-from mmpretrain.train.checkpoint import CHECKPOINT_DIR, RunCheckpoints
+from mmpretrain.train.checkpoint import (CHECKPOINT_DIR, RunCheckpoints, export_params,
+                                         load_params)
 from mmpretrain.train.loop import NonFiniteLoss, train
 from mmpretrain.train.step import Trainer
 
@@ -51,11 +52,11 @@ def final_params(workdir, config, tokenizer):
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tokenizer, tmp_path_factory):
-  """Run A: all STEPS steps in one go; its final parameters."""
+  """Run A: all STEPS steps in one go; its workdir and final parameters."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   config = resumable_config(data_dir)
   train(config, workdir)
-  return final_params(workdir, config, tokenizer)
+  return workdir, final_params(workdir, config, tokenizer)
 
 
 def start_run(config_path, workdir):
@@ -93,7 +94,7 @@ def test_interrupted_run_resumes_to_identical_parameters(stop, data_dir, tokeniz
   summary = train(config, workdir)
   assert summary["resumed_from"] == interrupted_at
   resumed = final_params(workdir, config, tokenizer)
-  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)   # bitwise
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted[1])   # bitwise
 
 
 def test_rerunning_a_finished_run_trains_nothing(data_dir, tmp_path, uninterrupted):
@@ -168,3 +169,16 @@ def test_nonfinite_policy_skips_or_stops_keeping_the_last_good_checkpoint(
   with pytest.raises(NonFiniteLoss, match=r"by step 0 \(1 updates skipped\).*last good state"):
     train(config, str(tmp_path))
   assert RunCheckpoints(str(tmp_path), config.checkpoint).latest_step() is None
+
+
+def test_exported_params_load_without_optimizer_state(data_dir, tokenizer, tmp_path,
+                                                      uninterrupted):
+  workdir, params = uninterrupted
+  config = resumable_config(data_dir)
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  path = export_params(workdir, config.checkpoint, trainer)
+  assert path.endswith(os.path.join("params", str(STEPS)))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(load_params(path, trainer)),
+               params)
+  with pytest.raises(FileNotFoundError, match="mmpretrain export-params"):
+    load_params(str(tmp_path / "nowhere"), trainer)

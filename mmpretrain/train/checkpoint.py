@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from mmpretrain.train.step import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
+PARAMS_DIR = "params"
 
 
 def _storable(state: TrainState) -> TrainState:
@@ -68,3 +69,26 @@ class RunCheckpoints:
     """Waits for a running save and releases the manager."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def export_params(workdir: str, ccfg, trainer, step: int | None = None) -> str:
+  """Writes the parameters of checkpoint `step` (default: the newest) alone — no optimizer
+  state, no data iterators — to <workdir>/params/<step>; returns that path."""
+  checkpoints = RunCheckpoints(workdir, ccfg)
+  step = checkpoints.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first")
+  state = checkpoints.restore(step, trainer.abstract_state())
+  checkpoints.close()
+  path = os.path.join(os.path.abspath(workdir), PARAMS_DIR, str(step))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, state.params)
+  return path
+
+
+def load_params(path: str, trainer):
+  """Parameters written by export_params, laid out for `trainer`'s mesh (or one device)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} does not exist: write it with `mmpretrain export-params`")
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path, trainer.abstract_state().params)
