@@ -170,6 +170,7 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 1000        # and always after the last step (0 = only then)
   c.checkpoint.keep = 3                  # newest checkpoints kept
   c.checkpoint.async_save = True         # write in the background while training goes on
+  c.checkpoint.fallback = False          # unrestorable newest checkpoint: error | try older
 
   # --- Analyses written during training (mmpretrain/analysis/) ---
   c.analysis = ml_collections.ConfigDict()

@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, tiny_config
 from mmpretrain import sharding
 from mmpretrain.data.pipeline import make_batches
-from mmpretrain.train.checkpoint import (CHECKPOINT_DIR, RunCheckpoints, export_params,
+from mmpretrain.train.checkpoint import (CHECKPOINT_DIR, CheckpointError, RunCheckpoints,
+                                         export_params,
                                          load_params)
 from mmpretrain.train.loop import NonFiniteLoss, train
 from mmpretrain.train.step import Trainer
@@ -182,3 +183,20 @@ def test_exported_params_load_without_optimizer_state(data_dir, tokenizer, tmp_p
                params)
   with pytest.raises(FileNotFoundError, match="mmpretrain export-params"):
     load_params(str(tmp_path / "nowhere"), trainer)
+
+
+def test_corrupt_newest_checkpoint_is_named_or_skipped_with_fallback(config, tmp_path):
+  config.train.num_steps, config.checkpoint.every_steps = 4, 2
+  config.sample.captions, config.sample.images_per_caption = ["a handwritten digit one"], 1
+  train(config, str(tmp_path))
+  newest = tmp_path / CHECKPOINT_DIR / "4"
+  for path in (newest / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 1000:    # the array data, not metadata
+      path.write_bytes(b"\0" * 16)
+  config.train.num_steps = 6
+  with pytest.raises(CheckpointError, match=r"checkpoints/4 cannot be restored.*fallback=True"):
+    train(config, str(tmp_path))
+  config.checkpoint.fallback = True
+  assert train(config, str(tmp_path))["resumed_from"] == 2
+  assert (tmp_path / CHECKPOINT_DIR / "4.unrestorable").is_dir()
+  assert RunCheckpoints(str(tmp_path), config.checkpoint).latest_step() == 6

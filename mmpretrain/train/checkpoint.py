@@ -11,11 +11,17 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from mmpretrain.train.step import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 PARAMS_DIR = "params"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be restored (bad files on disk); the message names it and
+  the way out."""
 
 
 def _storable(state: TrainState) -> TrainState:
@@ -64,6 +70,30 @@ class RunCheckpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     state = restored.state
     return state.replace(rng=jax.random.wrap_key_data(state.rng))
+
+  def restore_newest(self, target_state: TrainState, batches, fallback: bool):
+    """(step, state) of the newest checkpoint, or (0, None) if there is none.
+
+    A checkpoint that fails to restore (missing or corrupt files) is an error naming its
+    step and the failure; with `fallback`, it is renamed <step>.unrestorable and the next
+    older one is tried.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return step, self.restore(step, target_state, batches)
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+        where = os.path.join(self.directory, str(step))
+        if not fallback:
+          raise CheckpointError(
+              f"checkpoint {where} cannot be restored ({type(e).__name__}: {e}). Set "
+              "config.checkpoint.fallback=True to resume from the newest older checkpoint "
+              f"that restores, or move {where} away") from e
+        # Moved aside (kept for a post-mortem), so the run can save this step again.
+        os.replace(where, where + ".unrestorable")
+        self.manager.reload()
+        logging.warning("checkpoint %s cannot be restored (%s): moved to %s.unrestorable; "
+                        "trying an older one", where, e, where)
+    return 0, None
 
   def close(self) -> None:
     """Waits for a running save and releases the manager."""

@@ -90,10 +90,9 @@ def train(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   trainer = Trainer(config, tok.byte_lengths(), mesh)
   checkpoints = RunCheckpoints(workdir, config.checkpoint)
-  start = checkpoints.latest_step() or 0
-  if start:
-    state = checkpoints.restore(start, trainer.abstract_state(), batches)
-  else:
+  start, state = checkpoints.restore_newest(trainer.abstract_state(), batches,
+                                           config.checkpoint.fallback)
+  if state is None:
     state = trainer.init_state(config.seed)
   writer = MetricWriter(workdir, enabled=is_main)
   moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
