@@ -7,7 +7,7 @@
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmpretrain import config as config_lib
@@ -91,6 +91,8 @@ def _run(command):
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:   # Orbax logs every save at INFO
+      logging.set_verbosity(logging.WARNING)
     try:
       COMMANDS[command]()
     except (config_lib.ConfigError, FileNotFoundError, ValueError, ArithmeticError) as e:

@@ -105,44 +105,46 @@ def train(config, workdir: str) -> dict:
   num_steps, log_every = config.train.num_steps, config.train.log_every
   bar = tqdm(range(start, num_steps), desc="train", disable=not is_main, dynamic_ncols=True,
              initial=start, total=num_steps)
-  with preemption_notice() as preemption:
-    for step in bar:
-      batch = next(batches)
-      for field in SKIP_FIELDS:
-        skipped[field] += int(batch.pop(field).sum())
-      tokens_seen += int((batch["segment_ids"] > 0).sum())
-      state, metrics = trainer.step(state, sharding.global_batch(batch, mesh, config.mesh.rules))
-      step_routing = metrics.pop("moe_routing", None)   # [MoE layers, token kinds, experts]
-      if routing is not None:
-        routing.add(step_routing)
-      nonfinite = nonfinite + metrics.pop("nonfinite")   # on device: no wait per step
-      save = checkpoints.due(step + 1, num_steps) or preemption["requested"]
-      if save or step % log_every == 0 or step == num_steps - 1:
-        skipped_updates = int(nonfinite)
-        if skipped_updates and config.train.nonfinite == "stop":
-          raise NonFiniteLoss(
-              f"non-finite loss or gradient by step {step} ({skipped_updates} updates "
-              f"skipped); the newest checkpoint in {checkpoints.directory} holds the last "
-              "good state. Lower the learning rate or set train.nonfinite='skip'")
-      if step % log_every == 0 or step == num_steps - 1:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.time()
-        metrics["tokens_per_s"] = tokens_seen / max(now - last_time, 1e-9)
-        metrics.update(skipped)
-        metrics["nonfinite_updates_skipped"] = skipped_updates
-        tokens_seen, last_time = 0, now
-        history.append({"step": step, **metrics})
-        writer.scalars(step, tagged(metrics))
+  try:
+    with preemption_notice() as preemption:
+      for step in bar:
+        batch = next(batches)
+        for field in SKIP_FIELDS:
+          skipped[field] += int(batch.pop(field).sum())
+        tokens_seen += int((batch["segment_ids"] > 0).sum())
+        state, metrics = trainer.step(state, sharding.global_batch(batch, mesh, config.mesh.rules))
+        step_routing = metrics.pop("moe_routing", None)   # [MoE layers, token kinds, experts]
         if routing is not None:
-          writer.scalars(step, routing.flush(step))
-        bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
-                        bpb=f"{metrics['text_bits_per_byte']:.2f}",
-                        tok_s=f"{metrics['tokens_per_s']:.0f}")
-      if save:
-        checkpoints.save(step + 1, state, batches, config)
-      if preemption["requested"]:
-        break
-  checkpoints.close()
+          routing.add(step_routing)
+        nonfinite = nonfinite + metrics.pop("nonfinite")   # on device: no wait per step
+        save = checkpoints.due(step + 1, num_steps) or preemption["requested"]
+        if save or step % log_every == 0 or step == num_steps - 1:
+          skipped_updates = int(nonfinite)
+          if skipped_updates and config.train.nonfinite == "stop":
+            raise NonFiniteLoss(
+                f"non-finite loss or gradient by step {step} ({skipped_updates} updates "
+                f"skipped); the newest checkpoint in {checkpoints.directory} holds the last "
+                "good state. Lower the learning rate or set train.nonfinite='skip'")
+        if step % log_every == 0 or step == num_steps - 1:
+          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          now = time.time()
+          metrics["tokens_per_s"] = tokens_seen / max(now - last_time, 1e-9)
+          metrics.update(skipped)
+          metrics["nonfinite_updates_skipped"] = skipped_updates
+          tokens_seen, last_time = 0, now
+          history.append({"step": step, **metrics})
+          writer.scalars(step, tagged(metrics))
+          if routing is not None:
+            writer.scalars(step, routing.flush(step))
+          bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
+                          bpb=f"{metrics['text_bits_per_byte']:.2f}",
+                          tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if save:
+          checkpoints.save(step + 1, state, batches, config)
+        if preemption["requested"]:
+          break
+  finally:             # an error must not cut a background save short
+    checkpoints.close()
 
   summary = {"first": history[0] if history else None, "last": history[-1] if history else None,
              "resumed_from": start, "preempted": preemption["requested"]}
