@@ -89,10 +89,6 @@ class Router(nnx.Module):
     return experts, weights, stats
 
 
-def _swiglu(x, gate, up, down, dot):
-  return dot(jax.nn.silu(dot(x, gate)) * dot(x, up), down)
-
-
 class Experts(nnx.Module):
   """E SwiGLU experts stored stacked: gate/up [E, d, f], down [E, f, d]."""
 
@@ -119,7 +115,8 @@ class Experts(nnx.Module):
     def dot(a, w):
       return jax.lax.ragged_dot(a, w, group_sizes,
                                 preferred_element_type=jnp.float32).astype(self.dtype)
-    y = _swiglu(x[token_of].astype(self.dtype), gate, up, down, dot)
+    pairs = x[token_of].astype(self.dtype)
+    y = dot(jax.nn.silu(dot(pairs, gate)) * dot(pairs, up), down)
     combine = (weights.reshape(-1)[order] * token_mask[token_of]).astype(jnp.float32)
     out = jnp.zeros((tokens, x.shape[-1]), jnp.float32).at[token_of].add(
         y.astype(jnp.float32) * combine[:, None])
