@@ -27,7 +27,11 @@ def get_config(arg=None):
   c.data.image_size = 32                 # frames are resized/padded to this square size
   c.data.image_channels = 1
   c.data.mixture = {"text": 0.5, "image_text": 0.5, "video": 0.0, "action_video": 0.0}
-  c.data.num_workers = 0                 # grain worker processes per host (0 = in-process)
+  # The global batch is made of `shards` independent streams (records s::shards of every
+  # dataset, packed on their own) of batch_size/shards rows; a process loads the shards its
+  # devices hold, so the batches do not depend on how many processes run (elastic resume).
+  c.data.shards = 1                      # a multiple of the number of data-loading processes
+  c.data.num_workers = 0                 # grain worker processes per shard (0 = in-process)
   c.data.worker_buffer_size = 2          # batches each worker prefetches
 
   # Streams turn records of their datasets into documents; `datasets` weights the datasets

@@ -2,6 +2,7 @@
 
   mmpretrain prepare --config=configs/demo.py [--datasets=mnist_captions,emoji_captions]
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
+                     [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
   mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
   mmpretrain export-params --config=configs/demo.py --workdir=runs/demo [--step=N]
 """
@@ -11,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmpretrain import config as config_lib
-from mmpretrain import hostalloc
+from mmpretrain import distributed, hostalloc
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
                                           lock_config=True)
@@ -21,6 +22,13 @@ _WINDOWS = flags.DEFINE_integer("windows", 1, "analyze-experts: sum the routing 
 _THRESHOLD = flags.DEFINE_float("threshold", 0.8, "analyze-experts: text (vision) expert = "
                                 "text affinity at least (at most 1 minus) this.")
 _STEP = flags.DEFINE_integer("step", None, "export-params: checkpoint step (default: newest).")
+_MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train: 'auto' joins a "
+                               "multi-process run from the coordinator flags, or on a TPU VM "
+                               "from the pod itself; 'off' runs one process.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train: HOST:PORT of process 0 "
+                                   "of a multi-process run (not needed on TPU VMs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train: processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's index.")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
 
@@ -39,8 +47,12 @@ def cmd_prepare():
 def cmd_train():
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the directory that holds this run")
+  distributed.initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
   from mmpretrain.train.loop import train  # pylint: disable=import-outside-toplevel
   summary = train(_config(), _WORKDIR.value)
+  if not summary["is_main"]:
+    return
   if summary["preempted"]:
     print("preempted: checkpoint saved; re-run the same command to resume")
     return

@@ -97,6 +97,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(all(w >= 0 for w in d.mixture.values()) and sum(d.mixture.values()) > 0,
            "data.mixture", f"weights must be >= 0 with a positive sum, got {dict(d.mixture)}",
            "Give at least one stream a positive weight")
+  _positive(d.shards, "data.shards")
+  _require(d.batch_size % d.shards == 0, "data.shards",
+           f"{d.shards} does not divide data.batch_size={d.batch_size}",
+           "Use a divisor of data.batch_size (each shard supplies batch_size/shards rows)")
   _require(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}",
            "Use 0 for in-process loading")
   for stream, weight in d.mixture.items():

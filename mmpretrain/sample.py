@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import diffusion
+from mmpretrain import diffusion, sharding
 from mmpretrain.data.documents import generation_document
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
@@ -34,7 +34,8 @@ def generation_rows(tok, captions: list[str], spec) -> dict:
 
 
 def make_image_sampler(trainer, spec):
-  """Returns jitted sample(params, rows, rng) -> uint8 images [N, H, W, C]."""
+  """Returns jitted sample(params, rows, rng) -> uint8 images [N, H, W, C] (replicated over
+  the trainer's mesh, so every process can read them)."""
   cfg = trainer.config
   rep, p = trainer.representation, cfg.visual.patch_size
   num_frame_tokens = spec.max_frames * spec.tokens_per_frame
@@ -62,7 +63,9 @@ def make_image_sampler(trainer, spec):
     frame0 = z0[:, :spec.tokens_per_frame]
     return rep.decode(unpatchify(frame0, p, rep.latent_grid))
 
-  return jax.jit(sample)
+  if trainer.mesh is None:
+    return jax.jit(sample)
+  return jax.jit(sample, out_shardings=sharding.replicated(trainer.mesh))
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 2) -> Image.Image:

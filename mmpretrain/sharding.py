@@ -7,9 +7,9 @@ mesh that `config.mesh.<axis>` sizes, so changing the parallelism is a config ch
 
   --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.expert=2
 
-Each process loads its own rows of the global batch (data/pipeline.py shards by process);
-`global_batch` joins them into jax.Arrays split along the `batch` rule with
-`jax.make_array_from_process_local_data`.
+Each process loads the rows of the global batch its devices hold (`process_rows`; the
+data shards of data/pipeline.py cover them); `global_batch` joins them into jax.Arrays
+split along the `batch` rule with `jax.make_array_from_process_local_data`.
 """
 import contextlib
 import math
@@ -117,10 +117,27 @@ def check_batch_splits(batch_size: int, mesh, rules):
                         f"{ways}")
 
 
-def global_batch(local_rows: dict, mesh, rules) -> dict:
-  """This process's rows (numpy, leading axis = rows) -> global arrays over `mesh`."""
+def process_rows(batch_size: int, mesh, rules) -> range:
+  """The rows of the global batch that this process's devices hold: what it must load.
+
+  Processes whose devices split the batch get disjoint ranges; processes that differ only
+  along axes the batch is replicated over (e.g. `tensor`) get the same range.
+  """
+  index_map = batch_sharding(mesh, rules).addressable_devices_indices_map((batch_size,))
+  spans = sorted({index[0].indices(batch_size)[:2] for index in index_map.values()})
+  start, stop = spans[0][0], spans[-1][1]
+  if sum(hi - lo for lo, hi in spans) != stop - start:
+    raise ShardingError(f"process {jax.process_index()} holds batch rows {spans}, not one "
+                        "contiguous range: in config.mesh.rules.batch, list first the mesh "
+                        "axes that span processes")
+  return range(start, stop)
+
+
+def global_batch(local_rows: dict, mesh, rules, batch_size: int) -> dict:
+  """This process's rows (numpy, `process_rows`) -> global arrays of `batch_size` rows."""
   sharding = batch_sharding(mesh, rules)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  return {k: jax.make_array_from_process_local_data(
+              sharding, np.asarray(v), (batch_size,) + np.shape(v)[1:])
           for k, v in local_rows.items()}
 
 

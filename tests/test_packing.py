@@ -4,6 +4,7 @@ Four-stream behaviour (mixture ratios, resumption, bad records) is in test_strea
 """
 import grain
 import numpy as np
+import pytest
 
 from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.data import documents
@@ -93,9 +94,16 @@ def test_same_seed_same_batches_and_other_seed_differs(config, tokenizer):
   assert not np.array_equal(a["tokens"], c["tokens"])
 
 
-def test_process_shards_are_disjoint(config, tokenizer):
+def test_data_shards_are_disjoint_and_a_process_loads_whole_shards(config, tokenizer):
   config.data.mixture = {"image_text": 1.0}
-  shards = [next(make_batches(config, tokenizer, shard_index=i, shard_count=2, batch_size=4))
+  config.data.shards = 2
+  half = config.data.batch_size // 2
+  whole = next(make_batches(config, tokenizer))
+  shards = [next(make_batches(config, tokenizer, rows=range(i * half, (i + 1) * half)))
             for i in range(2)]
+  for key in whole:         # the global batch is the shards' rows in shard order
+    np.testing.assert_array_equal(whole[key], np.concatenate([s[key] for s in shards]))
   images = [{f.tobytes() for row in s["frames"] for f in row if f.any()} for s in shards]
   assert images[0] and images[1] and not images[0] & images[1]
+  with pytest.raises(ValueError, match="whole shards: set data.shards"):
+    make_batches(config, tokenizer, rows=range(1, half))

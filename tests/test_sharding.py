@@ -33,7 +33,7 @@ def test_global_batch_holds_the_local_rows_split_over_devices(config, tokenizer)
   mesh = sharding.make_mesh(config.mesh)
   assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "expert": 1, "tensor": 1}
   local = host_batch(config, tokenizer)
-  batch = sharding.global_batch(local, mesh, config.mesh.rules)
+  batch = sharding.global_batch(local, mesh, config.mesh.rules, config.data.batch_size)
   for key, value in local.items():
     np.testing.assert_array_equal(np.asarray(batch[key]), value, err_msg=key)
     assert len(batch[key].sharding.device_set) == jax.device_count() == 8
@@ -99,7 +99,8 @@ def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_m
   mesh = sharding.make_mesh(mesh_config(config, *sizes))
   trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
   state, metrics = trainer.step(trainer.init_state(0),
-                                sharding.global_batch(batch, mesh, config.mesh.rules))
+                                sharding.global_batch(batch, mesh, config.mesh.rules,
+                                                      config.data.batch_size))
   assert float(metrics["moe_drop_rate"]) == pytest.approx(float(ref_metrics["moe_drop_rate"]))
   for key in ("loss", "text_loss", "flow_loss", "moe_load_balance", "grad_norm"):
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
@@ -112,7 +113,8 @@ def test_expert_axis_moves_tokens_by_all_to_all(config, tokenizer):
   moe_config(config)
   mesh = sharding.make_mesh(mesh_config(config, 1, 2, 4, 1))
   trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
-  batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules)
+  batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules,
+                                config.data.batch_size)
   hlo = trainer.step.lower(trainer.init_state(0), batch).compile().as_text()
   assert "all-to-all" in hlo
 
@@ -122,6 +124,7 @@ def test_expert_axis_that_does_not_split_the_batch_is_refused(config, tokenizer)
   config.mesh.rules.batch = ("data", "fsdp")
   mesh = sharding.make_mesh(mesh_config(config, 4, 1, 2, 1))
   trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
-  batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules)
+  batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules,
+                                config.data.batch_size)
   with pytest.raises(sharding.ShardingError, match=r"expert axes \('expert',\) must also split"):
     trainer.step(trainer.init_state(0), batch)

@@ -1,7 +1,6 @@
 """The four-stream pipeline: mixture ratios, packing fidelity, resumption, sharding, bad data."""
 import io
 
-import grain
 import numpy as np
 import pytest
 from PIL import Image
@@ -147,16 +146,29 @@ def test_a_dataset_without_the_streams_fields_says_how_to_map_them(config4, toke
     docs[0]   # pylint: disable=pointless-statement
 
 
-def test_grain_checkpoint_handler_round_trip(config4, tokenizer, tmp_path):
+def test_data_shard_states_restore_onto_another_process_count(config4, tokenizer, tmp_path):
+  """Saved by one process loading both shards, restored by two processes loading one each:
+  together they continue with the batch the one process would have made next."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train import checkpoint  # pylint: disable=import-outside-toplevel
+  config4.data.shards = 2
   it = pipeline.make_batches(config4, tokenizer)
   next(it)
-  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-    manager.save(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  handlers = {"data": checkpoint.DataShardsHandler()}
+  with ocp.CheckpointManager(tmp_path / "ckpt", item_handlers=handlers) as manager:
+    manager.save(1, args=ocp.args.Composite(data=checkpoint.DataShardsSave(it)))
     manager.wait_until_finished()
     want = next(it)
-    resumed = pipeline.make_batches(config4, tokenizer)
-    manager.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
-  got = next(resumed)
+    half = config4.data.batch_size // 2
+    parts = []
+    for rows in (range(0, half), range(half, 2 * half)):
+      resumed = pipeline.make_batches(config4, tokenizer, rows=rows)
+      manager.restore(1, args=ocp.args.Composite(data=checkpoint.DataShardsRestore(resumed)))
+      parts.append(next(resumed))
+    config4.data.shards = 1
+    with pytest.raises(checkpoint.DataShardsMismatch, match="saved with data.shards=2, this run has 1"):
+      manager.restore(1, args=ocp.args.Composite(data=checkpoint.DataShardsRestore(
+          pipeline.make_batches(config4, tokenizer))))
   for key in want:
-    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key],
+                                  err_msg=key)

@@ -86,7 +86,8 @@ class RoutingLog:
     scalars = {}
     for layer, row in zip(self.layers, specialization(counts, self.threshold)):
       for name, value in row.items():
-        scalars[f"moe_layer{layer:02d}/{name}"] = value
+        if np.isfinite(value):     # r is undefined while a token kind is absent
+          scalars[f"moe_layer{layer:02d}/{name}"] = value
     return scalars
 
 

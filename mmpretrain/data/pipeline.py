@@ -2,12 +2,14 @@
 
 Each stream is a grain MapDataset of documents (shuffled, repeated, with a per-record RNG
 so the whole stream is a deterministic function of the seed). Streams are mixed by the
-config's weights, sharded by process, packed into rows and batched, optionally in worker
-processes. The iterator's state is checkpointable (get_state/set_state, grain.checkpoint).
+config's weights, split into `config.data.shards` data shards (disjoint records), each
+packed into rows and batched, optionally in worker processes. A process iterates the shards
+its devices need; the iterator's state is checkpointable per shard.
 """
 import os
 
 import grain
+import numpy as np
 from absl import flags
 
 from mmpretrain.data import builders, documents, streams
@@ -66,7 +68,7 @@ def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: 
   The per-record RNG of `random_map` depends on the seed and the position in the repeated
   stream, so every epoch draws fresh crops, orderings and caption dropouts, reproducibly.
   A record that cannot become a document yields `Skipped(reason)`. `shard` = (index,
-  count) keeps every count-th record of each dataset: processes read disjoint records.
+  count) keeps every count-th record of each dataset: data shards read disjoint records.
   """
   needed, make_document = streams.STREAMS[stream]
   ctx = streams.StreamContext(config, tok, stream)
@@ -98,26 +100,73 @@ def document_mixture(config, tok: TextTokenizer, split: str, seed: int,
   return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
 
 
-def make_batches(config, tok: TextTokenizer, *, split: str = "train", batch_size: int | None = None,
-                 shard_index: int = 0, shard_count: int = 1, seed: int | None = None):
-  """Returns a checkpointable grain iterator over packed batches (dicts of numpy arrays).
+def shard_batches(config, tok: TextTokenizer, shard: int, split: str, seed: int):
+  """A grain iterator over batches of data shard `shard`: batch_size/shards packed rows.
 
-  Each process reads a disjoint shard of every dataset and batches its share of the
-  global batch (`jax.make_array_from_process_local_data` assembles the global one).
-  With `config.data.num_workers` > 0 documents are made and packed in worker processes.
+  Shard s draws its crops, orders and dropouts with seed + s, independent of the others.
   """
-  if config.data.batch_size % shard_count:
-    raise ValueError(f"config.data.batch_size={config.data.batch_size} does not split over "
-                     f"{shard_count} processes: use a multiple of {shard_count}")
-  batch_size = batch_size or config.data.batch_size // shard_count
-  seed = config.seed if seed is None else seed
-  docs = document_mixture(config, tok, split, seed, (shard_index, shard_count))
+  d = config.data
+  docs = document_mixture(config, tok, split, seed + shard, (shard, d.shards))
   rows = PackIterDataset(docs.to_iter_dataset(), row_spec(config))
-  batches = rows.batch(batch_size, drop_remainder=True)
-  if config.data.num_workers > 0:
+  batches = rows.batch(d.batch_size // d.shards, drop_remainder=True)
+  if d.num_workers > 0:
     if not flags.FLAGS.is_parsed():   # grain's workers read its absl flags (outside absl.app)
       flags.FLAGS.mark_as_parsed()
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.data.num_workers,
-        per_worker_buffer_size=config.data.worker_buffer_size))
+        num_workers=d.num_workers, per_worker_buffer_size=d.worker_buffer_size))
   return iter(batches)
+
+
+class ShardedBatches:
+  """This process's data shards stepped together: each batch concatenates one batch of
+  every shard, in shard order, so it holds global rows [first shard's rows, last's).
+
+  Checkpointable per shard (`shard_states`), so a run restored with another number of
+  processes gives each one the states of the shards it now loads.
+  """
+
+  def __init__(self, iterators: dict[int, object], num_shards: int):
+    self.iterators, self.num_shards = iterators, num_shards
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    parts = [next(it) for it in self.iterators.values()]
+    return parts[0] if len(parts) == 1 else {
+        k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def shard_states(self) -> dict[int, dict]:
+    return {shard: it.get_state() for shard, it in self.iterators.items()}
+
+  def set_shard_states(self, states: dict[int, dict]) -> None:
+    for shard, it in self.iterators.items():
+      it.set_state(states[shard])
+
+  def get_state(self) -> dict:
+    return {str(shard): state for shard, state in self.shard_states().items()}
+
+  def set_state(self, state: dict) -> None:
+    self.set_shard_states({int(shard): s for shard, s in state.items()})
+
+
+def make_batches(config, tok: TextTokenizer, *, split: str = "train", rows: range | None = None,
+                 seed: int | None = None) -> ShardedBatches:
+  """A checkpointable iterator over rows `rows` (default: all) of each global batch.
+
+  The global batch is `config.data.shards` shards of batch_size/shards rows, each a
+  deterministic function of the seed; `rows` must cover whole shards. A multi-process run
+  passes the rows its devices hold (sharding.process_rows), and
+  `jax.make_array_from_process_local_data` assembles the global batch.
+  """
+  d = config.data
+  rows = range(d.batch_size) if rows is None else rows
+  per_shard = d.batch_size // d.shards
+  if rows.start % per_shard or rows.stop % per_shard or not 0 <= rows.start < rows.stop <= d.batch_size:
+    raise ValueError(
+        f"this process loads rows {rows.start}..{rows.stop - 1} of the global batch, which "
+        f"config.data.shards={d.shards} (shards of {per_shard} rows) does not split into "
+        "whole shards: set data.shards to a multiple of the number of processes that load data")
+  seed = config.seed if seed is None else seed
+  shards = range(rows.start // per_shard, rows.stop // per_shard)
+  return ShardedBatches({s: shard_batches(config, tok, s, split, seed) for s in shards}, d.shards)

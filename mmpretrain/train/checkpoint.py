@@ -2,16 +2,19 @@
 config. The workdir is the unit of resumption (big_vision style).
 
 <workdir>/checkpoints/<step>/ holds three items: `state` (params — dense and expert —,
-optimizer state, step and the rng key's data, each array in its shards), `data` (one grain
-iterator state per process) and `config` (JSON). Orbax writes a step under a temporary
-name and renames it when complete, so a save killed midway is never picked up.
+optimizer state, step and the rng key's data, each array in its shards), `data` (the grain
+iterator state of every data shard, written by the process that loads it) and `config`
+(JSON). Orbax writes a step under a temporary name and renames it when complete, so a save
+killed midway is never picked up.
 """
+import dataclasses
+import json
 import os
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from mmpretrain.train.step import TrainState
 
@@ -22,6 +25,58 @@ PARAMS_DIR = "params"
 class CheckpointError(ValueError):
   """A checkpoint that cannot be restored (bad files on disk); the message names it and
   the way out."""
+
+
+class DataShardsMismatch(ValueError):
+  """The checkpoint's data iterators were saved with another `data.shards` (a config
+  mistake, not a damaged checkpoint: never a reason to fall back to an older one)."""
+
+
+class DataShardsHandler(ocp.CheckpointHandler):
+  """Orbax handler for pipeline.ShardedBatches: one JSON file per data shard.
+
+  Files are keyed by shard, not by process, so a run restored with another number of
+  processes (same `data.shards`) continues every shard exactly where it stopped.
+  """
+
+  @staticmethod
+  def _path(directory: epath.Path, shard: int, num_shards: int) -> epath.Path:
+    return directory / f"shard_{shard:05d}-of-{num_shards:05d}.json"
+
+  def save(self, directory: epath.Path, args: "DataShardsSave"):
+    batches = args.item
+    for shard, state in batches.shard_states().items():
+      path = self._path(directory, shard, batches.num_shards)
+      partial = path.parent / f"{path.name}.{jax.process_index()}.tmp"
+      partial.write_text(json.dumps(state))
+      partial.rename(path)    # atomic: processes that load the same shard write it alike
+
+  def restore(self, directory: epath.Path, args: "DataShardsRestore"):
+    batches = args.item
+    states = {}
+    for shard in batches.iterators:
+      path = self._path(directory, shard, batches.num_shards)
+      if not path.exists():
+        saved = {int(p.stem.split("-of-")[-1]) for p in directory.glob("shard_*-of-*.json")}
+        raise DataShardsMismatch(
+            f"{path} is missing: the data iterators were saved with data.shards="
+            f"{','.join(map(str, sorted(saved))) or 'none'}, "
+            f"this run has {batches.num_shards}; resume with the saved data.shards")
+      states[shard] = json.loads(path.read_text())
+    batches.set_shard_states(states)
+    return batches
+
+
+@ocp.args.register_with_handler(DataShardsHandler, for_save=True)
+@dataclasses.dataclass
+class DataShardsSave(ocp.args.CheckpointArgs):
+  item: object
+
+
+@ocp.args.register_with_handler(DataShardsHandler, for_restore=True)
+@dataclasses.dataclass
+class DataShardsRestore(ocp.args.CheckpointArgs):
+  item: object
 
 
 def _storable(state: TrainState) -> TrainState:
@@ -40,7 +95,7 @@ class RunCheckpoints:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler(),
+                       "data": DataShardsHandler(),
                        "config": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
@@ -53,7 +108,7 @@ class RunCheckpoints:
     """Starts saving `state` after `step` completed steps (returns while the write runs)."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_storable(state)),
-        data=grain.checkpoint.CheckpointSave(batches),
+        data=DataShardsSave(batches),
         config=ocp.args.JsonSave(config.to_dict())), force=True)
 
   def restore(self, step: int, target_state: TrainState, batches=None) -> TrainState:
@@ -66,7 +121,7 @@ class RunCheckpoints:
                                                            sharding=rng.sharding))
     items = {"state": ocp.args.StandardRestore(target)}
     if batches is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(batches)
+      items["data"] = DataShardsRestore(batches)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     state = restored.state
     return state.replace(rng=jax.random.wrap_key_data(state.rng))
@@ -81,6 +136,8 @@ class RunCheckpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         return step, self.restore(step, target_state, batches)
+      except DataShardsMismatch:
+        raise
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
         where = os.path.join(self.directory, str(step))
         if not fallback:

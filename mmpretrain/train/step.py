@@ -8,7 +8,7 @@ import optax
 from flax import nnx
 
 from mmpretrain import diffusion, sharding
-from mmpretrain.batch import DEVICE_FIELDS
+from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS
 from mmpretrain.model.transformer import Transfusion
 from mmpretrain.tokenizers.visual import make_representation, patch_dim
 from mmpretrain.train import objective
@@ -50,7 +50,7 @@ class Trainer:
     self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
     self.byte_lengths = jnp.asarray(byte_lengths, jnp.float32)
     self.time_shift = time_shift(config)
-    self.state_sharding = None
+    self.mesh, self.state_sharding = mesh, None
     if mesh is None:
       self.step = jax.jit(self._train_step, donate_argnums=0)
       return
@@ -129,6 +129,7 @@ class Trainer:
 
   def _train_step(self, state: TrainState, batch):
     rng, step_rng = jax.random.split(state.rng)
+    counts = {f: jnp.sum(batch[f]) for f in SKIP_FIELDS if f in batch}   # documents dropped
     batch = {k: batch[k] for k in DEVICE_FIELDS}
     grads, sums = self.gradients(state.params, batch, step_rng)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -144,6 +145,7 @@ class Trainer:
       busiest = jnp.max(expert_load, -1) / jnp.maximum(jnp.mean(expert_load, -1), 1.0)
       metrics["moe_max_load_over_mean"] = jnp.max(busiest)
       metrics["moe_routing"] = kind_load     # not a scalar: the loop accumulates it
+    metrics.update(counts, tokens=jnp.sum(batch["segment_ids"] > 0))
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state.step)
     # A non-finite loss or gradient leaves parameters and optimizer state as they were; the

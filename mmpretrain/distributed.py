@@ -1,0 +1,79 @@
+"""Processes of a multi-host run: joining it, and agreeing to stop when preempted.
+
+On TPU VMs `jax.distributed.initialize()` finds the pod's other hosts by itself; elsewhere
+(GPU clusters, or several local processes on CPU exercising real multi-host code) the
+coordinator, the process count and this process's index come from flags. CPU processes
+exchange collectives through gloo.
+"""
+import importlib.util
+import signal
+
+import jax
+from jax.experimental import multihost_utils
+
+MODES = ("auto", "off")
+
+
+def on_tpu_vm() -> bool:
+  """libtpu is installed only on TPU hosts (the `tpu` install)."""
+  return importlib.util.find_spec("libtpu") is not None
+
+
+def initialize(mode: str = "auto", coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None) -> None:
+  """Makes this process one of a multi-process JAX run, or leaves it alone.
+
+  mode 'auto': explicit flags if a coordinator is given, else the TPU pod's own discovery
+  on a TPU VM, else a single process. 'off': always a single process.
+  """
+  if mode not in MODES:
+    raise ValueError(f"--multihost={mode!r}: use one of {MODES}")
+  explicit = (coordinator_address, num_processes, process_id)
+  if mode == "off" or (not any(v is not None for v in explicit) and not on_tpu_vm()):
+    return
+  if coordinator_address is None:
+    if num_processes is not None or process_id is not None:
+      raise ValueError("--num_processes/--process_id need --coordinator_address=HOST:PORT "
+                       "(the address of process 0)")
+    jax.distributed.initialize()
+    return
+  if num_processes is None or process_id is None:
+    raise ValueError("--coordinator_address needs --num_processes and --process_id")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+class Preemption:
+  """Tells the loop to save and stop after a step because the VM is being preempted
+  (SIGTERM, what a TPU VM receives).
+
+  One process: a SIGTERM handler sets a flag. Several: JAX's preemption service (started by
+  jax.distributed.initialize) spreads a notice any process gets to all of them and picks
+  one step they all stop after, so they save the same checkpoint. `reached` must then be
+  called after every step on every process.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous_handler = None
+
+  def __enter__(self):
+    if jax.process_count() == 1:
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """True once this run must stop after `step` (then for good)."""
+    if not self.requested and jax.process_count() > 1:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested

@@ -1,0 +1,108 @@
+"""Multi-host: two local processes x 4 CPU devices (gloo collectives) train, are preempted,
+checkpoint and resume, and match one process with 8 devices."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from conftest import ROOT, tiny_config
+from test_checkpoint import wait_for_checkpoint
+from test_sharding import moe_config
+from mmpretrain.train.checkpoint import RunCheckpoints
+from mmpretrain.train.loop import train
+from mmpretrain.train.step import Trainer
+
+STEPS, EVERY = 24, 4
+PROCESSES, DEVICES_PER_PROCESS = 2, 4
+
+
+def multihost_config(data_dir):
+  """A small MoE with experts split 4 ways inside a process and the batch 2 ways across."""
+  c = moe_config(tiny_config(data_dir))
+  c.mesh.update({"data": 2, "fsdp": 1, "expert": 4, "tensor": 1})
+  c.data.shards = 2                    # one per process here, two in the reference run
+  c.train.num_steps, c.train.log_every = STEPS, 1
+  c.checkpoint.every_steps = EVERY
+  c.sample.captions = ["a handwritten digit three"]
+  c.sample.images_per_caption = 1
+  return c
+
+
+def config_file(tmp_path, data_dir) -> str:
+  path = tmp_path / "multihost.py"
+  path.write_text(
+      "import sys\n"
+      f"sys.path[:0] = [{os.path.join(ROOT, 'tests')!r}, {os.path.join(ROOT, 'configs')!r}]\n"
+      "from test_multihost import multihost_config\n"
+      f"def get_config():\n  return multihost_config({data_dir!r})\n")
+  return str(path)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def launch(config_path: str, workdir: str) -> list[subprocess.Popen]:
+  """`mmpretrain train` as PROCESSES processes of one run, as a pod's hosts would run it."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+  address = f"localhost:{free_port()}"
+  return [subprocess.Popen(
+      [sys.executable, "-m", "mmpretrain.cli", "train", f"--config={config_path}",
+       f"--workdir={workdir}", f"--coordinator_address={address}",
+       f"--num_processes={PROCESSES}", f"--process_id={i}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(PROCESSES)]
+
+
+def finish(processes) -> list[str]:
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  for p, output in zip(processes, outputs):
+    assert p.returncode == 0, output
+  return outputs
+
+
+def losses_by_step(workdir: str) -> dict[int, float]:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+
+
+def final_params(workdir, config, tokenizer):
+  checkpoints = RunCheckpoints(workdir, config.checkpoint)
+  state = checkpoints.restore(STEPS, Trainer(config, tokenizer.byte_lengths()).abstract_state())
+  checkpoints.close()
+  return jax.device_get(state.params)
+
+
+def test_two_processes_are_preempted_resume_and_match_one_process(data_dir, tokenizer,
+                                                                   tmp_path):
+  config = multihost_config(data_dir)
+  reference = str(tmp_path / "one_process")
+  train(config, reference)                 # this process: 8 devices
+
+  workdir, config_path = str(tmp_path / "two_processes"), config_file(tmp_path, data_dir)
+  processes = launch(config_path, workdir)
+  wait_for_checkpoint(workdir, EVERY, processes[0])
+  for p in processes:                      # a preempted pod: every host gets SIGTERM
+    p.send_signal(signal.SIGTERM)
+  outputs = finish(processes)
+  assert "preempted: checkpoint saved" in outputs[0], outputs[0]
+  stopped_at = RunCheckpoints(workdir, config.checkpoint).latest_step()
+  assert EVERY <= stopped_at < STEPS
+  finish(launch(config_path, workdir))     # the same command again resumes
+
+  # Same program on the same mesh; only where the collectives run differs (gloo between
+  # processes): reductions may be ordered differently, so agreement is to float32 rounding.
+  want, got = losses_by_step(reference), losses_by_step(workdir)
+  assert sorted(got) == list(range(STEPS))
+  np.testing.assert_allclose([got[s] for s in range(STEPS)], [want[s] for s in range(STEPS)],
+                             rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               final_params(workdir, config, tokenizer), final_params(reference, config, tokenizer))
