@@ -117,6 +117,45 @@ def test_half_written_checkpoint_is_never_picked(config, tokenizer, tmp_path):
   assert RunCheckpoints(str(tmp_path), config.checkpoint).latest_step() == 3
 
 
+KILLED_DURING_SAVE = """
+import os, signal, sys
+sys.path[:0] = [{tests!r}, {configs!r}]
+from test_checkpoint import resumable_config
+from mmpretrain.data.pipeline import load_tokenizer, make_batches
+from mmpretrain.train.checkpoint import RunCheckpoints
+from mmpretrain.train.step import Trainer
+config = resumable_config({data_dir!r})
+tok = load_tokenizer(config)
+trainer = Trainer(config, tok.byte_lengths())
+state, batches = trainer.init_state(0), make_batches(config, tok)
+checkpoints = RunCheckpoints({workdir!r}, config.checkpoint)
+checkpoints.save(1, state, batches, config)
+checkpoints.manager.wait_until_finished()
+checkpoints.save(2, state, batches, config)   # returns while the write goes on
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_killed_during_an_async_save_resumes_from_the_previous_step(config, tokenizer,
+                                                                     data_dir, tmp_path):
+  script = KILLED_DURING_SAVE.format(tests=os.path.join(ROOT, "tests"),
+                                     configs=os.path.join(ROOT, "configs"), data_dir=data_dir,
+                                     workdir=str(tmp_path))
+  process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=False)
+  assert process.returncode == -signal.SIGKILL, process.stderr
+  left = os.listdir(tmp_path / CHECKPOINT_DIR)
+  assert any(name.startswith("2.orbax-checkpoint-tmp") for name in left), left  # mid-save
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  checkpoints = RunCheckpoints(str(tmp_path), config.checkpoint)
+  step, state = checkpoints.restore_newest(trainer.abstract_state(),
+                                           make_batches(config, tokenizer), fallback=False)
+  assert step == 1 and int(state.step) == 0
+  checkpoints.save(2, state, make_batches(config, tokenizer), config)  # the step saves again
+  checkpoints.close()
+  assert RunCheckpoints(str(tmp_path), config.checkpoint).latest_step() == 2
+
+
 @pytest.mark.parametrize("target_sizes", [None, (8, 1, 1, 1), (2, 2, 2, 1)])
 def test_moe_state_saved_on_one_mesh_restores_on_another(config, tokenizer, tmp_path,
                                                          target_sizes):
