@@ -9,10 +9,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import ROOT, tiny_config
 from test_checkpoint import wait_for_checkpoint
 from test_sharding import moe_config
+from mmpretrain import distributed
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.loop import train
 from mmpretrain.train.step import Trainer
@@ -106,3 +108,20 @@ def test_two_processes_are_preempted_resume_and_match_one_process(data_dir, toke
                              rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                final_params(workdir, config, tokenizer), final_params(reference, config, tokenizer))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("auto", None, 2, 0), "need --coordinator_address"),
+    (("auto", "localhost:1", None, 0), "needs --num_processes and --process_id"),
+    (("auto", "localhost:1", 2, 2), r"--process_id=2 must be in \[0, 2\)"),
+    (("on", None, None, None), "--multihost='on': use one of"),
+])
+def test_incomplete_multihost_flags_are_refused_before_joining(args, message):
+  with pytest.raises(ValueError, match=message):
+    distributed.initialize(*args)
+
+
+def test_without_flags_off_a_tpu_vm_the_run_is_one_process():
+  assert not distributed.on_tpu_vm()
+  distributed.initialize("auto")
+  assert jax.process_count() == 1

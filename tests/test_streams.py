@@ -166,7 +166,8 @@ def test_data_shard_states_restore_onto_another_process_count(config4, tokenizer
       manager.restore(1, args=ocp.args.Composite(data=checkpoint.DataShardsRestore(resumed)))
       parts.append(next(resumed))
     config4.data.shards = 1
-    with pytest.raises(checkpoint.DataShardsMismatch, match="saved with data.shards=2, this run has 1"):
+    with pytest.raises(checkpoint.DataShardsMismatch,
+                       match="saved with data.shards=2, this run has 1"):
       manager.restore(1, args=ocp.args.Composite(data=checkpoint.DataShardsRestore(
           pipeline.make_batches(config4, tokenizer))))
   for key in want:

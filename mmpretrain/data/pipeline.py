@@ -162,7 +162,8 @@ def make_batches(config, tok: TextTokenizer, *, split: str = "train", rows: rang
   d = config.data
   rows = range(d.batch_size) if rows is None else rows
   per_shard = d.batch_size // d.shards
-  if rows.start % per_shard or rows.stop % per_shard or not 0 <= rows.start < rows.stop <= d.batch_size:
+  whole = rows.start % per_shard == 0 and rows.stop % per_shard == 0
+  if not whole or not 0 <= rows.start < rows.stop <= d.batch_size:
     raise ValueError(
         f"this process loads rows {rows.start}..{rows.stop - 1} of the global batch, which "
         f"config.data.shards={d.shards} (shards of {per_shard} rows) does not split into "
