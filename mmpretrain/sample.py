@@ -34,14 +34,14 @@ def generation_rows(tok, captions: list[str], spec) -> dict:
 
 
 def make_image_sampler(trainer, spec):
-  """Returns jitted sample(params, rows, rng) -> uint8 images [N, H, W, C] (replicated over
-  the trainer's mesh, so every process can read them)."""
+  """Returns sample(params, rows, rng) -> uint8 images [N, H, W, C], jitted, replicated
+  over the trainer's mesh so every process can read them."""
   cfg = trainer.config
   rep, p = trainer.representation, cfg.visual.patch_size
   num_frame_tokens = spec.max_frames * spec.tokens_per_frame
   times = diffusion.sampling_times(cfg.diffusion.sample_steps, trainer.time_shift)
 
-  def sample(params, rows, rng):
+  def sample(params, rows, rng, frozen):
     n = rows["tokens"].shape[0] // 2
     generated = rows["visual_loss_mask"]
     patch = p * p * spec.frame_shape[-1]
@@ -61,11 +61,13 @@ def make_image_sampler(trainer, spec):
 
     z0 = diffusion.euler_sample(velocity, z1, times)
     frame0 = z0[:, :spec.tokens_per_frame]
-    return rep.decode(unpatchify(frame0, p, rep.latent_grid))
+    return rep.decode(frozen, unpatchify(frame0, p, rep.latent_grid))
 
   if trainer.mesh is None:
-    return jax.jit(sample)
-  return jax.jit(sample, out_shardings=sharding.replicated(trainer.mesh))
+    jitted = jax.jit(sample)
+  else:
+    jitted = jax.jit(sample, out_shardings=sharding.replicated(trainer.mesh))
+  return lambda params, rows, rng: jitted(params, rows, rng, trainer.frozen)
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 2) -> Image.Image:

@@ -79,8 +79,8 @@ def test_context_frames_stay_clean_and_generated_frames_share_one_t(config, toke
   config.data.mixture = {"image_text": 1.0}
   batch = next(make_batches(config, tokenizer))
   trainer = Trainer(config, tokenizer.byte_lengths())
-  latents = objective.frame_latent_tokens(trainer.representation, batch["frames"],
-                                          config.visual.patch_size)
+  latents = objective.frame_latent_tokens(trainer.representation, trainer.frozen,
+                                          batch["frames"], config.visual.patch_size)
   keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
   inputs, target = objective.noised_inputs(jax.tree.map(jnp.asarray, batch), latents, keys,
                                            config.diffusion, 1.0)
@@ -106,7 +106,7 @@ def test_gradient_accumulation_equals_full_batch(config, tokenizer):
     config.optimizer.grad_accum_steps = accum
     trainer = Trainer(config, tokenizer.byte_lengths())
     params = trainer.init_state(0).params
-    results[accum] = jax.jit(lambda p, b, t=trainer: t.gradients(p, b, jax.random.key(3)))(
+    results[accum] = jax.jit(lambda p, b, t=trainer: t.gradients(p, b, jax.random.key(3), t.frozen))(
         params, batch)
   grads1, sums1 = results[1]
   assert float(sums1["visual_tokens"]) > 0 and float(sums1["text_tokens"]) > 0

@@ -115,7 +115,7 @@ def test_expert_axis_moves_tokens_by_all_to_all(config, tokenizer):
   trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
   batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules,
                                 config.data.batch_size)
-  hlo = trainer.step.lower(trainer.init_state(0), batch).compile().as_text()
+  hlo = trainer.lower_step(trainer.init_state(0), batch).compile().as_text()
   assert "all-to-all" in hlo
 
 

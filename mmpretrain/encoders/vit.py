@@ -55,17 +55,18 @@ def _linear(rngs, d_in, d_out, dtype):
 
 
 class Attention(nnx.Module):
-  """Multi-head attention with biased q/k/v/o projections, no mask (every token sees all)."""
+  """Multi-head attention with biased q/k/v/o projections; bidirectional, optionally
+  masked (mask broadcastable to [B, heads, queries, keys], True = attend)."""
 
   def __init__(self, width: int, num_heads: int, *, dtype, rngs):
     self.num_heads = num_heads
     self.q, self.k, self.v, self.o = (_linear(rngs, width, width, dtype) for _ in range(4))
 
-  def __call__(self, x, context=None):
+  def __call__(self, x, context=None, mask=None):
     context = x if context is None else context
     split = lambda t: einops.rearrange(t, "b t (n h) -> b t n h", n=self.num_heads)
     out = jax.nn.dot_product_attention(split(self.q(x)), split(self.k(context)),
-                                       split(self.v(context)))
+                                       split(self.v(context)), mask=mask)
     return self.o(einops.rearrange(out, "b t n h -> b t (n h)"))
 
 
@@ -97,8 +98,8 @@ class Block(nnx.Module):
       self.ls1 = nnx.Param(jnp.full((cfg.width,), cfg.layer_scale, jnp.float32))
       self.ls2 = nnx.Param(jnp.full((cfg.width,), cfg.layer_scale, jnp.float32))
 
-  def __call__(self, x):
-    a = self.attn(self.norm1(x))
+  def __call__(self, x, mask=None):
+    a = self.attn(self.norm1(x), mask=mask)
     x = x + (a * self.ls1[...] if self.layer_scale else a)
     m = self.mlp(self.norm2(x))
     return x + (m * self.ls2[...] if self.layer_scale else m)
@@ -177,9 +178,13 @@ class VisionTransformer(nnx.Module):
 
 
 def normalize(frames, cfg: ViTConfig):
-  """uint8 frames [..., H, W, C] -> the encoder's input: resized to image_size (bilinear),
-  gray repeated to RGB, scaled by the encoder's mean and std."""
-  x = frames.astype(jnp.float32) / 255.0
+  """uint8 frames [..., H, W, C] -> the encoder's input (see `normalize_unit`)."""
+  return normalize_unit(frames.astype(jnp.float32) / 255.0, cfg)
+
+
+def normalize_unit(x, cfg: ViTConfig):
+  """Images in [0, 1] [..., H, W, C] -> the encoder's input: resized to image_size
+  (bilinear), gray repeated to the encoder's channels, scaled by its mean and std."""
   if x.shape[-1] != cfg.channels:
     x = jnp.repeat(x, cfg.channels // x.shape[-1], axis=-1)
   if x.shape[-3:-1] != (cfg.image_size, cfg.image_size):

@@ -1,8 +1,10 @@
 """Visual representations: frames <-> continuous latent grids, and latent grid <-> tokens.
 
-Every representation implements `encode(frames) -> latents` and `decode(latents) -> frames`
-on [..., H, W, C] arrays and reports its latent grid shape; the unified model only ever
-sees p×p patches of that grid. Raw pixels are the baseline here; RAE and VAE plug in later.
+Every representation reports its latent grid shape and implements `encode(params, frames)
+-> latents` and `decode(params, latents) -> frames` on [..., H, W, C] arrays, where `params`
+(from `load_params()`) are its frozen weights, passed into jit as arguments. The unified
+model only ever sees p×p patches of the grid. Raw pixels (no weights) are the paper's
+baseline; the RAE (tokenizers/rae.py) is its best unified representation.
 """
 import dataclasses
 
@@ -20,18 +22,26 @@ class PixelRepresentation:
   def latent_grid(self) -> tuple[int, int, int]:
     return (self.image_size, self.image_size, self.channels)
 
-  def encode(self, frames: jnp.ndarray) -> jnp.ndarray:
+  def load_params(self):
+    return {}
+
+  def encode(self, params, frames: jnp.ndarray) -> jnp.ndarray:
+    del params
     return frames.astype(jnp.float32) / 127.5 - 1.0
 
-  def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
+  def decode(self, params, latents: jnp.ndarray) -> jnp.ndarray:
+    del params
     return jnp.clip(jnp.round((latents + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def make_representation(config):
   """Builds the representation named by config.visual.representation."""
-  name = config.visual.representation
+  name, d = config.visual.representation, config.data
   if name == "pixels":
-    return PixelRepresentation(config.data.image_size, config.data.image_channels)
+    return PixelRepresentation(d.image_size, d.image_channels)
+  if name == "rae":
+    from mmpretrain.tokenizers.rae import RAERepresentation  # pylint: disable=import-outside-toplevel
+    return RAERepresentation(config.visual.checkpoint, d.image_size, d.image_channels)
   raise ValueError(f"unknown visual.representation {name!r}")
 
 

@@ -20,9 +20,9 @@ def loss_normalizers(batch) -> dict:
           "visual": jnp.maximum(jnp.sum(batch["visual_loss_mask"]), 1).astype(jnp.float32)}
 
 
-def frame_latent_tokens(representation, frames, patch_size: int) -> jnp.ndarray:
+def frame_latent_tokens(representation, rep_params, frames, patch_size: int) -> jnp.ndarray:
   """uint8 frames [B, F, H, W, C] -> latent patch tokens [B, F·T, patch_dim]."""
-  tokens = patchify(representation.encode(frames), patch_size)
+  tokens = patchify(representation.encode(rep_params, frames), patch_size)
   b, f, t, d = tokens.shape
   return tokens.reshape(b, f * t, d)
 

@@ -45,6 +45,7 @@ class Trainer:
     config.mesh.rules; None runs on jax's default device."""
     self.config = config
     self.representation = make_representation(config)
+    self.frozen = self.representation.load_params()    # e.g. the RAE: read, never trained
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
     self.tx = make_optimizer(config.optimizer, config.train.num_steps)
     self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
@@ -52,19 +53,29 @@ class Trainer:
     self.time_shift = time_shift(config)
     self.mesh, self.state_sharding = mesh, None
     if mesh is None:
-      self.step = jax.jit(self._train_step, donate_argnums=0)
+      self._step = jax.jit(self._train_step, donate_argnums=0)
       return
+    self.frozen = jax.device_put(self.frozen, sharding.replicated(mesh))
     rules = config.mesh.rules
     sharding.check_batch_splits(config.data.batch_size, mesh, rules)
     self.state_sharding = sharding.state_shardings(
         jax.eval_shape(lambda: self._initial_state(0)), mesh, rules)
 
-    def train_step(state, batch):
+    def train_step(state, batch, frozen):
       with sharding.activation_rules(mesh, rules):   # active while jit traces the step
-        return self._train_step(state, batch)
-    self.step = jax.jit(train_step, donate_argnums=0,
-                        in_shardings=(self.state_sharding, sharding.batch_sharding(mesh, rules)),
-                        out_shardings=(self.state_sharding, sharding.replicated(mesh)))
+        return self._train_step(state, batch, frozen)
+    self._step = jax.jit(train_step, donate_argnums=0,
+                         in_shardings=(self.state_sharding, sharding.batch_sharding(mesh, rules),
+                                       sharding.replicated(mesh)),
+                         out_shardings=(self.state_sharding, sharding.replicated(mesh)))
+
+  def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimizer step (jitted; `state` is donated)."""
+    return self._step(state, batch, self.frozen)
+
+  def lower_step(self, state: TrainState, batch):
+    """The step lowered for these arguments (for inspecting the compiled program)."""
+    return self._step.lower(state, batch, self.frozen)
 
   def _initial_state(self, seed: int) -> TrainState:
     _, params = nnx.split(build_model(self.config, seed))
@@ -87,10 +98,11 @@ class Trainer:
   def model(self, params) -> Transfusion:
     return nnx.merge(self.graphdef, params)
 
-  def loss(self, params, batch, row_rngs, normalizers):
-    """Loss and metric sums of one (micro)batch; row_rngs holds one key per row."""
+  def loss(self, params, batch, row_rngs, normalizers, frozen):
+    """Loss and metric sums of one (micro)batch; row_rngs holds one key per row, `frozen`
+    the representation's weights."""
     cfg = self.config
-    latents = objective.frame_latent_tokens(self.representation, batch["frames"],
+    latents = objective.frame_latent_tokens(self.representation, frozen, batch["frames"],
                                             cfg.visual.patch_size)
     inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
                                              self.time_shift)
@@ -102,7 +114,7 @@ class Trainer:
                                            cfg.optimizer.grad_accum_steps)
     return loss, sums
 
-  def gradients(self, params, batch, rng):
+  def gradients(self, params, batch, rng, frozen):
     """Gradient of the full-batch loss, summed over `grad_accum_steps` microbatches.
 
     Normalizers are batch-wide and noise keys are per row, so any number of microbatches
@@ -117,21 +129,22 @@ class Trainer:
     def body(carry, mb):
       grads, sums = carry
       row_rngs = mb.pop("row_rngs")
-      g, m = grad_fn(params, mb, row_rngs, normalizers)
+      g, m = grad_fn(params, mb, row_rngs, normalizers, frozen)
       return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, m)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     first = jax.tree.map(lambda x: x[0], micro)
-    _, sums_shape = jax.eval_shape(self.loss, params, first, first.pop("row_rngs"), normalizers)
+    _, sums_shape = jax.eval_shape(self.loss, params, first, first.pop("row_rngs"), normalizers,
+                                   frozen)
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
     (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), micro)
     return grads, sums
 
-  def _train_step(self, state: TrainState, batch):
+  def _train_step(self, state: TrainState, batch, frozen):
     rng, step_rng = jax.random.split(state.rng)
     counts = {f: jnp.sum(batch[f]) for f in SKIP_FIELDS if f in batch}   # documents dropped
     batch = {k: batch[k] for k in DEVICE_FIELDS}
-    grads, sums = self.gradients(state.params, batch, step_rng)
+    grads, sums = self.gradients(state.params, batch, step_rng, frozen)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     expert_load = sums.pop("expert_load", None)       # [MoE layers, experts]

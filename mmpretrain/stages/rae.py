@@ -1,0 +1,101 @@
+"""`mmpretrain train-rae`: freeze an encoder, measure its per-channel latent statistics on
+the data, train the ViT decoder on noise-augmented latents; writes
+<workdir>/representation for `config.visual.checkpoint`."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmpretrain.data import pipeline
+from mmpretrain.data.images import image_batches
+from mmpretrain.encoders import store
+from mmpretrain.encoders.vit import normalize
+from mmpretrain.stages.loop import train_model
+from mmpretrain.tokenizers import rae as rae_lib
+
+REPRESENTATION_DIR = "representation"
+DECODER_PARAMS = nnx.All(nnx.Param, nnx.PathContains("decoder"))
+
+
+def latent_stats(model: rae_lib.RAE, batches, num_batches: int):
+  """Per-channel mean and std of the encoder's tokens over `num_batches` (float64 sums)."""
+  encode = nnx.jit(lambda m, frames: m.encoder(normalize(frames, m.encoder.cfg))["tokens"])
+  total = total_sq = count = 0
+  for _ in range(num_batches):
+    tokens = np.asarray(encode(model, next(batches)["images"]), np.float64)
+    tokens = tokens.reshape(-1, tokens.shape[-1])
+    total, total_sq = total + tokens.sum(0), total_sq + (tokens ** 2).sum(0)
+    count += len(tokens)
+  mean = total / count
+  return mean, np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+
+
+def psnr(reconstruction, target) -> jnp.ndarray:
+  """Peak signal-to-noise ratio (dB) of images in [-1, 1], per image."""
+  mse = jnp.mean((jnp.clip(reconstruction, -1, 1) - target) ** 2, axis=(-3, -2, -1))
+  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+
+
+def make_rae_loss(noise_tau: float, perceptual_weight: float):
+  def rae_loss(model: rae_lib.RAE, frozen, batch, rng):
+    """L1 to the pixels from latents + σ·ε, σ ~ U(0, τ) per image (the decoder must
+    tolerate the diffusion model's imperfect latents), plus the optional perceptual term."""
+    del frozen
+    target = batch["images"].astype(jnp.float32) / 127.5 - 1.0
+    latents = model.encode(batch["images"])
+    sigma_key, noise_key = jax.random.split(rng)
+    sigma = jax.random.uniform(sigma_key, (latents.shape[0], 1, 1), maxval=noise_tau)
+    noisy = latents + sigma * jax.random.normal(noise_key, latents.shape)
+    reconstruction = model.decode(noisy)
+    l1 = jnp.mean(jnp.abs(reconstruction - target))
+    metrics = {"l1": l1, "psnr": jnp.mean(psnr(reconstruction, target))}
+    loss = l1
+    if perceptual_weight > 0:
+      features = model.encode_unit(jnp.clip((reconstruction + 1.0) / 2.0, 0.0, 1.0))
+      perceptual = jnp.mean((features - latents) ** 2)
+      metrics["perceptual"] = perceptual
+      loss = loss + perceptual_weight * perceptual
+    return loss, metrics
+  return rae_loss
+
+
+def reconstruction_psnr(model: rae_lib.RAE, batches, num_batches: int) -> float:
+  """Mean PSNR of clean-latent reconstructions (no noise) over `num_batches`."""
+  reconstruct = nnx.jit(lambda m, frames: m.decode(m.encode(frames)))
+  scores = []
+  for _ in range(num_batches):
+    frames = next(batches)["images"]
+    target = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
+    scores.append(np.asarray(psnr(reconstruct(model, frames), target)))
+  return float(np.mean(np.concatenate(scores)))
+
+
+def train_rae(config, workdir: str) -> dict:
+  r = config.rae
+  if not r.encoder:
+    raise ValueError("config.rae.encoder is empty: set it to `mmpretrain train-encoder`'s "
+                     "<workdir>/encoder or a Hugging Face SigLIP / DINOv2 checkpoint directory")
+  tok = pipeline.load_tokenizer(config)
+  encoder = store.load_encoder(r.encoder)
+  model = rae_lib.RAE(encoder, rae_lib.decoder_config(config, encoder.cfg),
+                      rngs=nnx.Rngs(config.seed))
+  batches = image_batches(config, tok, r.datasets, split="train",
+                          batch_size=config.data.batch_size, caption_len=1, seed=config.seed)
+  mean, std = latent_stats(model, batches, r.stats_batches)
+  model.mean[...], model.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  history = train_model(config, workdir, model, make_rae_loss(r.noise_tau, r.perceptual_weight),
+                        batches, name="rae", wrt=DECODER_PARAMS)
+  held_out = image_batches(config, tok, r.datasets, split="validation",
+                           batch_size=config.data.batch_size, caption_len=1, seed=0)
+  directory = os.path.join(workdir, REPRESENTATION_DIR)
+  rae_lib.save_rae(directory, model)
+  summary = {"first": history[0], "last": history[-1], "representation": directory,
+             "latent_grid": [encoder.cfg.grid, encoder.cfg.grid, encoder.cfg.width],
+             "validation_psnr": reconstruction_psnr(model, held_out, 4),
+             "skipped_records": batches.skipped}
+  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  return summary
