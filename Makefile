@@ -21,8 +21,19 @@ install: $(BIN)/.installed
 prepare: install
 	$(BIN)/mmpretrain prepare --config=configs/demo.py
 
-demo: prepare
-	$(BIN)/mmpretrain train --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
+# The demo chain: a semantic encoder, the RAE decoder on its latents, the unified model.
+# Each stage runs once (its output file is the target); the last resumes or finishes.
+$(DEMO_WORKDIR)_encoder/encoder/vit.json: | prepare
+	$(BIN)/mmpretrain train-encoder --config=configs/stages/encoder_demo.py \
+	    --workdir=$(DEMO_WORKDIR)_encoder
+
+$(DEMO_WORKDIR)_rae/representation/rae.json: $(DEMO_WORKDIR)_encoder/encoder/vit.json
+	$(BIN)/mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=$(DEMO_WORKDIR)_rae \
+	    --config.rae.encoder=$(DEMO_WORKDIR)_encoder/encoder
+
+demo: prepare $(DEMO_WORKDIR)_rae/representation/rae.json
+	$(BIN)/mmpretrain train --config=configs/demo.py --workdir=$(DEMO_WORKDIR) \
+	    --config.visual.checkpoint=$(DEMO_WORKDIR)_rae/representation
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -1,8 +1,13 @@
 """Demo: a small unified model learns Shakespeare (next token) and MNIST digits (flow
-matching) in the same packed sequences, on 2 CPU cores in a few minutes.
+matching in the latent space of an RAE) in the same packed sequences, on 2 CPU cores.
 
+`make demo` runs the chain (configs/stages/ hold the first two stages' configs):
   mmpretrain prepare --config=configs/demo.py
+  mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/demo_encoder
+  mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/demo_rae \
+      --config.rae.encoder=runs/demo_encoder/encoder
   mmpretrain train --config=configs/demo.py --workdir=runs/demo
+Pass `--config.visual.representation=pixels --config.visual.patch_size=4` for raw pixels.
 """
 import os
 import sys
@@ -23,6 +28,9 @@ def get_config(arg=None):
   c.model.num_heads = c.model.num_kv_heads = 4
   c.model.head_dim = 64
   c.model.mlp_dim = 768
+  c.visual.representation = "rae"
+  c.visual.checkpoint = "runs/demo_rae/representation"
+  c.visual.patch_size = 1          # the RAE's 8×8 grid of 128-d tokens: one token per latent
   c.model.dtype = "bfloat16"      # bf16 compute, f32 params: ~1.2-1.35× faster on this CPU
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 50

@@ -13,7 +13,7 @@ from mmpretrain import diffusion, sharding
 from mmpretrain.data.documents import generation_document
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
-from mmpretrain.tokenizers.visual import unpatchify
+from mmpretrain.tokenizers.visual import patch_dim, unpatchify
 from mmpretrain.train.objective import collect_frame_tokens, place_frame_tokens
 
 
@@ -44,8 +44,8 @@ def make_image_sampler(trainer, spec):
   def sample(params, rows, rng, frozen):
     n = rows["tokens"].shape[0] // 2
     generated = rows["visual_loss_mask"]
-    patch = p * p * spec.frame_shape[-1]
-    z1 = jax.random.normal(rng, (n, num_frame_tokens, patch), jnp.float32)
+    z1 = jax.random.normal(rng, (n, num_frame_tokens, patch_dim(rep.latent_grid, p)),
+                           jnp.float32)
 
     def velocity(z, t):
       both = jnp.concatenate([z, z])

@@ -30,10 +30,10 @@ def restore_module(directory: str, abstract: nnx.Module) -> nnx.Module:
 
 
 def save_encoder(directory: str, encoder: VisionTransformer) -> None:
-  os.makedirs(directory, exist_ok=True)
+  """Params first, vit.json last: the config file marks a complete directory."""
+  save_module(directory, encoder)
   with open(os.path.join(directory, VIT_CONFIG), "w", encoding="utf-8") as f:
     json.dump(dataclasses.asdict(encoder.cfg), f, indent=2)
-  save_module(directory, encoder)
 
 
 def load_encoder(directory: str) -> VisionTransformer:

@@ -106,11 +106,11 @@ def decoder_config(config, encoder_cfg: ViTConfig) -> DecoderConfig:
 
 
 def save_rae(directory: str, rae: RAE) -> None:
-  os.makedirs(directory, exist_ok=True)
+  """State first, rae.json last: the config file marks a complete directory."""
+  store.save_module(directory, rae)
   with open(os.path.join(directory, RAE_CONFIG), "w", encoding="utf-8") as f:
     json.dump({"kind": "rae", "encoder": dataclasses.asdict(rae.encoder.cfg),
                "decoder": dataclasses.asdict(rae.decoder.cfg)}, f, indent=2)
-  store.save_module(directory, rae)
 
 
 def _configs(directory: str) -> tuple[ViTConfig, DecoderConfig]:
