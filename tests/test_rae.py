@@ -1,0 +1,127 @@
+"""The RAE chain on tiny configs: the contrastive encoder stage, the RAE decoder stage, and
+the unified model training on the RAE's latents; the pieces against float64 references."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import tiny_config
+from mmpretrain.data.images import image_batches
+from mmpretrain.encoders import contrastive, store
+from mmpretrain.stages.encoder import train_encoder
+from mmpretrain.stages.rae import latent_stats, train_rae
+from mmpretrain.tokenizers import rae as rae_lib
+from mmpretrain.tokenizers.visual import make_representation
+from mmpretrain.train.step import Trainer, time_shift
+
+
+def stage_config(data_dir, steps: int):
+  c = tiny_config(data_dir)
+  c.data.batch_size = 32
+  c.encoder.image = {"patch_size": 4, "width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
+  c.encoder.text = {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
+  c.rae.decoder = {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
+  c.rae.stats_batches = 2
+  c.rae.perceptual_weight = 0.1
+  c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 2
+  c.train.num_steps, c.train.log_every = steps, 5
+  return c
+
+
+@pytest.fixture(scope="module")
+def stages(data_dir, tmp_path_factory):
+  """(encoder summary, RAE summary) of the two stage commands on tiny configs."""
+  encoder = train_encoder(stage_config(data_dir, 10), str(tmp_path_factory.mktemp("encoder")))
+  config = stage_config(data_dir, 40)
+  config.rae.encoder = encoder["encoder"]
+  return encoder, train_rae(config, str(tmp_path_factory.mktemp("rae")))
+
+
+def test_rae_stage_learns_to_reconstruct_and_reports_held_out_psnr(stages):
+  encoder, rae = stages
+  assert 0.0 <= encoder["digit_zero_shot_accuracy"] <= 1.0
+  assert rae["last"]["l1"] < 0.5 * rae["first"]["l1"]
+  assert rae["validation_psnr"] > 10.0
+  assert rae["latent_grid"] == [4, 4, 32]          # 16×16 frames, 4×4 patches, width 32
+
+
+def test_latent_stats_match_float64_numpy_and_normalize_the_tokens(stages, data_dir, tokenizer):
+  rae = rae_lib.load_rae(stages[1]["representation"])
+  config = stage_config(data_dir, 1)
+  batch = next(image_batches(config, tokenizer, {"mnist_captions": 1.0}, split="train",
+                             batch_size=64, caption_len=1, seed=5))
+  tokens = np.asarray(rae.encoder(rae_lib.normalize(batch["images"], rae.encoder.cfg))["tokens"],
+                      np.float64).reshape(-1, 32)
+  mean, std = latent_stats(rae, iter([batch]), 1)     # jitted encoder: f32 tokens differ
+  np.testing.assert_allclose(mean, tokens.mean(0), rtol=1e-6, atol=1e-6)   # by ~1 ulp
+  np.testing.assert_allclose(std, tokens.std(0), rtol=1e-5)
+  rae.mean[...], rae.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  normalized = np.asarray(rae.encode(batch["images"]), np.float64).reshape(-1, 32)
+  np.testing.assert_allclose(normalized.mean(0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(normalized.std(0), 1.0, atol=1e-4)
+
+
+def test_saved_rae_and_encoder_restore_to_the_same_function(stages, tokenizer, data_dir):
+  rae = rae_lib.load_rae(stages[1]["representation"])
+  encoder = store.load_encoder(stages[0]["encoder"])
+  frames = next(image_batches(stage_config(data_dir, 1), tokenizer, {"mnist_captions": 1.0},
+                              split="validation", batch_size=4, caption_len=1, seed=0))["images"]
+  from_rae = rae.encoder(rae_lib.normalize(frames, rae.encoder.cfg))["tokens"]
+  alone = encoder(rae_lib.normalize(frames, encoder.cfg))["tokens"]
+  np.testing.assert_array_equal(np.asarray(from_rae), np.asarray(alone))   # the frozen copy
+
+
+def test_unified_model_trains_on_rae_latents_and_leaves_the_rae_alone(stages, data_dir, tokenizer):
+  config = tiny_config(data_dir)
+  config.visual.representation, config.visual.checkpoint = "rae", stages[1]["representation"]
+  config.visual.patch_size = 1
+  representation = make_representation(config)
+  assert representation.latent_grid == (4, 4, 32)
+  assert time_shift(config) == pytest.approx(math.sqrt(4 * 4 * 32 / 4096))
+  from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  frozen_before = jax.tree.map(np.asarray, trainer.frozen)
+  batch = next(make_batches(config, tokenizer))
+  state, metrics = trainer.step(trainer.init_state(0), batch)
+  assert np.isfinite(float(metrics["flow_loss"])) and float(metrics["visual_tokens"]) > 0
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.frozen),
+               frozen_before)
+  frames = representation.decode(trainer.frozen, representation.encode(trainer.frozen,
+                                                                       batch["frames"]))
+  assert frames.shape == batch["frames"].shape and frames.dtype == jnp.uint8
+  del state
+
+
+def test_an_rae_for_other_frames_is_refused_with_the_reason(stages, data_dir):
+  config = tiny_config(data_dir)
+  config.visual.representation, config.visual.checkpoint = "rae", stages[1]["representation"]
+  config.data.image_size = 32
+  with pytest.raises(ValueError, match="reconstructs 16² × 1 frames but data.image_size=32"):
+    make_representation(config)
+
+
+def test_sigmoid_loss_matches_a_float64_loop_with_duplicate_captions():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 5)) * 3
+  captions = np.array([[1, 2], [3, 4], [1, 2], [5, 0], [3, 4]])
+  want = 0.0
+  for i in range(5):
+    for j in range(5):
+      z = 1.0 if (captions[i] == captions[j]).all() else -1.0
+      want -= math.log(1.0 / (1.0 + math.exp(-z * logits[i, j])))
+  got = contrastive.sigmoid_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(captions))
+  assert float(got) == pytest.approx(want / 5, rel=1e-5)
+
+
+def test_text_tower_reads_up_to_the_last_real_token_only():
+  cfg = contrastive.TextConfig(vocab_size=50, max_len=8, width=16, depth=2, num_heads=2,
+                               mlp_dim=32)
+  tower = contrastive.TextTower(cfg, 8, rngs=nnx.Rngs(0))
+  ids = jnp.array([[5, 6, 7, 0, 0, 0], [5, 6, 7, 9, 0, 0]])
+  longer_padding = jnp.array([[5, 6, 7, 0, 0, 0, 0, 0]])
+  out = tower(ids)
+  np.testing.assert_allclose(tower(longer_padding)[0], out[0], atol=1e-5)  # padding is inert
+  assert not np.allclose(out[0], out[1])                                  # content is not
