@@ -201,7 +201,29 @@ def get_config(arg=None):
   c.rae.stats_batches = 16               # batches for the per-channel latent mean / std
   c.rae.decoder = {"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024}
   c.rae.noise_tau = 0.8                  # decoder inputs get noise σ·ε, σ ~ U(0, τ)
-  c.rae.perceptual_weight = 0.0          # + w·‖enc(x̂) − enc(x)‖² in the frozen encoder's space
+  c.rae.perceptual_weight = 0.0          # + w·‖enc(x̂) − enc(x)‖², in the encoder's space
+
+  # `mmpretrain train-vae`: the VAE baseline, a convolutional KL autoencoder (diffusers'
+  # AutoencoderKL architecture), trained with L1 + kl_weight·KL; latents scaled to unit std.
+  c.vae = ml_collections.ConfigDict()
+  c.vae.datasets = {"mnist_captions": 1.0, "emoji_captions": 0.0}
+  c.vae.block_out_channels = (32, 64)    # one level per entry; each after the first halves H, W
+  c.vae.layers_per_block = 1
+  c.vae.latent_channels = 4
+  c.vae.norm_num_groups = 8
+  c.vae.mid_attention = True
+  c.vae.kl_weight = 1e-6
+  c.vae.stats_batches = 16               # batches for the latent scaling factor (1 / std)
+
+  # `mmpretrain eval-representation`: reconstruction PSNR on held-out images and a linear
+  # probe of the flattened latents on image classes (the understanding proxy).
+  c.eval_representation = ml_collections.ConfigDict()
+  c.eval_representation.probe_datasets = {"mnist_captions": 1.0}   # need a `label` field
+  c.eval_representation.held_out_images = 500
+  c.eval_representation.probe_train_images = 2000
+  c.eval_representation.probe_steps = 300
+  c.eval_representation.probe_learning_rate = 1e-2
+  c.eval_representation.probe_weight_decay = 1e-4
 
   # --- Samples written at the end of training ---
   c.sample = ml_collections.ConfigDict()

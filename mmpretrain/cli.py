@@ -6,6 +6,9 @@
   mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/encoder
   mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/rae \
                        --config.rae.encoder=runs/encoder/encoder
+  mmpretrain train-vae --config=configs/stages/vae_demo.py --workdir=runs/vae
+  mmpretrain eval-representation --config=configs/demo.py --workdir=runs/eval_rae \
+      [--config.visual.representation=vae --config.visual.checkpoint=runs/vae/representation]
   mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
   mmpretrain export-params --config=configs/demo.py --workdir=runs/demo [--step=N]
 """
@@ -98,6 +101,27 @@ def cmd_train_rae():
   print(f"representation: {summary['representation']} (config.visual.checkpoint)")
 
 
+def cmd_train_vae():
+  from mmpretrain.stages.vae import train_vae  # pylint: disable=import-outside-toplevel
+  summary = train_vae(_config(), _workdir("train-vae"))
+  print(f"L1 {summary['first']['l1']:.4f} -> {summary['last']['l1']:.4f}; held-out "
+        f"reconstruction PSNR {summary['validation_psnr']:.2f} dB; latent grid "
+        f"{summary['latent_grid']}, scaling factor {summary['scaling_factor']:.4f}")
+  print(f"representation: {summary['representation']} (config.visual.checkpoint)")
+
+
+def cmd_eval_representation():
+  # pylint: disable=import-outside-toplevel
+  import os
+  from mmpretrain.stages.evaluation import evaluate_representation
+  path = os.path.join(_workdir("eval-representation"), "representation_eval.json")
+  result = evaluate_representation(_config(), path)
+  print(f"{result['representation']} {result['latent_grid']}: held-out PSNR "
+        f"{result['psnr_db']:.2f} dB, linear probe accuracy "
+        f"{result['linear_probe_accuracy']:.3f} ({result['held_out_images']} images)")
+  print(f"wrote {path}")
+
+
 def cmd_analyze_experts():
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the directory of an MoE training run")
@@ -125,7 +149,8 @@ def cmd_export_params():
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "train-encoder": cmd_train_encoder,
-            "train-rae": cmd_train_rae, "analyze-experts": cmd_analyze_experts,
+            "train-rae": cmd_train_rae, "train-vae": cmd_train_vae,
+            "eval-representation": cmd_eval_representation, "analyze-experts": cmd_analyze_experts,
             "export-params": cmd_export_params}
 
 

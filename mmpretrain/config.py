@@ -5,7 +5,7 @@ import os
 import ml_collections
 
 STREAMS = ("text", "image_text", "video", "action_video")
-REPRESENTATIONS = ("pixels", "rae")
+REPRESENTATIONS = ("pixels", "rae", "vae")
 SCHEDULES = ("cosine", "wsd", "constant")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")

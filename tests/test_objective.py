@@ -106,8 +106,8 @@ def test_gradient_accumulation_equals_full_batch(config, tokenizer):
     config.optimizer.grad_accum_steps = accum
     trainer = Trainer(config, tokenizer.byte_lengths())
     params = trainer.init_state(0).params
-    results[accum] = jax.jit(lambda p, b, t=trainer: t.gradients(p, b, jax.random.key(3), t.frozen))(
-        params, batch)
+    gradients = lambda p, b, t=trainer: t.gradients(p, b, jax.random.key(3), t.frozen)
+    results[accum] = jax.jit(gradients)(params, batch)
   grads1, sums1 = results[1]
   assert float(sums1["visual_tokens"]) > 0 and float(sums1["text_tokens"]) > 0
   for accum in (2, 4):

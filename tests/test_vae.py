@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config
+from mmpretrain.data.images import image_batches
+from mmpretrain.stages.vae import train_vae
 from mmpretrain.tokenizers import vae_import
+from mmpretrain.tokenizers.vae import VAERepresentation
+from mmpretrain.tokenizers.visual import make_representation
 
 TOLERANCE = 1e-4      # max abs difference, float32
 
@@ -46,3 +51,36 @@ def test_autoencoder_kl_matches_diffusers(tmp_path, overrides):
   assert ours.cfg.scaling_factor == 0.5 and ours.cfg.shift_factor == 0.1
   z = np.asarray(mean)
   np.testing.assert_allclose(np.asarray(ours.from_diffusion(ours.to_diffusion(z))), z, atol=1e-6)
+
+
+def test_vae_stage_trains_scales_latents_and_serves_the_unified_model(data_dir, tokenizer,
+                                                                     tmp_path):
+  config = tiny_config(data_dir)
+  config.data.batch_size = 16
+  config.vae.block_out_channels, config.vae.norm_num_groups = (8, 16), 4
+  config.train.num_steps, config.train.log_every = 30, 10
+  config.optimizer.learning_rate, config.optimizer.warmup_steps = 2e-3, 2
+  summary = train_vae(config, str(tmp_path))
+  assert summary["last"]["l1"] < summary["first"]["l1"]
+  assert summary["latent_grid"] == [8, 8, 4]             # 16×16 frames, one downsampling
+
+  config.visual.representation = "vae"
+  config.visual.checkpoint = summary["representation"]
+  representation = make_representation(config)
+  params = representation.load_params()
+  frames = next(image_batches(config, tokenizer, {"mnist_captions": 1.0}, split="validation",
+                              batch_size=64, caption_len=1, seed=0))["images"]
+  latents = np.asarray(representation.encode(params, frames))
+  assert latents.shape == (64, 8, 8, 4)
+  assert 0.7 < latents.std() < 1.3          # scaled to about unit std on held-out frames
+  assert representation.decode(params, latents).shape == frames.shape
+
+
+def test_a_diffusers_rgb_vae_serves_gray_frames(tmp_path):
+  reference_vae(tmp_path)
+  representation = VAERepresentation(str(tmp_path), image_size=16, channels=1)
+  params = representation.load_params()
+  frames = np.random.default_rng(0).integers(0, 256, size=(2, 3, 16, 16, 1), dtype=np.uint8)
+  latents = representation.encode(params, frames)
+  assert latents.shape == (2, 3, 8, 8, 4) and representation.latent_grid == (8, 8, 4)
+  assert representation.decode(params, latents).shape == frames.shape

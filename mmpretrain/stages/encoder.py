@@ -1,6 +1,5 @@
 """`mmpretrain train-encoder`: the in-project semantic encoder (SigLIP-style, sigmoid loss on
 image–caption pairs), saved as <workdir>/encoder for the RAE to freeze."""
-import json
 import os
 
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ from mmpretrain.data.images import NO_LABEL, image_batches
 from mmpretrain.data.sources import digit_caption
 from mmpretrain.encoders import contrastive, store
 from mmpretrain.encoders.vit import ViTConfig, normalize
-from mmpretrain.stages.loop import train_model
+from mmpretrain.stages.loop import train_model, write_summary
 
 ENCODER_DIR = "encoder"
 
@@ -72,6 +71,4 @@ def train_encoder(config, workdir: str) -> dict:
   directory = os.path.join(workdir, ENCODER_DIR)
   store.save_encoder(directory, model.image)
   summary["encoder"] = directory
-  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
-  return summary
+  return write_summary(workdir, summary)

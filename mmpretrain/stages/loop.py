@@ -4,6 +4,8 @@ AdamW from config.optimizer for config.train.num_steps, metrics to TensorBoard/J
 `loss_fn(model, frozen, batch, rng) -> (loss, metrics)`: the `wrt` parameters of `model`
 are trained, `frozen` (an NNX module or None) is only read.
 """
+import json
+import os
 import time
 
 import jax
@@ -13,6 +15,14 @@ from tqdm import tqdm
 
 from mmpretrain.train.metrics import MetricWriter
 from mmpretrain.train.optimizer import make_optimizer
+
+REPRESENTATION_DIR = "representation"    # what train-rae / train-vae write in their workdir
+
+
+def write_summary(workdir: str, summary: dict) -> dict:
+  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  return summary
 
 
 def train_model(config, workdir: str, model: nnx.Module, loss_fn, batches, frozen=None,

@@ -1,7 +1,6 @@
 """`mmpretrain train-rae`: freeze an encoder, measure its per-channel latent statistics on
 the data, train the ViT decoder on noise-augmented latents; writes
 <workdir>/representation for `config.visual.checkpoint`."""
-import json
 import os
 
 import jax
@@ -13,10 +12,10 @@ from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.encoders import store
 from mmpretrain.encoders.vit import normalize
-from mmpretrain.stages.loop import train_model
+from mmpretrain.stages.evaluation import psnr
+from mmpretrain.stages.loop import REPRESENTATION_DIR, train_model, write_summary
 from mmpretrain.tokenizers import rae as rae_lib
 
-REPRESENTATION_DIR = "representation"
 DECODER_PARAMS = nnx.All(nnx.Param, nnx.PathContains("decoder"))
 
 
@@ -31,12 +30,6 @@ def latent_stats(model: rae_lib.RAE, batches, num_batches: int):
     count += len(tokens)
   mean = total / count
   return mean, np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
-
-
-def psnr(reconstruction, target) -> jnp.ndarray:
-  """Peak signal-to-noise ratio (dB) of images in [-1, 1], per image."""
-  mse = jnp.mean((jnp.clip(reconstruction, -1, 1) - target) ** 2, axis=(-3, -2, -1))
-  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
 
 
 def make_rae_loss(noise_tau: float, perceptual_weight: float):
@@ -96,6 +89,4 @@ def train_rae(config, workdir: str) -> dict:
              "latent_grid": [encoder.cfg.grid, encoder.cfg.grid, encoder.cfg.width],
              "validation_psnr": reconstruction_psnr(model, held_out, 4),
              "skipped_records": batches.skipped}
-  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
-  return summary
+  return write_summary(workdir, summary)

@@ -36,12 +36,17 @@ class PixelRepresentation:
 
 def make_representation(config):
   """Builds the representation named by config.visual.representation."""
+  # rae and vae import this module's helpers, so they are imported here, on demand.
+  # pylint: disable=import-outside-toplevel
   name, d = config.visual.representation, config.data
   if name == "pixels":
     return PixelRepresentation(d.image_size, d.image_channels)
   if name == "rae":
-    from mmpretrain.tokenizers.rae import RAERepresentation  # pylint: disable=import-outside-toplevel
+    from mmpretrain.tokenizers.rae import RAERepresentation
     return RAERepresentation(config.visual.checkpoint, d.image_size, d.image_channels)
+  if name == "vae":
+    from mmpretrain.tokenizers.vae import VAERepresentation
+    return VAERepresentation(config.visual.checkpoint, d.image_size, d.image_channels)
   raise ValueError(f"unknown visual.representation {name!r}")
 
 

@@ -1,0 +1,97 @@
+"""How good a visual representation is, independent of the unified model: reconstruction
+PSNR on held-out images, and a linear probe of its latents on image classes (the
+understanding proxy). `mmpretrain eval-representation` writes both as a JSON table."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmpretrain.data import pipeline
+from mmpretrain.data.images import NO_LABEL, image_batches
+from mmpretrain.tokenizers.visual import make_representation
+
+
+def psnr(reconstruction, target) -> jnp.ndarray:
+  """Peak signal-to-noise ratio (dB) per image, images in [-1, 1] (peak-to-peak 2)."""
+  mse = jnp.mean((jnp.clip(reconstruction, -1, 1) - target) ** 2, axis=(-3, -2, -1))
+  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+
+
+def uint8_psnr(reconstruction, frames) -> np.ndarray:
+  """PSNR (dB) per image of uint8 frames and their uint8 reconstructions."""
+  scale = lambda x: np.asarray(x, np.float64) / 127.5 - 1.0
+  mse = np.mean((scale(reconstruction) - scale(frames)) ** 2, axis=(-3, -2, -1))
+  return 10.0 * np.log10(4.0 / np.maximum(mse, 1e-10))
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, steps: int,
+                          learning_rate: float, weight_decay: float) -> float:
+  """Multinomial logistic regression (full-batch AdamW on standardized features); the
+  held-out accuracy."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+  params = {"w": jnp.zeros((train_x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+  def loss(p):
+    logits = train_x @ p["w"] + p["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, train_y).mean()
+
+  @jax.jit
+  def fit(params):
+    def step(carry, _):
+      p, state = carry
+      updates, state = tx.update(jax.grad(loss)(p), state, p)
+      return (optax.apply_updates(p, updates), state), None
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+    return params
+
+  params = fit(params)
+  predictions = jnp.argmax(test_x @ params["w"] + params["b"], axis=-1)
+  return float(jnp.mean(predictions == test_y))
+
+
+def _labelled(config, tok, split: str, count: int) -> dict:
+  batch = next(image_batches(config, tok, config.eval_representation.probe_datasets,
+                             split=split, batch_size=count, caption_len=1, seed=0,
+                             repeat=split == "train"))
+  if (batch["label"] == NO_LABEL).any():
+    raise ValueError("config.eval_representation.probe_datasets must all have class labels "
+                     "(a `label` field), e.g. mnist_captions")
+  return batch
+
+
+def evaluate_representation(config, out_path: str | None = None) -> dict:
+  """PSNR of encode→decode on held-out images and a linear probe of the (flattened) latents."""
+  e = config.eval_representation
+  tok = pipeline.load_tokenizer(config)
+  representation = make_representation(config)
+  params = representation.load_params()
+  encode = jax.jit(representation.encode)
+  reconstruct = jax.jit(lambda p, f: representation.decode(p, representation.encode(p, f)))
+
+  held_out = _labelled(config, tok, "validation", e.held_out_images)
+  train = _labelled(config, tok, "train", e.probe_train_images)
+  features = lambda frames: np.asarray(encode(params, frames), np.float32).reshape(
+      len(frames), -1)
+  num_classes = int(max(train["label"].max(), held_out["label"].max())) + 1
+  result = {
+      "representation": config.visual.representation,
+      "checkpoint": config.visual.checkpoint or None,
+      "latent_grid": list(representation.latent_grid),
+      "held_out_images": int(len(held_out["label"])),
+      "psnr_db": float(uint8_psnr(reconstruct(params, held_out["images"]),
+                                  held_out["images"]).mean()),
+      "linear_probe_accuracy": linear_probe_accuracy(
+          features(train["images"]), train["label"], features(held_out["images"]),
+          held_out["label"], num_classes, steps=e.probe_steps,
+          learning_rate=e.probe_learning_rate, weight_decay=e.probe_weight_decay),
+  }
+  if out_path:
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+  return result
