@@ -202,6 +202,8 @@ def get_config(arg=None):
   c.rae.decoder = {"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024}
   c.rae.noise_tau = 0.8                  # decoder inputs get noise σ·ε, σ ~ U(0, τ)
   c.rae.perceptual_weight = 0.0          # + w·‖enc(x̂) − enc(x)‖², in the encoder's space
+  c.rae.gan_weight = 0.0                 # + w·(−D(x̂)), a PatchGAN critic trained alongside
+  c.rae.discriminator_width = 32
 
   # `mmpretrain train-vae`: the VAE baseline, a convolutional KL autoencoder (diffusers'
   # AutoencoderKL architecture), trained with L1 + kl_weight·KL; latents scaled to unit std.

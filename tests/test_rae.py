@@ -26,6 +26,7 @@ def stage_config(data_dir, steps: int):
   c.rae.decoder = {"width": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
   c.rae.stats_batches = 2
   c.rae.perceptual_weight = 0.1
+  c.rae.gan_weight, c.rae.discriminator_width = 0.1, 8
   c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 2
   c.train.num_steps, c.train.log_every = steps, 5
   return c
@@ -125,3 +126,24 @@ def test_text_tower_reads_up_to_the_last_real_token_only():
   out = tower(ids)
   np.testing.assert_allclose(tower(longer_padding)[0], out[0], atol=1e-5)  # padding is inert
   assert not np.allclose(out[0], out[1])                                  # content is not
+
+
+def test_adversarial_terms_give_each_player_only_its_own_gradient():
+  from mmpretrain.stages import gan  # pylint: disable=import-outside-toplevel
+
+  class Players(nnx.Module):
+    def __init__(self):
+      self.fake = nnx.Param(jnp.full((2, 8, 8, 1), 0.3))        # the "generator"
+      self.discriminator = gan.PatchDiscriminator(1, 8, rngs=nnx.Rngs(0))
+
+  real = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)), jnp.float32)
+  players = Players()
+  term = lambda which: nnx.grad(
+      lambda p: gan.adversarial_terms(p.discriminator, real, p.fake[...])[which]
+      if which is not None else sum(gan.adversarial_terms(p.discriminator, real, p.fake[...])))
+  both, generator_only, critic_only = term(None)(players), term(0)(players), term(1)(players)
+  np.testing.assert_allclose(both["fake"][...], generator_only["fake"][...], rtol=1e-6)
+  assert np.abs(np.asarray(critic_only["fake"][...])).max() == 0      # critic: no fake grad
+  for (path, g_both), (_, g_critic) in zip(nnx.to_flat_state(both["discriminator"]),
+                                           nnx.to_flat_state(critic_only["discriminator"])):
+    np.testing.assert_allclose(g_both[...], g_critic[...], rtol=1e-6, err_msg=str(path))

@@ -12,11 +12,22 @@ from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.encoders import store
 from mmpretrain.encoders.vit import normalize
+from mmpretrain.stages import gan
 from mmpretrain.stages.evaluation import psnr
 from mmpretrain.stages.loop import REPRESENTATION_DIR, train_model, write_summary
 from mmpretrain.tokenizers import rae as rae_lib
 
-DECODER_PARAMS = nnx.All(nnx.Param, nnx.PathContains("decoder"))
+# The RAE's decoder and, with rae.gan_weight > 0, the discriminator train; the encoder never.
+TRAINED = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("decoder"),
+                                     nnx.PathContains("discriminator")))
+
+
+class RAETraining(nnx.Module):
+  """What the stage optimizes: the RAE, and the discriminator of the optional GAN term
+  (kept outside the RAE, which is saved without it)."""
+
+  def __init__(self, rae: rae_lib.RAE, discriminator: gan.PatchDiscriminator | None):
+    self.rae, self.discriminator = rae, discriminator
 
 
 def latent_stats(model: rae_lib.RAE, batches, num_batches: int):
@@ -32,11 +43,13 @@ def latent_stats(model: rae_lib.RAE, batches, num_batches: int):
   return mean, np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
 
 
-def make_rae_loss(noise_tau: float, perceptual_weight: float):
-  def rae_loss(model: rae_lib.RAE, frozen, batch, rng):
+def make_rae_loss(noise_tau: float, perceptual_weight: float, gan_weight: float):
+  def rae_loss(training: RAETraining, frozen, batch, rng):
     """L1 to the pixels from latents + σ·ε, σ ~ U(0, τ) per image (the decoder must
-    tolerate the diffusion model's imperfect latents), plus the optional perceptual term."""
+    tolerate the diffusion model's imperfect latents), plus the optional perceptual and
+    adversarial (hinge, PatchGAN) terms."""
     del frozen
+    model = training.rae
     target = batch["images"].astype(jnp.float32) / 127.5 - 1.0
     latents = model.encode(batch["images"])
     sigma_key, noise_key = jax.random.split(rng)
@@ -51,6 +64,10 @@ def make_rae_loss(noise_tau: float, perceptual_weight: float):
       perceptual = jnp.mean((features - latents) ** 2)
       metrics["perceptual"] = perceptual
       loss = loss + perceptual_weight * perceptual
+    if gan_weight > 0:
+      generator, critic = gan.adversarial_terms(training.discriminator, target, reconstruction)
+      metrics.update(gan_generator=generator, gan_discriminator=critic)
+      loss = loss + gan_weight * generator + critic
     return loss, metrics
   return rae_loss
 
@@ -79,8 +96,12 @@ def train_rae(config, workdir: str) -> dict:
                           batch_size=config.data.batch_size, caption_len=1, seed=config.seed)
   mean, std = latent_stats(model, batches, r.stats_batches)
   model.mean[...], model.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-  history = train_model(config, workdir, model, make_rae_loss(r.noise_tau, r.perceptual_weight),
-                        batches, name="rae", wrt=DECODER_PARAMS)
+  discriminator = (gan.PatchDiscriminator(config.data.image_channels, r.discriminator_width,
+                                          rngs=nnx.Rngs(config.seed + 1))
+                   if r.gan_weight > 0 else None)
+  history = train_model(config, workdir, RAETraining(model, discriminator),
+                        make_rae_loss(r.noise_tau, r.perceptual_weight, r.gan_weight), batches,
+                        name="rae", wrt=TRAINED)
   held_out = image_batches(config, tok, r.datasets, split="validation",
                            batch_size=config.data.batch_size, caption_len=1, seed=0)
   directory = os.path.join(workdir, REPRESENTATION_DIR)
