@@ -44,7 +44,7 @@ def stages(data_dir, tmp_path_factory):
 def test_rae_stage_learns_to_reconstruct_and_reports_held_out_psnr(stages):
   encoder, rae = stages
   assert 0.0 <= encoder["digit_zero_shot_accuracy"] <= 1.0
-  assert rae["last"]["l1"] < 0.5 * rae["first"]["l1"]
+  assert rae["last"]["l1"] < 0.6 * rae["first"]["l1"]          # with the GAN term on
   assert rae["validation_psnr"] > 10.0
   assert rae["latent_grid"] == [4, 4, 32]          # 16×16 frames, 4×4 patches, width 32
 
