@@ -37,6 +37,18 @@ def tiny_config(data_dir: str):
   return c
 
 
+def config_file(tmp_path, make_config, data_dir: str) -> str:
+  """A config file whose get_config() returns make_config(data_dir), where make_config is a
+  module-level function of a test module: for `mmpretrain …` in a subprocess."""
+  path = tmp_path / f"{make_config.__name__}.py"
+  path.write_text(
+      "import sys\n"
+      f"sys.path[:0] = [{os.path.join(ROOT, 'tests')!r}, {os.path.join(ROOT, 'configs')!r}]\n"
+      f"from {make_config.__module__} import {make_config.__name__}\n"
+      f"def get_config():\n  return {make_config.__name__}({data_dir!r})\n")
+  return str(path)
+
+
 def has_emoji_font() -> bool:
   from mmpretrain.data import sources  # pylint: disable=import-outside-toplevel
   return os.path.exists(sources.EMOJI_FONT)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, config_file, tiny_config
 from mmpretrain import sharding
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.train.checkpoint import (CHECKPOINT_DIR, CheckpointError, RunCheckpoints,
@@ -29,17 +29,6 @@ def resumable_config(data_dir):
   c.sample.captions = ["a handwritten digit three"]
   c.sample.images_per_caption = 1
   return c
-
-
-def config_file(tmp_path, data_dir) -> str:
-  """resumable_config as a file, for `mmpretrain train` in a subprocess."""
-  path = tmp_path / "resumable.py"
-  path.write_text(
-      "import sys\n"
-      f"sys.path[:0] = [{os.path.join(ROOT, 'tests')!r}, {os.path.join(ROOT, 'configs')!r}]\n"
-      "from test_checkpoint import resumable_config\n"
-      f"def get_config():\n  return resumable_config({data_dir!r})\n")
-  return str(path)
 
 
 def final_params(workdir, config, tokenizer):
@@ -81,7 +70,7 @@ def test_interrupted_run_resumes_to_identical_parameters(stop, data_dir, tokeniz
   """Run B: stopped right after its first checkpoint — killed outright, or preempted
   (SIGTERM: save after the current step and exit) —, then the same command again."""
   workdir = str(tmp_path / "run")
-  process = start_run(config_file(tmp_path, data_dir), workdir)
+  process = start_run(config_file(tmp_path, resumable_config, data_dir), workdir)
   wait_for_checkpoint(workdir, EVERY, process)
   process.send_signal(getattr(signal, stop))
   output, _ = process.communicate(timeout=120)

@@ -22,6 +22,26 @@ def test_shipped_configs_validate(get_config):
   config_lib.validate(get_config())
 
 
+def config_module(relative: str):
+  """The config file configs/<relative> as a module (get_config, and VARIANTS if any)."""
+  path = os.path.join(ROOT, "configs", relative)
+  spec = importlib.util.spec_from_file_location("_" + relative.replace("/", "_")[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("relative, arg", [
+    ("stages/encoder_demo.py", None), ("stages/rae_demo.py", None), ("stages/vae_demo.py", None),
+    ("ablations/visual_rep.py", "rae"), ("ablations/visual_rep.py", "vae"),
+    ("ablations/visual_rep.py", "pixels")])
+def test_stage_and_representation_configs_validate(relative, arg):
+  config = config_lib.validate(config_module(relative).get_config(arg))
+  if relative.startswith("ablations"):      # every arm: 64 latent tokens per 32×32 frame
+    grid = {"rae": 8, "vae": 16, "pixels": 32}[arg]
+    assert (grid // config.visual.patch_size) ** 2 == 64
+
+
 def test_vocab_size_follows_the_tokenizer_setting():
   c = base.get_config()
   c.data.tokenizer.vocab_size = 1234
@@ -113,10 +133,7 @@ ABLATIONS = ("ffn_type", "granularity", "total_experts", "shared_experts")
 
 
 def ablation_variants(name):
-  module_path = os.path.join(ROOT, "configs", "ablations", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_ablation_{name}", module_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module(f"ablations/{name}.py")
   return module.get_config, module.VARIANTS
 
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import config_file, tiny_config
 from test_checkpoint import wait_for_checkpoint
 from test_sharding import moe_config
 from mmpretrain import distributed
@@ -33,16 +33,6 @@ def multihost_config(data_dir):
   c.sample.captions = ["a handwritten digit three"]
   c.sample.images_per_caption = 1
   return c
-
-
-def config_file(tmp_path, data_dir) -> str:
-  path = tmp_path / "multihost.py"
-  path.write_text(
-      "import sys\n"
-      f"sys.path[:0] = [{os.path.join(ROOT, 'tests')!r}, {os.path.join(ROOT, 'configs')!r}]\n"
-      "from test_multihost import multihost_config\n"
-      f"def get_config():\n  return multihost_config({data_dir!r})\n")
-  return str(path)
 
 
 def free_port() -> int:
@@ -89,7 +79,8 @@ def test_two_processes_are_preempted_resume_and_match_one_process(data_dir, toke
   reference = str(tmp_path / "one_process")
   train(config, reference)                 # this process: 8 devices
 
-  workdir, config_path = str(tmp_path / "two_processes"), config_file(tmp_path, data_dir)
+  workdir = str(tmp_path / "two_processes")
+  config_path = config_file(tmp_path, multihost_config, data_dir)
   processes = launch(config_path, workdir)
   wait_for_checkpoint(workdir, EVERY, processes[0])
   for p in processes:                      # a preempted pod: every host gets SIGTERM

@@ -6,17 +6,11 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-import demo  # pylint: disable=wrong-import-position
+sys.path.insert(0, os.path.dirname(__file__))
+from stage_base import stage_config  # pylint: disable=wrong-import-position
 
 
 def get_config(arg=None):
-  c = demo.get_config(arg)
-  c.data.batch_size = 64           # images per step
+  c = stage_config(arg, num_steps=400, learning_rate=1e-3, warmup_steps=30, weight_decay=0.0)
   c.rae.decoder = {"width": 192, "depth": 4, "num_heads": 4, "mlp_dim": 768}
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.warmup_steps = 30
-  c.optimizer.weight_decay = 0.0
-  c.train.num_steps = 400
-  c.train.log_every = 25
   return c
