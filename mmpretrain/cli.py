@@ -116,9 +116,10 @@ def cmd_eval_representation():
   from mmpretrain.stages.evaluation import evaluate_representation
   path = os.path.join(_workdir("eval-representation"), "representation_eval.json")
   result = evaluate_representation(_config(), path)
-  print(f"{result['representation']} {result['latent_grid']}: held-out PSNR "
-        f"{result['psnr_db']:.2f} dB, linear probe accuracy "
-        f"{result['linear_probe_accuracy']:.3f} ({result['held_out_images']} images)")
+  for dataset, accuracy in result["linear_probe_accuracy"].items():
+    print(f"{result['representation']} {result['latent_grid']} on {dataset}: held-out PSNR "
+          f"{result['psnr_db'][dataset]:.2f} dB, linear probe accuracy {accuracy:.3f} "
+          f"({result['held_out_images'][dataset]} images)")
   print(f"wrote {path}")
 
 

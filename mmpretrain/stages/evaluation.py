@@ -54,42 +54,42 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *,
   return float(jnp.mean(predictions == test_y))
 
 
-def _labelled(config, tok, split: str, count: int) -> dict:
-  batch = next(image_batches(config, tok, config.eval_representation.probe_datasets,
-                             split=split, batch_size=count, caption_len=1, seed=0,
-                             repeat=split == "train"))
+def _labelled(config, tok, dataset: str, split: str, count: int) -> dict:
+  batch = next(image_batches(config, tok, {dataset: 1.0}, split=split, batch_size=count,
+                             caption_len=1, seed=0, repeat=split == "train"))
   if (batch["label"] == NO_LABEL).any():
-    raise ValueError("config.eval_representation.probe_datasets must all have class labels "
-                     "(a `label` field), e.g. mnist_captions")
+    raise ValueError(f"eval_representation.probe_datasets: {dataset!r} has no class labels "
+                     f"(map a `label` field in config.data.datasets.{dataset}.fields)")
   return batch
 
 
 def evaluate_representation(config, out_path: str | None = None) -> dict:
-  """PSNR of encode→decode on held-out images and a linear probe of the (flattened) latents."""
+  """PSNR of encode→decode on held-out images and, per probe dataset, a linear probe of
+  the (flattened) latents on its classes."""
   e = config.eval_representation
   tok = pipeline.load_tokenizer(config)
   representation = make_representation(config)
   params = representation.load_params()
   encode = jax.jit(representation.encode)
   reconstruct = jax.jit(lambda p, f: representation.decode(p, representation.encode(p, f)))
-
-  held_out = _labelled(config, tok, "validation", e.held_out_images)
-  train = _labelled(config, tok, "train", e.probe_train_images)
   features = lambda frames: np.asarray(encode(params, frames), np.float32).reshape(
       len(frames), -1)
-  num_classes = int(max(train["label"].max(), held_out["label"].max())) + 1
-  result = {
-      "representation": config.visual.representation,
-      "checkpoint": config.visual.checkpoint or None,
-      "latent_grid": list(representation.latent_grid),
-      "held_out_images": int(len(held_out["label"])),
-      "psnr_db": float(uint8_psnr(reconstruct(params, held_out["images"]),
-                                  held_out["images"]).mean()),
-      "linear_probe_accuracy": linear_probe_accuracy(
-          features(train["images"]), train["label"], features(held_out["images"]),
-          held_out["label"], num_classes, steps=e.probe_steps,
-          learning_rate=e.probe_learning_rate, weight_decay=e.probe_weight_decay),
-  }
+
+  result = {"representation": config.visual.representation,
+            "checkpoint": config.visual.checkpoint or None,
+            "latent_grid": list(representation.latent_grid), "psnr_db": {},
+            "linear_probe_accuracy": {}, "held_out_images": {}}
+  for dataset in e.probe_datasets:
+    held_out = _labelled(config, tok, dataset, "validation", e.held_out_images)
+    train = _labelled(config, tok, dataset, "train", e.probe_train_images)
+    num_classes = int(max(train["label"].max(), held_out["label"].max())) + 1
+    result["held_out_images"][dataset] = int(len(held_out["label"]))
+    result["psnr_db"][dataset] = float(uint8_psnr(reconstruct(params, held_out["images"]),
+                                                  held_out["images"]).mean())
+    result["linear_probe_accuracy"][dataset] = linear_probe_accuracy(
+        features(train["images"]), train["label"], features(held_out["images"]),
+        held_out["label"], num_classes, steps=e.probe_steps,
+        learning_rate=e.probe_learning_rate, weight_decay=e.probe_weight_decay)
   if out_path:
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as f:
