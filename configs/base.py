@@ -221,7 +221,7 @@ def get_config(arg=None):
   # `mmpretrain eval-representation`: reconstruction PSNR on held-out images and a linear
   # probe of the flattened latents on image classes (the understanding proxy).
   c.eval_representation = ml_collections.ConfigDict()
-  c.eval_representation.probe_datasets = ["mnist_captions"]   # each needs a `label` field
+  c.eval_representation.probe_datasets = ("mnist_captions",)  # each needs a `label` field
                                          # (emoji_captions: Unicode blocks, 6 classes)
   c.eval_representation.held_out_images = 500
   c.eval_representation.probe_train_images = 2000

@@ -30,7 +30,7 @@ def test_psnr_of_known_errors():
 
 def test_pixels_reconstruct_exactly_and_probe_above_chance(data_dir, tmp_path):
   config = tiny_config(data_dir)
-  config.eval_representation.probe_datasets = ["mnist_captions"]
+  config.eval_representation.probe_datasets = ("mnist_captions",)
   config.eval_representation.held_out_images = 200
   config.eval_representation.probe_train_images = 600
   result = evaluate_representation(config, str(tmp_path / "eval.json"))

@@ -36,7 +36,8 @@ def _example(record, fields, dataset, size, channels, tok, caption_len) -> _Exam
 
 class ImageBatches:
   """Iterates dicts of `images` uint8 [B, H, W, C], `captions` int32 [B, L] (0-padded) and
-  `label` int32 [B] (NO_LABEL where the dataset has none); `skipped` counts dropped records."""
+  `label` int32 [B] (NO_LABEL where the dataset has none); `skipped` counts dropped records.
+  """
 
   def __init__(self, examples, batch_size: int):
     self._examples, self.batch_size = examples, batch_size
@@ -46,9 +47,15 @@ class ImageBatches:
     return self
 
   def __next__(self) -> dict:
+    """The next batch; a one-pass stream ends with a short batch of what is left."""
     rows = []
     while len(rows) < self.batch_size:
-      example = next(self._examples)
+      try:
+        example = next(self._examples)
+      except StopIteration:
+        if rows:
+          break
+        raise
       if example.skipped:
         self.skipped[example.skipped] = self.skipped.get(example.skipped, 0) + 1
       else:
