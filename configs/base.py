@@ -172,6 +172,12 @@ def get_config(arg=None):
   c.train.log_every = 10
   c.train.nonfinite = "skip"             # non-finite loss/grad: skip the update | stop the run
 
+  # --- Held-out evaluation (train/evaluate.py; also `mmpretrain eval --workdir=...`) ---
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 0                 # 0 = never during training; else and after the last
+  c.eval.batches = 4                     # fixed validation batches per stream of the mixture
+  c.eval.split = "validation"
+
   # --- Checkpoints (<workdir>/checkpoints; re-running the same command resumes) ---
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000        # and always after the last step (0 = only then)

@@ -38,5 +38,6 @@ def get_config(arg=None):
   c.train.num_steps = 800
   c.train.log_every = 25
   c.checkpoint.every_steps = 200
+  c.eval.every_steps = 200
   c.sample.images_per_caption = 6
   return c

@@ -3,6 +3,7 @@
   mmpretrain prepare --config=configs/demo.py [--datasets=mnist_captions,emoji_captions]
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
                      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+  mmpretrain eval    --config=configs/demo.py --workdir=runs/demo [--step=N]
   mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/encoder
   mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/rae \
                        --config.rae.encoder=runs/encoder/encoder
@@ -27,7 +28,8 @@ _WINDOWS = flags.DEFINE_integer("windows", 1, "analyze-experts: sum the routing 
                                 "last N log intervals (0 = the whole run).")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.8, "analyze-experts: text (vision) expert = "
                                 "text affinity at least (at most 1 minus) this.")
-_STEP = flags.DEFINE_integer("step", None, "export-params: checkpoint step (default: newest).")
+_STEP = flags.DEFINE_integer("step", None, "eval, export-params: checkpoint step (default: "
+                             "newest).")
 _MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train: 'auto' joins a "
                                "multi-process run from the coordinator flags, or on a TPU VM "
                                "from the pod itself; 'off' runs one process.")
@@ -71,6 +73,9 @@ def cmd_train():
   print(f"flow loss: {first['flow_loss']:.4f} (step 0) -> {last['flow_loss']:.4f} "
         f"(step {last['step']})")
   print(f"text bits/byte: {first['text_bits_per_byte']:.3f} -> {last['text_bits_per_byte']:.3f}")
+  if summary["eval"]:
+    print("held-out (step {step}): ".format(**summary["eval"]) + ", ".join(
+        f"{k} {v:.3f}" for k, v in summary["eval"].items() if k != "step"))
   if "samples" in summary:
     print(f"samples: {summary['samples']}")
 
@@ -79,6 +84,15 @@ def _workdir(stage: str) -> str:
   if not _WORKDIR.value:
     raise app.UsageError(f"--workdir is required: the directory {stage} writes into")
   return _WORKDIR.value
+
+
+def cmd_eval():
+  from mmpretrain.train.evaluate import evaluate_checkpoint  # pylint: disable=import-outside-toplevel
+  result = evaluate_checkpoint(_config(), _workdir("eval"), _STEP.value)
+  for key, value in result.items():
+    if key not in ("path", "split", "batches_per_stream"):
+      print(f"{key}: {value}" if key == "step" else f"{key}: {value:.4f}")
+  print(f"wrote {result['path']}")
 
 
 def cmd_train_encoder():
@@ -149,7 +163,8 @@ def cmd_export_params():
   print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, trainer, _STEP.value)}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "train-encoder": cmd_train_encoder,
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval,
+            "train-encoder": cmd_train_encoder,
             "train-rae": cmd_train_rae, "train-vae": cmd_train_vae,
             "eval-representation": cmd_eval_representation, "analyze-experts": cmd_analyze_experts,
             "export-params": cmd_export_params}

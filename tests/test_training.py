@@ -4,7 +4,9 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from PIL import Image
 
@@ -17,6 +19,7 @@ from mmpretrain.train.step import Trainer
 
 
 def test_thirty_steps_lower_text_and_flow_loss(config, tmp_path):
+  config.eval.every_steps, config.eval.batches = 15, 2
   summary = train(config, str(tmp_path))
   first, last = summary["first"], summary["last"]
   assert last["step"] == 29
@@ -29,6 +32,12 @@ def test_thirty_steps_lower_text_and_flow_loss(config, tmp_path):
   assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
   logged = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert {"text/loss", "visual/flow_loss", "text/bits_per_byte"} <= set(logged[0])
+  # Held-out losses at steps 15 and 30, per stream; they fall too.
+  evals = [r for r in logged if "eval/text/text_bits_per_byte" in r]
+  assert [r["step"] for r in evals] == [15, 30] and summary["eval"]["step"] == 30
+  assert {"eval/text/text_loss", "eval/image_text/flow_loss",
+          "eval/image_text/text_loss"} <= set(evals[0])
+  assert evals[1]["eval/text/text_loss"] < evals[0]["eval/text/text_loss"]
   assert os.path.exists(os.path.join(tmp_path, "plots", "losses.png"))
   grid = Image.open(summary["samples"])
   size = 2 * config.data.image_size                    # grid is upscaled 2×
@@ -66,3 +75,30 @@ def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tm
   (bias,) = jax.tree.leaves(nnx.state(trainer.model(state.params), RouterBias))
   want = 0.01 * np.sign(load.mean(-1, keepdims=True) - load)
   np.testing.assert_allclose(np.asarray(bias).reshape(want.shape), want, atol=1e-7)
+
+
+def test_held_out_losses_match_the_train_step_and_do_not_depend_on_the_mesh(config, tokenizer):
+  """On text-only rows CE needs no noise (after an image it would see the noised image):
+  the evaluation of a batch equals what the train step reports for it (before its update). The fixed-noise evaluation repeats exactly and gives the
+  same values on an 8-device mesh."""
+  from mmpretrain import sharding  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train import evaluate  # pylint: disable=import-outside-toplevel
+  config.eval.batches = 2
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  state = trainer.init_state(0)
+  batch = evaluate.stream_batches(config, tokenizer, "text")[0]
+  evaluated = objective.summarize(trainer.eval_sums(state.params, batch), config.loss)
+  _, metrics = trainer.step(jax.tree.map(jnp.copy, state), batch)
+  np.testing.assert_allclose(evaluated["text_loss"], metrics["text_loss"], rtol=1e-5)
+
+  held_out = evaluate.HeldOut(config, tokenizer, trainer)(state.params)
+  assert held_out == evaluate.HeldOut(config, tokenizer, trainer)(state.params)
+  mesh = sharding.make_mesh(config.mesh)
+  sharded = Trainer(config, tokenizer.byte_lengths(), mesh)
+  to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules,
+                                              config.data.batch_size)
+  params = jax.device_put(state.params, sharded.state_sharding.params)
+  on_mesh = evaluate.HeldOut(config, tokenizer, sharded, to_device=to_device)(params)
+  assert on_mesh.keys() == held_out.keys()
+  for key, value in held_out.items():
+    assert on_mesh[key] == pytest.approx(value, rel=1e-5), key

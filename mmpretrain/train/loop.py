@@ -18,6 +18,7 @@ from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-impo
 from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
 from mmpretrain.train.checkpoint import RunCheckpoints  # pylint: disable=wrong-import-position
+from mmpretrain.train.evaluate import HeldOut  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
@@ -84,12 +85,15 @@ def train(config, workdir: str) -> dict:
   if state is None:
     state = trainer.init_state(config.seed)
   writer = MetricWriter(workdir, enabled=is_main)
+  to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules, config.data.batch_size)
+  held_out = (HeldOut(config, tok, trainer, rows, to_device) if config.eval.every_steps > 0
+              else None)
   moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
   routing = (RoutingLog(workdir, moe_layers, config.analysis.expert_threshold)
              if moe_layers and is_main else None)
 
   # Counters summed over the whole global batch on device; read only when logging.
-  history, last_time = [], time.time()
+  history, evaluations, last_time = [], [], time.time()
   counted = dict.fromkeys(("tokens", "nonfinite", *SKIP_FIELDS), 0)
   num_steps, log_every = config.train.num_steps, config.train.log_every
   bar = tqdm(range(start, num_steps), desc="train", disable=not is_main, dynamic_ncols=True,
@@ -97,9 +101,7 @@ def train(config, workdir: str) -> dict:
   try:
     with distributed.Preemption() as preemption:
       for step in bar:
-        batch = sharding.global_batch(next(batches), mesh, config.mesh.rules,
-                                      config.data.batch_size)
-        state, metrics = trainer.step(state, batch)
+        state, metrics = trainer.step(state, to_device(next(batches)))
         step_routing = metrics.pop("moe_routing", None)   # [MoE layers, token kinds, experts]
         if routing is not None:
           routing.add(step_routing)
@@ -128,6 +130,10 @@ def train(config, workdir: str) -> dict:
           bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
                           bpb=f"{metrics['text_bits_per_byte']:.2f}",
                           tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if held_out and ((step + 1) % config.eval.every_steps == 0 or step == num_steps - 1):
+          evaluation = {"step": step + 1, **held_out(state.params)}
+          evaluations.append(evaluation)
+          writer.scalars(step + 1, {f"eval/{k}": v for k, v in evaluation.items() if k != "step"})
         if save:
           checkpoints.save(step + 1, state, batches, config)
         if preemption.requested:
@@ -136,7 +142,8 @@ def train(config, workdir: str) -> dict:
     checkpoints.close()
 
   summary = {"first": history[0] if history else None, "last": history[-1] if history else None,
-             "resumed_from": start, "preempted": preemption.requested, "is_main": is_main}
+             "resumed_from": start, "preempted": preemption.requested, "is_main": is_main,
+             "eval": evaluations[-1] if evaluations else None}
   if not preemption.requested:
     samples = write_samples(trainer, state, tok, config, workdir, writer)
     if is_main:

@@ -113,6 +113,11 @@ def add_moe_terms(loss, sums: dict, moe_stats: dict, lcfg, microbatches: int):
   return loss, sums
 
 
+# Sums that add up over (micro)batches; the MoE terms are per-batch means instead.
+ADDITIVE_SUMS = ("text_ce_sum", "flow_mse_sum", "z_sum", "text_tokens", "visual_tokens",
+                 "text_bytes")
+
+
 def summarize(sums: dict, lcfg) -> dict:
   """Turns accumulated sums into the logged means (text CE, flow MSE, bits per byte)."""
   text_tokens = jnp.maximum(sums["text_tokens"], 1.0)

@@ -15,6 +15,9 @@ from mmpretrain.train import objective
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
 
 
+EVAL_NOISE_SEED = 0
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jnp.ndarray
@@ -54,20 +57,25 @@ class Trainer:
     self.mesh, self.state_sharding = mesh, None
     if mesh is None:
       self._step = jax.jit(self._train_step, donate_argnums=0)
+      self._eval = jax.jit(self._eval_sums)
       return
     self.frozen = jax.device_put(self.frozen, sharding.replicated(mesh))
     rules = config.mesh.rules
     sharding.check_batch_splits(config.data.batch_size, mesh, rules)
     self.state_sharding = sharding.state_shardings(
         jax.eval_shape(lambda: self._initial_state(0)), mesh, rules)
+    batch_sharding, replicated = sharding.batch_sharding(mesh, rules), sharding.replicated(mesh)
 
-    def train_step(state, batch, frozen):
-      with sharding.activation_rules(mesh, rules):   # active while jit traces the step
-        return self._train_step(state, batch, frozen)
-    self._step = jax.jit(train_step, donate_argnums=0,
-                         in_shardings=(self.state_sharding, sharding.batch_sharding(mesh, rules),
-                                       sharding.replicated(mesh)),
-                         out_shardings=(self.state_sharding, sharding.replicated(mesh)))
+    def on_mesh(fn, first_sharding, out_shardings, **kwargs):
+      """fn(first, batch, frozen) jitted over the mesh, traced under the activation rules."""
+      def traced(*args):
+        with sharding.activation_rules(mesh, rules):
+          return fn(*args)
+      return jax.jit(traced, in_shardings=(first_sharding, batch_sharding, replicated),
+                     out_shardings=out_shardings, **kwargs)
+    self._step = on_mesh(self._train_step, self.state_sharding,
+                         (self.state_sharding, replicated), donate_argnums=0)
+    self._eval = on_mesh(self._eval_sums, self.state_sharding.params, replicated)
 
   def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     """One optimizer step (jitted; `state` is donated)."""
@@ -76,6 +84,11 @@ class Trainer:
   def lower_step(self, state: TrainState, batch):
     """The step lowered for these arguments (for inspecting the compiled program)."""
     return self._step.lower(state, batch, self.frozen)
+
+  def eval_sums(self, params, batch) -> dict:
+    """Loss sums of `batch` (no update; jitted): text CE, flow MSE, token and byte counts,
+    which add up over batches (objective.summarize turns them into means)."""
+    return self._eval(params, batch, self.frozen)
 
   def _initial_state(self, seed: int) -> TrainState:
     _, params = nnx.split(build_model(self.config, seed))
@@ -139,6 +152,13 @@ class Trainer:
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
     (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), micro)
     return grads, sums
+
+  def _eval_sums(self, params, batch, frozen):
+    batch = {k: batch[k] for k in DEVICE_FIELDS}
+    # The same noise for every evaluation, so successive evaluations are comparable.
+    row_rngs = jax.random.split(jax.random.key(EVAL_NOISE_SEED), batch["tokens"].shape[0])
+    _, sums = self.loss(params, batch, row_rngs, objective.loss_normalizers(batch), frozen)
+    return {k: sums[k] for k in objective.ADDITIVE_SUMS}
 
   def _train_step(self, state: TrainState, batch, frozen):
     rng, step_rng = jax.random.split(state.rng)
