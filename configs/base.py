@@ -184,6 +184,8 @@ def get_config(arg=None):
   c.checkpoint.keep = 3                  # newest checkpoints kept
   c.checkpoint.async_save = True         # write in the background while training goes on
   c.checkpoint.fallback = False          # unrestorable newest checkpoint: error | try older
+  c.checkpoint.best_metric = ""          # e.g. "text/text_bits_per_byte": the params of the
+  c.checkpoint.best_mode = "min"         # best evaluation so far go to <workdir>/best
 
   # --- Analyses written during training (mmpretrain/analysis/) ---
   c.analysis = ml_collections.ConfigDict()

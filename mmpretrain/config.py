@@ -125,6 +125,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _positive(c.diffusion.sample_steps, "diffusion.sample_steps")
   _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
   _one_of(c.train.nonfinite, ("skip", "stop"), "train.nonfinite")
+  _one_of(c.checkpoint.best_mode, ("min", "max"), "checkpoint.best_mode")
+  _require(not c.checkpoint.best_metric or c.eval.every_steps > 0, "checkpoint.best_metric",
+           f"{c.checkpoint.best_metric!r} needs held-out evaluations",
+           "Set --config.eval.every_steps to a positive interval")
   _require(0.0 < o.decay_fraction <= 1.0, "optimizer.decay_fraction",
            f"must lie in (0, 1], got {o.decay_fraction}", "Use a fraction of the run")
   _positive(o.grad_accum_steps, "optimizer.grad_accum_steps")

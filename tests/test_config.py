@@ -60,6 +60,9 @@ def test_vocab_size_follows_the_tokenizer_setting():
      "config.data.streams.image_text.caption_dropout"),
     ("data.streams.text.datasets", {"wikipedia": 1.0}, "unknown dataset"),
     ("data.mixture.action_video", 1.0, "holds 5 frames but a row holds data.max_frames=4"),
+    ("checkpoint.best_metric", "text/text_loss", "needs held-out evaluations"),
+    ("checkpoint.best_mode", "lowest", "config.checkpoint.best_mode"),
+    ("data.shards", 3, "does not divide data.batch_size"),
     ("data.num_workers", -1, "config.data.num_workers"),
 
     ("model.remat", "some", "config.model.remat"),

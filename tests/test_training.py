@@ -14,12 +14,14 @@ from mmpretrain.analysis.experts import load_routing
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.model.moe import RouterBias
 from mmpretrain.train import objective
+from mmpretrain.train.checkpoint import load_params
 from mmpretrain.train.loop import train
 from mmpretrain.train.step import Trainer
 
 
 def test_thirty_steps_lower_text_and_flow_loss(config, tmp_path):
-  config.eval.every_steps, config.eval.batches = 15, 2
+  config.eval.every_steps, config.eval.batches = 10, 2
+  config.checkpoint.best_metric = "image_text/flow_loss"
   summary = train(config, str(tmp_path))
   first, last = summary["first"], summary["last"]
   assert last["step"] == 29
@@ -32,12 +34,20 @@ def test_thirty_steps_lower_text_and_flow_loss(config, tmp_path):
   assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
   logged = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert {"text/loss", "visual/flow_loss", "text/bits_per_byte"} <= set(logged[0])
-  # Held-out losses at steps 15 and 30, per stream; they fall too.
+  # Held-out losses at steps 10, 20, 30, per stream; they fall too.
   evals = [r for r in logged if "eval/text/text_bits_per_byte" in r]
-  assert [r["step"] for r in evals] == [15, 30] and summary["eval"]["step"] == 30
+  assert [r["step"] for r in evals] == [10, 20, 30] and summary["eval"]["step"] == 30
   assert {"eval/text/text_loss", "eval/image_text/flow_loss",
           "eval/image_text/text_loss"} <= set(evals[0])
-  assert evals[1]["eval/text/text_loss"] < evals[0]["eval/text/text_loss"]
+  assert evals[-1]["eval/text/text_loss"] < evals[0]["eval/text/text_loss"]
+  # Keep-best: the step with the lowest held-out flow loss, its parameters loadable.
+  best = min(evals, key=lambda r: r["eval/image_text/flow_loss"])
+  record = json.load(open(os.path.join(tmp_path, "best", "best.json")))
+  assert record["step"] == best["step"]
+  assert record["value"] == pytest.approx(best["eval/image_text/flow_loss"])
+  assert sorted(os.listdir(os.path.join(tmp_path, "best"))) == ["best.json",
+                                                                f"step_{best['step']}"]
+  load_params(record["params"], Trainer(config, np.ones(config.model.vocab_size)))
   assert os.path.exists(os.path.join(tmp_path, "plots", "losses.png"))
   grid = Image.open(summary["samples"])
   size = 2 * config.data.image_size                    # grid is upscaled 2×

@@ -10,6 +10,7 @@ killed midway is never picked up.
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -20,6 +21,7 @@ from mmpretrain.train.step import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 PARAMS_DIR = "params"
+BEST_DIR, BEST_RECORD = "best", "best.json"
 
 
 class CheckpointError(ValueError):
@@ -156,6 +158,53 @@ class RunCheckpoints:
     """Waits for a running save and releases the manager."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class BestParams:
+  """Keep-best by an eval metric: the parameters of the best evaluation so far, in
+  <workdir>/best/step_<N> (readable with `load_params`) and best.json naming it.
+
+  Kept apart from the resumable checkpoints, so the newest state is never dropped for a
+  better-scoring older one. A resumed run reads best.json and keeps competing with it.
+  """
+
+  def __init__(self, workdir: str, metric: str, mode: str):
+    self.directory = os.path.join(os.path.abspath(workdir), BEST_DIR)
+    self.metric, self.mode = metric, mode
+    self.record = None
+    path = os.path.join(self.directory, BEST_RECORD)
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        self.record = json.load(f)
+
+  def _better(self, value: float) -> bool:
+    if self.record is None:
+      return True
+    best = self.record["value"]
+    return value < best if self.mode == "min" else value > best
+
+  def update(self, step: int, evaluation: dict, params) -> bool:
+    """Saves `params` if `evaluation[metric]` beats the best so far; returns whether it did."""
+    if self.metric not in evaluation:
+      raise ValueError(f"checkpoint.best_metric={self.metric!r} is not an evaluation result; "
+                       f"use one of {sorted(k for k in evaluation if k != 'step')}")
+    value = float(evaluation[self.metric])
+    if not self._better(value):
+      return False
+    path = os.path.join(self.directory, f"step_{step}")
+    with ocp.StandardCheckpointer() as checkpointer:     # every process writes its shards
+      checkpointer.save(path, params, force=True)
+    if jax.process_index() == 0:
+      record = {"step": step, "metric": self.metric, "value": value, "params": path}
+      temporary = os.path.join(self.directory, BEST_RECORD + ".tmp")
+      with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+      os.replace(temporary, os.path.join(self.directory, BEST_RECORD))   # then the old goes
+      for name in os.listdir(self.directory):
+        if name.startswith("step_") and name != f"step_{step}":
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    self.record = {"step": step, "metric": self.metric, "value": value, "params": path}
+    return True
 
 
 def export_params(workdir: str, ccfg, trainer, step: int | None = None) -> str:

@@ -17,7 +17,7 @@ from mmpretrain import distributed, sharding  # pylint: disable=wrong-import-pos
 from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-import-position
 from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
-from mmpretrain.train.checkpoint import RunCheckpoints  # pylint: disable=wrong-import-position
+from mmpretrain.train.checkpoint import BestParams, RunCheckpoints  # pylint: disable=wrong-import-position
 from mmpretrain.train.evaluate import HeldOut  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
@@ -88,6 +88,8 @@ def train(config, workdir: str) -> dict:
   to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules, config.data.batch_size)
   held_out = (HeldOut(config, tok, trainer, rows, to_device) if config.eval.every_steps > 0
               else None)
+  best = (BestParams(workdir, config.checkpoint.best_metric, config.checkpoint.best_mode)
+          if config.checkpoint.best_metric else None)
   moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
   routing = (RoutingLog(workdir, moe_layers, config.analysis.expert_threshold)
              if moe_layers and is_main else None)
@@ -134,6 +136,8 @@ def train(config, workdir: str) -> dict:
           evaluation = {"step": step + 1, **held_out(state.params)}
           evaluations.append(evaluation)
           writer.scalars(step + 1, {f"eval/{k}": v for k, v in evaluation.items() if k != "step"})
+          if best is not None:
+            best.update(step + 1, evaluation, state.params)
         if save:
           checkpoints.save(step + 1, state, batches, config)
         if preemption.requested:
