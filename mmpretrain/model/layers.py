@@ -120,17 +120,35 @@ class Attention(nnx.Module):
     self.k_norm = RMSNorm(hd, cfg.norm_eps, dtype) if cfg.qk_norm else None
     self.rope_theta, self.impl = cfg.rope_theta, cfg.attention_impl
 
-  def __call__(self, x, positions, mask):
-    """x: tokens [B·L, d] (flat, see Transfusion.__call__); positions [B, L]."""
+  def _project(self, x, positions):
     batch, length = positions.shape
     def heads(t):
       return t.reshape(batch, length, *t.shape[1:])
     q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.impl)
-    return self.o(out.reshape(batch * length, *out.shape[2:]))
+    return apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta), v
+
+  def _output(self, out):
+    return self.o(out.reshape(-1, *out.shape[2:]))
+
+  def __call__(self, x, positions, mask):
+    """x: tokens [B·L, d] (flat, see Transfusion.__call__); positions [B, L]."""
+    q, k, v = self._project(x, positions)
+    return self._output(jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                                     implementation=self.impl))
+
+  def decode(self, x, positions, mask, cache, index):
+    """New tokens x [B·T, d] at cache slots index..index+T-1 attend to every written slot.
+
+    cache: (keys, values) [B, S, kv_heads, head_dim]; mask [B, 1, T, S]. Returns the
+    output and the cache with this chunk's keys and values written in.
+    """
+    q, k, v = self._project(x, positions)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index,
+                                                 axis=1)
+    return self._output(jax.nn.dot_product_attention(q, keys, values, mask=mask)), (keys, values)
 
 
 class SwiGLU(nnx.Module):

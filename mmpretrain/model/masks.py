@@ -17,3 +17,15 @@ def attention_mask(segment_ids: jnp.ndarray, block_ids: jnp.ndarray) -> jnp.ndar
   causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
   same_block = (q_blk == k_blk) & (q_blk > 0)
   return ((q_seg == k_seg) & (causal[None] | same_block))[:, None]
+
+
+def cached_attention_mask(q_segment_ids, q_block_ids, segment_ids, block_ids, index):
+  """The same rule for a chunk of T new tokens at cache slots index..index+T-1 against all
+  S slots (q_* [B, T], segment/block ids of the slots [B, S]) -> bool[B, 1, T, S].
+  Unwritten slots have segment id 0 and are never seen by a real token."""
+  q_slot = index + jnp.arange(q_segment_ids.shape[-1])[:, None]
+  k_slot = jnp.arange(segment_ids.shape[-1])[None, :]
+  q_seg, k_seg = q_segment_ids[:, :, None], segment_ids[:, None, :]
+  q_blk, k_blk = q_block_ids[:, :, None], block_ids[:, None, :]
+  same_block = (q_blk == k_blk) & (q_blk > 0)
+  return ((q_seg == k_seg) & ((k_slot <= q_slot)[None] | same_block))[:, None]

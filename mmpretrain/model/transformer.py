@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import math
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -15,7 +16,7 @@ from flax import nnx
 from mmpretrain import sharding
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model import layers
-from mmpretrain.model.masks import attention_mask
+from mmpretrain.model.masks import attention_mask, cached_attention_mask
 from mmpretrain.model.moe import TOKEN_KINDS, MoE, RouterBias
 
 REMAT_POLICIES = {
@@ -71,10 +72,19 @@ class DecoderBlock(nnx.Module):
 
   def __call__(self, x, positions, mask, token_kind):
     x = x + self.attn(self.attn_norm(x), positions, mask)
+    return self._ffn(x, token_kind, rows=positions.shape[0])
+
+  def decode(self, x, positions, mask, token_kind, cache, index):
+    """The block on a chunk of new tokens with a KV cache (see Attention.decode)."""
+    attended, cache = self.attn.decode(self.attn_norm(x), positions, mask, cache, index)
+    x, _ = self._ffn(x + attended, token_kind, rows=positions.shape[0])
+    return x, cache
+
+  def _ffn(self, x, token_kind, rows: int):
     h = self.ffn_norm(x)
     stats = {}
     if isinstance(self.ffn, MoE):
-      out, stats = self.ffn(h, token_kind, rows=positions.shape[0])
+      out, stats = self.ffn(h, token_kind, rows=rows)
     elif self.vision_ffn is None:
       out = self.ffn(h)
     else:
@@ -143,6 +153,22 @@ class LayerRun(nnx.Module):
       scan_body = jax.checkpoint(scan_body, policy=self.remat_policy)
     return jax.lax.scan(scan_body, x, stacked)
 
+  def decode(self, x, positions, mask, token_kind, caches, index):
+    """caches: (keys, values) stacked over this run's layers; returns x and them updated."""
+    if not self.scan_layers:
+      keys, values = caches
+      for i, block in enumerate(self.blocks):
+        x, (k, v) = block.decode(x, positions, mask, token_kind, (keys[i], values[i]), index)
+        keys, values = keys.at[i].set(k), values.at[i].set(v)
+      return x, (keys, values)
+    graphdef, stacked = nnx.split(self.blocks)
+
+    def scan_body(x, layer):
+      block_state, cache = layer
+      return nnx.merge(graphdef, block_state).decode(x, positions, mask, token_kind, cache,
+                                                     index)
+    return jax.lax.scan(scan_body, x, (stacked, caches))
+
 
 class DecoderStack(nnx.Module):
   """num_layers DecoderBlocks as runs of consecutive same-kind layers (see is_moe_layer)."""
@@ -160,6 +186,13 @@ class DecoderStack(nnx.Module):
       if run_stats:
         stats.append(run_stats)
     return x, jax.tree.map(lambda *s: jnp.concatenate(s), *stats) if stats else {}
+
+  def decode(self, x, positions, mask, token_kind, caches, index):
+    new_caches = []
+    for run, cache in zip(self.runs, caches):
+      x, cache = run.decode(x, positions, mask, token_kind, cache, index)
+      new_caches.append(cache)
+    return x, new_caches
 
   def update_router_bias(self, expert_load, rate: float):
     """Aux-loss-free balancing: raise the bias of under-loaded experts, lower the others.
@@ -201,8 +234,40 @@ class Transfusion(nnx.Module):
   def __call__(self, inputs: ModelInputs):
     """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the
     MoE layers' routing stats (per MoE layer, in order; {} for a dense model)."""
-    # The decoder works on flat tokens [B·L, d]; only attention sees [B, L, ...]. Weight
-    # gradients then contract over one axis, which XLA:CPU runs ~2× faster than over two.
+    x, token_kind = self._embed(inputs)
+    mask = attention_mask(inputs.segment_ids, inputs.block_ids)
+    x, moe_stats = self.decoder(x, inputs.positions, mask, token_kind)
+    return (*self._readout(x, inputs.tokens.shape), moe_stats)
+
+  def init_cache(self, batch: int, length: int) -> "DecodeCache":
+    """An empty KV cache of `length` slots per row (segment id 0: nothing written)."""
+    cfg = self.cfg
+    def run_cache(run):
+      shape = (run.count, batch, length, cfg.num_kv_heads, cfg.head_dim)
+      return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+    ids = jnp.zeros((batch, length), jnp.int32)
+    return DecodeCache([run_cache(run) for run in self.decoder.runs], ids, ids)
+
+  def decode(self, inputs: ModelInputs, cache: "DecodeCache", index):
+    """Runs a chunk [B, T] of a sequence — a prompt, one next token, or a whole visual
+    block — at cache slots index..index+T-1 against everything written before; returns
+    its text logits and visual prediction like __call__, and the updated cache. Chunk by
+    chunk, this equals running the whole sequence at once (tests/test_decode.py)."""
+    x, token_kind = self._embed(inputs)
+    write = lambda ids, new: jax.lax.dynamic_update_slice_in_dim(ids, new, index, axis=1)
+    segment_ids = write(cache.segment_ids, inputs.segment_ids)
+    block_ids = write(cache.block_ids, inputs.block_ids)
+    mask = cached_attention_mask(inputs.segment_ids, inputs.block_ids, segment_ids, block_ids,
+                                 index)
+    x, layers_cache = self.decoder.decode(x, inputs.positions, mask, token_kind, cache.layers,
+                                          index)
+    logits, prediction = self._readout(x, inputs.tokens.shape)
+    return logits, prediction, DecodeCache(layers_cache, segment_ids, block_ids)
+
+  def _embed(self, inputs: ModelInputs):
+    """Flat token embeddings [B·L, d] (text embedding or latent + timestep embedding) and
+    token kinds. The decoder works on flat tokens; only attention sees [B, L, ...]: weight
+    gradients then contract over one axis, which XLA:CPU runs ~2× faster than over two."""
     batch, length = inputs.tokens.shape
     def flat(t):
       return t.reshape(batch * length, *t.shape[2:])
@@ -212,10 +277,20 @@ class Transfusion(nnx.Module):
     visual_h = (self.visual_in(flat(inputs.visual_latents).astype(self.dtype))
                 + self.time_embed(flat(inputs.timesteps)).astype(self.dtype))
     x = sharding.constrain(jnp.where(is_visual[..., None], visual_h, text_h), ("batch", None))
-    mask = attention_mask(inputs.segment_ids, inputs.block_ids)
-    x, moe_stats = self.decoder(x, inputs.positions, mask, token_kind)
+    return x, token_kind
+
+  def _readout(self, x, shape):
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
     def unflat(t):
-      return t.reshape(batch, length, *t.shape[1:]).astype(jnp.float32)
-    return unflat(logits), unflat(self.visual_out(x)), moe_stats
+      return t.reshape(*shape, *t.shape[1:]).astype(jnp.float32)
+    return unflat(logits), unflat(self.visual_out(x))
+
+
+@flax.struct.dataclass
+class DecodeCache:
+  """Keys and values of every layer (one (keys, values) pair per layer run, each
+  [layers, B, S, kv_heads, head_dim]) and the segment / block ids of the written slots."""
+  layers: list
+  segment_ids: jnp.ndarray
+  block_ids: jnp.ndarray

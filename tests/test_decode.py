@@ -1,0 +1,68 @@
+"""KV-cached decoding: a packed row run chunk by chunk — one text token at a time, each
+visual block whole — gives the logits and visual predictions of running it at once."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmpretrain.data.pipeline import make_batches
+from mmpretrain.model.masks import attention_mask, cached_attention_mask
+from mmpretrain.model.transformer import ModelInputs
+from mmpretrain.train import objective
+from mmpretrain.train.step import Trainer
+
+
+def chunks_of(block_ids: np.ndarray) -> list[tuple[int, int]]:
+  """[start, stop) chunks of one row: each visual block whole, every other slot alone."""
+  chunks, start = [], 0
+  while start < len(block_ids):
+    stop = start + 1
+    if block_ids[start] > 0:
+      while stop < len(block_ids) and block_ids[stop] == block_ids[start]:
+        stop += 1
+    chunks.append((start, stop))
+    start = stop
+  return chunks
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_chunked_decoding_with_a_kv_cache_equals_the_full_forward(config, tokenizer,
+                                                                 scan_layers):
+  config.model.scan_layers = scan_layers
+  config.data.mixture = {"image_text": 1.0}
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  batch = jax.tree.map(jnp.asarray, next(make_batches(config, tokenizer)))
+  latents = objective.frame_latent_tokens(trainer.representation, trainer.frozen,
+                                          batch["frames"], config.visual.patch_size)
+  keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
+  inputs, _ = objective.noised_inputs(batch, latents, keys, config.diffusion, 1.0)
+  model = trainer.model(trainer.init_state(0).params)
+  decode = jax.jit(lambda chunk, cache, index: model.decode(ModelInputs(**chunk), cache, index))
+  for row in range(2):
+    one = ModelInputs(**{k: v[row:row + 1] for k, v in vars(inputs).items()})
+    want_logits, want_prediction, _ = model(one)
+    cache = model.init_cache(1, one.tokens.shape[1])
+    block_ids = np.asarray(one.block_ids[0])
+    assert (block_ids > 0).any()                      # the row holds a visual block
+    for start, stop in chunks_of(block_ids):
+      chunk = {k: v[:, start:stop] for k, v in vars(one).items()}
+      logits, prediction, cache = decode(chunk, cache, start)
+      np.testing.assert_allclose(logits, want_logits[:, start:stop], atol=2e-4, rtol=1e-4)
+      np.testing.assert_allclose(prediction, want_prediction[:, start:stop], atol=2e-4,
+                                 rtol=1e-4)
+
+
+def test_cached_mask_rows_equal_the_full_mask():
+  """Chunks that keep visual blocks whole see exactly the full mask's written columns."""
+  segment_ids = np.array([[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 0]])
+  block_ids = np.array([[0, 0, 1, 1, 0, 0, 0, 2, 2, 2, 0, 0]])
+  full = np.asarray(attention_mask(jnp.asarray(segment_ids), jnp.asarray(block_ids)))[0, 0]
+  for start, stop in chunks_of(block_ids[0]):
+    written = np.arange(12) < stop
+    cached = np.asarray(cached_attention_mask(
+        jnp.asarray(segment_ids[:, start:stop]), jnp.asarray(block_ids[:, start:stop]),
+        jnp.asarray(np.where(written, segment_ids, 0)), jnp.asarray(np.where(written, block_ids, 0)),
+        start))[0, 0]
+    real = segment_ids[0, start:stop] > 0              # padding queries may differ
+    np.testing.assert_array_equal(cached[real][:, :stop], full[start:stop][real][:, :stop])
+    assert not cached[real][:, stop:].any()            # nothing unwritten is seen
