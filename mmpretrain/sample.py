@@ -1,4 +1,5 @@
-"""Image generation from captions with the unified model (Transfusion sampling, no KV cache).
+"""Sampling from the unified model: images from captions (Transfusion sampling) and text
+continuation with a KV cache (greedy, temperature, top-p).
 
 Each caption becomes the document `<bos> caption <boi> [image slots]`; its unconditional
 twin drops the caption. The image lives in frame-token space and both rows read it through
@@ -13,6 +14,7 @@ from mmpretrain import diffusion, sharding
 from mmpretrain.data.documents import generation_document
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
+from mmpretrain.batch import MODALITY_TEXT
 from mmpretrain.tokenizers.visual import patch_dim, unpatchify
 from mmpretrain.train.objective import collect_frame_tokens, place_frame_tokens
 
@@ -80,3 +82,72 @@ def image_grid(images: np.ndarray, columns: int, scale: int = 2) -> Image.Image:
     grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
   pil = Image.fromarray(grid.squeeze(-1) if c == 1 else grid)
   return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+
+
+def top_p_filter(logits, top_p: float):
+  """Logits outside the smallest set of tokens whose probability reaches top_p -> -inf
+  (nucleus sampling; the most likely token always stays)."""
+  ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+  probs = jax.nn.softmax(ordered, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs          # probability of the tokens above
+  kept = jnp.sum(before < top_p, axis=-1, keepdims=True)
+  threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def next_token(logits, rng, temperature: float, top_p: float):
+  """Greedy at temperature 0; otherwise a draw from softmax(logits / T) within top_p."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1)
+  return jax.random.categorical(rng, top_p_filter(logits / temperature, top_p), axis=-1)
+
+
+def text_inputs(tokens, positions, segment_ids, patch_dim: int) -> ModelInputs:
+  """Text-only model inputs (no visual slots) for tokens [B, T]."""
+  zeros = jnp.zeros(tokens.shape, jnp.float32)
+  return ModelInputs(tokens=tokens, modality=jnp.where(segment_ids > 0, MODALITY_TEXT, 0),
+                     segment_ids=segment_ids, block_ids=jnp.zeros_like(tokens),
+                     positions=positions, visual_latents=jnp.zeros((*tokens.shape, patch_dim)),
+                     timesteps=zeros)
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts right-aligned in one [B, P] array (padding first, segment id 0) so that every
+  row continues at the same cache slot; returns (tokens, segment ids)."""
+  width = max(len(p) for p in prompts)
+  tokens = np.zeros((len(prompts), width), np.int32)
+  segments = np.zeros((len(prompts), width), np.int32)
+  for row, prompt in enumerate(prompts):
+    tokens[row, width - len(prompt):] = prompt
+    segments[row, width - len(prompt):] = 1
+  return tokens, segments
+
+
+def make_text_generator(trainer, max_new_tokens: int, temperature: float = 0.0,
+                        top_p: float = 1.0):
+  """Returns jitted generate(params, tokens, segment_ids, rng) -> new tokens [B, N]: the
+  prompt (left_padded) runs once into a KV cache, then one token per step, each reading
+  the cache (tests/test_decode.py: equal to recomputing the whole sequence each step)."""
+  patch = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
+
+  def generate(params, tokens, segment_ids, rng):
+    model = trainer.model(params)
+    batch, prompt_len = tokens.shape
+    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+    cache = model.init_cache(batch, prompt_len + max_new_tokens)
+    logits, _, cache = model.decode(text_inputs(tokens, positions, segment_ids, patch), cache, 0)
+    first = next_token(logits[:, -1], jax.random.fold_in(rng, 0), temperature, top_p)
+
+    def step(carry, i):
+      token, cache = carry
+      position = positions[:, -1:] + 1 + i
+      logits, _, cache = trainer.model(params).decode(
+          text_inputs(token[:, None], position, jnp.ones_like(position), patch), cache,
+          prompt_len + i)
+      following = next_token(logits[:, -1], jax.random.fold_in(rng, i + 1), temperature, top_p)
+      return (following, cache), token
+
+    _, generated = jax.lax.scan(step, (first, cache), jnp.arange(max_new_tokens))
+    return generated.T
+
+  return jax.jit(generate)

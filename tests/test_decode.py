@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmpretrain import sample
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.model.masks import attention_mask, cached_attention_mask
 from mmpretrain.model.transformer import ModelInputs
@@ -66,3 +67,36 @@ def test_cached_mask_rows_equal_the_full_mask():
     real = segment_ids[0, start:stop] > 0              # padding queries may differ
     np.testing.assert_array_equal(cached[real][:, :stop], full[start:stop][real][:, :stop])
     assert not cached[real][:, stop:].any()            # nothing unwritten is seen
+
+
+def test_greedy_generation_with_the_cache_equals_recomputing_every_step(config, tokenizer):
+  """Two prompts of different lengths (left-padded into one batch) continue exactly as
+  the model run on the whole growing sequence of each alone, one token at a time."""
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  params = trainer.init_state(0).params
+  prompts = [[tokenizer.bos_id] + tokenizer.encode("To be, or not to be"),
+             [tokenizer.bos_id] + tokenizer.encode("My lord")]
+  tokens, segments = sample.left_padded(prompts)
+  generated = np.asarray(sample.make_text_generator(trainer, 6)(params, tokens, segments,
+                                                                jax.random.key(0)))
+  model = trainer.model(params)
+  patch = sample.patch_dim(trainer.representation.latent_grid, config.visual.patch_size)
+  for row, prompt in enumerate(prompts):
+    sequence = list(prompt)
+    for _ in range(6):
+      ids = jnp.asarray([sequence])
+      logits, _, _ = model(sample.text_inputs(ids, jnp.arange(len(sequence))[None],
+                                              jnp.ones_like(ids), patch))
+      sequence.append(int(jnp.argmax(logits[0, -1])))
+    assert list(generated[row]) == sequence[len(prompt):]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  logits = jnp.log(jnp.asarray([[0.5, 0.05, 0.3, 0.15]]))
+  kept = lambda p: np.isfinite(np.asarray(sample.top_p_filter(logits, p)))[0].tolist()
+  assert kept(0.4) == [True, False, False, False]
+  assert kept(0.7) == [True, False, True, False]         # 0.5 + 0.3 reaches 0.7
+  assert kept(0.85) == [True, False, True, True]
+  assert kept(1.0) == [True, True, True, True]
+  draws = [int(sample.next_token(logits, jax.random.key(i), 1.0, 0.4)[0]) for i in range(20)]
+  assert set(draws) == {0}                                  # only the top token survives
