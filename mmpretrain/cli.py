@@ -4,6 +4,8 @@
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
                      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
   mmpretrain eval    --config=configs/demo.py --workdir=runs/demo [--step=N]
+  mmpretrain sample  --config=configs/demo.py --workdir=runs/demo --prompt="ROMEO:" \
+                     [--max_new_tokens=64 --temperature=0.8 --top_p=0.9]
   mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/encoder
   mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/rae \
                        --config.rae.encoder=runs/encoder/encoder
@@ -37,6 +39,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train: HOST:POR
                                    "of a multi-process run (not needed on TPU VMs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train: processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's index.")
+_PROMPTS = flags.DEFINE_multi_string("prompt", None, "sample: text to continue (repeatable).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens generated per prompt.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus sampling mass.")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
 
@@ -87,12 +93,43 @@ def _workdir(stage: str) -> str:
 
 
 def cmd_eval():
-  from mmpretrain.train.evaluate import evaluate_checkpoint  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.train.evaluate import evaluate_checkpoint
   result = evaluate_checkpoint(_config(), _workdir("eval"), _STEP.value)
   for key, value in result.items():
     if key not in ("path", "split", "batches_per_stream"):
       print(f"{key}: {value}" if key == "step" else f"{key}: {value:.4f}")
   print(f"wrote {result['path']}")
+
+
+def cmd_sample():
+  """Continues --prompt texts with a checkpoint's parameters (KV-cached decoding)."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from mmpretrain import sample
+  from mmpretrain.data.pipeline import load_tokenizer
+  from mmpretrain.train.checkpoint import RunCheckpoints
+  from mmpretrain.train.step import Trainer
+  config, workdir = _config(), _workdir("sample")
+  if not _PROMPTS.value:
+    raise app.UsageError("--prompt is required (repeat it for several)")
+  tok = load_tokenizer(config)
+  trainer = Trainer(config, tok.byte_lengths())
+  checkpoints = RunCheckpoints(workdir, config.checkpoint)
+  step = checkpoints.latest_step() if _STEP.value is None else _STEP.value
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first")
+  params = checkpoints.restore(step, trainer.abstract_state()).params
+  checkpoints.close()
+  prompts = [[tok.bos_id] + tok.encode(p) for p in _PROMPTS.value]
+  tokens, segments = sample.left_padded(prompts)
+  generate = sample.make_text_generator(trainer, _MAX_NEW.value, _TEMPERATURE.value,
+                                        _TOP_P.value)
+  generated = jax.device_get(generate(params, tokens, segments, jax.random.key(config.seed)))
+  for prompt, ids in zip(prompts, generated):
+    ids = [int(i) for i in ids]
+    ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
+    print(f"[step {step}] {tok.decode(prompt[1:] + ids)}")
 
 
 def cmd_train_encoder():
@@ -163,7 +200,7 @@ def cmd_export_params():
   print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, trainer, _STEP.value)}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval,
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
             "train-encoder": cmd_train_encoder,
             "train-rae": cmd_train_rae, "train-vae": cmd_train_vae,
             "eval-representation": cmd_eval_representation, "analyze-experts": cmd_analyze_experts,

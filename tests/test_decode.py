@@ -62,8 +62,8 @@ def test_cached_mask_rows_equal_the_full_mask():
     written = np.arange(12) < stop
     cached = np.asarray(cached_attention_mask(
         jnp.asarray(segment_ids[:, start:stop]), jnp.asarray(block_ids[:, start:stop]),
-        jnp.asarray(np.where(written, segment_ids, 0)), jnp.asarray(np.where(written, block_ids, 0)),
-        start))[0, 0]
+        jnp.asarray(np.where(written, segment_ids, 0)),
+        jnp.asarray(np.where(written, block_ids, 0)), start))[0, 0]
     real = segment_ids[0, start:stop] > 0              # padding queries may differ
     np.testing.assert_array_equal(cached[real][:, :stop], full[start:stop][real][:, :stop])
     assert not cached[real][:, stop:].any()            # nothing unwritten is seen
