@@ -89,8 +89,9 @@ def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tm
 
 def test_held_out_losses_match_the_train_step_and_do_not_depend_on_the_mesh(config, tokenizer):
   """On text-only rows CE needs no noise (after an image it would see the noised image):
-  the evaluation of a batch equals what the train step reports for it (before its update). The fixed-noise evaluation repeats exactly and gives the
-  same values on an 8-device mesh."""
+  the evaluation of a batch equals what the train step reports for it (before its
+  update). The fixed-noise evaluation repeats exactly and gives the same values on an
+  8-device mesh."""
   from mmpretrain import sharding  # pylint: disable=import-outside-toplevel
   from mmpretrain.train import evaluate  # pylint: disable=import-outside-toplevel
   config.eval.batches = 2

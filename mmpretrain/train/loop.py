@@ -17,7 +17,8 @@ from mmpretrain import distributed, sharding  # pylint: disable=wrong-import-pos
 from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-import-position
 from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
-from mmpretrain.train.checkpoint import BestParams, RunCheckpoints  # pylint: disable=wrong-import-position
+# pylint: disable-next=wrong-import-position
+from mmpretrain.train.checkpoint import BestParams, RunCheckpoints
 from mmpretrain.train.evaluate import HeldOut  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
