@@ -142,6 +142,7 @@ def get_config(arg=None):
   c.diffusion.logit_normal_std = 1.0
   c.diffusion.min_t = 0.05               # x-pred → velocity divides by max(t, min_t)
   c.diffusion.sample_steps = 25
+  c.diffusion.sampler = "euler"          # euler | heun (2nd order, two model calls a step)
   c.diffusion.cfg_scale = 3.0
 
   # --- Loss ---

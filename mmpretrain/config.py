@@ -119,6 +119,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"patch_size={v.patch_size} does not divide image_size={d.image_size}",
            "Choose a patch size that divides the latent grid")
   _one_of(c.diffusion.prediction, ("x", "v"), "diffusion.prediction")
+  _one_of(c.diffusion.sampler, ("euler", "heun"), "diffusion.sampler")
   _require(c.diffusion.time_shift is None or c.diffusion.time_shift > 0, "diffusion.time_shift",
            f"must be > 0 or None (auto), got {c.diffusion.time_shift}", "Use a positive shift")
   _positive(c.diffusion.logit_normal_std, "diffusion.logit_normal_std")

@@ -62,6 +62,23 @@ def euler_sample(velocity_fn, z1: jnp.ndarray, times: jnp.ndarray) -> jnp.ndarra
   return z0
 
 
+def heun_sample(velocity_fn, z1: jnp.ndarray, times: jnp.ndarray) -> jnp.ndarray:
+  """Heun's second-order method (as in EDM): an Euler predictor, then the average of the
+  velocities at both ends; the step that lands on t = 0 stays Euler (the velocity of an
+  x-prediction model is not defined there). Two model calls per step."""
+  def step(z, t_pair):
+    t, t_next = t_pair
+    v = velocity_fn(z, t)
+    euler = z + (t_next - t) * v
+    corrected = z + (t_next - t) * 0.5 * (v + velocity_fn(euler, t_next))
+    return jnp.where(t_next > 0, corrected, euler), None
+  z0, _ = jax.lax.scan(step, z1, (times[:-1], times[1:]))
+  return z0
+
+
+SAMPLERS = {"euler": euler_sample, "heun": heun_sample}
+
+
 def classifier_free_guidance(cond: jnp.ndarray, uncond: jnp.ndarray, scale: float):
   """v = v_u + w·(v_c - v_u); w = 1 is the conditional prediction."""
   return uncond + scale * (cond - uncond)

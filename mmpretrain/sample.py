@@ -3,7 +3,8 @@ continuation with a KV cache (greedy, temperature, top-p).
 
 Each caption becomes the document `<bos> caption <boi> [image slots]`; its unconditional
 twin drops the caption. The image lives in frame-token space and both rows read it through
-their own `frame_slot`, so the two layouts can differ. Euler steps with CFG run in one jit.
+their own `frame_slot`, so the two layouts can differ. Euler or Heun steps with CFG run in
+one jit.
 """
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,7 @@ def make_image_sampler(trainer, spec):
       v = collect_frame_tokens(v_seq, rows["frame_slot"], num_frame_tokens)
       return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.diffusion.cfg_scale)
 
-    z0 = diffusion.euler_sample(velocity, z1, times)
+    z0 = diffusion.SAMPLERS[cfg.diffusion.sampler](velocity, z1, times)
     frame0 = z0[:, :spec.tokens_per_frame]
     return rep.decode(frozen, unpatchify(frame0, p, rep.latent_grid))
 
