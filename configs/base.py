@@ -178,6 +178,8 @@ def get_config(arg=None):
   c.eval.every_steps = 0                 # 0 = never during training; else and after the last
   c.eval.batches = 4                     # fixed validation batches per stream of the mixture
   c.eval.split = "validation"
+  c.eval.caption_images = 100            # mmpretrain eval: held-out digits captioned (greedy)
+  c.eval.caption_tokens = 8              # tokens generated per caption
 
   # --- Checkpoints (<workdir>/checkpoints; re-running the same command resumes) ---
   c.checkpoint = ml_collections.ConfigDict()

@@ -122,10 +122,9 @@ def cmd_sample():
   params = checkpoints.restore(step, trainer.abstract_state()).params
   checkpoints.close()
   prompts = [[tok.bos_id] + tok.encode(p) for p in _PROMPTS.value]
-  tokens, segments = sample.left_padded(prompts)
-  generate = sample.make_text_generator(trainer, _MAX_NEW.value, _TEMPERATURE.value,
-                                        _TOP_P.value)
-  generated = jax.device_get(generate(params, tokens, segments, jax.random.key(config.seed)))
+  generate = sample.make_generator(trainer, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
+  generated = jax.device_get(generate(params, sample.text_prompt(trainer, prompts),
+                                      jax.random.key(config.seed)))
   for prompt, ids in zip(prompts, generated):
     ids = [int(i) for i in ids]
     ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids

@@ -12,12 +12,13 @@ import numpy as np
 from PIL import Image
 
 from mmpretrain import diffusion, sharding
-from mmpretrain.data.documents import generation_document
+from mmpretrain.data.documents import generation_document, text_segment, understanding_document
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.batch import MODALITY_TEXT
 from mmpretrain.tokenizers.visual import patch_dim, unpatchify
-from mmpretrain.train.objective import collect_frame_tokens, place_frame_tokens
+from mmpretrain.train.objective import (collect_frame_tokens, frame_latent_tokens,
+                                       place_frame_tokens)
 
 
 def generation_rows(tok, captions: list[str], spec) -> dict:
@@ -124,27 +125,27 @@ def left_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
   return tokens, segments
 
 
-def make_text_generator(trainer, max_new_tokens: int, temperature: float = 0.0,
-                        top_p: float = 1.0):
-  """Returns jitted generate(params, tokens, segment_ids, rng) -> new tokens [B, N]: the
-  prompt (left_padded) runs once into a KV cache, then one token per step, each reading
-  the cache (tests/test_decode.py: equal to recomputing the whole sequence each step)."""
+def make_generator(trainer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
+  """Returns jitted generate(params, prompt, rng) -> new tokens [B, N]: `prompt` (a dict of
+  ModelInputs fields [B, P], all rows ending at slot P − 1: text, or text around clean
+  visual blocks) runs once into a KV cache, then text follows one token per step, each
+  reading the cache (tests/test_decode.py: equal to recomputing the whole sequence)."""
   patch = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
 
-  def generate(params, tokens, segment_ids, rng):
+  def generate(params, prompt, rng):
+    inputs = ModelInputs(**prompt)
+    batch, prompt_len = inputs.tokens.shape
     model = trainer.model(params)
-    batch, prompt_len = tokens.shape
-    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
     cache = model.init_cache(batch, prompt_len + max_new_tokens)
-    logits, _, cache = model.decode(text_inputs(tokens, positions, segment_ids, patch), cache, 0)
+    logits, _, cache = model.decode(inputs, cache, 0)
     first = next_token(logits[:, -1], jax.random.fold_in(rng, 0), temperature, top_p)
+    last_position, segment = inputs.positions[:, -1:], inputs.segment_ids[:, -1:]
 
     def step(carry, i):
       token, cache = carry
-      position = positions[:, -1:] + 1 + i
-      logits, _, cache = trainer.model(params).decode(
-          text_inputs(token[:, None], position, jnp.ones_like(position), patch), cache,
-          prompt_len + i)
+      logits, _, cache = trainer.model(params).decode(   # merged per step: NNX graphs can't
+          text_inputs(token[:, None], last_position + 1 + i, segment, patch),  # cross scan
+          cache, prompt_len + i)
       following = next_token(logits[:, -1], jax.random.fold_in(rng, i + 1), temperature, top_p)
       return (following, cache), token
 
@@ -152,3 +153,48 @@ def make_text_generator(trainer, max_new_tokens: int, temperature: float = 0.0,
     return generated.T
 
   return jax.jit(generate)
+
+
+def text_prompt(trainer, prompts: list[list[int]]) -> dict:
+  """Token prompts as a generator prompt: right-aligned (padding first, segment id 0) so
+  every row continues at the same cache slot, positions counted from each row's start."""
+  width = max(len(p) for p in prompts)
+  tokens = np.zeros((len(prompts), width), np.int32)
+  segments = np.zeros((len(prompts), width), np.int32)
+  for row, prompt in enumerate(prompts):
+    tokens[row, width - len(prompt):] = prompt
+    segments[row, width - len(prompt):] = 1
+  positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0)
+  patch = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
+  return vars(text_inputs(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
+                          patch))
+
+
+def caption_prompt(trainer, frozen, tok, frames: np.ndarray, spec) -> dict:
+  """`<bos> <boi> [clean image] <eoi>` per frame (uint8 [B, H, W, C]): the understanding
+  document up to its caption, as a generator prompt."""
+  specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
+  rows = []
+  for frame in frames:
+    builder = RowBuilder(spec)
+    document = understanding_document([], frame, **specials)[:-1] + [
+        text_segment([tok.eoi_id], False)]
+    builder.add(document)
+    rows.append(builder.row)
+  rows = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  used = int((rows["segment_ids"][0] > 0).sum())
+  latents = collect_latents(trainer, frozen, rows)
+  return {"tokens": jnp.asarray(rows["tokens"][:, :used]),
+          "modality": jnp.asarray(rows["modality"][:, :used]),
+          "segment_ids": jnp.asarray(rows["segment_ids"][:, :used]),
+          "block_ids": jnp.asarray(rows["block_ids"][:, :used]),
+          "positions": jnp.asarray(rows["positions"][:, :used]),
+          "visual_latents": latents[:, :used],
+          "timesteps": jnp.zeros((len(frames), used), jnp.float32)}
+
+
+def collect_latents(trainer, frozen, rows) -> jnp.ndarray:
+  """The rows' frames encoded by the representation, placed at their slots [B, L, patch]."""
+  tokens = frame_latent_tokens(trainer.representation, frozen, jnp.asarray(rows["frames"]),
+                               trainer.config.visual.patch_size)
+  return place_frame_tokens(tokens, jnp.asarray(rows["frame_slot"]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmpretrain import sample
-from mmpretrain.data.pipeline import make_batches
+from mmpretrain.data.pipeline import make_batches, row_spec
 from mmpretrain.model.masks import attention_mask, cached_attention_mask
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.train import objective
@@ -76,9 +76,8 @@ def test_greedy_generation_with_the_cache_equals_recomputing_every_step(config, 
   params = trainer.init_state(0).params
   prompts = [[tokenizer.bos_id] + tokenizer.encode("To be, or not to be"),
              [tokenizer.bos_id] + tokenizer.encode("My lord")]
-  tokens, segments = sample.left_padded(prompts)
-  generated = np.asarray(sample.make_text_generator(trainer, 6)(params, tokens, segments,
-                                                                jax.random.key(0)))
+  generated = np.asarray(sample.make_generator(trainer, 6)(
+      params, sample.text_prompt(trainer, prompts), jax.random.key(0)))
   model = trainer.model(params)
   patch = sample.patch_dim(trainer.representation.latent_grid, config.visual.patch_size)
   for row, prompt in enumerate(prompts):
@@ -100,3 +99,23 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   assert kept(1.0) == [True, True, True, True]
   draws = [int(sample.next_token(logits, jax.random.key(i), 1.0, 0.4)[0]) for i in range(20)]
   assert set(draws) == {0}                                  # only the top token survives
+
+
+def test_captioning_an_image_equals_recomputing_with_the_image_in_context(config, tokenizer):
+  """Image → caption: the prompt <bos> <boi> [clean image] <eoi> runs into the cache with
+  its block bidirectional, then greedy text; equal to the full forward each step."""
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  params = trainer.init_state(0).params
+  frames = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 1), dtype=np.uint8)
+  prompt = sample.caption_prompt(trainer, trainer.frozen, tokenizer, frames, row_spec(config))
+  generated = np.asarray(sample.make_generator(trainer, 4)(params, prompt, jax.random.key(0)))
+  model = trainer.model(params)
+  patch = sample.patch_dim(trainer.representation.latent_grid, config.visual.patch_size)
+  for row in range(2):
+    inputs = {k: v[row:row + 1] for k, v in prompt.items()}
+    for token in generated[row]:
+      logits, _, _ = model(ModelInputs(**inputs))
+      assert int(jnp.argmax(logits[0, -1])) == token
+      extra = sample.text_inputs(jnp.asarray([[token]]), inputs["positions"][:, -1:] + 1,
+                                 jnp.ones((1, 1), jnp.int32), patch)
+      inputs = {k: jnp.concatenate([inputs[k], getattr(extra, k)], axis=1) for k in inputs}

@@ -37,3 +37,21 @@ def test_pixels_reconstruct_exactly_and_probe_above_chance(data_dir, tmp_path):
   assert result["psnr_db"]["mnist_captions"] > 90                  # lossless (1e-10 floor)
   assert result["linear_probe_accuracy"]["mnist_captions"] > 0.6   # 10 classes, chance 0.1
   assert json.loads((tmp_path / "eval.json").read_text()) == result
+
+
+def test_a_caption_names_a_digit_only_as_a_whole_word():
+  from mmpretrain.train.evaluate import names_digit  # pylint: disable=import-outside-toplevel
+  assert names_digit("a handwritten digit seven", 7)
+  assert names_digit("Seven.", 7)
+  assert not names_digit("a handwritten digit seventeen", 7)
+  assert not names_digit("a handwritten digit one", 7)
+  assert not names_digit("", 0)
+
+
+def test_caption_accuracy_runs_the_understanding_eval(config, tokenizer):
+  from mmpretrain.train.evaluate import caption_accuracy  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
+  config.eval.caption_images, config.eval.caption_tokens = 4, 3
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  accuracy = caption_accuracy(config, tokenizer, trainer, trainer.init_state(0).params)
+  assert accuracy in (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -1,14 +1,19 @@
 """Held-out evaluation, periodic in training (`config.eval.every_steps`) and from a
 checkpoint (`mmpretrain eval`): per stream of the mixture, the losses of fixed validation
 batches — text cross-entropy and bits per byte, flow MSE — with fixed diffusion noise, so
-successive evaluations are comparable."""
+successive evaluations are comparable; from a checkpoint also MNIST captioning accuracy
+(does the greedy caption of a held-out digit name it)."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 
+from mmpretrain import sample
 from mmpretrain.data import pipeline
+from mmpretrain.data.images import image_batches
+from mmpretrain.data.sources import DIGIT_WORDS
 from mmpretrain.train import objective
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.step import Trainer
@@ -54,6 +59,29 @@ class HeldOut:
     return results
 
 
+def names_digit(caption: str, label: int) -> bool:
+  """Whether a generated caption names the digit `label` (as a whole word)."""
+  return DIGIT_WORDS[label] in re.findall(r"[a-z]+", caption.lower())
+
+
+def caption_accuracy(config, tok, trainer, params) -> float:
+  """Share of held-out MNIST digits whose greedy caption (image -> text, KV-cached) names
+  their class: the understanding eval."""
+  batch = next(image_batches(config, tok, {"mnist_captions": 1.0}, split=config.eval.split,
+                             batch_size=config.eval.caption_images, caption_len=1, seed=0,
+                             repeat=False))
+  prompt = sample.caption_prompt(trainer, trainer.frozen, tok, batch["images"],
+                                 pipeline.row_spec(config))
+  generate = sample.make_generator(trainer, config.eval.caption_tokens)
+  generated = jax.device_get(generate(params, prompt, jax.random.key(0)))
+  hits = []
+  for ids, label in zip(generated, batch["label"]):
+    ids = [int(i) for i in ids]
+    ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
+    hits.append(names_digit(tok.decode(ids), int(label)))
+  return float(sum(hits) / len(hits))
+
+
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Held-out losses of a checkpoint's parameters (default: the newest), written to
   <workdir>/eval/step_<N>.json."""
@@ -67,6 +95,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   checkpoints.close()
   result = {"step": step, "split": config.eval.split, "batches_per_stream": config.eval.batches,
             **HeldOut(config, tok, trainer)(params)}
+  if config.data.streams.image_text.datasets.get("mnist_captions", 0) > 0:
+    result["mnist/caption_accuracy"] = caption_accuracy(config, tok, trainer, params)
   path = os.path.join(workdir, "eval", f"step_{step}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
