@@ -113,18 +113,6 @@ def text_inputs(tokens, positions, segment_ids, patch_dim: int) -> ModelInputs:
                      timesteps=zeros)
 
 
-def left_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-  """Prompts right-aligned in one [B, P] array (padding first, segment id 0) so that every
-  row continues at the same cache slot; returns (tokens, segment ids)."""
-  width = max(len(p) for p in prompts)
-  tokens = np.zeros((len(prompts), width), np.int32)
-  segments = np.zeros((len(prompts), width), np.int32)
-  for row, prompt in enumerate(prompts):
-    tokens[row, width - len(prompt):] = prompt
-    segments[row, width - len(prompt):] = 1
-  return tokens, segments
-
-
 def make_generator(trainer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
   """Returns jitted generate(params, prompt, rng) -> new tokens [B, N]: `prompt` (a dict of
   ModelInputs fields [B, P], all rows ending at slot P − 1: text, or text around clean
