@@ -158,7 +158,7 @@ def text_prompt(trainer, prompts: list[list[int]]) -> dict:
                           patch))
 
 
-def caption_prompt(trainer, frozen, tok, frames: np.ndarray, spec) -> dict:
+def caption_prompt(trainer, tok, frames: np.ndarray, spec) -> dict:
   """`<bos> <boi> [clean image] <eoi>` per frame (uint8 [B, H, W, C]): the understanding
   document up to its caption, as a generator prompt."""
   specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
@@ -171,7 +171,7 @@ def caption_prompt(trainer, frozen, tok, frames: np.ndarray, spec) -> dict:
     rows.append(builder.row)
   rows = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
   used = int((rows["segment_ids"][0] > 0).sum())
-  latents = collect_latents(trainer, frozen, rows)
+  latents = collect_latents(trainer, rows)
   return {"tokens": jnp.asarray(rows["tokens"][:, :used]),
           "modality": jnp.asarray(rows["modality"][:, :used]),
           "segment_ids": jnp.asarray(rows["segment_ids"][:, :used]),
@@ -181,8 +181,8 @@ def caption_prompt(trainer, frozen, tok, frames: np.ndarray, spec) -> dict:
           "timesteps": jnp.zeros((len(frames), used), jnp.float32)}
 
 
-def collect_latents(trainer, frozen, rows) -> jnp.ndarray:
+def collect_latents(trainer, rows) -> jnp.ndarray:
   """The rows' frames encoded by the representation, placed at their slots [B, L, patch]."""
-  tokens = frame_latent_tokens(trainer.representation, frozen, jnp.asarray(rows["frames"]),
-                               trainer.config.visual.patch_size)
+  tokens = frame_latent_tokens(trainer.representation, trainer.frozen,
+                               jnp.asarray(rows["frames"]), trainer.config.visual.patch_size)
   return place_frame_tokens(tokens, jnp.asarray(rows["frame_slot"]))

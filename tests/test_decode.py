@@ -107,7 +107,7 @@ def test_captioning_an_image_equals_recomputing_with_the_image_in_context(config
   trainer = Trainer(config, tokenizer.byte_lengths())
   params = trainer.init_state(0).params
   frames = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 1), dtype=np.uint8)
-  prompt = sample.caption_prompt(trainer, trainer.frozen, tokenizer, frames, row_spec(config))
+  prompt = sample.caption_prompt(trainer, tokenizer, frames, row_spec(config))
   generated = np.asarray(sample.make_generator(trainer, 4)(params, prompt, jax.random.key(0)))
   model = trainer.model(params)
   patch = sample.patch_dim(trainer.representation.latent_grid, config.visual.patch_size)

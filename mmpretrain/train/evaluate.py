@@ -70,8 +70,7 @@ def caption_accuracy(config, tok, trainer, params) -> float:
   batch = next(image_batches(config, tok, {"mnist_captions": 1.0}, split=config.eval.split,
                              batch_size=config.eval.caption_images, caption_len=1, seed=0,
                              repeat=False))
-  prompt = sample.caption_prompt(trainer, trainer.frozen, tok, batch["images"],
-                                 pipeline.row_spec(config))
+  prompt = sample.caption_prompt(trainer, tok, batch["images"], pipeline.row_spec(config))
   generate = sample.make_generator(trainer, config.eval.caption_tokens)
   generated = jax.device_get(generate(params, prompt, jax.random.key(0)))
   hits = []
