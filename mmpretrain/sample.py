@@ -1,77 +1,157 @@
-"""Sampling from the unified model: images from captions (Transfusion sampling) and text
-continuation with a KV cache (greedy, temperature, top-p).
+"""Sampling from the unified model, all through one KV cache.
 
-Each caption becomes the document `<bos> caption <boi> [image slots]`; its unconditional
-twin drops the caption. The image lives in frame-token space and both rows read it through
-their own `frame_slot`, so the two layouts can differ. Euler or Heun steps with CFG run in
-one jit.
+Text continues one token per step against the cache (greedy, temperature, top-p). A
+visual block is generated the Transfusion way: the document up to its `<boi>` is written
+into the cache once, then every Euler/Heun step runs only the block's tokens against it
+(conditional and unconditional rows batched for CFG), so N denoising steps cost one
+prefix pass plus N block passes. Images from captions, captions of images and world-model
+rollouts (mmpretrain/world_model.py) are built from these two pieces.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from mmpretrain import diffusion, sharding
-from mmpretrain.data.documents import generation_document, text_segment, understanding_document
+from mmpretrain.batch import MODALITY_TEXT
+from mmpretrain.data.documents import (document_frames, document_length, generation_document,
+                                       text_segment, understanding_document)
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
-from mmpretrain.batch import MODALITY_TEXT
 from mmpretrain.tokenizers.visual import patch_dim, unpatchify
-from mmpretrain.train.objective import (collect_frame_tokens, frame_latent_tokens,
-                                       place_frame_tokens)
+from mmpretrain.train.objective import frame_latent_tokens, place_frame_tokens
+
+ID_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions")
 
 
-def generation_rows(tok, captions: list[str], spec) -> dict:
-  """One row per caption followed by one unconditional row per caption."""
-  blank = np.zeros(spec.frame_shape, np.uint8)
-  specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
+def document_rows(documents: list, spec) -> dict:
+  """One packed row per document (numpy, [B, ...])."""
   rows = []
-  for caption_ids in [tok.encode(c) for c in captions] + [[]] * len(captions):
+  for doc in documents:
     builder = RowBuilder(spec)
-    doc = generation_document(caption_ids, blank, **specials)
     if not builder.fits(doc):
-      raise ValueError(f"caption of {len(caption_ids)} tokens plus an image does not fit "
-                       f"data.seq_len={spec.seq_len}")
+      raise ValueError(
+          f"a prompt document of {document_length(doc, spec.tokens_per_frame)} tokens and "
+          f"{document_frames(doc)} frames does not fit data.seq_len={spec.seq_len} and "
+          f"data.max_frames={spec.max_frames}: raise them or shorten the prompt")
     builder.add(doc)
     rows.append(builder.row)
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def make_image_sampler(trainer, spec):
-  """Returns sample(params, rows, rng) -> uint8 images [N, H, W, C], jitted, replicated
-  over the trainer's mesh so every process can read them."""
-  cfg = trainer.config
-  rep, p = trainer.representation, cfg.visual.patch_size
-  num_frame_tokens = spec.max_frames * spec.tokens_per_frame
-  times = diffusion.sampling_times(cfg.diffusion.sample_steps, trainer.time_shift)
+@dataclasses.dataclass(frozen=True)
+class BlockPrompt:
+  """Documents cut before their first generated frame.
 
-  def sample(params, rows, rng, frozen):
-    n = rows["tokens"].shape[0] // 2
-    generated = rows["visual_loss_mask"]
-    z1 = jax.random.normal(rng, (n, num_frame_tokens, patch_dim(rep.latent_grid, p)),
-                           jnp.float32)
+  `prefix` [B, P]: ID_FIELDS and frame_slot, right-aligned (padding first, segment id 0)
+  so every row's block starts at cache slot P; its frame_slot indexes `frames`, the
+  documents' context frames (uint8 [B, F, H, W, C]). `block` [B, T]: the ID_FIELDS of
+  the frame to generate.
+  """
+  prefix: dict
+  block: dict
+  frames: np.ndarray
+
+
+def block_prompt(documents: list, spec) -> BlockPrompt:
+  rows = document_rows(documents, spec)
+  generated = rows["visual_loss_mask"]
+  if not generated.any(axis=1).all():
+    raise ValueError("every prompt document needs a generated visual segment")
+  starts = np.argmax(generated, axis=1)
+  width, length = int(starts.max()), spec.tokens_per_frame
+  prefix = {k: np.zeros((len(starts), width), rows[k].dtype) for k in ID_FIELDS}
+  prefix["frame_slot"] = np.full((len(starts), width), -1, np.int32)
+  for i, start in enumerate(starts):
+    for k in prefix:
+      prefix[k][i, width - start:] = rows[k][i, :start]
+  block = {k: np.stack([rows[k][i, s:s + length] for i, s in enumerate(starts)])
+           for k in ID_FIELDS}
+  return BlockPrompt(prefix, block, rows["frames"])
+
+
+def context_tokens(trainer, frames) -> jnp.ndarray:
+  """uint8 frames [B, F, H, W, C] -> their latent tokens [B, F·T, D] under the trainer's
+  (frozen) representation: what a prompt's frame_slot indexes."""
+  return frame_latent_tokens(trainer.representation, trainer.frozen, jnp.asarray(frames),
+                             trainer.config.visual.patch_size)
+
+
+def make_block_sampler(trainer, guided: bool):
+  """Returns jitted sample(params, prompt, context, rng) -> the clean latent tokens
+  [n, T, D] of every prompt's block.
+
+  `context` [rows, F·T, D] are the latent tokens of the prompt's frames. Guided: the first
+  n = rows/2 rows are conditional and the others their unconditional twins, mixed by
+  config.diffusion.cfg_scale; otherwise n = rows. Output is replicated over the trainer's
+  mesh so every process can read it.
+  """
+  cfg = trainer.config.diffusion
+  times = diffusion.sampling_times(cfg.sample_steps, trainer.time_shift)
+
+  def sample(params, prefix, block, context, rng):
+    rows, width = prefix["tokens"].shape
+    length = block["tokens"].shape[1]
+    model = trainer.model(params)
+    cache = model.init_cache(rows, width + length)
+    _, _, cache = model.decode(ModelInputs(
+        **{k: prefix[k] for k in ID_FIELDS},
+        visual_latents=place_frame_tokens(context, prefix["frame_slot"]),
+        timesteps=jnp.zeros((rows, width), jnp.float32)), cache, 0)
+    n = rows // 2 if guided else rows
+    z1 = jax.random.normal(rng, (n, length, context.shape[-1]), jnp.float32)
 
     def velocity(z, t):
-      both = jnp.concatenate([z, z])
-      z_seq = place_frame_tokens(both, rows["frame_slot"])
-      t_seq = jnp.where(generated, t, 0.0)
-      inputs = ModelInputs(tokens=rows["tokens"], modality=rows["modality"],
-                           segment_ids=rows["segment_ids"], block_ids=rows["block_ids"],
-                           positions=rows["positions"], visual_latents=z_seq, timesteps=t_seq)
-      _, pred, _ = trainer.model(params)(inputs)  # merged per call: NNX graphs can't cross scan
-      v_seq = diffusion.velocity(pred, z_seq, t_seq, cfg.diffusion.prediction, cfg.diffusion.min_t)
-      v = collect_frame_tokens(v_seq, rows["frame_slot"], num_frame_tokens)
-      return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.diffusion.cfg_scale)
+      both = jnp.concatenate([z, z]) if guided else z
+      t_block = jnp.full((rows, length), t)
+      inputs = ModelInputs(**{k: block[k] for k in ID_FIELDS}, visual_latents=both,
+                           timesteps=t_block)
+      # merged per call: NNX graphs can't cross the sampler's scan
+      _, prediction, _ = trainer.model(params).decode(inputs, cache, width)
+      v = diffusion.velocity(prediction, both, t_block, cfg.prediction, cfg.min_t)
+      return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.cfg_scale) if guided else v
 
-    z0 = diffusion.SAMPLERS[cfg.diffusion.sampler](velocity, z1, times)
-    frame0 = z0[:, :spec.tokens_per_frame]
-    return rep.decode(frozen, unpatchify(frame0, p, rep.latent_grid))
+    return diffusion.SAMPLERS[cfg.sampler](velocity, z1, times)
 
-  if trainer.mesh is None:
-    jitted = jax.jit(sample)
-  else:
-    jitted = jax.jit(sample, out_shardings=sharding.replicated(trainer.mesh))
-  return lambda params, rows, rng: jitted(params, rows, rng, trainer.frozen)
+  replicated = {} if trainer.mesh is None else {
+      "out_shardings": sharding.replicated(trainer.mesh)}
+  jitted = jax.jit(sample, **replicated)
+  return lambda params, prompt, context, rng: jitted(params, prompt.prefix, prompt.block,
+                                                     context, rng)
+
+
+def make_frame_decoder(trainer):
+  """Returns jitted decode(tokens [..., T, D]) -> uint8 frames [..., H, W, C]."""
+  rep, p = trainer.representation, trainer.config.visual.patch_size
+  decode = jax.jit(lambda frozen, tokens: rep.decode(frozen, unpatchify(tokens, p,
+                                                                        rep.latent_grid)))
+  return lambda tokens: decode(trainer.frozen, tokens)
+
+
+def caption_documents(tok, captions: list[str], spec) -> list:
+  """`<bos> caption <boi> [image]` per caption, then the unconditional `<bos> <boi> [image]`
+  twin of each (what caption dropout trained): a guided BlockPrompt's documents."""
+  blank = np.zeros(spec.frame_shape, np.uint8)
+  specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
+  ids = [tok.encode(c) for c in captions]
+  return [generation_document(c, blank, **specials) for c in ids + [[]] * len(ids)]
+
+
+def make_image_sampler(trainer, tok, spec):
+  """Returns sample(params, captions, rng) -> uint8 images [N, H, W, C], one per caption,
+  drawn with CFG (config.diffusion) through the KV cache."""
+  sample_block = make_block_sampler(trainer, guided=True)
+  decode = make_frame_decoder(trainer)
+  dim = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
+
+  def sample(params, captions, rng):
+    prompt = block_prompt(caption_documents(tok, captions, spec), spec)
+    no_frames = jnp.zeros((2 * len(captions), 1, dim), jnp.float32)   # no context frames
+    return decode(sample_block(params, prompt, no_frames, rng))
+
+  return sample
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 2) -> Image.Image:
@@ -162,27 +242,11 @@ def caption_prompt(trainer, tok, frames: np.ndarray, spec) -> dict:
   """`<bos> <boi> [clean image] <eoi>` per frame (uint8 [B, H, W, C]): the understanding
   document up to its caption, as a generator prompt."""
   specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
-  rows = []
-  for frame in frames:
-    builder = RowBuilder(spec)
-    document = understanding_document([], frame, **specials)[:-1] + [
-        text_segment([tok.eoi_id], False)]
-    builder.add(document)
-    rows.append(builder.row)
-  rows = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  rows = document_rows([understanding_document([], frame, **specials)[:-1]
+                        + [text_segment([tok.eoi_id], False)] for frame in frames], spec)
   used = int((rows["segment_ids"][0] > 0).sum())
-  latents = collect_latents(trainer, rows)
-  return {"tokens": jnp.asarray(rows["tokens"][:, :used]),
-          "modality": jnp.asarray(rows["modality"][:, :used]),
-          "segment_ids": jnp.asarray(rows["segment_ids"][:, :used]),
-          "block_ids": jnp.asarray(rows["block_ids"][:, :used]),
-          "positions": jnp.asarray(rows["positions"][:, :used]),
+  latents = place_frame_tokens(context_tokens(trainer, rows["frames"]),
+                               jnp.asarray(rows["frame_slot"]))
+  return {**{k: jnp.asarray(rows[k][:, :used]) for k in ID_FIELDS},
           "visual_latents": latents[:, :used],
           "timesteps": jnp.zeros((len(frames), used), jnp.float32)}
-
-
-def collect_latents(trainer, rows) -> jnp.ndarray:
-  """The rows' frames encoded by the representation, placed at their slots [B, L, patch]."""
-  tokens = frame_latent_tokens(trainer.representation, trainer.frozen,
-                               jnp.asarray(rows["frames"]), trainer.config.visual.patch_size)
-  return place_frame_tokens(tokens, jnp.asarray(rows["frame_slot"]))

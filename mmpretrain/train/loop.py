@@ -46,9 +46,8 @@ def write_samples(trainer, state, tok, config, workdir: str, writer: MetricWrite
   writes the grid and returns its path."""
   spec = pipeline.row_spec(config)
   captions = [c for c in config.sample.captions for _ in range(config.sample.images_per_caption)]
-  rows = sample_lib.generation_rows(tok, captions, spec)
-  sampler = sample_lib.make_image_sampler(trainer, spec)
-  images = np.asarray(sampler(state.params, rows, jax.random.key(config.seed)))
+  sampler = sample_lib.make_image_sampler(trainer, tok, spec)
+  images = np.asarray(sampler(state.params, captions, jax.random.key(config.seed)))
   if jax.process_index() != 0:
     return None
   grid = sample_lib.image_grid(images, columns=config.sample.images_per_caption)
