@@ -180,6 +180,10 @@ def get_config(arg=None):
   c.eval.split = "validation"
   c.eval.caption_images = 100            # mmpretrain eval: held-out digits captioned (greedy)
   c.eval.caption_tokens = 8              # tokens generated per caption
+  # World model (when the mixture has action_video): rollouts of held-out MiniGrid episodes
+  # from their first context frames with the true actions, vs copying the last frame.
+  c.eval.world_model_episodes = 16
+  c.eval.world_model_horizons = (1, 4, 8)
 
   # --- Checkpoints (<workdir>/checkpoints; re-running the same command resumes) ---
   c.checkpoint = ml_collections.ConfigDict()
