@@ -12,6 +12,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from mmpretrain.data.sources import digit_caption
+
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
@@ -178,6 +180,7 @@ def get_config(arg=None):
   c.eval.every_steps = 0                 # 0 = never during training; else and after the last
   c.eval.batches = 4                     # fixed validation batches per stream of the mixture
   c.eval.split = "validation"
+  c.eval.generative = True               # periodic evals also caption, draw and roll out
   c.eval.caption_images = 100            # mmpretrain eval: held-out digits captioned (greedy)
   c.eval.caption_tokens = 8              # tokens generated per caption
   # World model (when the mixture has action_video): rollouts of held-out MiniGrid episodes
@@ -244,10 +247,22 @@ def get_config(arg=None):
   c.eval_representation.probe_learning_rate = 1e-2
   c.eval_representation.probe_weight_decay = 1e-4
 
+  # Generation alignment (GenEval-like): images drawn for each of `generation_prompts` (the
+  # i-th asks for class i) are scored by a classifier trained on real images
+  # (`mmpretrain train-classifier`), against images drawn without a caption. '' disables.
+  c.eval.classifier = ""
+  c.eval.generation_prompts = [digit_caption(k) for k in range(10)]
+  c.eval.generation_images_per_prompt = 4
+
+  # `mmpretrain train-classifier`: the small CNN that judges generated images.
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.dataset = "mnist_captions"   # its `label` field gives the classes
+  c.classifier.num_classes = 10
+  c.classifier.widths = (32, 64, 128)
+
   # --- Samples written at the end of training ---
   c.sample = ml_collections.ConfigDict()
-  c.sample.captions = [f"a handwritten digit {w}" for w in (
-      "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")]
+  c.sample.captions = [digit_caption(k) for k in range(10)]
   c.sample.images_per_caption = 4
 
   if arg == "runlocal":

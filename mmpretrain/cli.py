@@ -4,12 +4,16 @@
   mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
                      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
   mmpretrain eval    --config=configs/demo.py --workdir=runs/demo [--step=N]
-  mmpretrain sample  --config=configs/demo.py --workdir=runs/demo --prompt="ROMEO:" \
-                     [--max_new_tokens=64 --temperature=0.8 --top_p=0.9]
+  mmpretrain sample  --config=configs/demo.py --workdir=runs/demo [--output=DIR]
+                     [--prompt="ROMEO:" --max_new_tokens=64 --temperature=0.8 --top_p=0.9]
+                     [--caption="a handwritten digit seven" --images_per_caption=4]
+                     [--image=digit.png]  [--rollouts=4 --horizon=8 [--noactions]]
   mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/encoder
   mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/rae \
                        --config.rae.encoder=runs/encoder/encoder
   mmpretrain train-vae --config=configs/stages/vae_demo.py --workdir=runs/vae
+  mmpretrain train-classifier --config=configs/stages/classifier_demo.py \
+                              --workdir=runs/classifier
   mmpretrain eval-representation --config=configs/demo.py --workdir=runs/eval_rae \
       [--config.visual.representation=vae --config.visual.checkpoint=runs/vae/representation]
   mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
@@ -40,6 +44,18 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train: HOST:POR
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train: processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's index.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "sample: text to continue (repeatable).")
+_CAPTIONS = flags.DEFINE_multi_string("caption", None, "sample: draw images of this caption "
+                                      "(repeatable).")
+_PER_CAPTION = flags.DEFINE_integer("images_per_caption", 4, "sample: images per --caption.")
+_IMAGES = flags.DEFINE_multi_string("image", None, "sample: caption this image file "
+                                    "(repeatable).")
+_ROLLOUTS = flags.DEFINE_integer("rollouts", 0, "sample: roll out this many held-out MiniGrid "
+                                 "episodes (GIFs: the truth above the prediction).")
+_HORIZON = flags.DEFINE_integer("horizon", 8, "sample: frames predicted per rollout.")
+_ACTIONS = flags.DEFINE_boolean("actions", True, "sample: condition rollouts on the episodes' "
+                                "actions; --noactions continues them as video.")
+_OUTPUT = flags.DEFINE_string("output", None, "sample: folder for PNGs and GIFs (default "
+                              "<workdir>/samples).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens generated per prompt.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus sampling mass.")
@@ -103,32 +119,37 @@ def cmd_eval():
 
 
 def cmd_sample():
-  """Continues --prompt texts with a checkpoint's parameters (KV-cached decoding)."""
+  """Text continuation, images from captions, captions of image files and world-model
+  rollouts with a checkpoint's parameters."""
   # pylint: disable=import-outside-toplevel
-  import jax
+  import os
   from mmpretrain import sample
-  from mmpretrain.data.pipeline import load_tokenizer
-  from mmpretrain.train.checkpoint import RunCheckpoints
-  from mmpretrain.train.step import Trainer
+  from mmpretrain.train.evaluate import restore_params
   config, workdir = _config(), _workdir("sample")
-  if not _PROMPTS.value:
-    raise app.UsageError("--prompt is required (repeat it for several)")
-  tok = load_tokenizer(config)
-  trainer = Trainer(config, tok.byte_lengths())
-  checkpoints = RunCheckpoints(workdir, config.checkpoint)
-  step = checkpoints.latest_step() if _STEP.value is None else _STEP.value
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first")
-  params = checkpoints.restore(step, trainer.abstract_state()).params
-  checkpoints.close()
-  prompts = [[tok.bos_id] + tok.encode(p) for p in _PROMPTS.value]
-  generate = sample.make_generator(trainer, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
-  generated = jax.device_get(generate(params, sample.text_prompt(trainer, prompts),
-                                      jax.random.key(config.seed)))
-  for prompt, ids in zip(prompts, generated):
-    ids = [int(i) for i in ids]
-    ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
-    print(f"[step {step}] {tok.decode(prompt[1:] + ids)}")
+  if not (_PROMPTS.value or _CAPTIONS.value or _IMAGES.value or _ROLLOUTS.value):
+    raise app.UsageError("say what to sample: --prompt, --caption, --image or --rollouts")
+  tok, trainer, params, step = restore_params(config, workdir, _STEP.value)
+  output = _OUTPUT.value or os.path.join(workdir, "samples")
+  os.makedirs(output, exist_ok=True)
+  if _PROMPTS.value:
+    for text in sample.continue_texts(trainer, tok, params, _PROMPTS.value, _MAX_NEW.value,
+                                      _TEMPERATURE.value, _TOP_P.value, config.seed):
+      print(f"[step {step}] {text}")
+  if _IMAGES.value:
+    for path, caption in zip(_IMAGES.value, sample.caption_files(trainer, tok, params,
+                                                                 _IMAGES.value,
+                                                                 _MAX_NEW.value)):
+      print(f"[step {step}] {path}: {caption}")
+  if _CAPTIONS.value:
+    path = os.path.join(output, f"captions_step{step}.png")
+    sample.draw_captions(trainer, tok, params, _CAPTIONS.value, _PER_CAPTION.value,
+                         config.seed).save(path)
+    print(f"wrote {path} (a row per caption)")
+  if _ROLLOUTS.value:
+    from mmpretrain.world_model import write_rollouts
+    for path in write_rollouts(config, tok, trainer, params, _ROLLOUTS.value, _HORIZON.value,
+                               _ACTIONS.value, output, f"step{step}"):
+      print(f"wrote {path}")
 
 
 def cmd_train_encoder():
@@ -140,6 +161,15 @@ def cmd_train_encoder():
     print(f"zero-shot digit accuracy (held-out MNIST): "
           f"{summary['digit_zero_shot_accuracy']:.3f}")
   print(f"encoder: {summary['encoder']}")
+
+
+def cmd_train_classifier():
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.stages.classifier import train_classifier
+  summary = train_classifier(_config(), _workdir("train-classifier"))
+  print(f"cross-entropy {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f}; "
+        f"held-out accuracy on real images {summary['held_out_accuracy']:.3f}")
+  print(f"classifier: {summary['classifier']} (config.eval.classifier)")
 
 
 def cmd_train_rae():
@@ -200,7 +230,7 @@ def cmd_export_params():
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
-            "train-encoder": cmd_train_encoder,
+            "train-encoder": cmd_train_encoder, "train-classifier": cmd_train_classifier,
             "train-rae": cmd_train_rae, "train-vae": cmd_train_vae,
             "eval-representation": cmd_eval_representation, "analyze-experts": cmd_analyze_experts,
             "export-params": cmd_export_params}

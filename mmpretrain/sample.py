@@ -16,8 +16,10 @@ from PIL import Image
 
 from mmpretrain import diffusion, sharding
 from mmpretrain.batch import MODALITY_TEXT
-from mmpretrain.data.documents import (document_frames, document_length, generation_document,
-                                       text_segment, understanding_document)
+from mmpretrain.data import pipeline
+from mmpretrain.data.documents import (document_frames, document_length, fit_frame,
+                                       generation_document, text_segment,
+                                       understanding_document)
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers.visual import patch_dim, unpatchify
@@ -250,3 +252,43 @@ def caption_prompt(trainer, tok, frames: np.ndarray, spec) -> dict:
   return {**{k: jnp.asarray(rows[k][:, :used]) for k in ID_FIELDS},
           "visual_latents": latents[:, :used],
           "timesteps": jnp.zeros((len(frames), used), jnp.float32)}
+
+
+def decode_generated(tok, ids) -> str:
+  """Generated ids -> text, cut at the first <eos>."""
+  ids = [int(i) for i in ids]
+  return tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+
+
+def continue_texts(trainer, tok, params, texts: list[str], max_new_tokens: int,
+                   temperature: float, top_p: float, seed: int) -> list[str]:
+  """Each text followed by its continuation."""
+  prompts = [[tok.bos_id] + tok.encode(t) for t in texts]
+  generate = make_generator(trainer, max_new_tokens, temperature, top_p)
+  generated = jax.device_get(generate(params, text_prompt(trainer, prompts),
+                                      jax.random.key(seed)))
+  return [text + decode_generated(tok, ids) for text, ids in zip(texts, generated)]
+
+
+def caption_files(trainer, tok, params, paths: list[str], max_new_tokens: int) -> list[str]:
+  """Greedy captions of image files (fitted to the model's frame size like training data)."""
+  spec = pipeline.row_spec(trainer.config)
+  size, _, channels = spec.frame_shape
+  frames = []
+  for path in paths:
+    with Image.open(path) as image:
+      frames.append(fit_frame(np.asarray(image.convert("L" if channels == 1 else "RGB"))
+                              .reshape(image.height, image.width, channels), size, channels))
+  prompt = caption_prompt(trainer, tok, np.stack(frames), spec)
+  generated = jax.device_get(make_generator(trainer, max_new_tokens)(params, prompt,
+                                                                    jax.random.key(0)))
+  return [decode_generated(tok, ids) for ids in generated]
+
+
+def draw_captions(trainer, tok, params, captions: list[str], per_caption: int,
+                  seed: int) -> Image.Image:
+  """A grid of `per_caption` images for each caption (a row each)."""
+  repeated = [c for c in captions for _ in range(per_caption)]
+  images = make_image_sampler(trainer, tok, pipeline.row_spec(trainer.config))(
+      params, repeated, jax.random.key(seed))
+  return image_grid(np.asarray(images), columns=per_caption)

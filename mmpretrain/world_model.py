@@ -12,6 +12,7 @@ and whether the MiniGrid agent stands in the same cell (`agent_cell` locates it 
 red triangle; exact on real renders, tests/test_world_model.py).
 """
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -153,25 +154,6 @@ def held_out_episodes(config, tok, count: int, length: int, dataset="minigrid_ep
                    f"{length} frames; lower config.eval.world_model_episodes")
 
 
-def evaluate_world_model(config, tok, trainer, params) -> dict[str, float]:
-  """Action-conditioned rollouts of held-out MiniGrid episodes from their first `context`
-  frames with the true actions, against the copy-last-frame baseline, at
-  config.eval.world_model_horizons."""
-  context = config.data.streams.action_video.context_frames
-  horizons = tuple(config.eval.world_model_horizons)
-  frames, actions, missions = held_out_episodes(
-      config, tok, config.eval.world_model_episodes, context + max(horizons))
-  rollout = Rollout(trainer, tok, pipeline.row_spec(config), context)
-  predicted = rollout(params, frames[:, :context], [a[context - 1:] for a in actions],
-                      missions, jax.random.key(config.seed))
-  target = frames[:, context:]
-  copy_last = np.repeat(frames[:, context - 1:context], max(horizons), axis=1)
-  model = horizon_metrics(predicted, target, horizons)
-  baseline = horizon_metrics(copy_last, target, horizons)
-  return {**{f"world_model/{k}": v for k, v in model.items()},
-          **{f"world_model/copy_last_frame/{k}": v for k, v in baseline.items()}}
-
-
 def save_gif(path: str, frames: np.ndarray, scale: int = 4, milliseconds: int = 300) -> None:
   """uint8 frames [T, H, W, C] -> an endlessly looping GIF, upscaled for viewing."""
   images = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f) for f in frames]
@@ -184,3 +166,23 @@ def comparison_strip(real: np.ndarray, predicted: np.ndarray) -> np.ndarray:
   line between), for GIFs of rollouts against the truth."""
   line = np.full_like(real[:, :1], 255)
   return np.concatenate([real, line, predicted], axis=1)
+
+
+def write_rollouts(config, tok, trainer, params, episodes: int, horizon: int, actions: bool,
+                   output: str, tag: str) -> list[str]:
+  """GIFs of rollouts of held-out MiniGrid episodes (the truth above the prediction, the
+  context frames first), action-conditioned or as video continuation."""
+  context = config.data.streams.action_video.context_frames
+  frames, episode_actions, missions = held_out_episodes(config, tok, episodes,
+                                                        context + horizon)
+  rollout = Rollout(trainer, tok, pipeline.row_spec(config), context)
+  predicted = rollout(params, frames[:, :context],
+                      [a[context - 1:] for a in episode_actions] if actions else None,
+                      missions, jax.random.key(config.seed), horizon=horizon)
+  paths = []
+  for i in range(episodes):
+    path = os.path.join(output, f"rollout_{tag}_{'actions' if actions else 'video'}_{i}.gif")
+    save_gif(path, comparison_strip(frames[i], np.concatenate([frames[i, :context],
+                                                               predicted[i]])))
+    paths.append(path)
+  return paths

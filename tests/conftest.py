@@ -32,6 +32,7 @@ def tiny_config(data_dir: str):
   c.train.num_steps = 30
   c.train.log_every = 5
   c.diffusion.sample_steps = 3
+  c.eval.caption_images, c.eval.caption_tokens = 8, 4
   c.sample.captions = ["a handwritten digit three", "a handwritten digit seven"]
   c.sample.images_per_caption = 2
   return c

@@ -49,9 +49,70 @@ def test_a_caption_names_a_digit_only_as_a_whole_word():
 
 
 def test_caption_accuracy_runs_the_understanding_eval(config, tokenizer):
-  from mmpretrain.train.evaluate import caption_accuracy  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train.evaluate import CaptionAccuracy  # pylint: disable=import-outside-toplevel
   from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
   config.eval.caption_images, config.eval.caption_tokens = 4, 3
   trainer = Trainer(config, tokenizer.byte_lengths())
-  accuracy = caption_accuracy(config, tokenizer, trainer, trainer.init_state(0).params)
-  assert accuracy in (0.0, 0.25, 0.5, 0.75, 1.0)
+  scalars, _ = CaptionAccuracy(config, tokenizer, trainer)(trainer.init_state(0).params)
+  assert scalars["mnist/caption_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def classifier_config(data_dir: str):
+  c = tiny_config(data_dir)
+  c.data.batch_size = 64
+  c.train.num_steps, c.train.log_every = 120, 40
+  c.optimizer.learning_rate, c.optimizer.warmup_steps = 2e-3, 10
+  c.classifier.widths = (16, 32, 32)
+  return c
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(data_dir, tmp_path_factory):
+  from mmpretrain.stages.classifier import train_classifier  # pylint: disable=import-outside-toplevel
+  summary = train_classifier(classifier_config(data_dir), str(tmp_path_factory.mktemp("cls")))
+  assert summary["held_out_accuracy"] > 0.8          # 10 classes: it learned real digits
+  return summary["classifier"]
+
+
+def test_generation_accuracy_scores_a_generator_by_the_classes_it_draws(
+    data_dir, tokenizer, classifier_dir):
+  """A stand-in generator that returns real held-out digits of the requested class scores
+  near the classifier's own accuracy; one that ignores the caption scores near chance."""
+  # pylint: disable=import-outside-toplevel
+  from mmpretrain.data.images import image_batches
+  from mmpretrain.data.sources import digit_caption
+  from mmpretrain.train.evaluate import GenerationAccuracy
+  from mmpretrain.train.step import Trainer
+  config = tiny_config(data_dir)
+  config.eval.classifier = classifier_dir
+  config.eval.generation_images_per_prompt = 10
+  real = next(image_batches(config, tokenizer, {"mnist_captions": 1.0}, split="validation",
+                            batch_size=1000, caption_len=1, seed=0, repeat=False))
+  by_class = {k: real["images"][real["label"] == k] for k in range(10)}
+  captions = {digit_caption(k): k for k in range(10)}
+  rng = np.random.default_rng(0)
+
+  def faithful(params, asked, key):
+    del params, key
+    return np.stack([by_class[captions[c]][rng.integers(len(by_class[captions[c]]))]
+                     if c else real["images"][rng.integers(len(real["images"]))] for c in asked])
+
+  evaluation = GenerationAccuracy(config, tokenizer, Trainer(config, tokenizer.byte_lengths()))
+  evaluation.draw = faithful
+  scalars, images = evaluation(None)
+  assert scalars["generation/accuracy"] >= 0.8
+  assert scalars["generation/unconditional_accuracy"] <= 0.3
+  assert scalars["generation/classifier_real_accuracy"] > 0.8
+  assert images["generation"].shape[:2] == (10 * 16 * 2, 10 * 16 * 2)   # one row per class
+
+
+def test_generation_accuracy_refuses_a_classifier_of_another_image_size(
+    data_dir, tokenizer, classifier_dir):
+  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train.evaluate import GenerationAccuracy
+  from mmpretrain.train.step import Trainer
+  config = tiny_config(data_dir)
+  config.eval.classifier = classifier_dir
+  config.data.image_size = 32
+  with pytest.raises(ValueError, match="train one with this config"):
+    GenerationAccuracy(config, tokenizer, Trainer(config, tokenizer.byte_lengths()))

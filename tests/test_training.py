@@ -2,6 +2,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +20,20 @@ from mmpretrain.train.checkpoint import load_params
 from mmpretrain.train.loop import train
 from mmpretrain.train.step import Trainer
 
+from conftest import config_file, tiny_config
 
-def test_thirty_steps_lower_text_and_flow_loss(config, tmp_path):
-  config.eval.every_steps, config.eval.batches = 10, 2
-  config.checkpoint.best_metric = "image_text/flow_loss"
-  summary = train(config, str(tmp_path))
+
+def evaluated_config(data_dir: str):
+  c = tiny_config(data_dir)
+  c.eval.every_steps, c.eval.batches = 10, 2
+  c.checkpoint.best_metric = "image_text/flow_loss"
+  return c
+
+
+def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path):
+  config = evaluated_config(data_dir)
+  summary = train(config, str(tmp_path / "run"))
+  tmp_path = tmp_path / "run"
   first, last = summary["first"], summary["last"]
   assert last["step"] == 29
   # From uniform (ln 512 = 6.24 nats) by more than half a nat in 30 steps.
@@ -38,7 +49,7 @@ def test_thirty_steps_lower_text_and_flow_loss(config, tmp_path):
   evals = [r for r in logged if "eval/text/text_bits_per_byte" in r]
   assert [r["step"] for r in evals] == [10, 20, 30] and summary["eval"]["step"] == 30
   assert {"eval/text/text_loss", "eval/image_text/flow_loss",
-          "eval/image_text/text_loss"} <= set(evals[0])
+          "eval/image_text/text_loss", "eval/mnist/caption_accuracy"} <= set(evals[0])
   assert evals[-1]["eval/text/text_loss"] < evals[0]["eval/text/text_loss"]
   # Keep-best: the step with the lowest held-out flow loss, its parameters loadable.
   best = min(evals, key=lambda r: r["eval/image_text/flow_loss"])
@@ -52,6 +63,20 @@ def test_thirty_steps_lower_text_and_flow_loss(config, tmp_path):
   grid = Image.open(summary["samples"])
   size = 2 * config.data.image_size                    # grid is upscaled 2×
   assert grid.size == (size * config.sample.images_per_caption, size * len(config.sample.captions))
+
+  # The trained run from the command line: every evaluation, then every kind of sample.
+  path = config_file(tmp_path.parent, evaluated_config, data_dir)
+  run = lambda *args: subprocess.run([sys.executable, "-m", "mmpretrain.cli", *args,
+                                      f"--config={path}", f"--workdir={tmp_path}"],
+                                     capture_output=True, text=True, check=True).stdout
+  assert "mnist/caption_accuracy" in run("eval")
+  assert json.load(open(tmp_path / "eval" / "step_30.json"))["step"] == 30
+  digit = tmp_path / "digit.png"
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(digit)
+  out = run("sample", "--prompt=ROMEO:", "--max_new_tokens=4", f"--image={digit}",
+            "--caption=a handwritten digit seven", "--images_per_caption=3")
+  assert "[step 30] ROMEO:" in out and f"[step 30] {digit}:" in out
+  assert Image.open(tmp_path / "samples" / "captions_step30.png").size == (3 * size, size)
 
 
 def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tmp_path):

@@ -7,11 +7,13 @@ import minigrid  # pylint: disable=unused-import  # registers the environments
 import numpy as np
 import pytest
 from minigrid.core.actions import Actions
+from PIL import Image
 
 from mmpretrain import world_model
 from mmpretrain.data.documents import fit_frame
 from mmpretrain.data.pipeline import row_spec
 from mmpretrain.data.sources import MINIGRID_ENVS, MINIGRID_TILE
+from mmpretrain.train.evaluate import WorldModelEval
 from mmpretrain.train.step import Trainer
 
 from conftest import all_streams_config
@@ -93,11 +95,22 @@ def test_a_later_action_never_changes_an_earlier_predicted_frame(data_dir, token
 def test_world_model_evaluation_reports_every_horizon_and_the_baseline(data_dir, tokenizer):
   config = world_config(data_dir)
   trainer = Trainer(config, tokenizer.byte_lengths())
-  results = world_model.evaluate_world_model(config, tokenizer, trainer,
-                                             trainer.init_state(0).params)
+  results, images = WorldModelEval(config, tokenizer, trainer)(trainer.init_state(0).params)
+  assert images["world_model_rollout"].shape == (2 * 32 + 1, 7 * 32, 3)  # 4 context + 3
   for prefix in ("world_model/", "world_model/copy_last_frame/"):
     for h in (1, 3):
       assert 0 <= results[f"{prefix}agent_accuracy@{h}"] <= 1
       assert results[f"{prefix}psnr@{h}"] > 0
   # An untrained model draws noise: copying the last frame is far closer.
   assert results["world_model/copy_last_frame/psnr@1"] > results["world_model/psnr@1"]
+
+
+def test_rollout_gifs_show_the_truth_above_the_prediction(data_dir, tokenizer, tmp_path):
+  config = world_config(data_dir)
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  paths = world_model.write_rollouts(config, tokenizer, trainer, trainer.init_state(0).params,
+                                     episodes=1, horizon=2, actions=False,
+                                     output=str(tmp_path), tag="test")
+  with Image.open(paths[0]) as gif:
+    assert gif.n_frames == 4 + 2                        # the context, then the predictions
+    assert gif.size == (32 * 4, (2 * 32 + 1) * 4)      # upscaled 4×

@@ -1,19 +1,30 @@
 """Held-out evaluation, periodic in training (`config.eval.every_steps`) and from a
-checkpoint (`mmpretrain eval`): per stream of the mixture, the losses of fixed validation
-batches — text cross-entropy and bits per byte, flow MSE — with fixed diffusion noise, so
-successive evaluations are comparable; from a checkpoint also MNIST captioning accuracy
-(does the greedy caption of a held-out digit name it)."""
+checkpoint (`mmpretrain eval`).
+
+Losses: per stream of the mixture, fixed validation batches — text cross-entropy and bits
+per byte, flow MSE — with fixed diffusion noise, so successive evaluations compare.
+What the model does (`config.eval.generative`, always from a checkpoint), each where the
+config trains it:
+- understanding: greedy captions of held-out MNIST digits that name the digit;
+- generation alignment: a frozen classifier (stages/classifier.py) scores images drawn
+  for class captions, against images drawn without a caption;
+- world model: rollouts of held-out MiniGrid episodes (world_model.py).
+Each builds its jitted samplers once, so periodic evaluation compiles them once.
+"""
 import json
 import os
 import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from PIL import Image
 
-from mmpretrain import sample
+from mmpretrain import sample, world_model
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.data.sources import DIGIT_WORDS
+from mmpretrain.stages.classifier import load_classifier
 from mmpretrain.train import objective
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.step import Trainer
@@ -64,26 +75,127 @@ def names_digit(caption: str, label: int) -> bool:
   return DIGIT_WORDS[label] in re.findall(r"[a-z]+", caption.lower())
 
 
-def caption_accuracy(config, tok, trainer, params) -> float:
+class CaptionAccuracy:
   """Share of held-out MNIST digits whose greedy caption (image -> text, KV-cached) names
   their class: the understanding eval."""
-  batch = next(image_batches(config, tok, {"mnist_captions": 1.0}, split=config.eval.split,
-                             batch_size=config.eval.caption_images, caption_len=1, seed=0,
-                             repeat=False))
-  prompt = sample.caption_prompt(trainer, tok, batch["images"], pipeline.row_spec(config))
-  generate = sample.make_generator(trainer, config.eval.caption_tokens)
-  generated = jax.device_get(generate(params, prompt, jax.random.key(0)))
-  hits = []
-  for ids, label in zip(generated, batch["label"]):
-    ids = [int(i) for i in ids]
-    ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
-    hits.append(names_digit(tok.decode(ids), int(label)))
-  return float(sum(hits) / len(hits))
+
+  def __init__(self, config, tok, trainer):
+    self.tok = tok
+    batch = next(image_batches(config, tok, {"mnist_captions": 1.0}, split=config.eval.split,
+                               batch_size=config.eval.caption_images, caption_len=1, seed=0,
+                               repeat=False))
+    self.labels = batch["label"]
+    self.prompt = sample.caption_prompt(trainer, tok, batch["images"], pipeline.row_spec(config))
+    self.generate = sample.make_generator(trainer, config.eval.caption_tokens)
+
+  def __call__(self, params) -> tuple[dict, dict]:
+    generated = jax.device_get(self.generate(params, self.prompt, jax.random.key(0)))
+    hits = [names_digit(sample.decode_generated(self.tok, ids), int(label))
+            for ids, label in zip(generated, self.labels)]
+    return {"mnist/caption_accuracy": float(np.mean(hits))}, {}
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
-  """Held-out losses of a checkpoint's parameters (default: the newest), written to
-  <workdir>/eval/step_<N>.json."""
+def classified_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
+  return float(np.mean(predicted == requested))
+
+
+class GenerationAccuracy:
+  """Images drawn for config.eval.generation_prompts (the i-th asks for class i), scored
+  by the frozen classifier at config.eval.classifier, against the same number drawn from
+  an empty caption (what the classifier sees by chance)."""
+
+  def __init__(self, config, tok, trainer):
+    self.classifier, meta = load_classifier(config.eval.classifier)
+    prompts = list(config.eval.generation_prompts)
+    if len(prompts) > meta["num_classes"]:
+      raise ValueError(f"{len(prompts)} eval.generation_prompts but the classifier knows "
+                       f"{meta['num_classes']} classes")
+    shape = (config.data.image_size, config.data.image_size, config.data.image_channels)
+    if (meta["image_size"], meta["image_size"], meta["channels"]) != shape:
+      raise ValueError(f"the classifier at {config.eval.classifier} judges {meta['image_size']}"
+                       f"² images of {meta['channels']} channels, this model draws {shape}: "
+                       "train one with this config's data settings")
+    self.real_accuracy = meta["held_out_accuracy"]
+    self.per_prompt = config.eval.generation_images_per_prompt
+    self.requested = np.repeat(np.arange(len(prompts)), self.per_prompt)
+    self.captions = [prompts[k] for k in self.requested]
+    self.draw = sample.make_image_sampler(trainer, tok, pipeline.row_spec(config))
+    self.seed = config.seed
+
+  def __call__(self, params) -> tuple[dict, dict]:
+    rng = jax.random.key(self.seed)
+    conditional = np.asarray(self.draw(params, self.captions, rng))
+    unconditional = np.asarray(self.draw(params, [""] * len(self.captions), rng))
+    predict = lambda images: np.asarray(jnp.argmax(self.classifier(jnp.asarray(images)), -1))
+    grid = sample.image_grid(conditional, columns=self.per_prompt)
+    return {"generation/accuracy": classified_accuracy(predict(conditional), self.requested),
+            "generation/unconditional_accuracy": classified_accuracy(predict(unconditional),
+                                                                     self.requested),
+            "generation/classifier_real_accuracy": self.real_accuracy}, {
+                "generation": np.asarray(grid)}
+
+
+class WorldModelEval:
+  """Action-conditioned rollouts of held-out MiniGrid episodes from their first context
+  frames with the true actions, against copying the last context frame, at
+  config.eval.world_model_horizons."""
+
+  def __init__(self, config, tok, trainer):
+    self.context = config.data.streams.action_video.context_frames
+    self.horizons = tuple(config.eval.world_model_horizons)
+    self.frames, actions, self.missions = world_model.held_out_episodes(
+        config, tok, config.eval.world_model_episodes, self.context + max(self.horizons))
+    self.actions = [a[self.context - 1:] for a in actions]
+    self.rollout = world_model.Rollout(trainer, tok, pipeline.row_spec(config), self.context)
+    self.seed = config.seed
+
+  def __call__(self, params) -> tuple[dict, dict]:
+    c, horizon = self.context, max(self.horizons)
+    predicted = self.rollout(params, self.frames[:, :c], self.actions, self.missions,
+                             jax.random.key(self.seed))
+    target = self.frames[:, c:]
+    copy_last = np.repeat(self.frames[:, c - 1:c], horizon, axis=1)
+    model = world_model.horizon_metrics(predicted, target, self.horizons)
+    baseline = world_model.horizon_metrics(copy_last, target, self.horizons)
+    strip = world_model.comparison_strip(self.frames[0], np.concatenate(
+        [self.frames[0, :c], predicted[0]]))
+    return {**{f"world_model/{k}": v for k, v in model.items()},
+            **{f"world_model/copy_last_frame/{k}": v for k, v in baseline.items()}}, {
+                "world_model_rollout": np.concatenate(list(strip), axis=1)}
+
+
+def generative_evals(config, tok, trainer) -> list:
+  """The evaluations of what the model does that this config trains."""
+  evals = []
+  if (config.data.mixture.get("image_text", 0) > 0 and config.eval.caption_images > 0
+      and config.data.streams.image_text.datasets.get("mnist_captions", 0) > 0):
+    evals.append(CaptionAccuracy(config, tok, trainer))
+  if config.data.mixture.get("image_text", 0) > 0 and config.eval.classifier:
+    evals.append(GenerationAccuracy(config, tok, trainer))
+  if config.data.mixture.get("action_video", 0) > 0 and config.eval.world_model_episodes > 0:
+    evals.append(WorldModelEval(config, tok, trainer))
+  return evals
+
+
+class Evaluator:
+  """Held-out losses and, with `generative`, the generative evals: __call__(params) ->
+  (scalars, images uint8 [H, W, C] by name)."""
+
+  def __init__(self, config, tok, trainer, rows=None, to_device=None, generative=True):
+    self.held_out = HeldOut(config, tok, trainer, rows, to_device)
+    self.generative = generative_evals(config, tok, trainer) if generative else []
+
+  def __call__(self, params) -> tuple[dict, dict]:
+    scalars, images = self.held_out(params), {}
+    for evaluation in self.generative:
+      more_scalars, more_images = evaluation(params)
+      scalars.update(more_scalars)
+      images.update(more_images)
+    return scalars, images
+
+
+def restore_params(config, workdir: str, step: int | None = None):
+  """(tokenizer, trainer, params, step) of a run's checkpoint (default: the newest)."""
   tok = pipeline.load_tokenizer(config)
   trainer = Trainer(config, tok.byte_lengths())
   checkpoints = RunCheckpoints(workdir, config.checkpoint)
@@ -92,12 +204,22 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first")
   params = checkpoints.restore(step, trainer.abstract_state()).params
   checkpoints.close()
+  return tok, trainer, params, step
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+  """Every evaluation of a checkpoint's parameters (default: the newest), written to
+  <workdir>/eval/step_<N>.json, its images beside it as PNGs."""
+  tok, trainer, params, step = restore_params(config, workdir, step)
+  scalars, images = Evaluator(config, tok, trainer)(params)
   result = {"step": step, "split": config.eval.split, "batches_per_stream": config.eval.batches,
-            **HeldOut(config, tok, trainer)(params)}
-  if config.data.streams.image_text.datasets.get("mnist_captions", 0) > 0:
-    result["mnist/caption_accuracy"] = caption_accuracy(config, tok, trainer, params)
-  path = os.path.join(workdir, "eval", f"step_{step}.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+            **scalars}
+  directory = os.path.join(workdir, "eval")
+  os.makedirs(directory, exist_ok=True)
+  for name, image in images.items():
+    Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1
+                    else image).save(os.path.join(directory, f"step_{step}_{name}.png"))
+  path = os.path.join(directory, f"step_{step}.json")
   with open(path, "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2)
   return {**result, "path": path}

@@ -19,7 +19,7 @@ from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-positio
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
 # pylint: disable-next=wrong-import-position
 from mmpretrain.train.checkpoint import BestParams, RunCheckpoints
-from mmpretrain.train.evaluate import HeldOut  # pylint: disable=wrong-import-position
+from mmpretrain.train.evaluate import Evaluator  # pylint: disable=wrong-import-position
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
@@ -86,8 +86,8 @@ def train(config, workdir: str) -> dict:
     state = trainer.init_state(config.seed)
   writer = MetricWriter(workdir, enabled=is_main)
   to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules, config.data.batch_size)
-  held_out = (HeldOut(config, tok, trainer, rows, to_device) if config.eval.every_steps > 0
-              else None)
+  evaluator = (Evaluator(config, tok, trainer, rows, to_device, config.eval.generative)
+               if config.eval.every_steps > 0 else None)
   best = (BestParams(workdir, config.checkpoint.best_metric, config.checkpoint.best_mode)
           if config.checkpoint.best_metric else None)
   moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
@@ -132,10 +132,13 @@ def train(config, workdir: str) -> dict:
           bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
                           bpb=f"{metrics['text_bits_per_byte']:.2f}",
                           tok_s=f"{metrics['tokens_per_s']:.0f}")
-        if held_out and ((step + 1) % config.eval.every_steps == 0 or step == num_steps - 1):
-          evaluation = {"step": step + 1, **held_out(state.params)}
+        if evaluator and ((step + 1) % config.eval.every_steps == 0 or step == num_steps - 1):
+          scalars, images = evaluator(state.params)
+          evaluation = {"step": step + 1, **scalars}
           evaluations.append(evaluation)
-          writer.scalars(step + 1, {f"eval/{k}": v for k, v in evaluation.items() if k != "step"})
+          writer.scalars(step + 1, {f"eval/{k}": v for k, v in scalars.items()})
+          for name, image in images.items():
+            writer.image(step + 1, f"eval/{name}", image)
           if best is not None:
             best.update(step + 1, evaluation, state.params)
         if save:
