@@ -8,6 +8,7 @@
                      [--prompt="ROMEO:" --max_new_tokens=64 --temperature=0.8 --top_p=0.9]
                      [--caption="a handwritten digit seven" --images_per_caption=4]
                      [--image=digit.png]  [--rollouts=4 --horizon=8 [--noactions]]
+                     [--document="a handwritten digit two" [--begin_image]]
   mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/encoder
   mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/rae \
                        --config.rae.encoder=runs/encoder/encoder
@@ -49,6 +50,10 @@ _CAPTIONS = flags.DEFINE_multi_string("caption", None, "sample: draw images of t
 _PER_CAPTION = flags.DEFINE_integer("images_per_caption", 4, "sample: images per --caption.")
 _IMAGES = flags.DEFINE_multi_string("image", None, "sample: caption this image file "
                                     "(repeatable).")
+_DOCUMENTS = flags.DEFINE_multi_string("document", None, "sample: continue this text as an "
+                                       "interleaved document (text and images, repeatable).")
+_BEGIN_IMAGE = flags.DEFINE_boolean("begin_image", False, "sample: --document texts are "
+                                    "captions: append <boi> and draw their image first.")
 _ROLLOUTS = flags.DEFINE_integer("rollouts", 0, "sample: roll out this many held-out MiniGrid "
                                  "episodes (GIFs: the truth above the prediction).")
 _HORIZON = flags.DEFINE_integer("horizon", 8, "sample: frames predicted per rollout.")
@@ -123,11 +128,14 @@ def cmd_sample():
   rollouts with a checkpoint's parameters."""
   # pylint: disable=import-outside-toplevel
   import os
+  import jax
   from mmpretrain import sample
   from mmpretrain.train.evaluate import restore_params
   config, workdir = _config(), _workdir("sample")
-  if not (_PROMPTS.value or _CAPTIONS.value or _IMAGES.value or _ROLLOUTS.value):
-    raise app.UsageError("say what to sample: --prompt, --caption, --image or --rollouts")
+  if not (_PROMPTS.value or _CAPTIONS.value or _IMAGES.value or _ROLLOUTS.value
+          or _DOCUMENTS.value):
+    raise app.UsageError("say what to sample: --prompt, --caption, --image, --document or "
+                         "--rollouts")
   tok, trainer, params, step = restore_params(config, workdir, _STEP.value)
   output = _OUTPUT.value or os.path.join(workdir, "samples")
   os.makedirs(output, exist_ok=True)
@@ -145,6 +153,13 @@ def cmd_sample():
     sample.draw_captions(trainer, tok, params, _CAPTIONS.value, _PER_CAPTION.value,
                          config.seed).save(path)
     print(f"wrote {path} (a row per caption)")
+  if _DOCUMENTS.value:
+    from mmpretrain.interleaved import InterleavedSampler, write_document
+    sampler = InterleavedSampler(trainer, tok, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
+    for i, text in enumerate(_DOCUMENTS.value):
+      segments = sampler(params, text, jax.random.key(config.seed + i), _BEGIN_IMAGE.value)
+      print(f"[step {step}] {text}"
+            f"{write_document(segments, output, f'document_step{step}_{i}')}")
   if _ROLLOUTS.value:
     from mmpretrain.world_model import write_rollouts
     for path in write_rollouts(config, tok, trainer, params, _ROLLOUTS.value, _HORIZON.value,

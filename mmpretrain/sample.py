@@ -81,18 +81,44 @@ def context_tokens(trainer, frames) -> jnp.ndarray:
                              trainer.config.visual.patch_size)
 
 
+def denoise_block(trainer, params, cache, block: dict, index, z1, guided: bool):
+  """Integrates the flow of a visual block (ID_FIELDS [rows, T]) at cache slots
+  index..index+T-1 from noise z1 [n, T, D] to clean latent tokens, every step reading the
+  cache (never writing it). Guided: rows = 2n, the second half unconditional twins, mixed
+  by config.diffusion.cfg_scale."""
+  cfg = trainer.config.diffusion
+  rows, length = block["tokens"].shape
+  n = z1.shape[0]
+
+  def velocity(z, t):
+    both = jnp.concatenate([z, z]) if guided else z
+    t_block = jnp.full((rows, length), t)
+    inputs = ModelInputs(**{k: block[k] for k in ID_FIELDS}, visual_latents=both,
+                         timesteps=t_block)
+    # merged per call: NNX graphs can't cross the sampler's scan
+    _, prediction, _ = trainer.model(params).decode(inputs, cache, index)
+    v = diffusion.velocity(prediction, both, t_block, cfg.prediction, cfg.min_t)
+    return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.cfg_scale) if guided else v
+
+  times = diffusion.sampling_times(cfg.sample_steps, trainer.time_shift)
+  return diffusion.SAMPLERS[cfg.sampler](velocity, z1, times)
+
+
+def replicated_jit(trainer, fn):
+  """jax.jit with outputs replicated over the trainer's mesh (every process reads them)."""
+  if trainer.mesh is None:
+    return jax.jit(fn)
+  return jax.jit(fn, out_shardings=sharding.replicated(trainer.mesh))
+
+
 def make_block_sampler(trainer, guided: bool):
   """Returns jitted sample(params, prompt, context, rng) -> the clean latent tokens
   [n, T, D] of every prompt's block.
 
   `context` [rows, F·T, D] are the latent tokens of the prompt's frames. Guided: the first
-  n = rows/2 rows are conditional and the others their unconditional twins, mixed by
-  config.diffusion.cfg_scale; otherwise n = rows. Output is replicated over the trainer's
-  mesh so every process can read it.
+  n = rows/2 rows are conditional and the others their unconditional twins; otherwise
+  n = rows.
   """
-  cfg = trainer.config.diffusion
-  times = diffusion.sampling_times(cfg.sample_steps, trainer.time_shift)
-
   def sample(params, prefix, block, context, rng):
     rows, width = prefix["tokens"].shape
     length = block["tokens"].shape[1]
@@ -104,22 +130,9 @@ def make_block_sampler(trainer, guided: bool):
         timesteps=jnp.zeros((rows, width), jnp.float32)), cache, 0)
     n = rows // 2 if guided else rows
     z1 = jax.random.normal(rng, (n, length, context.shape[-1]), jnp.float32)
+    return denoise_block(trainer, params, cache, block, width, z1, guided)
 
-    def velocity(z, t):
-      both = jnp.concatenate([z, z]) if guided else z
-      t_block = jnp.full((rows, length), t)
-      inputs = ModelInputs(**{k: block[k] for k in ID_FIELDS}, visual_latents=both,
-                           timesteps=t_block)
-      # merged per call: NNX graphs can't cross the sampler's scan
-      _, prediction, _ = trainer.model(params).decode(inputs, cache, width)
-      v = diffusion.velocity(prediction, both, t_block, cfg.prediction, cfg.min_t)
-      return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.cfg_scale) if guided else v
-
-    return diffusion.SAMPLERS[cfg.sampler](velocity, z1, times)
-
-  replicated = {} if trainer.mesh is None else {
-      "out_shardings": sharding.replicated(trainer.mesh)}
-  jitted = jax.jit(sample, **replicated)
+  jitted = replicated_jit(trainer, sample)
   return lambda params, prompt, context, rng: jitted(params, prompt.prefix, prompt.block,
                                                      context, rng)
 

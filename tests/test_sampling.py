@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmpretrain import diffusion, sample
+from mmpretrain import diffusion, interleaved, sample
 from mmpretrain.data.pipeline import row_spec
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.train.step import Trainer
@@ -77,3 +77,30 @@ def test_a_prompt_that_does_not_fit_a_row_names_the_settings_to_change(config, t
   spec = row_spec(config)
   with pytest.raises(ValueError, match="data.seq_len"):
     sample.block_prompt(sample.caption_documents(tokenizer, ["seven " * 200], spec), spec)
+
+
+def test_an_interleaved_document_draws_the_captions_image_like_the_image_sampler(
+    config, tokenizer):
+  """Caption, then <boi>: the image denoised against the document's cache (CFG against a
+  cache row rewritten to <bos> <boi>) is the image sampler's, and text follows it."""
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  params = trainer.init_state(0).params
+  rng = jax.random.key(5)
+  document = interleaved.InterleavedSampler(trainer, tokenizer, max_new_tokens=3)(
+      params, CAPTIONS[0], rng, start_image=True)
+  want = sample.make_image_sampler(trainer, tokenizer, row_spec(config))(
+      params, CAPTIONS[:1], jax.random.fold_in(jax.random.split(rng)[1], 0))
+  assert isinstance(document[0], np.ndarray)
+  np.testing.assert_allclose(document[0].astype(int), np.asarray(want[0]).astype(int), atol=1)
+  assert all(isinstance(s, str) for s in document[1:])    # untrained: text, no second <boi>
+
+
+def test_an_interleaved_document_stops_when_the_row_is_full(config, tokenizer):
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  sampler = interleaved.InterleavedSampler(trainer, tokenizer, max_new_tokens=1000,
+                                           max_length=20)
+  params, rng = trainer.init_state(0).params, jax.random.key(0)
+  # <boi> at slot 4 needs 16 image slots and <eoi>: 22 > 20, so the document ends there.
+  assert sampler(params, "a digit", rng, start_image=True) == []
+  text = sampler(params, "a digit", rng)                  # text alone runs to the row's end
+  assert len(text) == 1 and len(tokenizer.encode(text[0])) <= 20 - 4

@@ -74,8 +74,11 @@ def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path):
   digit = tmp_path / "digit.png"
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(digit)
   out = run("sample", "--prompt=ROMEO:", "--max_new_tokens=4", f"--image={digit}",
-            "--caption=a handwritten digit seven", "--images_per_caption=3")
+            "--caption=a handwritten digit seven", "--images_per_caption=3",
+            "--document=a handwritten digit two", "--begin_image")
   assert "[step 30] ROMEO:" in out and f"[step 30] {digit}:" in out
+  drawn = tmp_path / "samples" / "document_step30_0_image0.png"
+  assert f"[step 30] a handwritten digit two [image: {drawn}]" in out and drawn.exists()
   assert Image.open(tmp_path / "samples" / "captions_step30.png").size == (3 * size, size)
 
 
