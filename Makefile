@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/moe_overhead.py
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/encoder.py --config=configs/demo.py
+	$(BIN)/python benchmarks/generation.py --config=configs/demo.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
