@@ -21,7 +21,8 @@ install: $(BIN)/.installed
 prepare: install
 	$(BIN)/mmpretrain prepare --config=configs/demo.py
 
-# The demo chain: a semantic encoder, the RAE decoder on its latents, the unified model.
+# The demo chain: a semantic encoder, the RAE decoder on its latents, the unified model
+# (judged by a classifier of real digits).
 # Each stage runs once (its output file is the target); the last resumes or finishes.
 $(DEMO_WORKDIR)_encoder/encoder/vit.json: | prepare
 	$(BIN)/mmpretrain train-encoder --config=configs/stages/encoder_demo.py \
@@ -31,9 +32,16 @@ $(DEMO_WORKDIR)_rae/representation/rae.json: $(DEMO_WORKDIR)_encoder/encoder/vit
 	$(BIN)/mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=$(DEMO_WORKDIR)_rae \
 	    --config.rae.encoder=$(DEMO_WORKDIR)_encoder/encoder
 
-demo: prepare $(DEMO_WORKDIR)_rae/representation/rae.json
+# The judge of the generation-alignment eval: a CNN on real digits.
+$(DEMO_WORKDIR)_classifier/classifier/classifier.json: | prepare
+	$(BIN)/mmpretrain train-classifier --config=configs/stages/classifier_demo.py \
+	    --workdir=$(DEMO_WORKDIR)_classifier
+
+demo: prepare $(DEMO_WORKDIR)_rae/representation/rae.json \
+      $(DEMO_WORKDIR)_classifier/classifier/classifier.json
 	$(BIN)/mmpretrain train --config=configs/demo.py --workdir=$(DEMO_WORKDIR) \
-	    --config.visual.checkpoint=$(DEMO_WORKDIR)_rae/representation
+	    --config.visual.checkpoint=$(DEMO_WORKDIR)_rae/representation \
+	    --config.eval.classifier=$(DEMO_WORKDIR)_classifier/classifier
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" tests

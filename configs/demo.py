@@ -6,6 +6,8 @@ matching in the latent space of an RAE) in the same packed sequences, on 2 CPU c
   mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/demo_encoder
   mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/demo_rae \
       --config.rae.encoder=runs/demo_encoder/encoder
+  mmpretrain train-classifier --config=configs/stages/classifier_demo.py \
+      --workdir=runs/demo_classifier
   mmpretrain train --config=configs/demo.py --workdir=runs/demo
 Pass `--config.visual.representation=pixels --config.visual.patch_size=4` for raw pixels.
 """
@@ -39,5 +41,6 @@ def get_config(arg=None):
   c.train.log_every = 25
   c.checkpoint.every_steps = 200
   c.eval.every_steps = 200
+  c.eval.classifier = "runs/demo_classifier/classifier"    # train-classifier (make demo)
   c.sample.images_per_caption = 6
   return c
