@@ -18,6 +18,9 @@
   mmpretrain eval-representation --config=configs/demo.py --workdir=runs/eval_rae \
       [--config.visual.representation=vae --config.visual.checkpoint=runs/vae/representation]
   mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
+  mmpretrain sweep   --config=configs/scaling/mini.py --out=runs/scaling_mini [--launcher=tpu]
+  mmpretrain sweep   --config=configs/ablations/granularity.py:,runlocal --out=runs/granularity
+  mmpretrain fit     --results=runs/scaling_mini/results.jsonl [--bootstrap=1000]
   mmpretrain export-params --config=configs/demo.py --workdir=runs/demo [--step=N]
 """
 import sys
@@ -59,6 +62,15 @@ _ROLLOUTS = flags.DEFINE_integer("rollouts", 0, "sample: roll out this many held
 _HORIZON = flags.DEFINE_integer("horizon", 8, "sample: frames predicted per rollout.")
 _ACTIONS = flags.DEFINE_boolean("actions", True, "sample: condition rollouts on the episodes' "
                                 "actions; --noactions continues them as video.")
+_OUT = flags.DEFINE_string("out", None, "sweep: the sweep's directory (plan.json, runs/, "
+                           "results.jsonl).")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu"], "sweep: run here one "
+                              "after another, or print the TPU launcher commands.")
+_RESULTS = flags.DEFINE_string("results", None, "fit: a sweep's results.jsonl.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "fit: bootstrap resamples for the "
+                                  "confidence intervals.")
+_METRICS = flags.DEFINE_list("metrics", None, "fit: modality=section.metric pairs (default "
+                             "text=eval.text/text_loss,vision=eval.image_text/flow_loss).")
 _OUTPUT = flags.DEFINE_string("output", None, "sample: folder for PNGs and GIFs (default "
                               "<workdir>/samples).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens generated per prompt.")
@@ -232,6 +244,43 @@ def cmd_analyze_experts():
   print(f"wrote {_WORKDIR.value}/analysis/experts.json and experts.png")
 
 
+def cmd_sweep():
+  """Expands an IsoFLOP config (a `scaling` section) or an ablation config (VARIANTS) into
+  runs and runs them here or prints their TPU launches."""
+  # pylint: disable=import-outside-toplevel
+  from mmpretrain.scaling import sweep
+  if not _OUT.value:
+    raise app.UsageError("--out is required: the sweep's directory")
+  config_flag = flags.FLAGS["config"]
+  config_arg = config_flags.get_config_filename(config_flag)
+  config = _config()
+  if "scaling" in config:
+    runs = sweep.isoflop_plan(config, config_arg)
+  else:
+    runs = sweep.ablation_plan(config_arg)
+  results = sweep.run_sweep(runs, _OUT.value, _LAUNCHER.value,
+                            config_flags.get_override_values(config_flag))
+  if _LAUNCHER.value == "local":
+    print(f"{len(results)}/{len(runs)} runs in {_OUT.value}/results.jsonl")
+
+
+def cmd_fit():
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.scaling.fit import write_fit
+  if not _RESULTS.value:
+    raise app.UsageError("--results is required: a sweep's results.jsonl")
+  metrics = None
+  if _METRICS.value:
+    metrics = dict(pair.split("=", 1) for pair in _METRICS.value)
+  fit = write_fit(_RESULTS.value, metrics, _BOOTSTRAP.value)
+  for name, m in fit["modalities"].items():
+    print(f"{name} ({m['metric']}): N_opt ∝ C^{m['n_opt_exponent']:.3f} "
+          f"[{m['n_opt_ci95'][0]:.3f}, {m['n_opt_ci95'][1]:.3f}], D_opt ∝ "
+          f"C^{m['d_opt_exponent']:.3f} [{m['d_opt_ci95'][0]:.3f}, {m['d_opt_ci95'][1]:.3f}] "
+          f"over {len(m['optima'])} budgets")
+  print(f"wrote {fit['out']}/fit.json, fit.md, isoflops.png, optima.png")
+
+
 def cmd_export_params():
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the run whose checkpoint to export")
@@ -248,7 +297,7 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "sampl
             "train-encoder": cmd_train_encoder, "train-classifier": cmd_train_classifier,
             "train-rae": cmd_train_rae, "train-vae": cmd_train_vae,
             "eval-representation": cmd_eval_representation, "analyze-experts": cmd_analyze_experts,
-            "export-params": cmd_export_params}
+            "export-params": cmd_export_params, "sweep": cmd_sweep, "fit": cmd_fit}
 
 
 def _run(command):

@@ -1,8 +1,15 @@
-"""FLOP accounting: active matmul parameters against the layer-by-layer formula."""
+"""FLOP accounting: active matmul parameters against the layer-by-layer formula, mask pairs
+against a brute-force loop, and executed FLOPs against XLA's cost analysis."""
+import pytest
+
 import base
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.data.pipeline import make_batches
 from mmpretrain.model.moe import expert_count
-from mmpretrain.scaling.flops import active_matmul_params, train_flops_per_token
+from mmpretrain.scaling.flops import (active_matmul_params, step_flops, token_counts,
+                                      train_flops_per_token, xla_step_flops)
 from mmpretrain.tokenizers.visual import make_representation, patch_dim
+from mmpretrain.train.step import Trainer
 
 
 def dense_formula(c) -> int:
@@ -40,3 +47,55 @@ def test_moe_counts_k_experts_and_the_router():
   # (text or vision, never both) and the router's d × E.
   extra = moe_layers * (3 * m.d_model * 128 + m.d_model * expert_count(m.moe))
   assert active_matmul_params(c) == dense_formula(c) + extra
+
+
+def text_and_visual_split(c, counts):
+  """The per-modality model FLOPs written out by hand from the layer formula."""
+  m = c.model
+  patch = patch_dim(make_representation(c).latent_grid, c.visual.patch_size)
+  decoder = m.num_layers * (2 * m.d_model * m.num_heads * m.head_dim
+                            + 2 * m.d_model * m.num_kv_heads * m.head_dim
+                            + 3 * m.d_model * m.mlp_dim)
+  flow_head = 2 * m.d_model * patch + 256 * m.d_model + m.d_model * m.d_model
+  pair = 12 * m.num_layers * m.num_heads * m.head_dim
+  return (6 * counts.text * (decoder + m.d_model * m.vocab_size) + pair * counts.text_pairs,
+          6 * counts.visual * (decoder + flow_head) + pair * counts.visual_pairs)
+
+
+def test_step_flops_split_by_modality_with_masked_attention(config, tokenizer):
+  batch = next(make_batches(config, tokenizer))
+  counts = token_counts(batch)
+  # Brute force over the packed rows: a query attends earlier slots of its document and
+  # the rest of its own visual block.
+  pairs = {MODALITY_TEXT: 0, MODALITY_VISUAL: 0}
+  for row in range(batch["tokens"].shape[0]):
+    seg, blk, mod = batch["segment_ids"][row], batch["block_ids"][row], batch["modality"][row]
+    for q in range(len(seg)):
+      if mod[q] in pairs:
+        pairs[mod[q]] += sum(seg[k] == seg[q] and (k <= q or (blk[q] > 0 and blk[k] == blk[q]))
+                             for k in range(len(seg)))
+  assert (counts.text_pairs, counts.visual_pairs) == (pairs[MODALITY_TEXT],
+                                                      pairs[MODALITY_VISUAL])
+  assert counts.text > 0 and counts.visual > 0
+  flops = step_flops(config, counts)
+  assert (flops.text, flops.visual) == pytest.approx(text_and_visual_split(config, counts))
+
+
+@pytest.mark.parametrize("variant", ["dense", "modality_ffn", "moe", "remat"])
+def test_executed_flops_match_xla_cost_analysis(config, tokenizer, variant):
+  """The count of what the step runs is within 10% of XLA's cost analysis of the compiled
+  step (layers unrolled: XLA counts a loop body once)."""
+  config.model.scan_layers = False
+  config.model.d_model, config.model.mlp_dim, config.model.num_layers = 128, 384, 3
+  if variant == "modality_ffn":
+    config.model.modality_ffn = True
+  elif variant == "moe":
+    config.model.moe.update({"num_experts": 8, "experts_per_token": 2, "expert_mlp_dim": 192,
+                             "shared_experts": "per_modality", "shared_mlp_dim": 96})
+  elif variant == "remat":
+    config.model.remat = "full"
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  batch = next(make_batches(config, tokenizer))
+  xla = xla_step_flops(trainer, trainer.init_state(0), batch)
+  executed = step_flops(config, token_counts(batch)).executed
+  assert executed == pytest.approx(xla, rel=0.10), (executed, xla)

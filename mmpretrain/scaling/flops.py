@@ -1,36 +1,85 @@
-"""Training FLOPs of the unified model (the 6·N·D rule plus attention), counting the
-parameters a token actually multiplies: its k routed experts of an MoE layer, and one of
-the two FFNs of a modality-FFN layer."""
+"""Training FLOPs of the unified model, per modality.
+
+Model FLOPs (what scaling laws count) are split by the kind of token that causes them:
+6 FLOPs per active matmul parameter per token (forward + backward) — the decoder's
+attention projections and FFN, only the k routed experts a token uses of an MoE layer and
+one of the two FFNs of a modality-FFN layer, the LM head for text tokens and the flow head
+(latent in/out projections, timestep MLP) for visual tokens — plus 12·layers·heads·head_dim
+per (query, key) pair that the block-causal mask lets a query attend.
+
+Executed FLOPs are what this implementation's train step runs, to check the count against
+XLA's cost analysis of the compiled step: every slot (padding too) goes through both heads,
+both FFNs of a modality-FFN layer and both shared experts of a per-modality MoE, capacity
+dispatch runs capacity_factor·k expert slots per token, attention is the dense L×L kernel,
+and remat recomputes the forward of the layers it wraps.
+"""
+import dataclasses
+
 import numpy as np
 from flax import nnx
 
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.model.masks import attention_mask
 from mmpretrain.model.moe import experts_per_token
 from mmpretrain.train.step import build_model
 
 EXPERT_WEIGHTS = ("gate", "up", "down")     # stacked [..., E, in, out] routed-expert weights
+FLOW_HEAD = ("visual_in", "visual_out", "time_embed")
+VISUAL_TWINS = ("vision_ffn", "shared_visual")  # a token runs these or their text twins
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulParams:
+  """Matmul parameters one token multiplies, by where they sit."""
+  decoder: int            # active: k of E routed experts, one FFN of a modality pair
+  decoder_executed: int   # what the step runs for every slot (see module docstring)
+  lm_head: int
+  flow_head: int
+
+
+def _dispatch(moe) -> str:
+  if moe.dispatch != "auto":
+    return moe.dispatch
+  import jax  # pylint: disable=import-outside-toplevel
+  return "capacity" if jax.default_backend() == "cpu" else "dropless"
+
+
+def matmul_params(config) -> MatmulParams:
+  """Counts kernels of the model built from `config` (shapes only, nothing allocated).
+  The input embedding is a gather, not a matmul, so it is left out unless tied (then it
+  is the LM head)."""
+  moe = config.model.moe
+  k = experts_per_token(moe)
+  routed_executed = k * (moe.capacity_factor if _dispatch(moe) == "capacity" else 1.0)
+  state = nnx.state(nnx.eval_shape(lambda: build_model(config, 0)))
+  counts = dict.fromkeys(("decoder", "decoder_executed", "lm_head", "flow_head"), 0.0)
+  for path, value in nnx.to_flat_state(state):
+    size = int(np.prod(value.shape))
+    names = set(map(str, path))
+    if path[-1] in EXPERT_WEIGHTS and "experts" in names:
+      per_expert = size // value.shape[-3]
+      counts["decoder"] += per_expert * k
+      counts["decoder_executed"] += per_expert * routed_executed
+    elif path[-1] != "kernel":
+      continue
+    elif names & set(FLOW_HEAD):
+      counts["flow_head"] += size
+    elif "lm_head" in names:
+      counts["lm_head"] += size
+    else:
+      counts["decoder_executed"] += size
+      if not names & set(VISUAL_TWINS):
+        counts["decoder"] += size
+  if config.model.tie_embeddings:
+    counts["lm_head"] += config.model.vocab_size * config.model.d_model
+  return MatmulParams(**{name: int(round(v)) for name, v in counts.items()})
 
 
 def active_matmul_params(config) -> int:
-  """Parameters that take part in a matmul per token, LM head and routers included.
-
-  The input embedding is a gather, not a matmul, so it is left out (unless tied, where
-  it is the LM head and counted through `attend`). Routed experts count k of E;
-  `vision_ffn` and the visual shared expert are left out because each token runs either
-  them or their text twins.
-  """
-  state = nnx.state(nnx.eval_shape(lambda: build_model(config, 0)))
-  count = 0
-  for path, value in nnx.to_flat_state(state):
-    size = int(np.prod(value.shape))
-    if "vision_ffn" in path or "shared_visual" in path:   # the visual twin of a text FFN
-      continue
-    if path[-1] == "kernel":
-      count += size
-    elif path[-1] in EXPERT_WEIGHTS and "experts" in path:
-      count += size // value.shape[-3] * experts_per_token(config.model.moe)
-  if config.model.tie_embeddings:
-    count += config.model.vocab_size * config.model.d_model
-  return count
+  """Matmul parameters per token, LM head and flow head both included (the 6·N rule's N
+  for a model that reads and writes both modalities)."""
+  p = matmul_params(config)
+  return p.decoder + p.lm_head + p.flow_head
 
 
 def train_flops_per_token(config) -> float:
@@ -39,3 +88,73 @@ def train_flops_per_token(config) -> float:
   m = config.model
   attention = 12 * m.num_layers * m.num_heads * m.head_dim * config.data.seq_len
   return 6 * active_matmul_params(config) + attention
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCounts:
+  """Tokens of one training step by kind, and the (query, key) pairs the mask allows for
+  text and for visual queries."""
+  text: float
+  visual: float
+  padding: float
+  text_pairs: float
+  visual_pairs: float
+  rows: int
+  seq_len: int
+
+
+def token_counts(batch) -> TokenCounts:
+  """Counts of one packed batch (the batch contract's modality, segment and block ids)."""
+  modality = np.asarray(batch["modality"])
+  allowed = np.asarray(attention_mask(np.asarray(batch["segment_ids"]),
+                                      np.asarray(batch["block_ids"])))[:, 0]   # [B, L, L]
+  keys_per_query = allowed.sum(-1)
+  is_text, is_visual = modality == MODALITY_TEXT, modality == MODALITY_VISUAL
+  return TokenCounts(text=float(is_text.sum()), visual=float(is_visual.sum()),
+                     padding=float((~is_text & ~is_visual).sum()),
+                     text_pairs=float(keys_per_query[is_text].sum()),
+                     visual_pairs=float(keys_per_query[is_visual].sum()),
+                     rows=modality.shape[0], seq_len=modality.shape[1])
+
+
+def mean_token_counts(batches) -> TokenCounts:
+  counts = [token_counts(b) for b in batches]
+  mean = {f.name: float(np.mean([getattr(c, f.name) for c in counts]))
+          for f in dataclasses.fields(TokenCounts) if f.name not in ("rows", "seq_len")}
+  return TokenCounts(**mean, rows=counts[0].rows, seq_len=counts[0].seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlops:
+  text: float        # model FLOPs caused by text tokens
+  visual: float      # model FLOPs caused by visual tokens
+  executed: float    # what this implementation's step runs (compare with XLA)
+
+  @property
+  def model(self) -> float:
+    return self.text + self.visual
+
+
+def step_flops(config, counts: TokenCounts, params: MatmulParams | None = None) -> StepFlops:
+  m = config.model
+  params = params or matmul_params(config)
+  per_pair = 12 * m.num_layers * m.num_heads * m.head_dim
+  text = 6 * counts.text * (params.decoder + params.lm_head) + per_pair * counts.text_pairs
+  visual = (6 * counts.visual * (params.decoder + params.flow_head)
+            + per_pair * counts.visual_pairs)
+  slots = counts.rows * counts.seq_len
+  # Remat recomputes the decoder's forward (2 of the 6) unless matmul outputs are saved.
+  recompute = 2 if m.remat in ("full",) else 0
+  decoder = (6 + recompute) * slots * params.decoder_executed
+  heads = 6 * slots * (params.lm_head + params.flow_head)
+  attention = (per_pair + (per_pair // 3 if recompute else 0)) * slots * counts.seq_len
+  return StepFlops(text=text, visual=visual, executed=decoder + heads + attention)
+
+
+def xla_step_flops(trainer, state, batch) -> float:
+  """FLOPs of the compiled train step by XLA's own cost analysis. XLA counts a loop body
+  once, so compare configs without layer scan or gradient accumulation."""
+  analysis = trainer.lower_step(state, batch).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):      # older jax: one dict per computation
+    analysis = analysis[0]
+  return float(analysis["flops"])
