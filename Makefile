@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_WORKDIR ?= runs/demo
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
-.PHONY: install prepare demo test test-slow bench clean
+.PHONY: install prepare demo test test-slow bench scaling-mini clean
 
 $(BIN)/.installed: setup.py scripts/system_packages.sh
 	bash scripts/system_packages.sh
@@ -56,6 +56,11 @@ bench: install
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/encoder.py --config=configs/demo.py
 	$(BIN)/python benchmarks/generation.py --config=configs/demo.py
+
+# A tiny IsoFLOP grid (3 budgets × 4 sizes, text + image) end to end: ~30 min on 2 cores.
+scaling-mini: prepare
+	$(BIN)/mmpretrain sweep --config=configs/scaling/mini.py --out=runs/scaling_mini
+	$(BIN)/mmpretrain fit --results=runs/scaling_mini/results.jsonl
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

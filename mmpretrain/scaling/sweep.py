@@ -84,7 +84,7 @@ def isoflop_plan(config, config_arg: str) -> list[Run]:
                    "checkpoint.every_steps": max(1, steps // s.checkpoints_per_run),
                    "train.log_every": max(1, steps // 20)}
       runs.append(Run(
-          name=f"c{budget:.0e}_d{width}".replace("+", ""), config=config_arg,
+          name=f"c{budget:.2g}_d{width}".replace("+", ""), config=config_arg,
           overrides=overrides,
           plan={"budget": budget, "width": width, "layers": shape["model.num_layers"],
                 "params": params.decoder, "params_with_heads": params.decoder

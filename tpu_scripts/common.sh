@@ -1,0 +1,66 @@
+# Helpers sourced by every tpu_scripts/*.sh: settings, flags, printing and running gcloud.
+# shellcheck shell=bash
+set -euo pipefail
+
+TPU_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=tpu_scripts/env.sh
+source "${TPU_ENV:-$TPU_SCRIPTS/env.sh}"
+DRY_RUN=false
+EXTRA_ARGS=()
+
+die() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
+
+# Shared flags: --help, --dry-run, and --name=value for any setting of env.sh
+# (--zone=…, --accelerator_type=…); anything else is left in EXTRA_ARGS.
+parse_flags() {
+  local arg key
+  for arg in "$@"; do
+    case "$arg" in
+      -h|--help) usage; exit 0 ;;
+      --dry-run|--dry_run) DRY_RUN=true ;;
+      --project=*|--zone=*|--tpu_name=*|--accelerator_type=*|--runtime_version=*|\
+      --capacity=*|--queued=*|--num_slices=*|--repo_url=*|--branch=*|--data_dir=*)
+        key="${arg%%=*}"; key="${key#--}"
+        printf -v "${key^^}" '%s' "${arg#*=}" ;;
+      *) EXTRA_ARGS+=("$arg") ;;
+    esac
+  done
+  [[ "$NUM_SLICES" =~ ^[1-9][0-9]*$ ]] || die "NUM_SLICES=$NUM_SLICES: use a positive integer"
+  case "$CAPACITY" in on-demand|spot|preemptible) ;; *)
+    die "CAPACITY=$CAPACITY: use on-demand, spot or preemptible" ;; esac
+}
+
+# Prints a command exactly (shell-quoted), then runs it unless --dry-run.
+run() {
+  printf '%q ' "$@"; echo
+  if ! $DRY_RUN; then "$@"; fi
+}
+
+runtime_version() {
+  if [[ -n "$RUNTIME_VERSION" ]]; then echo "$RUNTIME_VERSION"; return; fi
+  case "$ACCELERATOR_TYPE" in
+    v4-*) echo "tpu-ubuntu2204-base" ;;
+    v5litepod-*) echo "v2-alpha-tpuv5-lite" ;;
+    v5p-*) echo "v2-alpha-tpuv5" ;;
+    v6e-*) echo "v2-alpha-tpuv6e" ;;
+    *) die "ACCELERATOR_TYPE=$ACCELERATOR_TYPE: use v4-N, v5litepod-N, v5p-N or v6e-N (or set RUNTIME_VERSION)" ;;
+  esac
+}
+
+queued() { [[ "$QUEUED" == true || "$NUM_SLICES" -gt 1 ]]; }
+
+# The TPU VM names: one, or TPU_NAME-0 … TPU_NAME-(N-1) for N slices.
+nodes() {
+  if [[ "$NUM_SLICES" -gt 1 ]]; then
+    local i; for ((i = 0; i < NUM_SLICES; i++)); do echo "$TPU_NAME-$i"; done
+  else
+    echo "$TPU_NAME"
+  fi
+}
+
+# ssh_workers NODE WORKER COMMAND: runs COMMAND on WORKER (a number or 'all') of NODE.
+ssh_workers() {
+  local flags=(--zone="$ZONE" --worker="$2" --command="$3")
+  if [[ -n "$PROJECT" ]]; then flags+=(--project="$PROJECT"); fi
+  run gcloud compute tpus tpu-vm ssh "$1" "${flags[@]}"
+}

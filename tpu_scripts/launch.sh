@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Starts `mmpretrain train` on every worker of every slice, in the background, logging to
+# LOG_FILE. Re-running it after a preemption resumes from the newest checkpoint in WORKDIR.
+# shellcheck source=tpu_scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<USAGE
+Usage: tpu_scripts/launch.sh --config=FILE --workdir=gs://BUCKET/RUN [--dry-run] \\
+           [--config.key=value ...] [other mmpretrain train flags]
+
+Runs, on every worker (--worker=all) of every node,
+  cd ~/REMOTE_DIR && .venv/bin/mmpretrain train --config=FILE --workdir=DIR ...
+detached, output in LOG_FILE ($LOG_FILE). The workers find each other through
+jax.distributed on the TPU VM. With NUM_SLICES > 1 each slice gets the DCN settings
+(MEGASCALE_COORDINATOR_ADDRESS = slice 0's first worker, MEGASCALE_NUM_SLICES,
+MEGASCALE_SLICE_ID, MEGASCALE_PORT). DATA_DIR, when set, is passed as
+--config.data.data_dir. A killed or preempted run continues where it stopped: run the
+same command again (after tpu_scripts/create.sh if the TPU was reclaimed).
+USAGE
+}
+
+parse_flags "$@"
+config="" workdir=""
+for arg in "${EXTRA_ARGS[@]}"; do
+  case "$arg" in
+    --config=*) config="${arg#--config=}" ;;
+    --workdir=*) workdir="${arg#--workdir=}" ;;
+  esac
+done
+[[ -n "$config" ]] || die "--config=FILE is required (a config file of the checkout)"
+[[ -n "$workdir" ]] || die "--workdir=DIR is required (gs://… so every worker sees it)"
+train=(.venv/bin/mmpretrain train "${EXTRA_ARGS[@]}")
+if [[ -n "$DATA_DIR" ]]; then train+=(--config.data.data_dir="$DATA_DIR"); fi
+quoted="$(printf '%q ' "${train[@]}")"
+
+slice=0
+while read -r node; do
+  env=""
+  if [[ "$NUM_SLICES" -gt 1 ]]; then
+    if [[ -z "${coordinator:-}" ]]; then
+      describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME-0" --zone="$ZONE"
+                --format='value(networkEndpoints[0].ipAddress)')
+      if [[ -n "$PROJECT" ]]; then describe+=(--project="$PROJECT"); fi
+      printf '%q ' "${describe[@]}"; echo
+      coordinator="$(if $DRY_RUN; then echo SLICE0_WORKER0_IP; else "${describe[@]}"; fi)"
+    fi
+    env="export MEGASCALE_COORDINATOR_ADDRESS=$coordinator:$MEGASCALE_PORT"
+    env+=" MEGASCALE_NUM_SLICES=$NUM_SLICES MEGASCALE_SLICE_ID=$slice"
+    env+=" MEGASCALE_PORT=$MEGASCALE_PORT; "
+  fi
+  ssh_workers "$node" all "cd ~/$REMOTE_DIR && ${env}nohup $quoted> $LOG_FILE 2>&1 < /dev/null &"
+  slice=$((slice + 1))
+done < <(nodes)

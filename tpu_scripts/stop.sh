@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Stops training on every worker with SIGTERM: the run saves a checkpoint and exits.
+# shellcheck source=tpu_scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<USAGE
+Usage: tpu_scripts/stop.sh [--dry-run]
+
+Sends SIGTERM to \`mmpretrain train\` on every worker of every node. The processes agree
+on a step through JAX's preemption service, save one checkpoint and exit; launch.sh with
+the same flags resumes from it. The TPU keeps running (delete.sh releases it).
+USAGE
+}
+
+parse_flags "$@"
+[[ ${#EXTRA_ARGS[@]} -eq 0 ]] || die "unknown arguments: ${EXTRA_ARGS[*]} (see --help)"
+while read -r node; do
+  ssh_workers "$node" all "pkill -TERM -f 'mmpretrain train' || true"
+done < <(nodes)
