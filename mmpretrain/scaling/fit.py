@@ -12,13 +12,15 @@ A vertex outside a budget's sampled sizes is an extrapolation; such budgets are 
 """
 import collections
 import json
-import os
 
 import matplotlib
 import numpy as np
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+from mmpretrain import storage  # pylint: disable=wrong-import-position
 
 METHOD = ("IsoFLOP parabolas (loss vs log10 N per budget, Chinchilla approach 2), then "
           "log-log least squares of N_opt and D_opt against C; bootstrap over runs")
@@ -163,7 +165,7 @@ def plot_isoflops(fit: dict, path: str) -> None:
     ax.set_title(f"{name}: IsoFLOP curves")
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  storage.save_figure(path, fig)
   plt.close(fig)
 
 
@@ -185,27 +187,24 @@ def plot_optima(fit: dict, path: str) -> None:
     ax.set_ylabel(label)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  storage.save_figure(path, fig)
   plt.close(fig)
 
 
 def read_results(path: str) -> list[dict]:
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} does not exist: run `mmpretrain sweep` first")
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def write_fit(results_path: str, metrics=None, samples: int = 1000, seed: int = 0) -> dict:
   """Fits <dir>/results.jsonl and writes <dir>/fit/{fit.json, fit.md, isoflops.png,
   optima.png}; returns the fit with the output directory."""
   fit = fit_results(read_results(results_path), metrics, samples, seed)
-  out = os.path.join(os.path.dirname(os.path.abspath(results_path)), "fit")
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "fit.json"), "w", encoding="utf-8") as f:
-    json.dump(fit, f, indent=2)
-  with open(os.path.join(out, "fit.md"), "w", encoding="utf-8") as f:
-    f.write(markdown_table(fit))
-  plot_isoflops(fit, os.path.join(out, "isoflops.png"))
-  plot_optima(fit, os.path.join(out, "optima.png"))
+  out = storage.join(str(epath.Path(storage.absolute(results_path)).parent), "fit")
+  storage.makedirs(out)
+  storage.write_json(storage.join(out, "fit.json"), fit)
+  storage.write_text(storage.join(out, "fit.md"), markdown_table(fit))
+  plot_isoflops(fit, storage.join(out, "isoflops.png"))
+  plot_optima(fit, storage.join(out, "optima.png"))
   return {**fit, "out": out}

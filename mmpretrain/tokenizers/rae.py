@@ -7,8 +7,6 @@ The directory `mmpretrain train-rae` writes (<workdir>/representation) holds `ra
 so a unified-model run needs nothing else.
 """
 import dataclasses
-import json
-import os
 
 import einops
 import jax
@@ -16,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmpretrain import storage
 from mmpretrain.encoders import store
 from mmpretrain.encoders.vit import Block, ViTConfig, VisionTransformer, normalize, normalize_unit
 
@@ -108,18 +107,17 @@ def decoder_config(config, encoder_cfg: ViTConfig) -> DecoderConfig:
 def save_rae(directory: str, rae: RAE) -> None:
   """State first, rae.json last: the config file marks a complete directory."""
   store.save_module(directory, rae)
-  with open(os.path.join(directory, RAE_CONFIG), "w", encoding="utf-8") as f:
-    json.dump({"kind": "rae", "encoder": dataclasses.asdict(rae.encoder.cfg),
-               "decoder": dataclasses.asdict(rae.decoder.cfg)}, f, indent=2)
+  storage.write_json(storage.join(directory, RAE_CONFIG),
+                     {"kind": "rae", "encoder": dataclasses.asdict(rae.encoder.cfg),
+                      "decoder": dataclasses.asdict(rae.decoder.cfg)})
 
 
 def _configs(directory: str) -> tuple[ViTConfig, DecoderConfig]:
-  path = os.path.join(directory, RAE_CONFIG)
-  if not os.path.exists(path):
+  path = storage.join(directory, RAE_CONFIG)
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} not found: set config.visual.checkpoint to the "
                             "<workdir>/representation that `mmpretrain train-rae` wrote")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
+  saved = storage.read_json(path)
   encoder = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["encoder"].items()}
   return ViTConfig(**encoder), DecoderConfig(**saved["decoder"])
 

@@ -10,6 +10,8 @@ import os
 import numpy as np
 import sentencepiece as spm
 
+from mmpretrain import storage
+
 BOI, EOI = "<boi>", "<eoi>"
 
 
@@ -32,10 +34,10 @@ class TextTokenizer:
   """Encodes text to ids and back; knows the special ids and bytes per token."""
 
   def __init__(self, model_path: str):
-    if not os.path.exists(model_path):
+    if not storage.exists(model_path):
       raise FileNotFoundError(
           f"tokenizer {model_path!r} not found: run \"mmpretrain prepare --config ...\" first")
-    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.sp = spm.SentencePieceProcessor(model_proto=storage.read_bytes(model_path))
     size = self.sp.get_piece_size()
     self.pad_id, self.bos_id, self.eos_id = max(self.sp.pad_id(), 0), self.sp.bos_id(), self.sp.eos_id()
     boi, eoi = self.sp.piece_to_id(BOI), self.sp.piece_to_id(EOI)

@@ -9,13 +9,12 @@ upsampling and one more ResNet block per level. Latents for diffusion are
 `mmpretrain train-vae` trains one in-project (<workdir>/representation).
 """
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmpretrain import storage
 from mmpretrain.encoders import store
 
 EPS = 1e-6
@@ -192,17 +191,15 @@ VAE_CONFIG = "vae.json"
 def save_vae(directory: str, model: AutoencoderKL) -> None:
   """State first, vae.json last: the config file marks a complete directory."""
   store.save_module(directory, model)
-  with open(os.path.join(directory, VAE_CONFIG), "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(model.cfg), f, indent=2)
+  storage.write_json(storage.join(directory, VAE_CONFIG), dataclasses.asdict(model.cfg))
 
 
 def _config(directory: str) -> tuple[VAEConfig, bool]:
   """(config, whether the directory is a diffusers checkpoint)."""
   for name, diffusers in ((VAE_CONFIG, False), ("config.json", True)):
-    path = os.path.join(directory, name)
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    path = storage.join(directory, name)
+    if storage.exists(path):
+      saved = storage.read_json(path)
       if diffusers:
         from mmpretrain.tokenizers import vae_import  # pylint: disable=import-outside-toplevel
         return vae_import.config_from_diffusers(saved), True

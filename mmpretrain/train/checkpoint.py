@@ -9,14 +9,13 @@ killed midway is never picked up.
 """
 import dataclasses
 import json
-import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from mmpretrain import storage
 from mmpretrain.train.step import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -90,7 +89,7 @@ class RunCheckpoints:
   """Saves every `config.checkpoint.every_steps` steps, keeps the newest `keep`."""
 
   def __init__(self, workdir: str, ccfg):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = storage.join(storage.absolute(workdir), CHECKPOINT_DIR)
     self.every_steps = ccfg.every_steps
     options = ocp.CheckpointManagerOptions(
         max_to_keep=ccfg.keep, enable_async_checkpointing=ccfg.async_save, create=True)
@@ -141,14 +140,14 @@ class RunCheckpoints:
       except DataShardsMismatch:
         raise
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
-        where = os.path.join(self.directory, str(step))
+        where = storage.join(self.directory, str(step))
         if not fallback:
           raise CheckpointError(
               f"checkpoint {where} cannot be restored ({type(e).__name__}: {e}). Set "
               "config.checkpoint.fallback=True to resume from the newest older checkpoint "
               f"that restores, or move {where} away") from e
         # Moved aside (kept for a post-mortem), so the run can save this step again.
-        os.replace(where, where + ".unrestorable")
+        epath.Path(where).rename(where + ".unrestorable")
         self.manager.reload()
         logging.warning("checkpoint %s cannot be restored (%s): moved to %s.unrestorable; "
                         "trying an older one", where, e, where)
@@ -169,13 +168,10 @@ class BestParams:
   """
 
   def __init__(self, workdir: str, metric: str, mode: str):
-    self.directory = os.path.join(os.path.abspath(workdir), BEST_DIR)
+    self.directory = storage.join(storage.absolute(workdir), BEST_DIR)
     self.metric, self.mode = metric, mode
-    self.record = None
-    path = os.path.join(self.directory, BEST_RECORD)
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        self.record = json.load(f)
+    path = storage.join(self.directory, BEST_RECORD)
+    self.record = storage.read_json(path) if storage.exists(path) else None
 
   def _better(self, value: float) -> bool:
     if self.record is None:
@@ -191,18 +187,15 @@ class BestParams:
     value = float(evaluation[self.metric])
     if not self._better(value):
       return False
-    path = os.path.join(self.directory, f"step_{step}")
+    path = storage.join(self.directory, f"step_{step}")
     with ocp.StandardCheckpointer() as checkpointer:     # every process writes its shards
       checkpointer.save(path, params, force=True)
     if jax.process_index() == 0:
       record = {"step": step, "metric": self.metric, "value": value, "params": path}
-      temporary = os.path.join(self.directory, BEST_RECORD + ".tmp")
-      with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-      os.replace(temporary, os.path.join(self.directory, BEST_RECORD))   # then the old goes
-      for name in os.listdir(self.directory):
+      storage.write_json(storage.join(self.directory, BEST_RECORD), record)  # then the old goes
+      for name in storage.listdir(self.directory):
         if name.startswith("step_") and name != f"step_{step}":
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+          storage.rmtree(storage.join(self.directory, name))
     self.record = {"step": step, "metric": self.metric, "value": value, "params": path}
     return True
 
@@ -216,7 +209,7 @@ def export_params(workdir: str, ccfg, trainer, step: int | None = None) -> str:
     raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first")
   state = checkpoints.restore(step, trainer.abstract_state())
   checkpoints.close()
-  path = os.path.join(os.path.abspath(workdir), PARAMS_DIR, str(step))
+  path = storage.join(storage.absolute(workdir), PARAMS_DIR, str(step))
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, state.params)
   return path
@@ -224,7 +217,7 @@ def export_params(workdir: str, ccfg, trainer, step: int | None = None) -> str:
 
 def load_params(path: str, trainer):
   """Parameters written by export_params, laid out for `trainer`'s mesh (or one device)."""
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise FileNotFoundError(f"{path} does not exist: write it with `mmpretrain export-params`")
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(path, trainer.abstract_state().params)

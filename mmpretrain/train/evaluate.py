@@ -11,8 +11,6 @@ config trains it:
 - world model: rollouts of held-out MiniGrid episodes (world_model.py).
 Each builds its jitted samplers once, so periodic evaluation compiles them once.
 """
-import json
-import os
 import re
 
 import jax
@@ -20,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import sample, world_model
+from mmpretrain import sample, storage, world_model
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.data.sources import DIGIT_WORDS
@@ -214,12 +212,11 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   scalars, images = Evaluator(config, tok, trainer)(params)
   result = {"step": step, "split": config.eval.split, "batches_per_stream": config.eval.batches,
             **scalars}
-  directory = os.path.join(workdir, "eval")
-  os.makedirs(directory, exist_ok=True)
+  directory = storage.join(workdir, "eval")
+  storage.makedirs(directory)
   for name, image in images.items():
-    Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1
-                    else image).save(os.path.join(directory, f"step_{step}_{name}.png"))
-  path = os.path.join(directory, f"step_{step}.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
+    storage.save_image(storage.join(directory, f"step_{step}_{name}.png"), Image.fromarray(
+        image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image))
+  path = storage.join(directory, f"step_{step}.json")
+  storage.write_json(path, result)
   return {**result, "path": path}

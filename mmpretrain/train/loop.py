@@ -1,6 +1,4 @@
 """The training loop: data -> jitted step -> metrics; samples and plots at the end."""
-import json
-import os
 import time
 
 import jax
@@ -12,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from mmpretrain import config as config_lib  # pylint: disable=wrong-import-position
+from mmpretrain import storage  # pylint: disable=wrong-import-position
 from mmpretrain import sample as sample_lib  # pylint: disable=wrong-import-position
 from mmpretrain import distributed, sharding  # pylint: disable=wrong-import-position
 from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-import-position
@@ -28,6 +27,7 @@ PLOTTED = ("text_loss", "flow_loss", "text_bits_per_byte")
 
 
 def plot_history(history: list[dict], path: str) -> None:
+  """Text CE, flow MSE and bits per byte over the logged steps, as a PNG at `path`."""
   fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3))
   steps = [h["step"] for h in history]
   for ax, name in zip(axes, PLOTTED):
@@ -35,7 +35,7 @@ def plot_history(history: list[dict], path: str) -> None:
     ax.set_title(name)
     ax.set_xlabel("step")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  storage.save_figure(path, fig)
   plt.close(fig)
 
 
@@ -51,9 +51,9 @@ def write_samples(trainer, state, tok, config, workdir: str, writer: MetricWrite
   if jax.process_index() != 0:
     return None
   grid = sample_lib.image_grid(images, columns=config.sample.images_per_caption)
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  path = os.path.join(workdir, "samples", f"images_step{int(state.step)}.png")
-  grid.save(path)
+  storage.makedirs(storage.join(workdir, "samples"))
+  path = storage.join(workdir, "samples", f"images_step{int(state.step)}.png")
+  storage.save_image(path, grid)
   writer.image(int(state.step), "samples/caption_to_image", np.asarray(grid))
   return path
 
@@ -70,10 +70,9 @@ def train(config, workdir: str) -> dict:
   """
   config_lib.validate(config)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   tok = pipeline.load_tokenizer(config)
   mesh = sharding.make_mesh(config.mesh)
   rows = sharding.process_rows(config.data.batch_size, mesh, config.mesh.rules)
@@ -156,9 +155,8 @@ def train(config, workdir: str) -> dict:
     if is_main:
       summary["samples"] = samples
       if history:
-        os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-        plot_history(history, os.path.join(workdir, "plots", "losses.png"))
-      with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+        storage.makedirs(storage.join(workdir, "plots"))
+        plot_history(history, storage.join(workdir, "plots", "losses.png"))
+      storage.write_json(storage.join(workdir, "summary.json"), summary)
   writer.close()
   return summary

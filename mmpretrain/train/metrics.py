@@ -2,31 +2,29 @@
 
 (clu's metric writers import TensorFlow, which the core install does not have.)
 """
-import json
-import os
-
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from mmpretrain import storage
 from mmpretrain.batch import SKIP_FIELDS
 
 
 class MetricWriter:
-  """Writes scalars and images under <workdir>/tensorboard and <workdir>/metrics.jsonl."""
+  """Writes scalars and images under <workdir>/tensorboard and <workdir>/metrics.jsonl
+  (a gs:// workdir too: tensorboardX writes there with google-cloud-storage)."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     if enabled:
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self.tb = SummaryWriter(storage.join(workdir, "tensorboard"))
+      self.jsonl = storage.JsonLines(storage.join(workdir, "metrics.jsonl"))
 
   def scalars(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
     for name, value in scalars.items():
       self.tb.add_scalar(name, float(value), step)
-    self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
-    self.jsonl.flush()
+    self.jsonl.write({"step": step, **{k: float(v) for k, v in scalars.items()}})
 
   def image(self, step: int, name: str, image: np.ndarray) -> None:
     if self.enabled:

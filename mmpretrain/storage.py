@@ -1,0 +1,118 @@
+"""Files of a run wherever its paths point: a local directory or an object store (gs://…).
+
+Orbax and tensorstore reach GCS themselves; every other file a run, an evaluation or a
+sweep reads or writes (config and summary JSON, metrics, samples, plots, routing counts,
+the tokenizer, representation configs, TFDS dataset directories) goes through these
+helpers on etils epath, whose fsspec backend reaches gs:// through gcsfs
+(`pip install 'mmpretrain[gcs]'`). Local writes go through a temporary file and a rename,
+so a reader never sees half a file; an object store publishes an object whole anyway.
+"""
+import io
+import json
+import os
+import shutil
+
+from etils import epath
+
+
+def is_local(path) -> bool:
+  return "://" not in str(path)
+
+
+def absolute(path: str) -> str:
+  """An absolute local path; a URL unchanged (os.path.abspath would mangle gs://)."""
+  return os.path.abspath(path) if is_local(path) else str(path)
+
+
+def join(*parts) -> str:
+  return str(epath.Path(parts[0]).joinpath(*parts[1:]))
+
+
+def exists(path) -> bool:
+  return epath.Path(path).exists()
+
+
+def isdir(path) -> bool:
+  return epath.Path(path).is_dir()
+
+
+def makedirs(path) -> None:
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(path) -> list[str]:
+  return sorted(p.name for p in epath.Path(path).iterdir())
+
+
+def rmtree(path) -> None:
+  if is_local(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif exists(path):
+    epath.Path(path).rmtree()
+
+
+def write_bytes(path, data: bytes) -> None:
+  if not is_local(path):
+    epath.Path(path).write_bytes(data)
+    return
+  temporary = f"{path}.tmp"
+  with open(temporary, "wb") as f:
+    f.write(data)
+  os.replace(temporary, path)
+
+
+def read_bytes(path) -> bytes:
+  return epath.Path(path).read_bytes()
+
+
+def write_text(path, text: str) -> None:
+  write_bytes(path, text.encode("utf-8"))
+
+
+def read_text(path) -> str:
+  return read_bytes(path).decode("utf-8")
+
+
+def write_json(path, value) -> None:
+  write_text(path, json.dumps(value, indent=2))
+
+
+def read_json(path):
+  return json.loads(read_text(path))
+
+
+def save_image(path, image) -> None:
+  """A PIL image, format from the file name (PNG, GIF: `save` keywords pass through)."""
+  buffer = io.BytesIO()
+  image.save(buffer, format=os.path.splitext(str(path))[1][1:].upper())
+  write_bytes(path, buffer.getvalue())
+
+
+def save_figure(path, figure, dpi: int = 100) -> None:
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=dpi)
+  write_bytes(path, buffer.getvalue())
+
+
+class JsonLines:
+  """An append-only JSON-lines log. Local files are appended to; an object store cannot
+  append, so there the whole log is rewritten on each write (metrics logs stay small)."""
+
+  def __init__(self, path):
+    self.path = str(path)
+    self.lines = read_text(self.path).splitlines(keepends=True) if (
+        not is_local(self.path) and exists(self.path)) else None
+    self.file = open(self.path, "a", encoding="utf-8") if is_local(self.path) else None
+
+  def write(self, record: dict) -> None:
+    line = json.dumps(record) + "\n"
+    if self.file is not None:
+      self.file.write(line)
+      self.file.flush()
+      return
+    self.lines.append(line)
+    write_text(self.path, "".join(self.lines))
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
