@@ -20,7 +20,10 @@ def get_config(arg=None):
   c.data.seq_len = 512
   c.data.max_frames = 6
   c.data.image_channels = 3
+  # Raw RGB pixel patches: the demo's RAE was trained on gray digits only.
+  c.visual.representation, c.visual.checkpoint, c.visual.patch_size = "pixels", "", 4
   c.data.mixture = {"text": 0.25, "image_text": 0.35, "video": 0.2, "action_video": 0.2}
   c.data.streams.image_text.datasets = {"mnist_captions": 1.0, "emoji_captions": 1.0}
   c.sample.captions = ["a handwritten digit three", "grinning face", "red apple", "rocket"]
+  c.eval.classifier = ""                 # the demo's judge knows gray 32² digits only
   return c
