@@ -125,6 +125,7 @@ def get_config(arg=None):
   c.mesh.fsdp = 1                        # parameters and optimizer state split, gathered per use
   c.mesh.expert = 1                      # experts split; tokens reach them by all-to-all
   c.mesh.tensor = 1                      # heads / FFN hidden / vocab split (Megatron style)
+  c.mesh.dcn_data = 1                    # multislice: slices the data axis spans (over DCN)
   # Logical axis name -> mesh axes it is split over; names not listed stay replicated.
   c.mesh.rules = ml_collections.ConfigDict({
       "batch": ("data", "fsdp", "expert"),   # rows of the batch and their activations

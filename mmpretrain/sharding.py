@@ -18,6 +18,7 @@ import threading
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
@@ -27,13 +28,8 @@ class ShardingError(ValueError):
   """A mesh or rule that cannot hold the model or batch; the message names the key to fix."""
 
 
-def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
-  """The (data, fsdp, expert, tensor) mesh over `devices` (all of them by default).
-
-  One axis may be -1: it takes the devices the others leave. Axis types are Auto so the
-  compiler (GSPMD) propagates shardings from the parameters, the batch and `constrain`.
-  """
-  devices = jax.devices() if devices is None else devices
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
+  """The (data, fsdp, expert, tensor) sizes for `num_devices`; one -1 takes the rest."""
   sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
   fill = [axis for axis, size in zip(MESH_AXES, sizes) if size == -1]
   if len(fill) > 1 or any(size == 0 or size < -1 for size in sizes):
@@ -41,15 +37,43 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
                         "with at most one -1 (the devices the others leave)")
   fixed = math.prod(size for size in sizes if size > 0)
   if fill:
-    if len(devices) % fixed:
-      raise ShardingError(f"config.mesh: {len(devices)} devices do not split into "
+    if num_devices % fixed:
+      raise ShardingError(f"config.mesh: {num_devices} devices do not split into "
                           f"{fixed} for the fixed axes; make their product divide it")
-    sizes[MESH_AXES.index(fill[0])] = len(devices) // fixed
-  if math.prod(sizes) != len(devices):
+    sizes[MESH_AXES.index(fill[0])] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
     raise ShardingError(f"config.mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                        f"devices but there are {len(devices)}; set one axis to -1")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+                        f"devices but there are {num_devices}; set one axis to -1")
+  return tuple(sizes)
+
+
+def device_grid(mesh_config, devices) -> np.ndarray:
+  """Devices laid out on the mesh. With `mesh.dcn_data` = S > 1 (a multislice run) the data
+  axis is S slices × data/S inside each: the only collective that crosses the slow
+  data-center network is the data-parallel gradient sum; everything else stays on ICI.
+  Slices are the devices' `slice_index` (TPU), else their process."""
+  shape = mesh_shape(mesh_config, len(devices))
+  slices = int(mesh_config.dcn_data)
+  if slices == 1:
+    return mesh_utils.create_device_mesh(shape, devices)
+  if slices < 1 or shape[0] % slices:
+    raise ShardingError(f"config.mesh.dcn_data={slices} must divide the data axis "
+                        f"({shape[0]}): the slices split it")
+  per_slice = (shape[0] // slices, *shape[1:])
+  return mesh_utils.create_hybrid_device_mesh(
+      per_slice, (slices,) + (1,) * (len(shape) - 1), devices,
+      process_is_granule=not hasattr(devices[0], "slice_index"))
+
+
+def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
+  """The (data, fsdp, expert, tensor) mesh over `devices` (all of them by default).
+
+  Axis types are Auto so the compiler (GSPMD) propagates shardings from the parameters,
+  the batch and `constrain`.
+  """
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(device_grid(mesh_config, devices), MESH_AXES,
+                           axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def mesh_axes(rules, logical_name):

@@ -128,3 +128,29 @@ def test_expert_axis_that_does_not_split_the_batch_is_refused(config, tokenizer)
                                 config.data.batch_size)
   with pytest.raises(sharding.ShardingError, match=r"expert axes \('expert',\) must also split"):
     trainer.step(trainer.init_state(0), batch)
+
+
+class FakeDevice:
+  """Enough of a TPU device for laying out a mesh: an id, its slice, its process."""
+
+  def __init__(self, id_, slice_index, process_index):
+    self.id, self.slice_index, self.process_index = id_, slice_index, process_index
+    self.platform = self.device_kind = "cpu"
+
+  def __repr__(self):
+    return f"d{self.id}@s{self.slice_index}"
+
+
+def test_multislice_data_axis_crosses_slices_only_between_its_halves():
+  """2 slices × 4 devices, mesh data=4 × fsdp=2 with dcn_data=2: the first half of the data
+  axis lives in slice 0, the second in slice 1, and every fsdp group stays in one slice."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  devices = [FakeDevice(i, i // 4, i // 2) for i in range(8)]
+  mesh = ml_collections.ConfigDict(dict(data=4, fsdp=2, expert=1, tensor=1, dcn_data=2))
+  grid = sharding.device_grid(mesh, devices)
+  slice_of = np.vectorize(lambda d: d.slice_index)(grid)[..., 0, 0]    # [data, fsdp]
+  np.testing.assert_array_equal(slice_of, [[0, 0], [0, 0], [1, 1], [1, 1]])
+  assert sorted(d.id for d in grid.flat) == list(range(8))
+  mesh.dcn_data = 3
+  with pytest.raises(sharding.ShardingError, match="dcn_data=3 must divide"):
+    sharding.device_grid(mesh, devices)
