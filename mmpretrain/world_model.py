@@ -168,6 +168,11 @@ def comparison_strip(real: np.ndarray, predicted: np.ndarray) -> np.ndarray:
   return np.concatenate([real, line, predicted], axis=1)
 
 
+def rollout_strip(episode: np.ndarray, predicted: np.ndarray, context: int) -> np.ndarray:
+  """One episode's true frames above its context frames followed by the rollout."""
+  return comparison_strip(episode, np.concatenate([episode[:context], predicted]))
+
+
 def write_rollouts(config, tok, trainer, params, episodes: int, horizon: int, actions: bool,
                    output: str, tag: str) -> list[str]:
   """GIFs of rollouts of held-out MiniGrid episodes (the truth above the prediction, the
@@ -182,7 +187,6 @@ def write_rollouts(config, tok, trainer, params, episodes: int, horizon: int, ac
   paths = []
   for i in range(episodes):
     path = os.path.join(output, f"rollout_{tag}_{'actions' if actions else 'video'}_{i}.gif")
-    save_gif(path, comparison_strip(frames[i], np.concatenate([frames[i, :context],
-                                                               predicted[i]])))
+    save_gif(path, rollout_strip(frames[i], predicted[i], context))
     paths.append(path)
   return paths

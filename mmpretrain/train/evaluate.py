@@ -155,8 +155,7 @@ class WorldModelEval:
     copy_last = np.repeat(self.frames[:, c - 1:c], horizon, axis=1)
     model = world_model.horizon_metrics(predicted, target, self.horizons)
     baseline = world_model.horizon_metrics(copy_last, target, self.horizons)
-    strip = world_model.comparison_strip(self.frames[0], np.concatenate(
-        [self.frames[0, :c], predicted[0]]))
+    strip = world_model.rollout_strip(self.frames[0], predicted[0], c)
     return {**{f"world_model/{k}": v for k, v in model.items()},
             **{f"world_model/copy_last_frame/{k}": v for k, v in baseline.items()}}, {
                 "world_model_rollout": np.concatenate(list(strip), axis=1)}
