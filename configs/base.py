@@ -100,7 +100,7 @@ def get_config(arg=None):
   c.model.scan_layers = True             # nnx.scan over layers: compile time O(1) in depth
   c.model.remat = "none"                 # none | full | dots | dots_no_batch
   c.model.dtype = "float32"              # compute dtype; bfloat16 = mixed precision
-  c.model.attention_impl = "xla"         # jax.nn.dot_product_attention implementation
+  c.model.attention_impl = "auto"        # auto | xla | cudnn | einsum (model/attention.py)
   # Mixture-of-Experts FFN (model/moe.py); num_experts = 0 keeps every FFN dense.
   c.model.moe = ml_collections.ConfigDict()
   c.model.moe.num_experts = 0            # before granularity

@@ -9,6 +9,7 @@ REPRESENTATIONS = ("pixels", "rae", "vae")
 SCHEDULES = ("cosine", "wsd", "constant")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(m.head_dim % 2 == 0, "model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}",
            "Use an even head_dim")
   _one_of(m.remat, REMAT_POLICIES, "model.remat")
+  _one_of(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
   _validate_moe(m)
   _one_of(m.dtype, DTYPES, "model.dtype")
   _one_of(v.representation, REPRESENTATIONS, "visual.representation")

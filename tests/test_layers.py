@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmpretrain.model.layers import f32_accumulating_dot_general
+from mmpretrain.model.layers import mixed_precision_dot_general
 
 # (x shape, w shape, contracted axes): a Linear, a head projection, an output projection.
 CASES = [((6, 16), (16, 24), 1), ((6, 16), (16, 3, 8), 1), ((2, 5, 3, 8), (3, 8, 16), 2)]
@@ -22,38 +22,50 @@ def _as_f64(a):
 def test_bf16_forward_and_gradients_match_float64(x_shape, w_shape, num_contract):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=x_shape), jnp.bfloat16)
-  w = jnp.asarray(rng.normal(size=w_shape), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)     # the f32 parameter
   dims = _dims(len(x_shape), num_contract)
-  out, vjp = jax.vjp(lambda a, b: f32_accumulating_dot_general(a, b, dims), x, w)
+  out, vjp = jax.vjp(lambda a, b: mixed_precision_dot_general(a, b, dims), x, w)
   d_out = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
   d_x, d_w = vjp(d_out)
-  assert out.dtype == d_x.dtype == d_w.dtype == jnp.bfloat16
+  assert out.dtype == d_x.dtype == jnp.bfloat16 and d_w.dtype == jnp.float32
 
   contract = int(np.prod(w_shape[:num_contract]))
-  x64, w64 = _as_f64(x).reshape(-1, contract), _as_f64(w).reshape(contract, -1)
+  x64 = _as_f64(x).reshape(-1, contract)
+  w64 = _as_f64(w.astype(jnp.bfloat16)).reshape(contract, -1)   # the operand it multiplies
   g64 = _as_f64(d_out).reshape(x64.shape[0], -1)
-  for got, want in [(out, x64 @ w64), (d_x, g64 @ w64.T), (d_w, x64.T @ g64)]:
+  for got, want in [(out, x64 @ w64), (d_x, g64 @ w64.T)]:
     want = want.reshape(got.shape)
     # One bf16 rounding of an f32-accumulated sum: relative error ~2^-8 of the magnitude.
     np.testing.assert_allclose(_as_f64(got), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+  # The weight gradient is the f32 sum itself, never rounded to bf16 (2^-8 would fail this).
+  np.testing.assert_allclose(np.asarray(d_w, np.float64), (x64.T @ g64).reshape(w_shape),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_float32_output_is_the_unrounded_sum():
+  # A read-out (the LM head) asks for f32: bf16 rounding would lose the 2^-10 term.
+  x = jnp.asarray([[1.0, 2.0 ** -10]], jnp.bfloat16)
+  w = jnp.ones((2, 1), jnp.float32)
+  out = mixed_precision_dot_general(x, w, _dims(2, 1), preferred_element_type=jnp.float32)
+  assert out.dtype == jnp.float32 and float(out[0, 0]) == 1.0 + 2.0 ** -10
 
 
 def test_float32_is_plain_dot_general():
   rng = np.random.default_rng(1)
   x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(4, 8), (8, 5)])
   dims = _dims(2, 1)
-  np.testing.assert_array_equal(f32_accumulating_dot_general(x, w, dims),
+  np.testing.assert_array_equal(mixed_precision_dot_general(x, w, dims),
                                 jax.lax.dot_general(x, w, dims))
 
 
 def test_unsupported_contraction_is_refused():
   x, w = jnp.ones((4, 8), jnp.bfloat16), jnp.ones((5, 8), jnp.bfloat16)
   with pytest.raises(NotImplementedError, match="dimension_numbers"):
-    f32_accumulating_dot_general(x, w, (((1,), (1,)), ((), ())))
+    mixed_precision_dot_general(x, w, (((1,), (1,)), ((), ())))
 
 
 def test_long_sums_accumulate_in_float32():
   # 4096 ones summed in bf16 would stall at 256 (8 significant bits); f32 sums exactly.
   x, w = jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((4096, 3), jnp.bfloat16)
-  out = f32_accumulating_dot_general(x, w, _dims(2, 1))
+  out = mixed_precision_dot_general(x, w, _dims(2, 1))
   np.testing.assert_array_equal(np.asarray(out, np.float32), 4096.0)

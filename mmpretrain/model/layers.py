@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmpretrain.model import attention
+
 
 def dense_init(std: float, axes: tuple[str, ...]):
   """Normal init tagged with logical axes; sharding is applied later by mmpretrain.sharding."""
@@ -17,57 +19,75 @@ def dense_init(std: float, axes: tuple[str, ...]):
 
 
 def linear(in_features, out_features, *, dtype, std: float, axes: tuple[str, ...], rngs,
-           use_bias: bool = False, **kwargs) -> nnx.LinearGeneral:
-  """A dense layer: logical-axis normal init and f32-accumulating matmuls."""
+           use_bias: bool = False, out_dtype=None, **kwargs) -> nnx.LinearGeneral:
+  """A dense layer: logical-axis normal init and f32-accumulating matmuls.
+
+  The f32 kernel is cast to `dtype` inside the matmul, so its gradient comes back in f32
+  without a bf16 rounding; `out_dtype` (default `dtype`) lets read-outs such as the LM head
+  emit f32 straight from the f32 accumulator instead of rounding to bf16 and back.
+  """
   return nnx.LinearGeneral(in_features, out_features, use_bias=use_bias, dtype=dtype,
-                           dot_general=f32_accumulating_dot_general,
-                           kernel_init=dense_init(std, axes), rngs=rngs, **kwargs)
+                           promote_dtype=_cast_activations, dot_general=mixed_precision_dot_general,
+                           preferred_element_type=out_dtype, kernel_init=dense_init(std, axes),
+                           rngs=rngs, **kwargs)
 
 
-def f32_accumulating_dot_general(lhs, rhs, dimension_numbers, precision=None,
+def _cast_activations(arrays, dtype):
+  """Flax's promote_dtype hook: inputs and bias to the compute dtype, the kernel untouched."""
+  inputs, kernel, bias = arrays
+  return inputs.astype(dtype), kernel, None if bias is None else bias.astype(dtype)
+
+
+def mixed_precision_dot_general(lhs, rhs, dimension_numbers, precision=None,
                                 preferred_element_type=None, out_sharding=None):
-  """`dot_general` for Flax layers: operands in the compute dtype, products summed in f32.
+  """`dot_general` for Flax layers: activations `lhs` in the compute dtype, the kernel
+  `rhs` in its parameter dtype (f32), products summed in f32.
 
-  The result is cast back to the operands' dtype. The backward pass is written out so its
-  two matmuls also take bf16 operands with f32 accumulation: autodiff of
-  `preferred_element_type=f32` would hand them an f32 cotangent and promote the weight to
-  f32, and XLA:CPU only uses its bf16 kernels (2× the f32 rate) for bf16→f32 dots.
+  The result has `preferred_element_type`, or else the activations' dtype. In bf16 the
+  backward pass is written out so its two matmuls also take bf16 operands with f32
+  accumulation: autodiff of `preferred_element_type=f32` would hand them an f32 cotangent,
+  and XLA:CPU only uses its bf16 kernels (2× the f32 rate) for bf16×bf16→f32 dots.
   Supports the Linear/LinearGeneral pattern: trailing lhs axes contract leading rhs axes.
   """
-  del precision, preferred_element_type, out_sharding
+  del precision, out_sharding
   (lhs_contract, rhs_contract), batch_dims = dimension_numbers
   num_contract = len(lhs_contract)
   if (any(batch_dims) or tuple(rhs_contract) != tuple(range(num_contract))
       or tuple(lhs_contract) != tuple(range(lhs.ndim - num_contract, lhs.ndim))):
     raise NotImplementedError(f"unsupported dimension_numbers {dimension_numbers}")
+  out_dtype = jnp.dtype(preferred_element_type or lhs.dtype)
   if lhs.dtype == jnp.float32:
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers)
-  return _matmul_f32_accumulate(lhs, rhs.astype(lhs.dtype), num_contract)
+    return jax.lax.dot_general(lhs, rhs.astype(lhs.dtype), dimension_numbers).astype(out_dtype)
+  return _matmul_f32_accumulate(lhs, rhs, num_contract, out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul_f32_accumulate(x, w, num_contract):
-  return _matmul_forward(x, w, num_contract)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul_f32_accumulate(x, w, num_contract, out_dtype):
+  return _matmul_forward(x, w, num_contract, out_dtype)[0]
 
 
 def _as_matrices(x, w, num_contract):
   contract = math.prod(w.shape[:num_contract])
-  return x.reshape(-1, contract), w.reshape(contract, -1)
+  return x.reshape(-1, contract), w.reshape(contract, -1).astype(x.dtype)
 
 
-def _matmul_forward(x, w, num_contract):
+def _matmul_forward(x, w, num_contract, out_dtype):
   x2, w2 = _as_matrices(x, w, num_contract)
-  out = jnp.dot(x2, w2, preferred_element_type=jnp.float32).astype(x.dtype)
+  out = jnp.dot(x2, w2, preferred_element_type=jnp.float32).astype(out_dtype)
   return out.reshape(*x.shape[:x.ndim - num_contract], *w.shape[num_contract:]), (x, w)
 
 
-def _matmul_backward(num_contract, residuals, d_out):
+def _matmul_backward(num_contract, out_dtype, residuals, d_out):
+  del out_dtype
   x, w = residuals
   x2, w2 = _as_matrices(x, w, num_contract)
   d_out2 = d_out.reshape(x2.shape[0], w2.shape[1]).astype(x.dtype)
   d_x = jax.lax.dot_general(d_out2, w2, (((1,), (1,)), ((), ())),
                             preferred_element_type=jnp.float32)
-  d_w = jax.lax.dot_general(x2, d_out2, (((0,), (0,)), ((), ())),
+  # xᵀ·g contracts the token axis of two row-major operands, a layout XLA:CPU runs below
+  # the f32 rate (210–320 GFLOP/s). Contracting it as two axes ([1, T, ·]) makes XLA copy
+  # xᵀ into row-major form and take its bf16 kernel (580–850 GFLOP/s, docs/benchmarks.md).
+  d_w = jax.lax.dot_general(x2[None], d_out2[None], (((0, 1), (0, 1)), ((), ())),
                             preferred_element_type=jnp.float32)
   return d_x.astype(x.dtype).reshape(x.shape), d_w.astype(w.dtype).reshape(w.shape)
 
@@ -135,8 +155,7 @@ class Attention(nnx.Module):
   def __call__(self, x, positions, mask):
     """x: tokens [B·L, d] (flat, see Transfusion.__call__); positions [B, L]."""
     q, k, v = self._project(x, positions)
-    return self._output(jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                                     implementation=self.impl))
+    return self._output(attention.attend(q, k, v, mask, self.impl))
 
   def decode(self, x, positions, mask, cache, index):
     """New tokens x [B·T, d] at cache slots index..index+T-1 attend to every written slot.
@@ -148,7 +167,7 @@ class Attention(nnx.Module):
     keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index,
                                                  axis=1)
-    return self._output(jax.nn.dot_product_attention(q, keys, values, mask=mask)), (keys, values)
+    return self._output(attention.attend(q, keys, values, mask, self.impl)), (keys, values)
 
 
 class SwiGLU(nnx.Module):

@@ -226,10 +226,13 @@ class Transfusion(nnx.Module):
     self.time_embed = TimestepEmbedding(cfg, rngs=rngs)
     self.decoder = DecoderStack(cfg, rngs=rngs)
     self.final_norm = layers.RMSNorm(d, cfg.norm_eps, self.dtype)
+    # Read-outs emit f32 from the f32 accumulator: the losses need f32 logits anyway.
     self.lm_head = None if cfg.tie_embeddings else layers.linear(
-        d, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs)
+        d, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs,
+        out_dtype=jnp.float32)
     self.visual_out = layers.linear(d, patch_dim, dtype=self.dtype, std=std,
-                                    axes=("embed", "latent"), use_bias=True, rngs=rngs)
+                                    axes=("embed", "latent"), use_bias=True, rngs=rngs,
+                                    out_dtype=jnp.float32)
 
   def __call__(self, inputs: ModelInputs):
     """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the

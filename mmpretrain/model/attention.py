@@ -1,0 +1,75 @@
+"""Attention kernels behind one call: `attend(q, k, v, mask, impl)`.
+
+`xla` / `cudnn` go to `jax.nn.dot_product_attention` (the backend's fused kernels on GPU and
+TPU). `einsum` is written out with a custom VJP for XLA:CPU, where the library path is
+slow: its backward reduces softmax gradients over the [T, S] matrix in f32 and multiplies
+with f32 operands even in bf16. Here the forward keeps the softmax probabilities in the
+compute dtype, and the backward uses the identity rowsum(dP ∘ P) = rowsum(dO ∘ O) (an
+[T] reduction over head_dim instead of over S) and runs all four matmuls with
+compute-dtype operands and f32 accumulation. `auto` picks `einsum` on CPU, `xla` elsewhere.
+"""
+import jax
+import jax.numpy as jnp
+
+from mmpretrain.config import ATTENTION_IMPLS
+
+
+def resolve(impl: str) -> str:
+  """The implementation `auto` stands for on the default backend; others unchanged."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"model.attention_impl={impl!r}: pick one of {ATTENTION_IMPLS}")
+  if impl == "auto":
+    return "einsum" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def attend(q, k, v, mask, impl: str):
+  """Softmax attention. q [B, T, heads, D]; k, v [B, S, kv_heads, D] (grouped-query when
+  kv_heads < heads); mask bool [B or 1, 1, T, S], True = attend.
+  Returns [B, T, heads, D] in q's dtype."""
+  impl = resolve(impl)
+  if impl != "einsum":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  # Grouped-query heads share keys and values: repeat them (small, [B, S, kv_heads, D];
+  # autodiff sums their gradients back). A grouped 5-D layout runs ~1.5× slower on XLA:CPU.
+  groups = q.shape[2] // k.shape[2]
+  k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  return _einsum_attention(q, k, v, mask)
+
+
+# q, k, v, out [B, T|S, heads, D]; scores and probabilities [B, heads, T, S].
+_SCORES, _MIX = "btnd,bsnd->bnts", "bnts,bsnd->btnd"
+
+
+def _dot(spec, a, b):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _einsum_attention(q, k, v, mask):
+  return _forward(q, k, v, mask)[0]
+
+
+def _forward(q, k, v, mask):
+  scale = q.shape[-1] ** -0.5
+  scores = jnp.where(mask, _dot(_SCORES, q, k) * scale, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = _dot(_MIX, probs, v).astype(q.dtype)
+  return out, (q, k, v, mask, probs, out)
+
+
+def _backward(residuals, d_out):
+  q, k, v, _, probs, out = residuals
+  scale = q.shape[-1] ** -0.5
+  d_out = d_out.astype(q.dtype)
+  d_v = _dot("bnts,btnd->bsnd", probs, d_out)
+  d_probs = _dot("btnd,bsnd->bnts", d_out, v)
+  # Softmax backward: dS = P ∘ (dP − rowsum(dP ∘ P)), and rowsum(dP ∘ P) = rowsum(dO ∘ O).
+  row = jnp.einsum("btnd,btnd->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  d_scores = (probs.astype(jnp.float32) * (d_probs - row[..., None]) * scale).astype(q.dtype)
+  d_q = _dot(_MIX, d_scores, k)
+  d_k = _dot("bnts,btnd->bsnd", d_scores, q)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+_einsum_attention.defvjp(_forward, _backward)

@@ -1,0 +1,83 @@
+"""Attention kernels: the einsum path (custom VJP) and jax.nn.dot_product_attention, both
+against float64 numpy softmax attention and its analytic gradients, on block-causal masks
+with packed documents and grouped-query heads."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmpretrain.model import attention
+from mmpretrain.model.masks import attention_mask
+
+B, L, HEADS, DIM = 2, 24, 4, 8
+
+
+def _ids():
+  """Two packed documents per row, each with an image block, then padding."""
+  segment = np.array([[1] * 10 + [2] * 12 + [0] * 2, [1] * 24], np.int32)
+  block = np.zeros((B, L), np.int32)
+  block[0, 3:7], block[0, 14:18] = 1, 2
+  block[1, 5:9], block[1, 9:13] = 1, 2        # back-to-back frames
+  return segment, block
+
+
+def _reference(q, k, v, mask, d_out):
+  """Float64 attention and its gradients, written from the definition."""
+  groups = q.shape[2] // k.shape[2]
+  k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
+  scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(mask, scores, -np.inf)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  out = np.einsum("bhts,bshd->bthd", probs, v)
+  d_probs = np.einsum("bthd,bshd->bhts", d_out, v)
+  d_scores = probs * (d_probs - (d_probs * probs).sum(-1, keepdims=True)) / np.sqrt(q.shape[-1])
+  d_q = np.einsum("bhts,bshd->bthd", d_scores, k)
+  d_k = np.einsum("bhts,bthd->bshd", d_scores, q)
+  d_v = np.einsum("bhts,bthd->bshd", probs, d_out)
+  fold = lambda g: g.reshape(*g.shape[:2], -1, groups, g.shape[-1]).sum(3)
+  return out, d_q, fold(d_k), fold(d_v)
+
+
+def _inputs(kv_heads, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = [(B, L, HEADS, DIM), (B, L, kv_heads, DIM), (B, L, kv_heads, DIM), (B, L, HEADS, DIM)]
+  return [jnp.asarray(rng.normal(size=s), dtype) for s in shapes]
+
+
+@pytest.mark.parametrize("impl", ["einsum", "xla"])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_float32_matches_float64_reference(impl, kv_heads):
+  q, k, v, d_out = _inputs(kv_heads, jnp.float32)
+  mask = attention_mask(*_ids())
+  out, vjp = jax.vjp(lambda *a: attention.attend(*a, mask, impl), q, k, v)
+  got = [out, *vjp(d_out)]
+  want = _reference(*(np.asarray(a, np.float64) for a in (q, k, v)), np.asarray(mask),
+                    np.asarray(d_out, np.float64))
+  for name, g, w in zip(["out", "d_q", "d_k", "d_v"], got, want):
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_bfloat16_einsum_is_as_close_as_the_library():
+  # bf16 rounds inputs, probabilities and outputs; the einsum path must not be worse than
+  # jax.nn.dot_product_attention on the same bf16 inputs (errors against float64).
+  q, k, v, d_out = _inputs(2, jnp.bfloat16, seed=1)
+  mask = attention_mask(*_ids())
+  want = _reference(*(np.asarray(a.astype(jnp.float32), np.float64) for a in (q, k, v)),
+                    np.asarray(mask), np.asarray(d_out.astype(jnp.float32), np.float64))
+  errors = {}
+  for impl in ("einsum", "xla"):
+    out, vjp = jax.vjp(lambda *a, impl=impl: attention.attend(*a, mask, impl), q, k, v)
+    got = [out, *vjp(d_out)]
+    assert all(g.dtype == jnp.bfloat16 for g in got)
+    errors[impl] = [np.abs(np.asarray(g.astype(jnp.float32), np.float64) - w).max()
+                    / np.abs(w).max() for g, w in zip(got, want)]
+  assert max(errors["einsum"]) < 0.02, errors
+  assert all(e <= 2 * x + 1e-3 for e, x in zip(errors["einsum"], errors["xla"])), errors
+
+
+def test_auto_is_einsum_on_cpu_and_unknown_names_are_refused():
+  assert attention.resolve("auto") == "einsum"       # the test suite runs on CPU
+  assert attention.resolve("cudnn") == "cudnn"
+  with pytest.raises(ValueError, match="attention_impl"):
+    attention.resolve("flash")
