@@ -20,6 +20,10 @@ def get_config(arg=None):
   c.model.num_heads = c.model.num_kv_heads = 8
   c.model.head_dim = 64
   c.model.dtype = "float32"
+  # Unrolled: under scan, XLA:CPU copies every layer's saved activations into and out of
+  # stacked buffers (dense_ref bf16: 1580 vs 2010 tokens/s; docs/benchmarks.md). Eight
+  # layers compile in seconds either way.
+  c.model.scan_layers = False
   c.train.num_steps = 100
   c.optimizer.warmup_steps = 10
   # The benchmark's synthetic rows: text tokens and images of 64 latent tokens per row.
