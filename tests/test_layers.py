@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmpretrain.model.layers import mixed_precision_dot_general
+from mmpretrain.model.layers import expert_matmul, mixed_precision_dot_general
 
 # (x shape, w shape, contracted axes): a Linear, a head projection, an output projection.
 CASES = [((6, 16), (16, 24), 1), ((6, 16), (16, 3, 8), 1), ((2, 5, 3, 8), (3, 8, 16), 2)]
@@ -69,3 +69,20 @@ def test_long_sums_accumulate_in_float32():
   x, w = jnp.ones((2, 4096), jnp.bfloat16), jnp.ones((4096, 3), jnp.bfloat16)
   out = mixed_precision_dot_general(x, w, _dims(2, 1))
   np.testing.assert_array_equal(np.asarray(out, np.float32), 4096.0)
+
+
+def test_expert_matmul_bf16_matches_float64_per_expert():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.bfloat16)          # [E, C, a]
+  w = jnp.asarray(rng.normal(size=(3, 8, 6)), jnp.float32)           # [E, a, b]
+  out, vjp = jax.vjp(expert_matmul, x, w)
+  d_out = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
+  d_x, d_w = vjp(d_out)
+  assert out.dtype == d_x.dtype == jnp.bfloat16 and d_w.dtype == jnp.float32
+  x64, w64, g64 = _as_f64(x), _as_f64(w.astype(jnp.bfloat16)), _as_f64(d_out)
+  for got, want in [(out, x64 @ w64), (d_x, g64 @ w64.transpose(0, 2, 1))]:
+    np.testing.assert_allclose(_as_f64(got), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+  np.testing.assert_allclose(np.asarray(d_w, np.float64), x64.transpose(0, 2, 1) @ g64,
+                             rtol=1e-5, atol=1e-5)
+  f32 = expert_matmul(x.astype(jnp.float32), w)
+  np.testing.assert_allclose(np.asarray(f32, np.float64), x64 @ _as_f64(w), rtol=1e-5, atol=1e-5)

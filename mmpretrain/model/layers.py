@@ -58,41 +58,56 @@ def mixed_precision_dot_general(lhs, rhs, dimension_numbers, precision=None,
   out_dtype = jnp.dtype(preferred_element_type or lhs.dtype)
   if lhs.dtype == jnp.float32:
     return jax.lax.dot_general(lhs, rhs.astype(lhs.dtype), dimension_numbers).astype(out_dtype)
-  return _matmul_f32_accumulate(lhs, rhs, num_contract, out_dtype)
+  contract = math.prod(rhs.shape[:num_contract])
+  out = _mixed_matmul(lhs.reshape(-1, contract), rhs.reshape(contract, -1), out_dtype)
+  return out.reshape(*lhs.shape[:lhs.ndim - num_contract], *rhs.shape[num_contract:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul_f32_accumulate(x, w, num_contract, out_dtype):
-  return _matmul_forward(x, w, num_contract, out_dtype)[0]
+def expert_matmul(x, w, out_dtype=None):
+  """Per-expert matmuls x [E, C, a] @ w [E, a, b] -> [E, C, b], summed in f32, with the
+  same bf16 backward as the dense layers. The result has `out_dtype`, or else x's dtype."""
+  out_dtype = jnp.dtype(out_dtype or x.dtype)
+  if x.dtype == jnp.float32:
+    return jnp.einsum("ecd,edf->ecf", x, w.astype(x.dtype)).astype(out_dtype)
+  return _mixed_matmul(x, w, out_dtype)
 
 
-def _as_matrices(x, w, num_contract):
-  contract = math.prod(w.shape[:num_contract])
-  return x.reshape(-1, contract), w.reshape(contract, -1).astype(x.dtype)
+# x [(E,) M, K] @ w [(E,) K, N]: matrices, or a stack of them sharing a leading expert axis.
+def _matmul_dims(x, contract_x, contract_w):
+  batch = (0,) if x.ndim == 3 else ()
+  return ((contract_x, contract_w), (batch, batch))
 
 
-def _matmul_forward(x, w, num_contract, out_dtype):
-  x2, w2 = _as_matrices(x, w, num_contract)
-  out = jnp.dot(x2, w2, preferred_element_type=jnp.float32).astype(out_dtype)
-  return out.reshape(*x.shape[:x.ndim - num_contract], *w.shape[num_contract:]), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_matmul(x, w, out_dtype):
+  return _mixed_matmul_forward(x, w, out_dtype)[0]
 
 
-def _matmul_backward(num_contract, out_dtype, residuals, d_out):
+def _mixed_matmul_forward(x, w, out_dtype):
+  k = x.ndim - 1
+  out = jax.lax.dot_general(x, w.astype(x.dtype), _matmul_dims(x, (k,), (k - 1,)),
+                            preferred_element_type=jnp.float32)
+  return out.astype(out_dtype), (x, w)
+
+
+def _mixed_matmul_backward(out_dtype, residuals, d_out):
   del out_dtype
   x, w = residuals
-  x2, w2 = _as_matrices(x, w, num_contract)
-  d_out2 = d_out.reshape(x2.shape[0], w2.shape[1]).astype(x.dtype)
-  d_x = jax.lax.dot_general(d_out2, w2, (((1,), (1,)), ((), ())),
+  k = x.ndim - 1
+  d_out = d_out.astype(x.dtype)
+  d_x = jax.lax.dot_general(d_out, w.astype(x.dtype), _matmul_dims(x, (k,), (k,)),
                             preferred_element_type=jnp.float32)
   # xᵀ·g contracts the token axis of two row-major operands, a layout XLA:CPU runs below
-  # the f32 rate (210–320 GFLOP/s). Contracting it as two axes ([1, T, ·]) makes XLA copy
-  # xᵀ into row-major form and take its bf16 kernel (580–850 GFLOP/s, docs/benchmarks.md).
-  d_w = jax.lax.dot_general(x2[None], d_out2[None], (((0, 1), (0, 1)), ((), ())),
+  # the f32 rate (210–370 GFLOP/s). Contracting it as two axes ([1, T, ·]) makes XLA copy
+  # xᵀ into row-major form and take its bf16 kernel (520–870 GFLOP/s, docs/benchmarks.md).
+  m = k - 1
+  d_w = jax.lax.dot_general(jnp.expand_dims(x, m), jnp.expand_dims(d_out, m),
+                            _matmul_dims(x, (m, m + 1), (m, m + 1)),
                             preferred_element_type=jnp.float32)
-  return d_x.astype(x.dtype).reshape(x.shape), d_w.astype(w.dtype).reshape(w.shape)
+  return d_x.astype(x.dtype), d_w.astype(w.dtype)
 
 
-_matmul_f32_accumulate.defvjp(_matmul_forward, _matmul_backward)
+_mixed_matmul.defvjp(_mixed_matmul_forward, _mixed_matmul_backward)
 
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndarray:
@@ -181,4 +196,11 @@ class SwiGLU(nnx.Module):
     self.down = linear(f, d, dtype=dtype, std=out_std, axes=("mlp", "embed"), rngs=rngs)
 
   def __call__(self, x):
-    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+    return self.down(swiglu(self.gate(x), self.up(x)))
+
+
+def swiglu(gate, up):
+  """silu(gate) · up, computed in f32 and returned in the inputs' dtype: CPUs without bf16
+  arithmetic emulate it (the bf16 backward of this product was 54 ms of a 235 ms
+  fine-grained MoE layer), and on accelerators the upcast is free inside the fusion."""
+  return (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(gate.dtype)

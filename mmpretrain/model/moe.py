@@ -116,7 +116,7 @@ class Experts(nnx.Module):
       return jax.lax.ragged_dot(a, w, group_sizes,
                                 preferred_element_type=jnp.float32).astype(self.dtype)
     pairs = x[token_of].astype(self.dtype)
-    y = dot(jax.nn.silu(dot(pairs, gate)) * dot(pairs, up), down)
+    y = dot(layers.swiglu(dot(pairs, gate), dot(pairs, up)), down)
     combine = (weights.reshape(-1)[order] * token_mask[token_of]).astype(jnp.float32)
     out = jnp.zeros((tokens, x.shape[-1]), jnp.float32).at[token_of].add(
         y.astype(jnp.float32) * combine[:, None])
@@ -208,11 +208,10 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
   gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
   down = exchange.full_width(down, 2)
-  h = jnp.einsum("ecd,edf->ecf", buffers, gate_up,
-                 preferred_element_type=jnp.float32).astype(dtype)
+  h = layers.expert_matmul(buffers, gate_up)
   hidden = gate.shape[-1]
-  y = jnp.einsum("ecf,efd->ecd", jax.nn.silu(h[..., :hidden]) * h[..., hidden:], down,
-                 preferred_element_type=jnp.float32)
+  y = layers.expert_matmul(layers.swiglu(h[..., :hidden], h[..., hidden:]), down,
+                           out_dtype=jnp.float32)
   y = exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))      # [E, g·C, d]
 
   flat_y = jnp.concatenate([y.reshape(-1, d), jnp.zeros((1, d), dtype)])  # last row: dropped
