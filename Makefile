@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/train_step.py --config=configs/bench/dense_ref.py
 	$(BIN)/python benchmarks/train_step.py --config=configs/bench/mixed_ref.py
 	$(BIN)/python benchmarks/moe_overhead.py
+	$(BIN)/python benchmarks/moe_layer.py
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/encoder.py --config=configs/demo.py
 	$(BIN)/python benchmarks/generation.py --config=configs/demo.py

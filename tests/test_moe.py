@@ -171,9 +171,9 @@ def test_capacity_gradients_equal_dropless_gradients(overrides):
 
 
 def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_token():
-  """Dispatch and combine have hand-written backward passes (gathers through the inverse
-  slot map). Reference: autodiff of a gather-free layer that runs every expert on every
-  token and keeps the (token, choice) pairs the float64 loop kept."""
+  """Where assignments drop, gradients flow only through the kept (token, choice) pairs.
+  Reference: autodiff of a gather-free layer that runs every expert on every token and
+  keeps the pairs the float64 loop kept."""
   layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_factor=0.5), rngs=nnx.Rngs(5))
   x, kind = inputs(5, masked=3)
   dense_reference(layer, x, kind, capacity=int(np.ceil(0.5 * LENGTH * 2 / 4)))

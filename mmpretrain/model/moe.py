@@ -200,12 +200,8 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   token = jnp.arange(groups)[:, None] * length + jnp.tile(jnp.arange(length), k)[None]
   source = jnp.full((num_experts, groups * slots), tokens, jnp.int32).at[
       expert_of.reshape(-1), column.reshape(-1)].set(token.reshape(-1), mode="drop")
-  # Flat slot of each (token, choice) pair, token-major [T, k]; `dropped` (one past the
-  # last slot) if the pair found no room.
-  dropped = num_experts * groups * slots
-  slot_of = jnp.where(kept, expert_of * (groups * slots) + column, dropped)
-  slot_of = slot_of.reshape(groups, k, length).transpose(0, 2, 1).reshape(tokens, k)
-  buffers = exchange.to_experts(_dispatch(x.astype(dtype), source, slot_of))
+  padded = jnp.concatenate([x.astype(dtype), jnp.zeros((1, d), dtype)])   # row T: empty slot
+  buffers = exchange.to_experts(padded[source])                # [E(/ep), g·C(·ep), d]
 
   gate, up, down = expert_weights
   # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
@@ -218,63 +214,13 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
                            out_dtype=jnp.float32)
   y = exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))      # [E, g·C, d]
 
-  out = _combine(y, weights * (slot_of != dropped), source, slot_of)
+  flat_y = jnp.concatenate([y.reshape(-1, d), jnp.zeros((1, d), dtype)])  # last row: dropped
+  slot_of = jnp.where(kept, expert_of * (groups * slots) + column, flat_y.shape[0] - 1)
+  def token_major(a):                                           # [g, k·n] -> [T, k]
+    return a.reshape(groups, k, length).transpose(0, 2, 1).reshape(tokens, k)
+  combine = weights * token_major(kept)
+  out = jnp.einsum("tkd,tk->td", flat_y[token_major(slot_of)].astype(jnp.float32), combine)
   return out, exchange.total(jnp.sum(kept))
-
-
-# Dispatch and combine are gathers through a slot <-> (token, choice) map known both ways,
-# so each backward is a gather through the inverse map too: autodiff would transpose the
-# gathers into scatter-adds, which XLA:CPU runs 1.5-2x slower (docs/benchmarks.md).
-def _with_empty_row(a):
-  """a [..., d] flattened to rows, plus a zero row that empty or dropped indices read."""
-  rows = a.reshape(-1, a.shape[-1])
-  return jnp.concatenate([rows, jnp.zeros((1, rows.shape[-1]), rows.dtype)])
-
-
-@jax.custom_vjp
-def _dispatch(x, source, slot_of):
-  """Expert buffers [E, S, d]: slot s holds row source[s] of x [T, d] (T: empty).
-  slot_of [T, k] is the inverse map (E·S: dropped)."""
-  return _with_empty_row(x)[source]
-
-
-def _dispatch_forward(x, source, slot_of):
-  return _dispatch(x, source, slot_of), (source, slot_of)
-
-
-def _dispatch_backward(residuals, d_buffers):
-  source, slot_of = residuals
-  d_x = jnp.sum(_with_empty_row(d_buffers)[slot_of].astype(jnp.float32), axis=1)
-  return d_x.astype(d_buffers.dtype), None, None
-
-
-_dispatch.defvjp(_dispatch_forward, _dispatch_backward)
-
-
-@jax.custom_vjp
-def _combine(y, combine, source, slot_of):
-  """out[t] = Σ_j combine[t, j] · y[slot_of[t, j]] in f32: y [E, S, d] expert outputs,
-  combine [T, k] weights (0 where dropped), source [E, S] the inverse of slot_of."""
-  picked = _with_empty_row(y)[slot_of].astype(jnp.float32)      # [T, k, d]
-  return jnp.einsum("tkd,tk->td", picked, combine)
-
-
-def _combine_forward(y, combine, source, slot_of):
-  return _combine(y, combine, source, slot_of), (y, combine, source, slot_of)
-
-
-def _combine_backward(residuals, d_out):
-  y, combine, source, slot_of = residuals
-  picked = _with_empty_row(y)[slot_of].astype(jnp.float32)
-  d_combine = jnp.einsum("tkd,td->tk", picked, d_out)
-  slots = source.size
-  weight_of_slot = jnp.zeros((slots + 1,), jnp.float32).at[slot_of.reshape(-1)].set(
-      combine.reshape(-1))[:slots]                              # 0 for empty slots
-  d_y = _with_empty_row(d_out)[source.reshape(-1)] * weight_of_slot[:, None]
-  return d_y.reshape(y.shape).astype(y.dtype), d_combine, None, None
-
-
-_combine.defvjp(_combine_forward, _combine_backward)
 
 
 def _sharded(run, active, groups: int, x, experts, weights, token_mask, gate, up, down):

@@ -1,0 +1,73 @@
+"""One FFN layer, forward + backward, dense SwiGLU vs the MoE layers of the overhead benchmark.
+
+  python benchmarks/moe_layer.py [--repeats=8]
+
+Prints one JSON line: milliseconds per fwd + bwd (gradients for the inputs and every
+parameter) of configs/bench/dense_ref.py's SwiGLU, of moe_ref.py's 8 × 768 top-2 layer and
+of its 32 × 192 top-8 variant, on the benchmark's 8 × 512 tokens, and the ratios to dense.
+Where benchmarks/moe_overhead.py says how much a whole train step pays for MoE, this says
+which layer pays it, in seconds rather than minutes.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+from flax import nnx  # pylint: disable=wrong-import-position
+
+from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
+from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
+from mmpretrain.model import layers, moe  # pylint: disable=wrong-import-position
+from moe_overhead import CONFIGS  # pylint: disable=wrong-import-position
+
+
+def layer_ms(name: str, repeats: int) -> float:
+  path, arg = CONFIGS[name]
+  config = validate(load_config(os.path.join(ROOT, "configs", "bench", path), arg))
+  model = config.model
+  rows, tokens = config.data.batch_size, config.data.batch_size * config.data.seq_len
+  layer = (moe.MoE(model, rngs=nnx.Rngs(0)) if model.moe.num_experts
+           else layers.SwiGLU(model, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(layer)
+  x = jax.random.normal(jax.random.key(0), (tokens, model.d_model), jnp.dtype(model.dtype))
+  text = jnp.zeros((tokens,), jnp.int32)
+
+  def loss(state, x):
+    module = nnx.merge(graphdef, state)
+    out = module(x, text, rows)[0] if isinstance(module, moe.MoE) else module(x)
+    return jnp.sum(jnp.square(out.astype(jnp.float32)))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  for _ in range(2):                  # compile, then one warm-up call
+    jax.block_until_ready(grad(state, x))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(grad(state, x))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)) * 1e3
+
+
+def main():
+  relaunch_with_jemalloc()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--repeats", type=int, default=8, help="timed calls (median)")
+  args = parser.parse_args()
+  ms = {name: layer_ms(name, args.repeats) for name in CONFIGS}
+  out = {"devices": str(jax.devices()[0].device_kind)}
+  for name, value in ms.items():
+    out[f"{name}_ms"] = round(value, 1)
+    if name != "dense":
+      out[f"{name}_vs_dense"] = round(value / ms["dense"], 3)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
