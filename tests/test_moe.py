@@ -39,15 +39,14 @@ def swiglu(x, gate, up, down):
   return ((h / (1 + np.exp(-h))) * (x @ up)) @ down
 
 
-def dense_reference(layer, x, kind, capacity=None, group=LENGTH):
-  """Per token: Σ over its chosen experts of weight · expert(x), + shared experts.
+def reference_routing(layer, x, kind, capacity=None, group=LENGTH):
+  """(chosen experts [T, k], combine weights [T, k], kept [T, k] bool) in float64.
 
   With `capacity`, inside each group of `group` tokens an expert takes assignments in
   choice-major order (all first choices, then second choices, each in token order) until
-  it holds `capacity`; the rest drop.
+  it holds `capacity`; the rest drop. Padding tokens take no slot.
   """
-  x = f64(x)
-  logits = x @ f64(layer.router.kernel[...])
+  logits = f64(x) @ f64(layer.router.kernel[...])
   k = layer.router.k
   if layer.router.kind == "softmax":
     scores = np.exp(logits - logits.max(-1, keepdims=True))
@@ -60,19 +59,30 @@ def dense_reference(layer, x, kind, capacity=None, group=LENGTH):
   weights = np.take_along_axis(scores, chosen, -1)
   if layer.router.renormalize:
     weights /= weights.sum(-1, keepdims=True)
-  gate, up, down = (f64(w[...]) for w in (layer.experts.gate, layer.experts.up,
-                                          layer.experts.down))
-  out, kept = np.zeros_like(x), np.zeros(chosen.shape, bool)
+  kept = np.zeros(chosen.shape, bool)
   for start in range(0, len(x), group):
-    used = np.zeros(gate.shape[0], int)
+    used = np.zeros(layer.router.num_experts, int)
     for choice in range(k):
       for t in range(start, start + group):
         e = chosen[t, choice]
-        if kind[t] < 0 or capacity is not None and used[e] >= capacity:   # padding: no slot
+        if kind[t] < 0 or capacity is not None and used[e] >= capacity:
           continue
         used[e] += 1
         kept[t, choice] = True
-        out[t] += weights[t, choice] * swiglu(x[t], gate[e], up[e], down[e])
+  return chosen, weights, kept
+
+
+def dense_reference(layer, x, kind, capacity=None, group=LENGTH):
+  """Per token: Σ over its kept experts (reference_routing) of weight · expert(x), + shared
+  experts. Returns the output and the drop rate."""
+  chosen, weights, kept = reference_routing(layer, x, kind, capacity, group)
+  x = f64(x)
+  gate, up, down = (f64(w[...]) for w in (layer.experts.gate, layer.experts.up,
+                                          layer.experts.down))
+  out = np.zeros_like(x)
+  for t, choice in zip(*np.nonzero(kept)):
+    e = chosen[t, choice]
+    out[t] += weights[t, choice] * swiglu(x[t], gate[e], up[e], down[e])
   def shared(module, rows):
     return swiglu(rows, f64(module.gate.kernel[...]), f64(module.up.kernel[...]),
                   f64(module.down.kernel[...]))
@@ -81,8 +91,7 @@ def dense_reference(layer, x, kind, capacity=None, group=LENGTH):
                     shared(layer.shared, x))
   elif layer.shared is not None:
     out += shared(layer.shared, x)
-  dense_reference.kept, dense_reference.chosen = kept, chosen
-  return out, 1 - kept.sum() / (len(x) * k)
+  return out, 1 - kept.sum() / kept.size
 
 
 @pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
@@ -176,8 +185,8 @@ def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_t
   keeps the pairs the float64 loop kept."""
   layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_factor=0.5), rngs=nnx.Rngs(5))
   x, kind = inputs(5, masked=3)
-  dense_reference(layer, x, kind, capacity=int(np.ceil(0.5 * LENGTH * 2 / 4)))
-  kept, chosen = jnp.asarray(dense_reference.kept), jnp.asarray(dense_reference.chosen)
+  chosen, _, kept = reference_routing(layer, x, kind, capacity=int(np.ceil(0.5 * LENGTH * 2 / 4)))
+  chosen, kept = jnp.asarray(chosen), jnp.asarray(kept)
   assert 0.1 < 1 - float(kept.mean()) < 0.9
   graphdef, state = nnx.split(layer)
 
