@@ -1,10 +1,11 @@
 """One FFN layer, forward + backward, dense SwiGLU vs the MoE layers of the overhead benchmark.
 
-  python benchmarks/moe_layer.py [--repeats=8]
+  python benchmarks/moe_layer.py [--repeats=12]
 
 Prints one JSON line: milliseconds per fwd + bwd (gradients for the inputs and every
 parameter) of configs/bench/dense_ref.py's SwiGLU, of moe_ref.py's 8 × 768 top-2 layer and
 of its 32 × 192 top-8 variant, on the benchmark's 8 × 512 tokens, and the ratios to dense.
+The three are called in turn, so the VM's slow spells fall on all of them alike.
 Where benchmarks/moe_overhead.py says how much a whole train step pays for MoE, this says
 which layer pays it, in seconds rather than minutes.
 """
@@ -28,7 +29,8 @@ from mmpretrain.model import layers, moe  # pylint: disable=wrong-import-positio
 from moe_overhead import CONFIGS  # pylint: disable=wrong-import-position
 
 
-def layer_ms(name: str, repeats: int) -> float:
+def layer_step(name: str):
+  """A jitted fwd + bwd of one FFN layer of config `name`, compiled and warmed up."""
   path, arg = CONFIGS[name]
   config = validate(load_config(os.path.join(ROOT, "configs", "bench", path), arg))
   model = config.model
@@ -45,22 +47,31 @@ def layer_ms(name: str, repeats: int) -> float:
     return jnp.sum(jnp.square(out.astype(jnp.float32)))
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  def step():
+    jax.block_until_ready(grad(state, x))
   for _ in range(2):                  # compile, then one warm-up call
-    jax.block_until_ready(grad(state, x))
-  times = []
+    step()
+  return step
+
+
+def median_ms(repeats: int) -> dict:
+  """Calls the layers in turn, `repeats` times: a slow spell of the VM hits all of them."""
+  steps = {name: layer_step(name) for name in CONFIGS}
+  times = {name: [] for name in CONFIGS}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(grad(state, x))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)) * 1e3
+    for name, step in steps.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
 
 
 def main():
   relaunch_with_jemalloc()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--repeats", type=int, default=8, help="timed calls (median)")
+  parser.add_argument("--repeats", type=int, default=12, help="timed calls of each (median)")
   args = parser.parse_args()
-  ms = {name: layer_ms(name, args.repeats) for name in CONFIGS}
+  ms = median_ms(args.repeats)
   out = {"devices": str(jax.devices()[0].device_kind)}
   for name, value in ms.items():
     out[f"{name}_ms"] = round(value, 1)
