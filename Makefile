@@ -44,10 +44,10 @@ demo: prepare $(DEMO_WORKDIR)_rae/representation/rae.json \
 	    --config.eval.classifier=$(DEMO_WORKDIR)_classifier/classifier
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow tests
+	$(BIN)/python -m pytest -q -m slow --durations=10 tests
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py --config=configs/bench/dense_ref.py

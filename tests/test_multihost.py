@@ -73,6 +73,7 @@ def final_params(workdir, config, tokenizer):
   return jax.device_get(state.params)
 
 
+@pytest.mark.slow      # two processes and a one-process reference run: minutes on 2 cores
 def test_two_processes_are_preempted_resume_and_match_one_process(data_dir, tokenizer,
                                                                    tmp_path):
   config = multihost_config(data_dir)

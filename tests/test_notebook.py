@@ -2,11 +2,13 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow      # a kernel that compiles and trains the notebook's model
 def test_debugging_notebook_runs_top_to_bottom(data_dir, monkeypatch):
   monkeypatch.setenv("MMPRETRAIN_DATA_DIR", data_dir)     # the kernel inherits it
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")

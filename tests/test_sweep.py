@@ -69,6 +69,7 @@ def test_tpu_launcher_prints_every_run_with_its_workdir(data_dir):
       "--config.data.batch_size=16")
 
 
+@pytest.mark.slow      # trains every run of a small grid, then resumes it
 def test_a_local_sweep_runs_collects_and_resumes(data_dir, tmp_path):
   path = config_file(tmp_path, isoflop_config, data_dir)
   runs = sweep.isoflop_plan(isoflop_config(data_dir), path)[:2]
