@@ -1,6 +1,7 @@
 """optax learning-rate schedules and the AdamW transform, from config.optimizer."""
 import jax
 import optax
+from flax import nnx
 
 
 def learning_rate_schedule(ocfg, num_steps: int) -> optax.Schedule:
@@ -20,20 +21,35 @@ def learning_rate_schedule(ocfg, num_steps: int) -> optax.Schedule:
   raise ValueError(f"unknown optimizer.schedule {ocfg.schedule!r}")
 
 
-DECAYED = ("kernel", "embedding", "gate", "up", "down")   # the last three: stacked experts
+# The axis nnx.scan / nnx.vmap put in front of a stacked layer's parameters (one per layer):
+# a stack of norm scales is a vector per layer, not a matrix.
+LAYER_AXIS = "layers"
+
+
+def is_decayed(variable) -> bool:
+  """Weight decay applies to trained matrices (and stacks of them: experts, convolutions)
+  and embeddings, never to vectors: norm scales, biases, the sigmoid router's bias.
+
+  The rank is read from the parameter itself, less the stacking axis of scanned layers
+  (named by its logical-axis annotation), so no list of attribute names has to be kept.
+  """
+  if not isinstance(variable, nnx.Param):
+    return False
+  axes = variable.get_metadata().get("out_sharding") or ()
+  return variable.get_value().ndim - sum(a == LAYER_AXIS for a in axes) >= 2
 
 
 def decay_mask(params):
-  """Weight decay on matmul weights and embeddings only, not on norms or biases."""
-  def is_decayed(path, _):
-    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    return names[-1] in DECAYED
-  return jax.tree_util.tree_map_with_path(is_decayed, params)
+  """A prefix tree of `params` (an NNX state of Variables): True where weight decay applies."""
+  return jax.tree.map(is_decayed, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(ocfg, num_steps: int) -> optax.GradientTransformation:
+  """Global-norm clipping (grad_clip_norm = 0 turns it off), then AdamW with decoupled
+  weight decay on the parameters `decay_mask` selects."""
   schedule = learning_rate_schedule(ocfg, num_steps)
-  return optax.chain(
-      optax.clip_by_global_norm(ocfg.grad_clip_norm),
-      optax.adamw(schedule, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps,
-                  weight_decay=ocfg.weight_decay, mask=decay_mask))
+  # identity() keeps the optimizer state's structure the same with and without clipping.
+  clip = (optax.clip_by_global_norm(ocfg.grad_clip_norm) if ocfg.grad_clip_norm
+          else optax.identity())
+  return optax.chain(clip, optax.adamw(schedule, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps,
+                                       weight_decay=ocfg.weight_decay, mask=decay_mask))
