@@ -35,6 +35,11 @@ def get_config(arg=None):
   c.data.shards = 1                      # a multiple of the number of data-loading processes
   c.data.num_workers = 0                 # grain worker processes per shard (0 = in-process)
   c.data.worker_buffer_size = 2          # batches each worker prefetches
+  # A record that cannot be read (a corrupt array_record chunk): stop with an error naming
+  # the dataset, file and record, or skip it (counted in data/skipped_unreadable) until more
+  # than this fraction of a dataset's records has failed.
+  c.data.on_unreadable = "error"         # error | skip
+  c.data.max_unreadable_fraction = 0.01
 
   # Streams turn records of their datasets into documents; `datasets` weights the datasets
   # inside a stream (0 disables one). Dataset names are keys of c.data.datasets.

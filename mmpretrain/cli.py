@@ -314,6 +314,19 @@ def _run(command):
   return main
 
 
+def _check_override_keys(args: list[str]) -> None:
+  """Refuses `--config.<key>=…` overrides of keys the config file does not define, in the
+  one-line form of every other config error (ml_collections would raise a traceback)."""
+  path = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+  keys = [a[len("--config."):].split("=", 1)[0] for a in args if a.startswith("--config.")]
+  if path is None or not keys:
+    return
+  file, _, arg = path.partition(":")
+  config = config_lib.load_config(file, arg or None)
+  for key in keys:
+    config_lib.check_key_exists(config, key)
+
+
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] not in COMMANDS:
@@ -321,6 +334,11 @@ def main(argv=None):
           "[--config.key=value ...]", file=sys.stderr)
     sys.exit(2)
   command = argv[1]
+  try:
+    _check_override_keys(argv[2:])
+  except config_lib.ConfigError as e:
+    print(f"mmpretrain {command}: error: {e}", file=sys.stderr)
+    sys.exit(2)
   if command.startswith("train"):
     hostalloc.relaunch_with_jemalloc()
   app.run(_run(command), argv=[f"mmpretrain {command}"] + argv[2:])

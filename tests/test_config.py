@@ -1,5 +1,6 @@
 """Configs: command-line overrides, and bad values failing early with the key named."""
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import base
 import demo
 from mmpretrain import config as config_lib
+from mmpretrain import config_rules
 from mmpretrain.model.moe import expert_count
 from mmpretrain.model.transformer import is_moe_layer
 from mmpretrain.scaling.flops import active_matmul_params
@@ -160,3 +162,91 @@ def test_ablation_arg_outside_its_variants_names_them():
   get_config, _ = ablation_variants("granularity")
   with pytest.raises(ValueError, match=r"use one of \['1', '2', '4', '8', '16'\]"):
     get_config("3")
+
+
+def set_key(config, key: str, value) -> None:
+  *parents, name = key.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[name] = value
+
+
+def probes(value) -> list:
+  """Zero, a negative and an absurd value of the key's own type; a made-up name for text."""
+  if isinstance(value, bool):
+    return []
+  if isinstance(value, int):
+    return [0, -1, 10**12]
+  if isinstance(value, float) or value is None:
+    return [0.0, -1.0, 1e12]
+  if isinstance(value, str):
+    return ["no-such-value"]
+  return []
+
+
+BASE_KEYS = [key for key, _ in config_rules.leaves(base.get_config())]
+
+
+def test_every_key_of_the_base_config_has_a_rule():
+  """A key added to configs/base.py without a rule in config_rules.RULES fails here."""
+  assert [k for k in BASE_KEYS if config_rules.rule_for(k) is None] == []
+
+
+@pytest.mark.parametrize("key", BASE_KEYS)
+def test_zero_negative_and_absurd_values_work_or_are_refused_by_name(key):
+  default = dict(config_rules.leaves(base.get_config()))[key]
+  for value in probes(default):
+    c = base.get_config()
+    set_key(c, key, value)
+    try:
+      config_lib.validate(c)
+    except config_lib.ConfigError as e:
+      message = str(e)
+      assert "\n" not in message, message
+      assert message.startswith("config."), message
+      named = message.split(":", 1)[0].removeprefix("config.")
+      config_lib.check_key_exists(c, named)     # the key itself, or the one to change with it
+      continue
+    rule = config_rules.rule_for(key)
+    if isinstance(rule, config_rules.Text):
+      continue                                  # paths and names are checked where opened
+    assert value not in (10**12, 1e12) or isinstance(rule, config_rules.Real) and \
+        rule.hi == math.inf, f"config.{key}={value} was accepted"
+
+
+@pytest.mark.parametrize("key, value, accepted", [
+    ("optimizer.grad_clip_norm", 0.0, True),         # no clipping
+    ("optimizer.weight_decay", 0.0, True),
+    ("optimizer.warmup_steps", 0, True),
+    ("eval.every_steps", 0, True), ("checkpoint.every_steps", 0, True),
+    ("mesh.data", -1, True), ("model.moe.num_experts", 0, True),
+    ("diffusion.cfg_scale", 0.0, True), ("loss.flow_weight", 1e12, True),
+    ("optimizer.learning_rate", 0.0, False), ("optimizer.learning_rate", 1e12, False),
+    ("optimizer.eps", 0.0, False), ("diffusion.min_t", 0.0, False),
+    ("optimizer.b2", 1.0, False), ("mesh.data", 0, False), ("data.seq_len", 10**12, False),
+    ("train.num_steps", -1, False), ("optimizer.weight_decay", 11.0, False),
+    ("diffusion.time_shift", 0.0, False), ("data.image_channels", 2, False),
+])
+def test_values_whose_meaning_matters(key, value, accepted):
+  c = base.get_config()
+  set_key(c, key, value)
+  if accepted:
+    config_lib.validate(c)
+  else:
+    with pytest.raises(config_lib.ConfigError, match=f"^config.{key}: "):
+      config_lib.validate(c)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.d_modle=3", 'config.model.d_modle: no such key (did you mean "model.d_model"?)'),
+    ("--config.optimzer.learning_rate=1", 'config.optimzer.learning_rate: no such key (did you mean "optimizer"?)'),
+])
+def test_unknown_keys_are_refused_in_one_line(override, message):
+  result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mmpretrain"), "eval",
+                           "--config=configs/demo.py", override],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [f"mmpretrain eval: error: {message}. Fix the "
+                                                "spelling, or add the key to the config file's "
+                                                "get_config()"]
