@@ -78,6 +78,8 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus sampling mass.")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
+_REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare: write the datasets anew even where "
+                                "they exist (mends a copy whose records cannot be read).")
 
 
 def _config():
@@ -88,7 +90,7 @@ def _config():
 
 def cmd_prepare():
   from mmpretrain.prepare import prepare  # pylint: disable=import-outside-toplevel
-  prepare(_config(), _DATASETS.value)
+  prepare(_config(), _DATASETS.value, _REBUILD.value)
 
 
 def cmd_train():

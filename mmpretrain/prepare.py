@@ -5,7 +5,7 @@ already be there) and the SentencePiece tokenizer, trained on the text those dat
 """
 import os
 
-from mmpretrain.data import builders, pipeline, streams
+from mmpretrain.data import builders, pipeline, records, streams
 from mmpretrain.tokenizers.text import TextTokenizer, train_tokenizer
 
 TEXT_FIELDS = ("text", "caption", "actions", "mission")
@@ -18,7 +18,7 @@ def datasets_in_use(config) -> list[str]:
                  for name, w in config.data.streams[stream].datasets.items() if w > 0})
 
 
-def prepare_datasets(config, names) -> None:
+def prepare_datasets(config, names, rebuild: bool = False) -> None:
   for name in names:
     if name not in config.data.datasets:
       raise ValueError(f"unknown dataset {name!r}; config.data.datasets has "
@@ -26,7 +26,7 @@ def prepare_datasets(config, names) -> None:
     spec = config.data.datasets[name]
     data_dir = spec.data_dir or config.data.data_dir
     if spec.tfds_name in builders.BUILDERS:
-      print(f"dataset ready: {builders.prepare_dataset(spec.tfds_name, data_dir)}")
+      print(f"dataset ready: {builders.prepare_dataset(spec.tfds_name, data_dir, rebuild)}")
     else:   # a user's own TFDS dataset: check it is readable, never build it
       builders.open_split(spec.tfds_name, spec.train_split, data_dir, spec.version)
       print(f"dataset found: {spec.tfds_name} in {data_dir}")
@@ -37,9 +37,11 @@ def tokenizer_corpus(config, names) -> list[str]:
   texts = []
   for name in names:
     fields = config.data.datasets[name].fields
-    records = pipeline.dataset_records(config, name, "train")
-    for i in range(min(len(records), CORPUS_RECORDS)):
-      record = records[i]
+    dataset = pipeline.dataset_records(config, name, "train")
+    for i in range(min(len(dataset), CORPUS_RECORDS)):
+      record = dataset[i]
+      if isinstance(record, records.Unreadable):
+        continue
       for field in TEXT_FIELDS:
         value = record.get(fields.get(field, ""))
         if value is None:
@@ -64,8 +66,9 @@ def prepare_tokenizer(config, names) -> str:
   return path
 
 
-def prepare(config, datasets: list[str] | None = None) -> None:
-  """Builds `datasets` (default: all the config reads), then the tokenizer if missing."""
+def prepare(config, datasets: list[str] | None = None, rebuild: bool = False) -> None:
+  """Builds `datasets` (default: all the config reads; `rebuild`: anew, even where present),
+  then the tokenizer if missing."""
   names = datasets or datasets_in_use(config)
-  prepare_datasets(config, names)
+  prepare_datasets(config, names, rebuild)
   prepare_tokenizer(config, datasets_in_use(config) if datasets else names)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from mmpretrain import sample
 from mmpretrain.data import documents as docs
-from mmpretrain.data import pipeline, streams
+from mmpretrain.data import pipeline, records, streams
 
 MINIGRID_CELLS = 8       # the 8×8 MiniGrid worlds of data/sources.py
 # The agent triangle as MiniGrid draws it in a unit cell pointing right (direction 0).
@@ -142,6 +142,8 @@ def held_out_episodes(config, tok, count: int, length: int, dataset="minigrid_ep
   fields = config.data.datasets[dataset].fields
   frames, actions, missions = [], [], []
   for record in pipeline.dataset_records(config, dataset, config.eval.split):
+    if isinstance(record, records.Unreadable):
+      continue
     record = pipeline.canonical(record, fields, ("frames", "actions"), dataset)
     if len(record["frames"]) < length:
       continue

@@ -114,10 +114,13 @@ class DatasetNotPrepared(FileNotFoundError):
   """A dataset the config reads is not in data_dir."""
 
 
-def prepare_dataset(name: str, data_dir: str) -> str:
-  """Builds one of BUILDERS into data_dir (a no-op when already there); returns its path."""
+def prepare_dataset(name: str, data_dir: str, rebuild: bool = False) -> str:
+  """Builds one of BUILDERS into data_dir (a no-op when already there, unless `rebuild`:
+  then its files are written anew, e.g. over a corrupt copy); returns its path."""
   builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
+  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if rebuild
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
   return str(builder.data_path)
 
 

@@ -6,7 +6,7 @@ image–text stream; undecodable images and empty captions are skipped and count
 import grain
 import numpy as np
 
-from mmpretrain.data import pipeline, streams
+from mmpretrain.data import pipeline, records, streams
 from mmpretrain.tokenizers.text import TextTokenizer
 
 NO_LABEL = -1
@@ -20,6 +20,8 @@ class _Example:
 
 
 def _example(record, fields, dataset, size, channels, tok, caption_len) -> _Example:
+  if isinstance(record, records.Unreadable):
+    return _Example(skipped="unreadable")
   record = pipeline.canonical(record, fields, ("image", "caption"), dataset)
   try:
     image = streams.decode_frame(record["image"], size, channels)
@@ -73,9 +75,9 @@ def image_batches(config, tok: TextTokenizer, datasets: dict[str, float], *, spl
     if weight <= 0:
       continue
     fields = d.datasets[name].fields
-    records = pipeline.dataset_records(config, name, split).shuffle(seed=seed)
-    records = records.repeat() if repeat else records
-    parts.append(records.map(
+    dataset = pipeline.dataset_records(config, name, split).shuffle(seed=seed)
+    dataset = dataset.repeat() if repeat else dataset
+    parts.append(dataset.map(
         lambda r, fields=fields, name=name: _example(r, fields, name, d.image_size,
                                                      d.image_channels, tok, caption_len)))
     weights.append(weight)

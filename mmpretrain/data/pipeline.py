@@ -12,7 +12,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from mmpretrain.data import builders, documents, streams
+from mmpretrain.data import builders, documents, records, streams
 from mmpretrain.data.packing import PackIterDataset, RowSpec
 from mmpretrain.tokenizers.text import TextTokenizer
 from mmpretrain.tokenizers.visual import make_representation, tokens_per_frame
@@ -44,12 +44,19 @@ def row_spec(config) -> RowSpec:
 
 
 def dataset_records(config, name: str, split: str) -> grain.MapDataset:
-  """One split of a configured dataset as a grain MapDataset of raw records."""
-  spec = config.data.datasets[name]
+  """One split of a configured dataset as a grain MapDataset of raw records; a record that
+  cannot be read raises records.UnreadableRecordError or, under data.on_unreadable='skip',
+  arrives as a records.Unreadable marker."""
+  spec, d = config.data.datasets[name], config.data
   tfds_split = spec.train_split if split == "train" else spec.eval_split
-  source = builders.open_split(spec.tfds_name, tfds_split, spec.data_dir or config.data.data_dir,
-                               spec.version)
-  return grain.MapDataset.source(source)
+  data_dir = spec.data_dir or d.data_dir
+  source = builders.open_split(spec.tfds_name, tfds_split, data_dir, spec.version)
+  mend = (f"Rebuild it: mmpretrain prepare --config=<your config> --datasets={name} --rebuild"
+          if spec.tfds_name in builders.BUILDERS
+          else f"Copy the prepared dataset {spec.tfds_name!r} into {data_dir} again")
+  return grain.MapDataset.source(records.CheckedRecords(
+      source, name, tfds_split, mend, skip=d.on_unreadable == "skip",
+      max_fraction=d.max_unreadable_fraction))
 
 
 def canonical(record: dict, fields, needed: tuple[str, ...], dataset: str) -> dict:
@@ -79,12 +86,14 @@ def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: 
     fields = config.data.datasets[name].fields
 
     def to_document(record, rng, fields=fields, name=name):
+      if isinstance(record, records.Unreadable):
+        return documents.Skipped("unreadable")
       try:
         return make_document(ctx, canonical(record, fields, needed, name), rng)
       except streams.BadRecord as e:
         return documents.Skipped(e.reason)
-    records = dataset_records(config, name, split)[shard[0]::shard[1]]
-    parts.append(records.shuffle(seed=seed).repeat().random_map(to_document, seed=seed))
+    shard_records = dataset_records(config, name, split)[shard[0]::shard[1]]
+    parts.append(shard_records.shuffle(seed=seed).repeat().random_map(to_document, seed=seed))
     weights.append(weight)
   return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
 
