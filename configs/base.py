@@ -144,11 +144,12 @@ def get_config(arg=None):
 
   # --- Flow matching (z_t = (1-t)·x + t·ε, t=1 is pure noise) ---
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.prediction = "x"           # x | v
+  c.diffusion.prediction = "x"           # what the flow head outputs: x | v | eps (noise)
   c.diffusion.time_shift = config_dict.placeholder(float)  # None: sqrt(latent_numel/4096)
   c.diffusion.logit_normal_mean = 0.0
   c.diffusion.logit_normal_std = 1.0
-  c.diffusion.min_t = 0.05               # x-pred → velocity divides by max(t, min_t)
+  c.diffusion.min_t = 0.05               # conversions divide by max(t, min_t) (x → v, ε) or
+                                         # max(1 − t, min_t) (ε → x, v)
   c.diffusion.sample_steps = 25
   c.diffusion.sampler = "euler"          # euler | heun (2nd order, two model calls a step)
   c.diffusion.cfg_scale = 3.0
@@ -157,6 +158,7 @@ def get_config(arg=None):
   c.loss = ml_collections.ConfigDict()
   c.loss.text_weight = 1.0
   c.loss.flow_weight = 3.0
+  c.loss.flow_space = "prediction"       # MSE in: prediction (the head's own space) | x | v | eps
   c.loss.z_loss = 0.0                    # weight of log(Z)^2 on the LM head
   c.loss.moe_load_balance = 0.01         # Switch load-balancing loss, mean over MoE layers
   c.loss.moe_router_z = 1e-3             # router z-loss, mean over MoE layers

@@ -183,7 +183,7 @@ RULES = {
     "mesh.dcn_data": COUNT,
     "mesh.rules.*": AXIS_NAMES,
     # flow matching
-    "diffusion.prediction": Choice(("x", "v")),
+    "diffusion.prediction": Choice(("x", "v", "eps")),
     "diffusion.time_shift": Optional(Real(0.0, 1e3, open="lo")),
     "diffusion.logit_normal_mean": Real(-10.0, 10.0),
     "diffusion.logit_normal_std": Real(0.0, 10.0, open="lo"),
@@ -194,6 +194,7 @@ RULES = {
     # loss
     "loss.text_weight": WEIGHT,
     "loss.flow_weight": WEIGHT,
+    "loss.flow_space": Choice(("prediction", "x", "v", "eps")),
     "loss.z_loss": WEIGHT,
     "loss.moe_load_balance": WEIGHT,
     "loss.moe_router_z": WEIGHT,

@@ -31,21 +31,48 @@ def add_noise(x: jnp.ndarray, noise: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray
   return (1.0 - t) * x + t * noise
 
 
-def flow_target(x: jnp.ndarray, noise: jnp.ndarray, prediction: str) -> jnp.ndarray:
-  """What the flow head regresses: the clean latent (x) or the velocity ε - x (v)."""
-  if prediction == "x":
+SPACES = ("x", "v", "eps")     # clean latent, velocity ε − x, noise
+
+
+def flow_target(x: jnp.ndarray, noise: jnp.ndarray, space: str) -> jnp.ndarray:
+  """The true value in `space`: the clean latent x, the velocity ε − x, or the noise ε."""
+  if space == "x":
     return x
-  if prediction == "v":
+  if space == "v":
     return noise - x
-  raise ValueError(f"unknown prediction {prediction!r}; use 'x' or 'v'")
+  if space == "eps":
+    return noise
+  raise ValueError(f"unknown prediction space {space!r}; use one of {SPACES}")
+
+
+def convert(pred: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray, prediction: str, space: str,
+            min_t: float) -> jnp.ndarray:
+  """A head output in `prediction` space re-expressed in `space`, through z = (1−t)x + tε.
+
+  Each conversion divides by t or 1 − t where the prediction cannot tell x from ε; those
+  are clipped at min_t (x from ε near t = 1, ε or v from x near t = 0), as in JiT.
+  """
+  if prediction == space:
+    return pred
+  t = t[..., None]
+  near_noise, near_data = jnp.maximum(1.0 - t, min_t), jnp.maximum(t, min_t)
+  formulas = {
+      ("x", "v"): lambda: (z - pred) / near_data,
+      ("x", "eps"): lambda: (z - (1.0 - t) * pred) / near_data,
+      ("v", "x"): lambda: z - t * pred,
+      ("v", "eps"): lambda: z + (1.0 - t) * pred,
+      ("eps", "x"): lambda: (z - t * pred) / near_noise,
+      ("eps", "v"): lambda: (pred - z) / near_noise,
+  }
+  if (prediction, space) not in formulas:
+    raise ValueError(f"cannot convert {prediction!r} to {space!r}; spaces are {SPACES}")
+  return formulas[prediction, space]()
 
 
 def velocity(pred: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray, prediction: str,
              min_t: float) -> jnp.ndarray:
-  """Converts a head output to the ODE velocity. x-pred: v = (z - x̂) / t, t clipped at min_t."""
-  if prediction == "v":
-    return pred
-  return (z - pred) / jnp.maximum(t, min_t)[..., None]
+  """The ODE velocity of a head output. x-pred: v = (z − x̂) / t, t clipped at min_t."""
+  return convert(pred, z, t, prediction, "v", min_t)
 
 
 def sampling_times(num_steps: int, shift: float) -> jnp.ndarray:

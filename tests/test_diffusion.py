@@ -39,17 +39,43 @@ def test_noising_path_and_targets():
   np.testing.assert_allclose(z, (1 - t[..., None]) * x + t[..., None] * eps, rtol=1e-6)
   np.testing.assert_allclose(diffusion.flow_target(x, eps, "x"), x)
   np.testing.assert_allclose(diffusion.flow_target(x, eps, "v"), eps - x)   # dz/dt
-  with pytest.raises(ValueError, match="prediction"):
-    diffusion.flow_target(x, eps, "eps")
+  np.testing.assert_allclose(diffusion.flow_target(x, eps, "eps"), eps)
+  with pytest.raises(ValueError, match="prediction space"):
+    diffusion.flow_target(x, eps, "score")
 
 
-@pytest.mark.parametrize("prediction", ["x", "v"])
+@pytest.mark.parametrize("prediction", diffusion.SPACES)
+@pytest.mark.parametrize("space", diffusion.SPACES)
+def test_every_prediction_converts_to_every_space(prediction, space):
+  """A perfect head output in one space, converted, is the truth in the other (float64),
+  away from the clipped ends; near them the division uses min_t."""
+  rng = np.random.default_rng(2)
+  x, eps = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+  t = np.array([0.1, 0.3, 0.5, 0.7, 0.9, 0.95])
+  z = (1 - t[:, None]) * x + t[:, None] * eps
+  truth = {"x": x, "v": eps - x, "eps": eps}
+  with jax.enable_x64(True):
+    got = np.asarray(diffusion.convert(jnp.asarray(truth[prediction]), jnp.asarray(z),
+                                       jnp.asarray(t), prediction, space, min_t=0.01))
+  np.testing.assert_allclose(got, truth[space], rtol=1e-10, atol=1e-10)
+
+
+def test_conversions_clip_the_division_near_the_ends():
+  z, pred = jnp.asarray([[1.0]]), jnp.asarray([[0.25]])
+  # x-pred at t = 0.01 < min_t: v = (z − x̂) / min_t; ε-pred at t = 0.99: x = (z − tε̂) / min_t
+  v = diffusion.convert(pred, z, jnp.asarray([0.01]), "x", "v", min_t=0.05)
+  x = diffusion.convert(pred, z, jnp.asarray([0.99]), "eps", "x", min_t=0.05)
+  np.testing.assert_allclose(np.asarray(v), [[0.75 / 0.05]], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(x), [[(1.0 - 0.99 * 0.25) / 0.05]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", diffusion.SPACES)
 def test_perfect_prediction_gives_true_velocity(prediction):
   rng = np.random.default_rng(1)
   x, eps = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
-  t = rng.uniform(0.2, 1.0, size=(4,))
+  t = rng.uniform(0.2, 0.9, size=(4,))
   z = (1 - t[:, None]) * x + t[:, None] * eps
-  pred = x if prediction == "x" else eps - x
+  pred = {"x": x, "v": eps - x, "eps": eps}[prediction]
   v = np.asarray(diffusion.velocity(jnp.asarray(pred), jnp.asarray(z), jnp.asarray(t), prediction,
                                     min_t=0.05))
   np.testing.assert_allclose(v, eps - x, rtol=1e-4, atol=1e-5)

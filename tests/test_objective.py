@@ -7,7 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmpretrain import diffusion
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.train import objective
 
 LOSS_CFG = ml_collections.ConfigDict({"text_weight": 1.0, "flow_weight": 3.0, "z_loss": 1e-2})
@@ -115,3 +117,36 @@ def test_gradient_accumulation_equals_full_batch(config, tokenizer):
     for key in ("text_ce_sum", "flow_mse_sum", "text_tokens", "visual_tokens"):
       np.testing.assert_allclose(sums[key], sums1[key], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, grads1)
+
+
+@pytest.mark.parametrize("prediction, space", [("x", "prediction"), ("x", "v"), ("v", "x"),
+                                               ("eps", "prediction"), ("eps", "x"), ("eps", "v")])
+def test_flow_loss_in_each_space_matches_float64_reference(prediction, space):
+  """loss.flow_space re-expresses the head's output before the MSE: x-prediction in v-space
+  is ‖(z − x̂)/t − (ε − x)‖², ε-prediction in x-space ‖(z − tε̂)/(1 − t) − x‖² (float64)."""
+  rng = np.random.default_rng(4)
+  batch, _, pred, x = tiny_batch(rng)
+  eps = rng.normal(size=x.shape)
+  t = np.where(batch["visual_loss_mask"], rng.uniform(0.0, 1.0, batch["modality"].shape), 0.0)
+  z = (1 - t[..., None]) * x + t[..., None] * eps
+  config = ml_collections.ConfigDict({"diffusion": {"prediction": prediction, "min_t": 0.05},
+                                      "loss": {"flow_space": space}})
+  inputs = ModelInputs(tokens=None, modality=None, segment_ids=None, block_ids=None,
+                       positions=None, visual_latents=jnp.asarray(z, jnp.float32),
+                       timesteps=jnp.asarray(t, jnp.float32))
+  head = objective.flow_loss_inputs(jnp.asarray(pred, jnp.float32), inputs, config)
+  target = diffusion.flow_target(jnp.asarray(x, jnp.float32), jnp.asarray(eps, jnp.float32),
+                                 objective.flow_space(config))
+  tt = t[..., None]
+  reference_head = {   # what the head's output means in the loss's space, by hand
+      ("x", "prediction"): pred, ("eps", "prediction"): pred,
+      ("x", "v"): (z - pred) / np.maximum(tt, 0.05),
+      ("v", "x"): z - tt * pred,
+      ("eps", "x"): (z - tt * pred) / np.maximum(1 - tt, 0.05),
+      ("eps", "v"): (pred - z) / np.maximum(1 - tt, 0.05)}[prediction, space]
+  reference_target = {"x": x, "v": eps - x, "eps": eps}[
+      prediction if space == "prediction" else space]
+  mask = batch["visual_loss_mask"]
+  expected = np.mean((reference_head - reference_target)[mask] ** 2)
+  got = np.mean(np.square(np.asarray(head) - np.asarray(target))[mask])
+  assert got == pytest.approx(expected, rel=1e-4)

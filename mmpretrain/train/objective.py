@@ -41,13 +41,27 @@ def collect_frame_tokens(seq, frame_slot, num_frame_tokens: int) -> jnp.ndarray:
   return out[:, :num_frame_tokens]
 
 
-def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float):
+def flow_space(config) -> str:
+  """The space the flow loss compares in: loss.flow_space, or the head's own prediction."""
+  space = config.loss.flow_space
+  return config.diffusion.prediction if space == "prediction" else space
+
+
+def flow_loss_inputs(visual_pred, inputs: ModelInputs, config):
+  """The head's output re-expressed in the flow loss's space (x-prediction with a v-space
+  loss weighs the x error by 1/t², as in JiT)."""
+  d = config.diffusion
+  return diffusion.convert(visual_pred, inputs.visual_latents, inputs.timesteps, d.prediction,
+                           flow_space(config), d.min_t)
+
+
+def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float, space: str = "x"):
   """Places latent tokens at their slots and noises the generated frames.
 
   One t per frame (diffusion-forcing style); frames that are only context (image before
   caption) stay clean (t = 0). Randomness comes from one key per row, so a row's noise does
   not depend on how the batch is split into microbatches or shards.
-  Returns (ModelInputs, flow target [B, L, patch_dim]).
+  Returns (ModelInputs, the flow target in `space` [B, L, patch_dim]).
   """
   frame_slot = jnp.maximum(batch["frame_slot"], 0)
   num_frames = batch["frames"].shape[1]
@@ -67,7 +81,7 @@ def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float):
       tokens=batch["tokens"], modality=batch["modality"], segment_ids=batch["segment_ids"],
       block_ids=batch["block_ids"], positions=batch["positions"],
       visual_latents=diffusion.add_noise(x, noise, t), timesteps=t)
-  return inputs, diffusion.flow_target(x, noise, dcfg.prediction)
+  return inputs, diffusion.flow_target(x, noise, space)
 
 
 def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_lengths, lcfg):

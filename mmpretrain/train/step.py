@@ -118,8 +118,9 @@ class Trainer:
     latents = objective.frame_latent_tokens(self.representation, frozen, batch["frames"],
                                             cfg.visual.patch_size)
     inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
-                                             self.time_shift)
+                                             self.time_shift, objective.flow_space(cfg))
     logits, pred, moe_stats = self.model(params)(inputs)
+    pred = objective.flow_loss_inputs(pred, inputs, cfg)
     loss, sums = objective.transfusion_loss(logits, pred, target, batch, normalizers,
                                             self.byte_lengths, cfg.loss)
     if moe_stats:
