@@ -148,8 +148,8 @@ def get_config(arg=None):
   c.diffusion.time_shift = config_dict.placeholder(float)  # None: sqrt(latent_numel/4096)
   c.diffusion.logit_normal_mean = 0.0
   c.diffusion.logit_normal_std = 1.0
-  c.diffusion.min_t = 0.05               # conversions divide by max(t, min_t) (x → v, ε) or
-                                         # max(1 − t, min_t) (ε → x, v)
+  c.diffusion.min_t = 0.05               # the loss's conversions divide by max(t, min_t)
+                                         # (x → v, ε) or max(1 − t, min_t) (ε → x, v)
   c.diffusion.sample_steps = 25
   c.diffusion.sampler = "euler"          # euler | heun (2nd order, two model calls a step)
   c.diffusion.cfg_scale = 3.0

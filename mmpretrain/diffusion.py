@@ -71,7 +71,12 @@ def convert(pred: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray, prediction: str, 
 
 def velocity(pred: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray, prediction: str,
              min_t: float) -> jnp.ndarray:
-  """The ODE velocity of a head output. x-pred: v = (z − x̂) / t, t clipped at min_t."""
+  """The ODE velocity of a head output, for sampling. x-prediction: v = (z − x̂) / t with
+  t itself: the samplers evaluate it at grid times t > 0, where clipping at min_t would
+  stop short of x̂ (only Heun's discarded corrector reaches t = 0, hence the tiny floor).
+  ε-prediction divides by max(1 − t, min_t): at t = 1 it cannot tell x from ε."""
+  if prediction == "x":
+    return (z - pred) / jnp.maximum(t, jnp.finfo(jnp.float32).tiny)[..., None]
   return convert(pred, z, t, prediction, "v", min_t)
 
 
