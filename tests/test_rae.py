@@ -147,3 +147,33 @@ def test_adversarial_terms_give_each_player_only_its_own_gradient():
   for (path, g_both), (_, g_critic) in zip(nnx.to_flat_state(both["discriminator"]),
                                            nnx.to_flat_state(critic_only["discriminator"])):
     np.testing.assert_allclose(g_both[...], g_critic[...], rtol=1e-6, err_msg=str(path))
+
+
+def test_sampler_latent_tokens_round_trip_to_the_rae_decoding(stages, data_dir, tokenizer):
+  """frames → the sampler's latent tokens (encoder, per-channel normalization, p×p patches)
+  → its frame decoder equals the RAE module decoding its own normalized encoder tokens, and
+  the tokens are the float64 normalization of the raw encoder tokens."""
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.sample import context_tokens, make_frame_decoder
+  _, rae_summary = stages
+  config = tiny_config(data_dir)
+  config.visual.representation, config.visual.checkpoint = "rae", rae_summary["representation"]
+  config.visual.patch_size = 2                      # 4×4 grid → 2×2 tokens of 2·2·width
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  frames = next(image_batches(config, tokenizer, {"mnist_captions": 1.0}, split="validation",
+                              batch_size=6, caption_len=8, seed=0))["images"]
+  tokens = context_tokens(trainer, frames[:, None])                   # [6, 1·4, 2·2·width]
+  via_sampler = np.asarray(make_frame_decoder(trainer)(tokens))
+
+  rae = rae_lib.load_rae(rae_summary["representation"])
+  raw = np.asarray(rae.encoder(rae_lib.normalize(jnp.asarray(frames), rae.encoder.cfg))["tokens"],
+                   np.float64)
+  normalized = (raw - np.asarray(rae.mean[...], np.float64)) / np.asarray(rae.std[...], np.float64)
+  grid = normalized.reshape(6, 4, 4, -1)            # row-major 4×4 grid of width-d tokens
+  patches = grid.reshape(6, 2, 2, 2, 2, -1).transpose(0, 1, 3, 2, 4, 5).reshape(6, 4, -1)
+  np.testing.assert_allclose(np.asarray(tokens), patches, rtol=1e-4, atol=1e-4)
+  direct = np.asarray(rae.decode(rae.tokens(rae_lib.normalize(jnp.asarray(frames),
+                                                              rae.encoder.cfg))))
+  direct = np.clip(np.round((direct + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  assert np.abs(via_sampler.astype(int) - direct.astype(int)).max() <= 1
+  assert (via_sampler == direct).mean() > 0.99
