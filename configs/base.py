@@ -106,6 +106,9 @@ def get_config(arg=None):
   c.model.remat = "none"                 # none | full | dots | dots_no_batch
   c.model.dtype = "float32"              # compute dtype; bfloat16 = mixed precision
   c.model.attention_impl = "auto"        # auto | xla | cudnn | einsum (model/attention.py)
+  # Flow head (model/flow_head.py): width 0 = a linear read-out; else a wide, shallow
+  # per-token network reading the hidden state, the noisy latent and the timestep.
+  c.model.flow_head = ml_collections.ConfigDict({"width": 0, "depth": 2})
   # Mixture-of-Experts FFN (model/moe.py); num_experts = 0 keeps every FFN dense.
   c.model.moe = ml_collections.ConfigDict()
   c.model.moe.num_experts = 0            # before granularity
@@ -153,6 +156,7 @@ def get_config(arg=None):
   c.diffusion.sample_steps = 25
   c.diffusion.sampler = "euler"          # euler | heun (2nd order, two model calls a step)
   c.diffusion.cfg_scale = 3.0
+  c.diffusion.context_noise = 0.0        # training: clean context frames get t ~ U(0, this)
 
   # --- Loss ---
   c.loss = ml_collections.ConfigDict()

@@ -161,6 +161,8 @@ RULES = {
     "model.remat": Choice(("none", "full", "dots", "dots_no_batch")),
     "model.dtype": Choice(("float32", "bfloat16")),
     "model.attention_impl": Choice(ATTENTION_IMPLS),
+    "model.flow_head.width": Int(0, MAX_SIZE),
+    "model.flow_head.depth": Int(0, MAX_COUNT),
     "model.moe.num_experts": Int(0, MAX_COUNT),
     "model.moe.experts_per_token": COUNT,
     "model.moe.granularity": COUNT,
@@ -191,6 +193,7 @@ RULES = {
     "diffusion.sample_steps": Int(1, 10_000),
     "diffusion.sampler": Choice(("euler", "heun")),
     "diffusion.cfg_scale": Real(0.0, 100.0),
+    "diffusion.context_noise": PROBABILITY,
     # loss
     "loss.text_weight": WEIGHT,
     "loss.flow_weight": WEIGHT,

@@ -150,3 +150,33 @@ def test_flow_loss_in_each_space_matches_float64_reference(prediction, space):
   expected = np.mean((reference_head - reference_target)[mask] ** 2)
   got = np.mean(np.square(np.asarray(head) - np.asarray(target))[mask])
   assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_context_noise_noises_context_frames_a_little_one_t_per_frame(config, tokenizer):
+  """diffusion.context_noise: context frames at t ~ U(0, level), z = (1 − t)·x + t·ε with the
+  same ε the flow target uses; generated frames unchanged; routing still sees them as
+  context (float64 check of the path)."""
+  from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
+  config.data.mixture = {"image_text": 1.0}
+  config.diffusion.context_noise = 0.2
+  batch = next(make_batches(config, tokenizer))
+  trainer = Trainer(config, tokenizer.byte_lengths())
+  latents = objective.frame_latent_tokens(trainer.representation, trainer.frozen,
+                                          batch["frames"], config.visual.patch_size)
+  keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
+  inputs, noise = objective.noised_inputs(jax.tree.map(jnp.asarray, batch), latents, keys,
+                                          config.diffusion, 1.0, space="eps")
+  t = np.asarray(inputs.timesteps, np.float64)
+  visual = batch["modality"] == MODALITY_VISUAL
+  ctx = visual & ~batch["visual_loss_mask"]
+  assert ctx.any() and np.all(t[ctx] > 0.0) and np.all(t[ctx] <= 0.2)
+  assert np.all(t[~visual] == 0.0)
+  for b in range(batch["tokens"].shape[0]):             # one t per context frame
+    for block in np.unique(batch["block_ids"][b][ctx[b]]):
+      assert len(np.unique(t[b][batch["block_ids"][b] == block])) == 1
+  clean = np.asarray(objective.place_frame_tokens(latents, batch["frame_slot"]), np.float64)
+  expected = (1 - t[..., None]) * clean + t[..., None] * np.asarray(noise, np.float64)
+  np.testing.assert_allclose(np.asarray(inputs.visual_latents)[visual], expected[visual],
+                             atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(inputs.generated), batch["visual_loss_mask"])

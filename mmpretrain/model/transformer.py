@@ -2,7 +2,8 @@
 
 Text positions embed token ids and are read out by the LM head (next-token prediction);
 visual positions embed noisy latent patches plus a timestep embedding and are read out by
-a linear flow head (x- or v-prediction). Which is which comes from `modality`.
+the flow head (model/flow_head.py: linear, or a wide shallow network). Which is which
+comes from `modality`.
 """
 import dataclasses
 import itertools
@@ -16,6 +17,7 @@ from flax import nnx
 from mmpretrain import sharding
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model import layers
+from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import attention_mask, cached_attention_mask
 from mmpretrain.model.moe import TOKEN_KINDS, MoE, RouterBias
 
@@ -36,6 +38,14 @@ class ModelInputs:
   positions: jnp.ndarray
   visual_latents: jnp.ndarray   # [B, L, patch_dim] noisy latent patch at visual slots
   timesteps: jnp.ndarray        # [B, L] flow time of each visual slot (0 = clean)
+  # [B, L] bool: visual slots being generated, for routing statistics. None: those with
+  # t > 0 (training passes it because context frames may carry a little noise too).
+  generated: jnp.ndarray | None = None
+
+
+def flat(t):
+  """[B, L, ...] -> [B·L, ...]: the layout the decoder's token-wise layers work in."""
+  return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
 
 
 def is_moe_layer(cfg, index: int) -> bool:
@@ -45,9 +55,9 @@ def is_moe_layer(cfg, index: int) -> bool:
           and (index - moe.first_dense_layers) % moe.every_n_layers == 0)
 
 
-def token_kinds(modality, timesteps):
-  """TOKEN_KINDS index of every position: text, clean visual (t = 0), noisy visual; -1 pad."""
-  visual_kind = jnp.where(timesteps > 0, TOKEN_KINDS.index("visual_generation"),
+def token_kinds(modality, generated):
+  """TOKEN_KINDS index of every position: text, visual context, generated visual; -1 pad."""
+  visual_kind = jnp.where(generated, TOKEN_KINDS.index("visual_generation"),
                           TOKEN_KINDS.index("visual_understanding"))
   return jnp.where(modality == MODALITY_TEXT, TOKEN_KINDS.index("text"),
                    jnp.where(modality == MODALITY_VISUAL, visual_kind, -1)).astype(jnp.int32)
@@ -230,17 +240,17 @@ class Transfusion(nnx.Module):
     self.lm_head = None if cfg.tie_embeddings else layers.linear(
         d, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs,
         out_dtype=jnp.float32)
-    self.visual_out = layers.linear(d, patch_dim, dtype=self.dtype, std=std,
-                                    axes=("embed", "latent"), use_bias=True, rngs=rngs,
-                                    out_dtype=jnp.float32)
+    self.visual_out = FlowHead(cfg, patch_dim, rngs=rngs) if cfg.flow_head.width else (
+        layers.linear(d, patch_dim, dtype=self.dtype, std=std, axes=("embed", "latent"),
+                      use_bias=True, rngs=rngs, out_dtype=jnp.float32))
 
   def __call__(self, inputs: ModelInputs):
     """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the
     MoE layers' routing stats (per MoE layer, in order; {} for a dense model)."""
-    x, token_kind = self._embed(inputs)
+    x, token_kind, time_h = self._embed(inputs)
     mask = attention_mask(inputs.segment_ids, inputs.block_ids)
     x, moe_stats = self.decoder(x, inputs.positions, mask, token_kind)
-    return (*self._readout(x, inputs.tokens.shape), moe_stats)
+    return (*self._readout(x, inputs, time_h), moe_stats)
 
   def init_cache(self, batch: int, length: int) -> "DecodeCache":
     """An empty KV cache of `length` slots per row (segment id 0: nothing written)."""
@@ -256,7 +266,7 @@ class Transfusion(nnx.Module):
     block — at cache slots index..index+T-1 against everything written before; returns
     its text logits and visual prediction like __call__, and the updated cache. Chunk by
     chunk, this equals running the whole sequence at once (tests/test_decode.py)."""
-    x, token_kind = self._embed(inputs)
+    x, token_kind, time_h = self._embed(inputs)
     write = lambda ids, new: jax.lax.dynamic_update_slice_in_dim(ids, new, index, axis=1)
     segment_ids = write(cache.segment_ids, inputs.segment_ids)
     block_ids = write(cache.block_ids, inputs.block_ids)
@@ -264,30 +274,34 @@ class Transfusion(nnx.Module):
                                  index)
     x, layers_cache = self.decoder.decode(x, inputs.positions, mask, token_kind, cache.layers,
                                           index)
-    logits, prediction = self._readout(x, inputs.tokens.shape)
+    logits, prediction = self._readout(x, inputs, time_h)
     return logits, prediction, DecodeCache(layers_cache, segment_ids, block_ids)
 
   def _embed(self, inputs: ModelInputs):
-    """Flat token embeddings [B·L, d] (text embedding or latent + timestep embedding) and
-    token kinds. The decoder works on flat tokens; only attention sees [B, L, ...]: weight
-    gradients then contract over one axis, which XLA:CPU runs ~2× faster than over two."""
-    batch, length = inputs.tokens.shape
-    def flat(t):
-      return t.reshape(batch * length, *t.shape[2:])
-    token_kind = flat(token_kinds(inputs.modality, inputs.timesteps))
+    """Flat token embeddings [B·L, d] (text embedding or latent + timestep embedding), token
+    kinds and the timestep embeddings. The decoder works on flat tokens; only attention sees
+    [B, L, ...]: weight gradients then contract over one axis, which XLA:CPU runs ~2× faster
+    than over two."""
+    generated = inputs.timesteps > 0 if inputs.generated is None else inputs.generated
+    token_kind = flat(token_kinds(inputs.modality, generated))
     is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
     text_h = self.embed(flat(inputs.tokens))
-    visual_h = (self.visual_in(flat(inputs.visual_latents).astype(self.dtype))
-                + self.time_embed(flat(inputs.timesteps)).astype(self.dtype))
+    time_h = self.time_embed(flat(inputs.timesteps)).astype(self.dtype)
+    visual_h = self.visual_in(flat(inputs.visual_latents).astype(self.dtype)) + time_h
     x = sharding.constrain(jnp.where(is_visual[..., None], visual_h, text_h), ("batch", None))
-    return x, token_kind
+    return x, token_kind, time_h
 
-  def _readout(self, x, shape):
+  def _readout(self, x, inputs: ModelInputs, time_h):
+    """Text logits and the flow head's prediction, [B, L, ...] f32."""
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+    if isinstance(self.visual_out, FlowHead):
+      prediction = self.visual_out(x, flat(inputs.visual_latents), time_h)
+    else:
+      prediction = self.visual_out(x)
     def unflat(t):
-      return t.reshape(*shape, *t.shape[1:]).astype(jnp.float32)
-    return unflat(logits), unflat(self.visual_out(x))
+      return t.reshape(*inputs.tokens.shape, *t.shape[1:]).astype(jnp.float32)
+    return unflat(logits), unflat(prediction)
 
 
 @flax.struct.dataclass

@@ -59,8 +59,10 @@ def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float, space
   """Places latent tokens at their slots and noises the generated frames.
 
   One t per frame (diffusion-forcing style); frames that are only context (image before
-  caption) stay clean (t = 0). Randomness comes from one key per row, so a row's noise does
-  not depend on how the batch is split into microbatches or shards.
+  caption, a world model's past frames) get t ~ U(0, dcfg.context_noise) (0: clean), so a
+  model that will read its own imperfect frames has seen slightly noisy ones. Randomness
+  comes from one key per row, so a row's noise does not depend on how the batch is split
+  into microbatches or shards.
   Returns (ModelInputs, the flow target in `space` [B, L, patch_dim]).
   """
   frame_slot = jnp.maximum(batch["frame_slot"], 0)
@@ -69,18 +71,22 @@ def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float, space
   x = place_frame_tokens(latent_tokens, frame_slot)
 
   def row_noise(key):
-    time_key, noise_key = jax.random.split(key)
+    time_key, context_key, noise_key = jax.random.split(key, 3)
     frame_t = diffusion.sample_time(time_key, (num_frames,), mean=dcfg.logit_normal_mean,
                                     std=dcfg.logit_normal_std, shift=time_shift)
-    return frame_t, jax.random.normal(noise_key, x.shape[1:], jnp.float32)
+    context_t = dcfg.context_noise * jax.random.uniform(context_key, (num_frames,))
+    return frame_t, context_t, jax.random.normal(noise_key, x.shape[1:], jnp.float32)
 
-  frame_t, noise = jax.vmap(row_noise)(row_rngs)
-  t = jnp.take_along_axis(frame_t, frame_slot // tokens_per_frame, axis=1)
-  t = jnp.where(batch["visual_loss_mask"], t, 0.0)
+  frame_t, context_t, noise = jax.vmap(row_noise)(row_rngs)
+  frame_of_slot = frame_slot // tokens_per_frame
+  generated = batch["visual_loss_mask"]
+  t = jnp.where(generated, jnp.take_along_axis(frame_t, frame_of_slot, axis=1),
+                jnp.take_along_axis(context_t, frame_of_slot, axis=1))
+  t = jnp.where(batch["modality"] == MODALITY_VISUAL, t, 0.0)
   inputs = ModelInputs(
       tokens=batch["tokens"], modality=batch["modality"], segment_ids=batch["segment_ids"],
       block_ids=batch["block_ids"], positions=batch["positions"],
-      visual_latents=diffusion.add_noise(x, noise, t), timesteps=t)
+      visual_latents=diffusion.add_noise(x, noise, t), timesteps=t, generated=generated)
   return inputs, diffusion.flow_target(x, noise, space)
 
 
