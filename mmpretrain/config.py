@@ -97,6 +97,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(m.head_dim % 2 == 0, "model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}",
            "Use an even head_dim")
   _validate_moe(m)
+  _require(not c.diffusion.skip or c.diffusion.prediction == "x", "diffusion.skip",
+           f"the skip connection is for x-prediction, not {c.diffusion.prediction!r}",
+           "Set --config.diffusion.prediction=x or --config.diffusion.skip=False")
   _require(d.image_size % v.patch_size == 0, "visual.patch_size",
            f"patch_size={v.patch_size} does not divide image_size={d.image_size}",
            "Choose a patch size that divides the latent grid")

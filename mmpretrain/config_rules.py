@@ -163,6 +163,7 @@ RULES = {
     "model.attention_impl": Choice(ATTENTION_IMPLS),
     "model.flow_head.width": Int(0, MAX_SIZE),
     "model.flow_head.depth": Int(0, MAX_COUNT),
+    "model.frame_positions": Flag(),
     "model.moe.num_experts": Int(0, MAX_COUNT),
     "model.moe.experts_per_token": COUNT,
     "model.moe.granularity": COUNT,
@@ -194,6 +195,8 @@ RULES = {
     "diffusion.sampler": Choice(("euler", "heun")),
     "diffusion.cfg_scale": Real(0.0, 100.0),
     "diffusion.context_noise": PROBABILITY,
+    "diffusion.skip": Flag(),
+    "diffusion.data_std": Real(0.0, 100.0, open="lo"),
     # loss
     "loss.text_weight": WEIGHT,
     "loss.flow_weight": WEIGHT,

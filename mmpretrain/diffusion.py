@@ -69,6 +69,26 @@ def convert(pred: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray, prediction: str, 
   return formulas[prediction, space]()
 
 
+def skip_connection(raw: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray,
+                    data_std: float) -> jnp.ndarray:
+  """x̂ = c_skip(t)·z + c_out(t)·raw: EDM's preconditioning on the linear path.
+
+  c_skip = σ²(1 − t) / ((1 − t)²σ² + t²) is the best linear guess of x from z for data of
+  std σ, and c_out = tσ / sqrt((1 − t)²σ² + t²) the std of what it leaves, so the network
+  predicts a unit-scale residual; near t = 0 the input passes through instead of having to
+  be copied through every layer.
+  """
+  t = t[..., None]
+  var = data_std ** 2
+  denom = (1.0 - t) ** 2 * var + t ** 2
+  return (1.0 - t) * var / denom * z + t * data_std / jnp.sqrt(denom) * raw
+
+
+def head_prediction(raw: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray, dcfg) -> jnp.ndarray:
+  """The flow head's output as a prediction in dcfg.prediction's space."""
+  return skip_connection(raw, z, t, dcfg.data_std) if dcfg.skip else raw
+
+
 def velocity(pred: jnp.ndarray, z: jnp.ndarray, t: jnp.ndarray, prediction: str,
              min_t: float) -> jnp.ndarray:
   """The ODE velocity of a head output, for sampling. x-prediction: v = (z − x̂) / t with

@@ -96,7 +96,8 @@ def denoise_block(trainer, params, cache, block: dict, index, z1, guided: bool):
     inputs = ModelInputs(**{k: block[k] for k in ID_FIELDS}, visual_latents=both,
                          timesteps=t_block)
     # merged per call: NNX graphs can't cross the sampler's scan
-    _, prediction, _ = trainer.model(params).decode(inputs, cache, index)
+    _, raw, _ = trainer.model(params).decode(inputs, cache, index)
+    prediction = diffusion.head_prediction(raw, both, t_block, cfg)
     v = diffusion.velocity(prediction, both, t_block, cfg.prediction, cfg.min_t)
     return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.cfg_scale) if guided else v
 

@@ -10,6 +10,7 @@ from flax import nnx
 import base
 from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model.moe import TOKEN_KINDS
+from mmpretrain.model import transformer
 from mmpretrain.model.transformer import ModelInputs, Transfusion, token_kinds
 
 PATCH = 8
@@ -140,3 +141,22 @@ def test_token_kinds_follow_modality_and_noise():
   kinds = np.asarray(token_kinds(jnp.asarray(modality), jnp.asarray(timesteps)))
   want = [TOKEN_KINDS.index(k) for k in ("text", "visual_understanding", "visual_generation")]
   np.testing.assert_array_equal(kinds, [want + [-1]])
+
+
+def test_index_in_block_counts_from_each_blocks_first_token():
+  """Brute force: a token's index in its block is its position minus the position of the
+  block's first token; text (block 0) is 0."""
+  rng = np.random.default_rng(0)
+  positions = np.zeros((2, 12), np.int32)
+  block_ids = np.zeros((2, 12), np.int32)
+  block_ids[0, 2:6], block_ids[0, 7:11] = 1, 2
+  block_ids[1, 0:4], block_ids[1, 5:12] = 3, 4
+  for b in range(2):
+    positions[b] = np.cumsum(rng.integers(1, 2, 12)) + rng.integers(0, 5)
+  expected = np.zeros_like(positions)
+  for b in range(2):
+    for i in range(12):
+      if block_ids[b, i]:
+        expected[b, i] = positions[b, i] - positions[b, block_ids[b] == block_ids[b, i]].min()
+  got = np.asarray(transformer.index_in_block(jnp.asarray(positions), jnp.asarray(block_ids)))
+  np.testing.assert_array_equal(got, expected)

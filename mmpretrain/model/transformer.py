@@ -48,6 +48,15 @@ def flat(t):
   return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
 
 
+def index_in_block(positions, block_ids):
+  """[B, L] -> each token's index within its visual block (its position minus the block's
+  first position; blocks hold consecutive positions and are never split across chunks)."""
+  def row(pos, block):
+    first = jax.ops.segment_min(pos, block, num_segments=pos.shape[0])
+    return pos - first[block]
+  return jnp.where(block_ids > 0, jax.vmap(row)(positions, block_ids), 0)
+
+
 def is_moe_layer(cfg, index: int) -> bool:
   """MoE FFN at layer `index`: after `first_dense_layers`, every `every_n_layers`-th layer."""
   moe = cfg.moe
@@ -226,9 +235,15 @@ class DecoderStack(nnx.Module):
 class Transfusion(nnx.Module):
   """Decoder-only transformer trained with next-token CE on text and flow matching on vision."""
 
-  def __init__(self, cfg, patch_dim: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg, patch_dim: int, *, rngs: nnx.Rngs, tokens_per_frame: int = 0):
+    """`tokens_per_frame`: latent tokens of one frame, for `model.frame_positions`."""
     self.cfg, self.dtype = cfg, jnp.dtype(cfg.dtype)
     d, std = cfg.d_model, cfg.init_std
+    # Where a token sits in its frame, learned (DiT's absolute position embedding): RoPE
+    # alone gives a frame's tokens only their offsets from each other and the prefix.
+    self.frame_positions = nnx.Embed(
+        tokens_per_frame, d, dtype=self.dtype, rngs=rngs,
+        embedding_init=layers.dense_init(std, (None, "embed"))) if cfg.frame_positions else None
     self.embed = nnx.Embed(cfg.vocab_size, d, dtype=self.dtype, rngs=rngs,
                            embedding_init=layers.dense_init(std, ("vocab", "embed")))
     self.visual_in = layers.linear(patch_dim, d, dtype=self.dtype, std=std,
@@ -288,6 +303,10 @@ class Transfusion(nnx.Module):
     text_h = self.embed(flat(inputs.tokens))
     time_h = self.time_embed(flat(inputs.timesteps)).astype(self.dtype)
     visual_h = self.visual_in(flat(inputs.visual_latents).astype(self.dtype)) + time_h
+    if self.frame_positions is not None:
+      index = flat(index_in_block(inputs.positions, inputs.block_ids))
+      visual_h = visual_h + self.frame_positions(
+          jnp.minimum(index, self.frame_positions.num_embeddings - 1))
     x = sharding.constrain(jnp.where(is_visual[..., None], visual_h, text_h), ("batch", None))
     return x, token_kind, time_h
 

@@ -51,7 +51,8 @@ def flow_loss_inputs(visual_pred, inputs: ModelInputs, config):
   """The head's output re-expressed in the flow loss's space (x-prediction with a v-space
   loss weighs the x error by 1/t², as in JiT)."""
   d = config.diffusion
-  return diffusion.convert(visual_pred, inputs.visual_latents, inputs.timesteps, d.prediction,
+  pred = diffusion.head_prediction(visual_pred, inputs.visual_latents, inputs.timesteps, d)
+  return diffusion.convert(pred, inputs.visual_latents, inputs.timesteps, d.prediction,
                            flow_space(config), d.min_t)
 
 

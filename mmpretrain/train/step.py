@@ -10,7 +10,7 @@ from flax import nnx
 from mmpretrain import diffusion, sharding
 from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS
 from mmpretrain.model.transformer import Transfusion
-from mmpretrain.tokenizers.visual import make_representation, patch_dim
+from mmpretrain.tokenizers.visual import make_representation, patch_dim, tokens_per_frame
 from mmpretrain.train import objective
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
 
@@ -29,7 +29,8 @@ class TrainState:
 def build_model(config, seed: int) -> Transfusion:
   rep = make_representation(config)
   return Transfusion(config.model, patch_dim(rep.latent_grid, config.visual.patch_size),
-                     rngs=nnx.Rngs(seed))
+                     rngs=nnx.Rngs(seed),
+                     tokens_per_frame=tokens_per_frame(rep.latent_grid, config.visual.patch_size))
 
 
 def time_shift(config) -> float:
