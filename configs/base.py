@@ -270,6 +270,7 @@ def get_config(arg=None):
   c.eval.classifier = ""
   c.eval.generation_prompts = [digit_caption(k) for k in range(10)]
   c.eval.generation_images_per_prompt = 4
+  c.eval.frechet_real_images = 500       # held-out real images the drawn ones are compared to
 
   # `mmpretrain train-classifier`: the small CNN that judges generated images.
   c.classifier = ml_collections.ConfigDict()

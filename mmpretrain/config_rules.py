@@ -231,6 +231,7 @@ RULES = {
     "eval.classifier": Text(),
     "eval.generation_prompts": Sequence(Text()),
     "eval.generation_images_per_prompt": COUNT,
+    "eval.frechet_real_images": Int(2, MAX_SIZE),
     "checkpoint.every_steps": STEPS,
     "checkpoint.keep": COUNT,
     "checkpoint.async_save": Flag(),

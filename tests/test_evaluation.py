@@ -103,6 +103,12 @@ def test_generation_accuracy_scores_a_generator_by_the_classes_it_draws(
   assert scalars["generation/accuracy"] >= 0.8
   assert scalars["generation/unconditional_accuracy"] <= 0.3
   assert scalars["generation/classifier_real_accuracy"] > 0.8
+  # real held-out digits are close to the real set; uniform noise is far from it
+  real_distance = scalars["generation/frechet_distance"]
+  evaluation.draw = lambda params, asked, key: rng.integers(0, 256, (len(asked), 16, 16, 1),
+                                                            dtype=np.uint8)
+  noise_distance = evaluation(None)[0]["generation/frechet_distance"]
+  assert noise_distance > 10 * real_distance
   assert images["generation"].shape[:2] == (10 * 16 * 2, 10 * 16 * 2)   # one row per class
 
 
@@ -155,3 +161,26 @@ def test_a_model_trained_on_one_digit_draws_that_digit(data_dir, tokenizer, clas
   classifier, _ = load_classifier(classifier_dir)
   predicted = np.asarray(np.argmax(classifier(jnp.asarray(images)), -1))
   assert np.mean(predicted == DIGIT) >= 0.9, predicted
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians():
+  """Samples of two known Gaussians: the fitted-Gaussian formula (float64, scipy's general
+  matrix square root as the reference) and the population value it converges to."""
+  # pylint: disable=import-outside-toplevel
+  from scipy import linalg
+  from mmpretrain.train.evaluate import frechet_distance
+  rng = np.random.default_rng(0)
+  dim = 4
+  mix_a, mix_b = rng.normal(size=(dim, dim)), rng.normal(size=(dim, dim))
+  cov_a, cov_b = mix_a @ mix_a.T + np.eye(dim), mix_b @ mix_b.T + 0.5 * np.eye(dim)
+  mean_a, mean_b = rng.normal(size=dim), rng.normal(size=dim)
+  a = rng.multivariate_normal(mean_a, cov_a, 20_000)
+  b = rng.multivariate_normal(mean_b, cov_b, 20_000)
+  fitted_a, fitted_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  reference = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(fitted_a + fitted_b)
+               - 2 * np.trace(linalg.sqrtm(fitted_a @ fitted_b)).real)
+  assert frechet_distance(a, b) == pytest.approx(reference, rel=1e-9)
+  population = (np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b)
+                - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b)).real)
+  assert frechet_distance(a, b) == pytest.approx(population, rel=0.05)
+  assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)

@@ -49,10 +49,20 @@ class ImageClassifier(nnx.Module):
     self.head = nnx.Linear(widths[-1] * side * side, cfg.num_classes, rngs=rngs)
 
   def __call__(self, images):
+    x = self.feature_maps(images)
+    return self.head(x.reshape(x.shape[0], -1))
+
+  def feature_maps(self, images):
+    """The last convolution's activations [B, h, w, C]."""
     x = images.astype(jnp.float32) / 127.5 - 1.0
     for conv in self.convs:
       x = jax.nn.gelu(conv(x))
-    return self.head(x.reshape(x.shape[0], -1))
+    return x
+
+  def features(self, images):
+    """[B, C]: the last map averaged over space — the feature space of the Fréchet distance
+    between generated and real images (FID's recipe with this judge in Inception's place)."""
+    return jnp.mean(self.feature_maps(images), axis=(1, 2))
 
 
 def classifier_config(config) -> ClassifierConfig:

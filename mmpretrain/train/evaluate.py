@@ -97,10 +97,26 @@ def classified_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
   return float(np.mean(predicted == requested))
 
 
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+  """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½) between the Gaussians fitted to two
+  feature sets [N, D] (float64). tr((Σ_a Σ_b)^½) is the sum of the square roots of the
+  eigenvalues of Σ_a^½ Σ_b Σ_a^½, which is symmetric, so no general matrix square root
+  (and no complex round-off) is needed."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  values, vectors = np.linalg.eigh(cov_a)
+  root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+  cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+  return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a) + np.trace(cov_b)
+               - 2.0 * cross)
+
+
 class GenerationAccuracy:
   """Images drawn for config.eval.generation_prompts (the i-th asks for class i), scored
   by the frozen classifier at config.eval.classifier, against the same number drawn from
-  an empty caption (what the classifier sees by chance)."""
+  an empty caption (what the classifier sees by chance); and the Fréchet distance between
+  the drawn images and config.eval.frechet_real_images held-out real ones in the
+  classifier's feature space (it depends on the number drawn: compare runs at one size)."""
 
   def __init__(self, config, tok, trainer):
     self.classifier, meta = load_classifier(config.eval.classifier)
@@ -119,6 +135,11 @@ class GenerationAccuracy:
     self.captions = [prompts[k] for k in self.requested]
     self.draw = sample.make_image_sampler(trainer, tok, pipeline.row_spec(config))
     self.seed = config.seed
+    self.features = jax.jit(lambda images: self.classifier.features(images))
+    real = next(image_batches(config, tok, {config.classifier.dataset: 1.0},
+                              split=config.eval.split, batch_size=config.eval.frechet_real_images,
+                              caption_len=1, seed=config.seed, repeat=False))["images"]
+    self.real_features = np.asarray(self.features(jnp.asarray(real)))
 
   def __call__(self, params) -> tuple[dict, dict]:
     rng = jax.random.key(self.seed)
@@ -126,10 +147,13 @@ class GenerationAccuracy:
     unconditional = np.asarray(self.draw(params, [""] * len(self.captions), rng))
     predict = lambda images: np.asarray(jnp.argmax(self.classifier(jnp.asarray(images)), -1))
     grid = sample.image_grid(conditional, columns=self.per_prompt)
+    drawn_features = np.asarray(self.features(jnp.asarray(conditional)))
     return {"generation/accuracy": classified_accuracy(predict(conditional), self.requested),
             "generation/unconditional_accuracy": classified_accuracy(predict(unconditional),
                                                                      self.requested),
-            "generation/classifier_real_accuracy": self.real_accuracy}, {
+            "generation/classifier_real_accuracy": self.real_accuracy,
+            "generation/frechet_distance": frechet_distance(drawn_features,
+                                                            self.real_features)}, {
                 "generation": np.asarray(grid)}
 
 
