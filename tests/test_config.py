@@ -55,7 +55,7 @@ def test_vocab_size_follows_the_tokenizer_setting():
     ("data.mixture", {"text": 1.0, "audio": 1.0}, "unknown stream"),
     ("data.mixture", {"text": 0.0}, "positive sum"),
     ("visual.patch_size", 5, "does not divide"),
-    ("diffusion.prediction", "eps", "config.diffusion.prediction"),
+    ("diffusion.prediction", "score", "config.diffusion.prediction"),
     ("optimizer.schedule", "linear", "config.optimizer.schedule"),
     ("optimizer.grad_accum_steps", 3, "does not divide data.batch_size"),
     ("data.streams.image_text.caption_dropout", 1.5,

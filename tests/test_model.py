@@ -14,6 +14,7 @@ from mmpretrain.model import transformer
 from mmpretrain.model.transformer import ModelInputs, Transfusion, token_kinds
 
 PATCH = 8
+FRAME_TOKENS = 4              # make_inputs: one 4-token image per row
 
 
 def model_config(**overrides):
@@ -45,7 +46,7 @@ def unrolled_copy(scanned: Transfusion, cfg) -> Transfusion:
   """An unrolled model holding exactly the scanned model's weights."""
   cfg = copy.deepcopy(cfg)
   cfg.scan_layers = False
-  unrolled = Transfusion(cfg, PATCH, rngs=nnx.Rngs(1))
+  unrolled = Transfusion(cfg, PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(1))
   scanned_state = nnx.state(scanned)
   state = nnx.state(unrolled)
   flat = dict(nnx.to_flat_state(state))
@@ -68,7 +69,7 @@ def test_scan_equals_unrolled(remat, moe):
   cfg = model_config(scan_layers=True, remat=remat, qk_norm=True, modality_ffn=True,
                      num_layers=4)
   cfg.moe.update(moe)
-  scanned = Transfusion(cfg, PATCH, rngs=nnx.Rngs(0))
+  scanned = Transfusion(cfg, PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   unrolled = unrolled_copy(scanned, cfg)
   inputs = make_inputs()
   for got, want in zip(jax.tree.leaves(unrolled(inputs)), jax.tree.leaves(scanned(inputs))):
@@ -78,7 +79,7 @@ def test_scan_equals_unrolled(remat, moe):
 def test_moe_layer_placement_and_stats():
   cfg = model_config(num_layers=4)
   cfg.moe.update(MOE)          # layers 1 and 3 are MoE
-  model = Transfusion(cfg, PATCH, rngs=nnx.Rngs(0))
+  model = Transfusion(cfg, PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   assert [run.moe for run in model.decoder.runs] == [False, True, False, True]
   _, _, stats = model(make_inputs())
   assert stats["expert_load"].shape == (2, 4) and stats["load_balance"].shape == (2,)
@@ -87,7 +88,7 @@ def test_moe_layer_placement_and_stats():
 
 
 def test_future_tokens_do_not_change_past_outputs():
-  model = Transfusion(model_config(), PATCH, rngs=nnx.Rngs(0))
+  model = Transfusion(model_config(), PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   a = make_inputs(0)
   b = ModelInputs(**{**a.__dict__, "tokens": a.tokens.at[:, 10:].set(5)})
   la, lb = model(a)[0], model(b)[0]
@@ -96,7 +97,7 @@ def test_future_tokens_do_not_change_past_outputs():
 
 
 def test_image_tokens_see_each_other_but_not_later_text():
-  model = Transfusion(model_config(), PATCH, rngs=nnx.Rngs(0))
+  model = Transfusion(model_config(), PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   a = make_inputs(0)
   # Changing the last image token changes the first image token's output (bidirectional)...
   b = ModelInputs(**{**a.__dict__, "visual_latents": a.visual_latents.at[:, 7].add(1.0)})
@@ -107,7 +108,7 @@ def test_image_tokens_see_each_other_but_not_later_text():
 
 
 def test_modality_ffn_routes_by_modality():
-  model = Transfusion(model_config(modality_ffn=True), PATCH, rngs=nnx.Rngs(0))
+  model = Transfusion(model_config(modality_ffn=True), PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   inputs = make_inputs(0, image=(8, 12))        # image at the end: text never sees it
   before = model(inputs)
   # Perturb only the vision FFN: text positions (all before the image) must not move.
@@ -119,16 +120,16 @@ def test_modality_ffn_routes_by_modality():
 
 
 def test_tied_embeddings_share_the_lm_head():
-  model = Transfusion(model_config(tie_embeddings=True), PATCH, rngs=nnx.Rngs(0))
+  model = Transfusion(model_config(tie_embeddings=True), PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   assert model.lm_head is None
   logits = model(make_inputs())[0]
   assert logits.shape == (2, 12, 97)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-  model = Transfusion(model_config(dtype="bfloat16"), PATCH, rngs=nnx.Rngs(0))
+  model = Transfusion(model_config(dtype="bfloat16"), PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model)))
-  ref = Transfusion(model_config(), PATCH, rngs=nnx.Rngs(0))
+  ref = Transfusion(model_config(), PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
   logits, pred, _ = model(make_inputs())
   ref_logits = ref(make_inputs())[0]
   assert logits.dtype == jnp.float32 and pred.dtype == jnp.float32

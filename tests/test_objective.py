@@ -129,7 +129,8 @@ def test_flow_loss_in_each_space_matches_float64_reference(prediction, space):
   eps = rng.normal(size=x.shape)
   t = np.where(batch["visual_loss_mask"], rng.uniform(0.0, 1.0, batch["modality"].shape), 0.0)
   z = (1 - t[..., None]) * x + t[..., None] * eps
-  config = ml_collections.ConfigDict({"diffusion": {"prediction": prediction, "min_t": 0.05},
+  config = ml_collections.ConfigDict({"diffusion": {"prediction": prediction, "min_t": 0.05,
+                                                    "skip": False},
                                       "loss": {"flow_space": space}})
   inputs = ModelInputs(tokens=None, modality=None, segment_ids=None, block_ids=None,
                        positions=None, visual_latents=jnp.asarray(z, jnp.float32),

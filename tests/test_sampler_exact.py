@@ -172,7 +172,7 @@ def fake_trainer(*, sampler="euler", steps=25, shift=DEMO_SHIFT, prediction="x",
                  seen_times=None):
   cfg = ml_collections.ConfigDict({"diffusion": {
       "prediction": prediction, "min_t": 0.05, "sample_steps": steps, "sampler": sampler,
-      "cfg_scale": cfg_scale}})
+      "cfg_scale": cfg_scale, "skip": False}})
   model = ExactModel(prediction, [] if seen_times is None else seen_times)
   return types.SimpleNamespace(config=cfg, time_shift=shift, model=lambda params: model)
 

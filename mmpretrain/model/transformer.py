@@ -241,6 +241,9 @@ class Transfusion(nnx.Module):
     d, std = cfg.d_model, cfg.init_std
     # Where a token sits in its frame, learned (DiT's absolute position embedding): RoPE
     # alone gives a frame's tokens only their offsets from each other and the prefix.
+    if cfg.frame_positions and tokens_per_frame < 1:
+      raise ValueError("model.frame_positions needs the latent tokens per frame: pass "
+                       "tokens_per_frame (train/step.build_model does)")
     self.frame_positions = nnx.Embed(
         tokens_per_frame, d, dtype=self.dtype, rngs=rngs,
         embedding_init=layers.dense_init(std, (None, "embed"))) if cfg.frame_positions else None
