@@ -50,6 +50,18 @@ def config_file(tmp_path, make_config, data_dir: str) -> str:
   return str(path)
 
 
+def assert_resumes_identically(config, tokenizer, state, expected: list[dict]) -> None:
+  """A new batch iterator restored to `state` yields exactly the batches `expected`."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mmpretrain.data import pipeline  # pylint: disable=import-outside-toplevel
+  resumed = pipeline.make_batches(config, tokenizer)
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 def has_emoji_font() -> bool:
   from mmpretrain.data import sources  # pylint: disable=import-outside-toplevel
   return os.path.exists(sources.EMOJI_FONT)

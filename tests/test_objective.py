@@ -75,7 +75,9 @@ def test_place_and_collect_frame_tokens_are_inverse():
   np.testing.assert_array_equal(back, frame_tokens)
 
 
-def test_context_frames_stay_clean_and_generated_frames_share_one_t(config, tokenizer):
+def noised_image_text_batch(config, tokenizer, space: str = "x"):
+  """(batch, its frames' latent tokens, ModelInputs, flow target in `space`) of one
+  image–text batch of `config`, noised with shift 1."""
   from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
   from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
   config.data.mixture = {"image_text": 1.0}
@@ -85,7 +87,12 @@ def test_context_frames_stay_clean_and_generated_frames_share_one_t(config, toke
                                           batch["frames"], config.visual.patch_size)
   keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
   inputs, target = objective.noised_inputs(jax.tree.map(jnp.asarray, batch), latents, keys,
-                                           config.diffusion, 1.0)
+                                           config.diffusion, 1.0, space=space)
+  return batch, latents, inputs, target
+
+
+def test_context_frames_stay_clean_and_generated_frames_share_one_t(config, tokenizer):
+  batch, latents, inputs, target = noised_image_text_batch(config, tokenizer)
   t, visual = np.asarray(inputs.timesteps), batch["modality"] == MODALITY_VISUAL
   gen, ctx = visual & batch["visual_loss_mask"], visual & ~batch["visual_loss_mask"]
   assert gen.any() and ctx.any()
@@ -157,17 +164,8 @@ def test_context_noise_noises_context_frames_a_little_one_t_per_frame(config, to
   """diffusion.context_noise: context frames at t ~ U(0, level), z = (1 − t)·x + t·ε with the
   same ε the flow target uses; generated frames unchanged; routing still sees them as
   context (float64 check of the path)."""
-  from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
-  from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
-  config.data.mixture = {"image_text": 1.0}
   config.diffusion.context_noise = 0.2
-  batch = next(make_batches(config, tokenizer))
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  latents = objective.frame_latent_tokens(trainer.representation, trainer.frozen,
-                                          batch["frames"], config.visual.patch_size)
-  keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
-  inputs, noise = objective.noised_inputs(jax.tree.map(jnp.asarray, batch), latents, keys,
-                                          config.diffusion, 1.0, space="eps")
+  batch, latents, inputs, noise = noised_image_text_batch(config, tokenizer, space="eps")
   t = np.asarray(inputs.timesteps, np.float64)
   visual = batch["modality"] == MODALITY_VISUAL
   ctx = visual & ~batch["visual_loss_mask"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import all_streams_config
+from conftest import all_streams_config, assert_resumes_identically
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.data import documents, pipeline
 from mmpretrain.data.documents import Skipped, TextSegment, VisualSegment
@@ -92,12 +92,7 @@ def test_iterator_state_resumes_mid_epoch(config4, tokenizer, num_workers):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  resumed = pipeline.make_batches(config4, tokenizer)
-  resumed.set_state(state)
-  for want in expected:
-    got = next(resumed)
-    for key in want:
-      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  assert_resumes_identically(config4, tokenizer, state, expected)
 
 
 def test_two_processes_read_disjoint_shards_that_cover_the_split(config4, tokenizer):

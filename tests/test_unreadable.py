@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import assert_resumes_identically, tiny_config
 from mmpretrain.data import pipeline
 from mmpretrain.data.records import UnreadableRecordError
 from mmpretrain.train.loop import train
@@ -62,12 +62,7 @@ def test_skipped_records_are_counted_and_resume_identically(corrupt_data_dir, to
   state = batches.get_state()
   expected = [next(batches) for _ in range(3)]
   assert sum(int(b["skipped_unreadable"].sum()) for b in expected) > 0
-  resumed = pipeline.make_batches(config, tokenizer)
-  resumed.set_state(state)
-  for want in expected:
-    got = next(resumed)
-    for key in want:
-      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  assert_resumes_identically(config, tokenizer, state, expected)
 
 
 def test_too_many_unreadable_records_stop_the_run_by_name(corrupt_data_dir, tokenizer):
