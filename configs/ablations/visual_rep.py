@@ -4,8 +4,9 @@
   vae     a convolutional KL autoencoder's latents (train-vae)
   pixels  raw pixels
 
-Each arm sees 64 latent tokens per 32×32 frame: the RAE's 8×8 grid of 128-d tokens
-(patch 1), the VAE's 16×16×4 grid in 2×2 patches, pixels in 4×4 patches. The RAE and VAE
+Every arm keeps the demo's recipe, its time shift of 4 included. Each arm sees 64 latent
+tokens per 32×32 frame: the RAE's 8×8 grid of 128-d tokens (patch 1), the VAE's 16×16×4
+grid in 2×2 patches, pixels in 4×4 patches. The RAE and VAE
 arms read the representation directory their stage wrote:
 
   mmpretrain train --config=configs/ablations/visual_rep.py:rae --workdir=runs/vr_rae \
