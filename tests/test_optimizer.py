@@ -160,3 +160,24 @@ def test_layer_axis_name_matches_the_scanned_layers():
   variables = named_variables(state)
   scale = variables["['decoder']['runs'][0]['blocks']['attn_norm']['scale']"]
   assert scale.get_metadata()["out_sharding"][0] == optimizer_lib.LAYER_AXIS
+
+
+def test_stage_optimizer_decays_kernels_not_biases(tmp_path):
+  """The representation stages' nnx.Optimizer hands AdamW bare arrays: with zero gradients
+  one step shrinks every kernel by lr·wd and leaves biases alone."""
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.stages.loop import train_model
+  o = small_model_config("dense").optimizer
+  o.schedule, o.warmup_steps, o.learning_rate, o.weight_decay = "constant", 0, 0.1, 0.5
+  model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+  for layer in model.layers:
+    layer.bias[...] = jnp.ones_like(layer.bias[...])
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  config = ml_collections.ConfigDict({"optimizer": o, "seed": 0,
+                                      "train": {"num_steps": 1, "log_every": 1}})
+  zero_loss = lambda m, frozen, batch, rng: (0.0 * jnp.sum(m(batch)), {})
+  train_model(config, str(tmp_path), model, zero_loss, iter([jnp.ones((1, 3))]))
+  for i, layer in enumerate(model.layers):
+    np.testing.assert_allclose(layer.kernel[...], before["layers"][i]["kernel"] * (1 - 0.05),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(layer.bias[...], before["layers"][i]["bias"])

@@ -14,7 +14,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from mmpretrain.train.metrics import MetricWriter
-from mmpretrain.train.optimizer import make_optimizer
+from mmpretrain.train.optimizer import decay_mask, make_optimizer
 
 REPRESENTATION_DIR = "representation"    # what train-rae / train-vae write in their workdir
 
@@ -30,7 +30,8 @@ def train_model(config, workdir: str, model: nnx.Module, loss_fn, batches, froze
   """Trains the `wrt` parameters of `model` in place (gradients of the others are never
   computed); returns the logged metrics (one dict per log step)."""
   num_steps, log_every = config.train.num_steps, config.train.log_every
-  optimizer = nnx.Optimizer(model, make_optimizer(config.optimizer, num_steps), wrt=wrt)
+  tx = make_optimizer(config.optimizer, num_steps, mask=decay_mask(nnx.state(model, wrt)))
+  optimizer = nnx.Optimizer(model, tx, wrt=wrt)
 
   @nnx.jit
   def step(model, optimizer, frozen, batch, rng):

@@ -44,12 +44,14 @@ def decay_mask(params):
   return jax.tree.map(is_decayed, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make_optimizer(ocfg, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(ocfg, num_steps: int, mask=decay_mask) -> optax.GradientTransformation:
   """Global-norm clipping (grad_clip_norm = 0 turns it off), then AdamW with decoupled
-  weight decay on the parameters `decay_mask` selects."""
+  weight decay where `mask` says: `decay_mask` itself when the optimizer is handed NNX
+  Variables (the train state), or `decay_mask(state)` computed once from them when it is
+  handed bare arrays (nnx.Optimizer's update does that)."""
   schedule = learning_rate_schedule(ocfg, num_steps)
   # identity() keeps the optimizer state's structure the same with and without clipping.
   clip = (optax.clip_by_global_norm(ocfg.grad_clip_norm) if ocfg.grad_clip_norm
           else optax.identity())
   return optax.chain(clip, optax.adamw(schedule, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps,
-                                       weight_decay=ocfg.weight_decay, mask=decay_mask))
+                                       weight_decay=ocfg.weight_decay, mask=mask))
