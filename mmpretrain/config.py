@@ -5,8 +5,7 @@ import os
 
 import ml_collections
 
-# pylint: disable-next=unused-import
-from mmpretrain.config_rules import ATTENTION_IMPLS, ConfigError, check_values, refuse
+from mmpretrain.config_rules import ConfigError, check_values, refuse
 
 STREAMS = ("text", "image_text", "video", "action_video")
 

@@ -11,7 +11,7 @@ compute-dtype operands and f32 accumulation. `auto` picks `einsum` on CPU, `xla`
 import jax
 import jax.numpy as jnp
 
-from mmpretrain.config import ATTENTION_IMPLS
+from mmpretrain.config_rules import ATTENTION_IMPLS
 
 
 def resolve(impl: str) -> str:
