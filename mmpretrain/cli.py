@@ -1,29 +1,12 @@
 """The `mmpretrain` command: the only place that knows about flags, files and processes.
 
-  mmpretrain prepare --config=configs/demo.py [--datasets=mnist_captions,emoji_captions]
-  mmpretrain train   --config=configs/demo.py --workdir=runs/demo [--config.key=value ...]
-                     [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
-  mmpretrain eval    --config=configs/demo.py --workdir=runs/demo [--step=N]
-  mmpretrain sample  --config=configs/demo.py --workdir=runs/demo [--output=DIR]
-                     [--prompt="ROMEO:" --max_new_tokens=64 --temperature=0.8 --top_p=0.9]
-                     [--caption="a handwritten digit seven" --images_per_caption=4]
-                     [--image=digit.png]  [--rollouts=4 --horizon=8 [--noactions]]
-                     [--document="a handwritten digit two" [--begin_image]]
-  mmpretrain train-encoder --config=configs/stages/encoder_demo.py --workdir=runs/encoder
-  mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir=runs/rae \
-                       --config.rae.encoder=runs/encoder/encoder
-  mmpretrain train-vae --config=configs/stages/vae_demo.py --workdir=runs/vae
-  mmpretrain train-classifier --config=configs/stages/classifier_demo.py \
-                              --workdir=runs/classifier
-  mmpretrain eval-representation --config=configs/demo.py --workdir=runs/eval_rae \
-      [--config.visual.representation=vae --config.visual.checkpoint=runs/vae/representation]
-  mmpretrain analyze-experts --workdir=runs/moe [--windows=1] [--threshold=0.8]
-  mmpretrain sweep   --config=configs/scaling/mini.py --out=runs/scaling_mini [--launcher=tpu]
-  mmpretrain sweep   --config=configs/ablations/granularity.py:,runlocal --out=runs/granularity
-  mmpretrain fit     --results=runs/scaling_mini/results.jsonl [--bootstrap=1000]
-  mmpretrain export-params --config=configs/demo.py --workdir=runs/demo [--step=N]
+`mmpretrain --help` lists the verbs; `mmpretrain VERB --help` shows one verb's usage, its
+flags with their defaults, and an example (the VERBS table below).
 """
+import dataclasses
+import re
 import sys
+from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -295,11 +278,111 @@ def cmd_export_params():
   print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, trainer, _STEP.value)}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
-            "train-encoder": cmd_train_encoder, "train-classifier": cmd_train_classifier,
-            "train-rae": cmd_train_rae, "train-vae": cmd_train_vae,
-            "eval-representation": cmd_eval_representation, "analyze-experts": cmd_analyze_experts,
-            "export-params": cmd_export_params, "sweep": cmd_sweep, "fit": cmd_fit}
+@dataclasses.dataclass(frozen=True)
+class Verb:
+  run: Callable[[], None]
+  summary: str                 # one line for `mmpretrain --help`
+  example: str                 # a command that works after `make demo`
+  flags: tuple[str, ...]       # the flags it reads (`--config.<key>=…` with --config)
+
+
+_STAGE = ("config", "workdir")
+_SAMPLE = ("config", "workdir", "step", "output", "prompt", "max_new_tokens", "temperature",
+           "top_p", "caption", "images_per_caption", "image", "document", "begin_image",
+           "rollouts", "horizon", "actions")
+VERBS = {
+    "prepare": Verb(cmd_prepare, "write the config's datasets (TFDS array_record) and "
+                    "train its tokenizer", "mmpretrain prepare --config=configs/demo.py",
+                    ("config", "datasets", "rebuild")),
+    "train": Verb(cmd_train, "train the unified model (re-running resumes from the newest "
+                  "checkpoint)", "mmpretrain train --config=configs/demo.py --workdir="
+                  "runs/demo --config.train.num_steps=100",
+                  ("config", "workdir", "multihost", "coordinator_address", "num_processes",
+                   "process_id")),
+    "eval": Verb(cmd_eval, "score a checkpoint on held-out data (losses, caption and "
+                 "generation accuracy)", "mmpretrain eval --config=configs/demo.py "
+                 "--workdir=runs/demo", ("config", "workdir", "step")),
+    "sample": Verb(cmd_sample, "continue text, draw captions, caption images, write "
+                   "interleaved documents or world-model rollouts",
+                   "mmpretrain sample --config=configs/demo.py --workdir=runs/demo "
+                   "--prompt=\"ROMEO:\" --caption=\"a handwritten digit seven\"", _SAMPLE),
+    "train-encoder": Verb(cmd_train_encoder, "train the SigLIP-style semantic encoder the "
+                          "RAE freezes", "mmpretrain train-encoder --config=configs/stages/"
+                          "encoder_demo.py --workdir=runs/demo_encoder", _STAGE),
+    "train-rae": Verb(cmd_train_rae, "train the RAE decoder on a frozen encoder's latents",
+                      "mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir="
+                      "runs/demo_rae --config.rae.encoder=runs/demo_encoder/encoder", _STAGE),
+    "train-vae": Verb(cmd_train_vae, "train the VAE baseline representation",
+                      "mmpretrain train-vae --config=configs/stages/vae_demo.py "
+                      "--workdir=runs/demo_vae", _STAGE),
+    "train-classifier": Verb(cmd_train_classifier, "train the CNN that judges generated "
+                             "digits", "mmpretrain train-classifier --config=configs/stages/"
+                             "classifier_demo.py --workdir=runs/demo_classifier", _STAGE),
+    "eval-representation": Verb(cmd_eval_representation, "reconstruction PSNR and linear "
+                                "probe of a visual representation",
+                                "mmpretrain eval-representation --config=configs/demo.py "
+                                "--workdir=runs/eval_rae", _STAGE),
+    "analyze-experts": Verb(cmd_analyze_experts, "expert specialization by token kind of "
+                            "an MoE run", "mmpretrain analyze-experts --workdir=runs/moe",
+                            ("workdir", "windows", "threshold")),
+    "sweep": Verb(cmd_sweep, "run an IsoFLOP grid or an ablation's variants (or print "
+                  "their TPU launches)", "mmpretrain sweep --config=configs/scaling/mini.py "
+                  "--out=runs/scaling_mini", ("config", "out", "launcher")),
+    "fit": Verb(cmd_fit, "fit compute-optimal scaling laws to a sweep's results",
+                "mmpretrain fit --results=runs/scaling_mini/results.jsonl",
+                ("results", "bootstrap", "metrics")),
+    "export-params": Verb(cmd_export_params, "write a checkpoint's parameters alone",
+                          "mmpretrain export-params --config=configs/demo.py "
+                          "--workdir=runs/demo", ("config", "workdir", "step")),
+}
+_OWN_FLAGS = {name for verb in VERBS.values() for name in verb.flags}
+_HELP = ("help", "helpshort", "helpfull", "h", "?")
+
+
+def overview() -> str:
+  width = max(map(len, VERBS))
+  lines = ["usage: mmpretrain VERB [--flag=value ...]   (mmpretrain VERB --help for one verb)",
+           "", "verbs:"]
+  lines += [f"  {name:<{width}}  {verb.summary}" for name, verb in VERBS.items()]
+  return "\n".join(lines)
+
+
+def verb_help(name: str) -> str:
+  verb = VERBS[name]
+  lines = [f"usage: mmpretrain {name} [--flag=value ...]", "", verb.summary + ".", "",
+           "flags:"]
+  for flag in verb.flags:
+    f = flags.FLAGS[flag]
+    default = "" if f.default is None else f" (default: {f.default!r})"
+    # The help strings name their verbs ("sample: …"); absl appends a note to list flags.
+    text = re.sub(r"^[a-z, -]+: ", "", f.help.split(";\n")[0])
+    lines.append(f"  --{flag}{default}\n      {text}")
+  if "config" in verb.flags:
+    lines.append("  --config.<key>=value\n      override any key of the config file")
+  lines += ["", "example:", f"  {verb.example}"]
+  return "\n".join(lines)
+
+
+def _flag_name(arg: str) -> str | None:
+  """The flag an argument sets (`--nofoo` sets the boolean foo), or None for a value."""
+  if not arg.startswith("-"):
+    return None
+  name = arg.lstrip("-").split("=", 1)[0]
+  if name not in _OWN_FLAGS and name.startswith("no") and name[2:] in _OWN_FLAGS:
+    name = name[2:]
+  return name
+
+
+def _check_verb_flags(verb: str, args: list[str]) -> None:
+  """Refuses a flag of another verb (it would be parsed and silently ignored)."""
+  for arg in args:
+    name = _flag_name(arg)
+    if name in _OWN_FLAGS and name not in VERBS[verb].flags:
+      owners = [v for v, spec in VERBS.items() if name in spec.flags]
+      raise app.UsageError(f"--{name} is a flag of `mmpretrain {' / '.join(owners)}`, not "
+                           f"of `mmpretrain {verb}` (mmpretrain {verb} --help lists its flags)")
+    if name and name.startswith("config.") and "config" not in VERBS[verb].flags:
+      raise app.UsageError(f"`mmpretrain {verb}` reads no config file: drop {arg}")
 
 
 def _run(command):
@@ -309,7 +392,7 @@ def _run(command):
     if not flags.FLAGS["verbosity"].present:   # Orbax logs every save at INFO
       logging.set_verbosity(logging.WARNING)
     try:
-      COMMANDS[command]()
+      VERBS[command].run()
     except (config_lib.ConfigError, FileNotFoundError, ValueError, ArithmeticError) as e:
       print(f"mmpretrain {command}: error: {e}", file=sys.stderr)
       sys.exit(2)
@@ -331,19 +414,25 @@ def _check_override_keys(args: list[str]) -> None:
 
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    print(f"usage: mmpretrain {{{'|'.join(COMMANDS)}}} --config=FILE [--workdir=DIR] "
-          "[--config.key=value ...]", file=sys.stderr)
+  if len(argv) < 2 or argv[1].lstrip("-") in _HELP:
+    print(overview(), file=sys.stdout if len(argv) >= 2 else sys.stderr)
+    sys.exit(0 if len(argv) >= 2 else 2)
+  command, args = argv[1], argv[2:]
+  if command not in VERBS:
+    print(f"mmpretrain: no verb {command!r}\n\n{overview()}", file=sys.stderr)
     sys.exit(2)
-  command = argv[1]
+  if any(_flag_name(a) in _HELP for a in args):
+    print(verb_help(command))
+    sys.exit(0)
   try:
-    _check_override_keys(argv[2:])
-  except config_lib.ConfigError as e:
+    _check_verb_flags(command, args)
+    _check_override_keys(args)
+  except (app.UsageError, config_lib.ConfigError) as e:
     print(f"mmpretrain {command}: error: {e}", file=sys.stderr)
     sys.exit(2)
   if command.startswith("train"):
     hostalloc.relaunch_with_jemalloc()
-  app.run(_run(command), argv=[f"mmpretrain {command}"] + argv[2:])
+  app.run(_run(command), argv=[f"mmpretrain {command}"] + args)
 
 
 if __name__ == "__main__":

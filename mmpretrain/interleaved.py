@@ -86,7 +86,7 @@ class InterleavedSampler:
         if index + 2 + self.block_length > self.max_length:
           break
         if words:
-          segments.append(tok.decode(words))
+          segments.append(self._words(words, ids, images))
           words = []
         latents, cache = self._image(
             params, cache, jnp.asarray([[previous, tok.boi_id], [tok.bos_id, tok.boi_id]]),
@@ -109,8 +109,13 @@ class InterleavedSampler:
       previous, token = token, int(next_token)
       index, uncond_position = index + 1, uncond_position + 1
     if words:
-      segments.append(tok.decode(words))
+      segments.append(self._words(words, ids, images))
     return segments
+
+  def _words(self, words, prompt_ids, images_so_far) -> str:
+    """Generated words as text; before any image they continue the prompt's text."""
+    return sample.decode_generated(self.tok, words,
+                                   after=prompt_ids[1:] if images_so_far == 0 else ())
 
 
 def write_document(segments: list, output: str, name: str) -> str:

@@ -268,10 +268,17 @@ def caption_prompt(trainer, tok, frames: np.ndarray, spec) -> dict:
           "timesteps": jnp.zeros((len(frames), used), jnp.float32)}
 
 
-def decode_generated(tok, ids) -> str:
-  """Generated ids -> text, cut at the first <eos>."""
+def decode_generated(tok, ids, after=()) -> str:
+  """Generated ids -> text, cut at the first <eos>. `after`: the text ids the generation
+  continues; SentencePiece drops a leading space from ids decoded alone, so the
+  continuation is read off the decoding of both together."""
   ids = [int(i) for i in ids]
-  return tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+  ids = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
+  after = [int(i) for i in after]
+  if not after:
+    return tok.decode(ids)
+  before, both = tok.decode(after), tok.decode(after + ids)
+  return both[len(before):] if both.startswith(before) else tok.decode(ids)
 
 
 def continue_texts(trainer, tok, params, texts: list[str], max_new_tokens: int,
@@ -281,7 +288,8 @@ def continue_texts(trainer, tok, params, texts: list[str], max_new_tokens: int,
   generate = make_generator(trainer, max_new_tokens, temperature, top_p)
   generated = jax.device_get(generate(params, text_prompt(trainer, prompts),
                                       jax.random.key(seed)))
-  return [text + decode_generated(tok, ids) for text, ids in zip(texts, generated)]
+  return [text + decode_generated(tok, ids, after=prompt[1:])
+          for text, prompt, ids in zip(texts, prompts, generated)]
 
 
 def caption_files(trainer, tok, params, paths: list[str], max_new_tokens: int) -> list[str]:

@@ -104,3 +104,17 @@ def test_an_interleaved_document_stops_when_the_row_is_full(config, tokenizer):
   assert sampler(params, "a digit", rng, start_image=True) == []
   text = sampler(params, "a digit", rng)                  # text alone runs to the row's end
   assert len(text) == 1 and len(tokenizer.encode(text[0])) <= 20 - 4
+
+
+@pytest.mark.parametrize("prompt, continuation", [("ROMEO:", " and yet I may not deny you"),
+                                                  ("To be, or not to be", " a man")])
+def test_a_continuation_that_starts_a_new_word_keeps_its_space(tokenizer, prompt,
+                                                                continuation):
+  prompt_ids = tokenizer.encode(prompt)
+  ids = tokenizer.encode(prompt + continuation)
+  assert ids[:len(prompt_ids)] == prompt_ids      # the continuation's ids follow the prompt's
+  new_ids = ids[len(prompt_ids):] + [tokenizer.eos_id, 7]
+  # Decoded alone SentencePiece drops the leading space: the trap this guards against.
+  assert not tokenizer.decode(new_ids[:-2]).startswith(" ")
+  text = prompt + sample.decode_generated(tokenizer, new_ids, after=prompt_ids)
+  assert text == prompt + continuation
