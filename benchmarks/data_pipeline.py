@@ -20,6 +20,8 @@ from mmpretrain.config import load_config, validate  # pylint: disable=wrong-imp
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
 from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 
 
 def pipeline_rate(config, tok, workers: int, batches: int) -> float:
@@ -58,8 +60,11 @@ def main():
   parser.add_argument("--config", required=True)
   parser.add_argument("--batches", type=int, default=40, help="batches timed per worker count")
   parser.add_argument("--steps", type=int, default=10, help="train steps timed")
+  smoke.add_flag(parser)
   args = parser.parse_args()
   config = validate(load_config(args.config))
+  if args.smoke:
+    args.batches, args.steps = 2, 1
   tok = pipeline.load_tokenizer(config)
   rates = {w: pipeline_rate(config, tok, w, args.batches) for w in (0, 1, 2)}
   train = training_rate(config, tok, args.steps)

@@ -11,6 +11,7 @@ encoder_fraction_of_step = encode time ÷ RAE step time, and rae_over_pixels_ste
 """
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=wrong-import-position
 from mmpretrain.config import load_config, validate
 from mmpretrain.data.pipeline import row_spec
@@ -32,6 +34,7 @@ from mmpretrain.hostalloc import relaunch_with_jemalloc
 from mmpretrain.stages.encoder import image_tower_config
 from mmpretrain.tokenizers import rae as rae_lib
 from mmpretrain.train.step import Trainer
+import smoke  # pylint: disable=wrong-import-order
 
 DINOV2_BASE = ViTConfig(image_size=224, patch_size=14, width=768, depth=12, num_heads=12,
                         mlp_dim=3072, activation="gelu", layer_scale=1.0, cls_token=True,
@@ -79,8 +82,14 @@ def main():
   parser.add_argument("--config", required=True)
   parser.add_argument("--steps", type=int, default=5, help="timed calls (median)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
+  smoke.add_flag(parser)
   args = parser.parse_args()
   config = validate(load_config(args.config))
+  dinov2 = DINOV2_BASE
+  if args.smoke:
+    config, args.steps, args.warmup = smoke.tiny(config), 1, 0
+    dinov2 = dataclasses.replace(DINOV2_BASE, image_size=28, width=32, depth=1, num_heads=2,
+                                 mlp_dim=64)
   encoder_cfg = image_tower_config(config)
 
   with tempfile.TemporaryDirectory() as directory:
@@ -102,7 +111,7 @@ def main():
   print(json.dumps({
       "config": args.config, "backend": jax.default_backend(),
       "demo_encoder_images_per_s": encoder_images_per_s(encoder_cfg, 64, args.steps, args.warmup),
-      "dinov2_base_224_images_per_s": encoder_images_per_s(DINOV2_BASE, 8, args.steps,
+      "dinov2_base_224_images_per_s": encoder_images_per_s(dinov2, 8, args.steps,
                                                            args.warmup),
       "frames_per_step": frames, "rae_step_s": rae_step, "pixels_step_s": pixel_step,
       "encode_frames_s": encode_s, "encoder_fraction_of_step": encode_s / rae_step,

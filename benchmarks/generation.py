@@ -29,13 +29,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=wrong-import-position
 from encoder import median_seconds
-from mmpretrain import sample
+from mmpretrain.generate import sample
 from mmpretrain.config import load_config, validate
 from mmpretrain.data.pipeline import row_spec
 from mmpretrain.hostalloc import relaunch_with_jemalloc
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers.visual import patch_dim
 from mmpretrain.train.step import Trainer
+import smoke  # pylint: disable=wrong-import-order
 
 
 class CaptionTokens:
@@ -129,8 +130,12 @@ def main():
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--steps", type=int, default=3, help="timed calls (median)")
   parser.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
+  smoke.add_flag(parser)
   args = parser.parse_args()
   config = copy.deepcopy(validate(load_config(args.config)))
+  if args.smoke:
+    config = smoke.tiny(config)
+    args.batch, args.new_tokens, args.steps, args.warmup = 2, 4, 1, 0
   config.visual.representation, config.visual.checkpoint = "pixels", ""
   config.visual.patch_size = 4
   trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32))

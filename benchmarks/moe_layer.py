@@ -23,16 +23,15 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
-from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
 from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
 from mmpretrain.model import layers, moe  # pylint: disable=wrong-import-position
-from moe_overhead import CONFIGS  # pylint: disable=wrong-import-position
+from moe_overhead import CONFIGS, bench_config  # pylint: disable=wrong-import-position
+import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 
 
-def layer_step(name: str):
+def layer_step(name: str, tiny: bool):
   """A jitted fwd + bwd of one FFN layer of config `name`, compiled and warmed up."""
-  path, arg = CONFIGS[name]
-  config = validate(load_config(os.path.join(ROOT, "configs", "bench", path), arg))
+  config = bench_config(name, tiny)
   model = config.model
   rows, tokens = config.data.batch_size, config.data.batch_size * config.data.seq_len
   layer = (moe.MoE(model, rngs=nnx.Rngs(0)) if model.moe.num_experts
@@ -54,9 +53,9 @@ def layer_step(name: str):
   return step
 
 
-def median_ms(repeats: int) -> dict:
+def median_ms(repeats: int, tiny: bool) -> dict:
   """Calls the layers in turn, `repeats` times: a slow spell of the VM hits all of them."""
-  steps = {name: layer_step(name) for name in CONFIGS}
+  steps = {name: layer_step(name, tiny) for name in CONFIGS}
   times = {name: [] for name in CONFIGS}
   for _ in range(repeats):
     for name, step in steps.items():
@@ -70,8 +69,9 @@ def main():
   relaunch_with_jemalloc()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=12, help="timed calls of each (median)")
+  smoke.add_flag(parser)
   args = parser.parse_args()
-  ms = median_ms(args.repeats)
+  ms = median_ms(1 if args.smoke else args.repeats, args.smoke)
   out = {"devices": str(jax.devices()[0].device_kind)}
   for name, value in ms.items():
     out[f"{name}_ms"] = round(value, 1)

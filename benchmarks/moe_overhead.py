@@ -24,16 +24,21 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
 from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
 from train_step import measure  # pylint: disable=wrong-import-position
+import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 
 
 CONFIGS = {"dense": ("dense_ref.py", None), "moe": ("moe_ref.py", None),
            "moe_fine": ("moe_ref.py", "fine")}
 
 
-def measure_one(name: str, steps: int, warmup: int) -> dict:
+def bench_config(name: str, tiny: bool = False):
   path, arg = CONFIGS[name]
   config = validate(load_config(os.path.join(ROOT, "configs", "bench", path), arg))
-  result = measure(config, steps, warmup)
+  return smoke.tiny(config) if tiny else config
+
+
+def measure_one(name: str, steps: int, warmup: int, tiny: bool) -> dict:
+  result = measure(bench_config(name, tiny), steps, warmup)
   out = {"step_s": result["step_s"]}
   if name != "dense":
     out["drop_rate"] = float(result["metrics"]["moe_drop_rate"])
@@ -45,7 +50,8 @@ def _measure_in_subprocess(name: str, args) -> dict:
   # One process per config: jemalloc keeps each model's high-water memory, and three
   # models' worth in one process exceeds this machine's RAM.
   run = subprocess.run([sys.executable, os.path.abspath(__file__), f"--only={name}",
-                        f"--steps={args.steps}", f"--warmup={args.warmup}"],
+                        f"--steps={args.steps}", f"--warmup={args.warmup}"]
+                       + (["--smoke"] if args.smoke else []),
                        capture_output=True, text=True, check=True)
   return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -57,9 +63,12 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--only", choices=list(CONFIGS), help="measure one config (internal)")
+  smoke.add_flag(parser)
   args = parser.parse_args()
+  if args.smoke:
+    args.rounds, args.steps, args.warmup = 1, 1, 0
   if args.only:
-    print(json.dumps(measure_one(args.only, args.steps, args.warmup)))
+    print(json.dumps(measure_one(args.only, args.steps, args.warmup, args.smoke)))
     return
   rounds = [{name: _measure_in_subprocess(name, args) for name in CONFIGS}
             for _ in range(args.rounds)]

@@ -26,6 +26,7 @@ from mmpretrain.data.pipeline import row_spec  # pylint: disable=wrong-import-po
 from mmpretrain.data.synthetic import interleaved_batch  # pylint: disable=wrong-import-position
 from mmpretrain.scaling.flops import train_flops_per_token  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
+import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 
 
 def matmul_peak(dtype, n=2048, repeats=5) -> float:
@@ -71,14 +72,18 @@ def main():
   parser.add_argument("--config", required=True)
   parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  smoke.add_flag(parser)
   args = parser.parse_args()
   config = validate(load_config(args.config))
+  peak_n = 2048
+  if args.smoke:
+    config, args.steps, args.warmup, peak_n = smoke.tiny(config), 1, 0, 128
   f32 = measure(config, args.steps, args.warmup)
-  peak_f32 = matmul_peak(jnp.float32)
+  peak_f32 = matmul_peak(jnp.float32, peak_n)
   bf16_config = copy.deepcopy(config)
   bf16_config.model.dtype = "bfloat16"
   bf16 = measure(bf16_config, args.steps, args.warmup)
-  peak_bf16 = matmul_peak(jnp.bfloat16)
+  peak_bf16 = matmul_peak(jnp.bfloat16, peak_n)
   print(json.dumps({
       "config": args.config, "devices": str(jax.devices()[0].device_kind),
       "tokens_per_s": round(f32["tokens_per_s"], 1),

@@ -4,6 +4,7 @@
 flags with their defaults, and an example (the VERBS table below).
 """
 import dataclasses
+import os
 import re
 import sys
 from typing import Callable
@@ -61,6 +62,10 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus sampling mass.")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "compile: the TPU slice, as GCP names it "
+                                "(v5p-128, v5e-16, v6e-256) or generation:shape (v5p:4x4x4).")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "compile: slices joined over DCN "
+                                   "(config.mesh.dcn_data splits the data axis over them).")
 _REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare: write the datasets anew even where "
                                 "they exist (mends a copy whose records cannot be read).")
 
@@ -72,7 +77,7 @@ def _config():
 
 
 def cmd_prepare():
-  from mmpretrain.prepare import prepare  # pylint: disable=import-outside-toplevel
+  from mmpretrain.data.prepare import prepare  # pylint: disable=import-outside-toplevel
   prepare(_config(), _DATASETS.value, _REBUILD.value)
 
 
@@ -124,9 +129,8 @@ def cmd_sample():
   """Text continuation, images from captions, captions of image files and world-model
   rollouts with a checkpoint's parameters."""
   # pylint: disable=import-outside-toplevel
-  import os
   import jax
-  from mmpretrain import sample
+  from mmpretrain.generate import sample
   from mmpretrain.train.evaluate import restore_params
   config, workdir = _config(), _workdir("sample")
   if not (_PROMPTS.value or _CAPTIONS.value or _IMAGES.value or _ROLLOUTS.value
@@ -151,14 +155,14 @@ def cmd_sample():
                          config.seed).save(path)
     print(f"wrote {path} (a row per caption)")
   if _DOCUMENTS.value:
-    from mmpretrain.interleaved import InterleavedSampler, write_document
+    from mmpretrain.generate.interleaved import InterleavedSampler, write_document
     sampler = InterleavedSampler(trainer, tok, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
     for i, text in enumerate(_DOCUMENTS.value):
       segments = sampler(params, text, jax.random.key(config.seed + i), _BEGIN_IMAGE.value)
       print(f"[step {step}] {text}"
             f"{write_document(segments, output, f'document_step{step}_{i}')}")
   if _ROLLOUTS.value:
-    from mmpretrain.world_model import write_rollouts
+    from mmpretrain.generate.world_model import write_rollouts
     for path in write_rollouts(config, tok, trainer, params, _ROLLOUTS.value, _HORIZON.value,
                                _ACTIONS.value, output, f"step{step}"):
       print(f"wrote {path}")
@@ -204,7 +208,6 @@ def cmd_train_vae():
 
 def cmd_eval_representation():
   # pylint: disable=import-outside-toplevel
-  import os
   from mmpretrain.stages.evaluation import evaluate_representation
   path = os.path.join(_workdir("eval-representation"), "representation_eval.json")
   result = evaluate_representation(_config(), path)
@@ -264,6 +267,29 @@ def cmd_fit():
           f"C^{m['d_opt_exponent']:.3f} [{m['d_opt_ci95'][0]:.3f}, {m['d_opt_ci95'][1]:.3f}] "
           f"over {len(m['optima'])} budgets")
   print(f"wrote {fit['out']}/fit.json, fit.md, isoflops.png, optima.png")
+
+
+def cmd_compile():
+  """Compiles the train step for a TPU topology on this machine (libtpu, no TPU) and prints
+  its memory per chip and the TPU cost model's time as one JSON line."""
+  # pylint: disable=import-outside-toplevel
+  import json
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")      # the host; the TPU is abstract
+  from mmpretrain.train import aot
+  if not _TOPOLOGY.value:
+    raise app.UsageError("--topology is required, e.g. --topology=v5p-128")
+  config = _config()
+  try:
+    result = aot.report(config, _TOPOLOGY.value, _NUM_SLICES.value)
+  except aot.NoTpuCompiler as e:
+    raise ValueError(str(e)) from e
+  print(json.dumps(result))
+  if not result["fits"]:
+    need = result.get("compiler") or f"{result['per_device_bytes'] / 2**30:.1f} GiB needed"
+    print(f"mmpretrain compile: error: the step does not fit {result['tpu']}'s "
+          f"{result['hbm_bytes'] / 2**30:.0f} GiB per chip ({need}): try {aot.advice(config)}",
+          file=sys.stderr)
+    sys.exit(3)
 
 
 def cmd_export_params():
@@ -331,6 +357,10 @@ VERBS = {
     "fit": Verb(cmd_fit, "fit compute-optimal scaling laws to a sweep's results",
                 "mmpretrain fit --results=runs/scaling_mini/results.jsonl",
                 ("results", "bootstrap", "metrics")),
+    "compile": Verb(cmd_compile, "compile the train step for a TPU topology here (libtpu, "
+                    "no TPU): memory per chip, cost-model time and MFU",
+                    "mmpretrain compile --config=configs/bench/dense_ref.py --topology=v5p-8",
+                    ("config", "topology", "num_slices")),
     "export-params": Verb(cmd_export_params, "write a checkpoint's parameters alone",
                           "mmpretrain export-params --config=configs/demo.py "
                           "--workdir=runs/demo", ("config", "workdir", "step")),
@@ -418,6 +448,8 @@ def main(argv=None):
     print(overview(), file=sys.stdout if len(argv) >= 2 else sys.stderr)
     sys.exit(0 if len(argv) >= 2 else 2)
   command, args = argv[1], argv[2:]
+  if "JAX_PLATFORMS" not in os.environ and distributed.host_only_libtpu():
+    os.environ["JAX_PLATFORMS"] = "cpu"
   if command not in VERBS:
     print(f"mmpretrain: no verb {command!r}\n\n{overview()}", file=sys.stderr)
     sys.exit(2)

@@ -81,11 +81,13 @@ class Optional:
 
 @dataclasses.dataclass(frozen=True)
 class Sequence:
-  """A non-empty list or tuple whose items `item` accepts."""
+  """A list or tuple (non-empty unless `may_be_empty`) whose items `item` accepts."""
   item: object
+  may_be_empty: bool = False
 
   def check(self, key, value):
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+    if (isinstance(value, str) or not isinstance(value, (list, tuple))
+        or not (value or self.may_be_empty)):
       refuse(key, f"must be a non-empty list, got {value!r}", f"Set --config.{key} to a list")
     for item in value:
       self.item.check(key, item)
@@ -239,7 +241,7 @@ RULES = {
     "checkpoint.best_metric": Text(),
     "checkpoint.best_mode": Choice(("min", "max")),
     "analysis.expert_threshold": Real(0.5, 1.0),
-    "sample.captions": Sequence(Text()),
+    "sample.captions": Sequence(Text(), may_be_empty=True),   # none: no sample grid
     "sample.images_per_caption": COUNT,
     # representation stages
     "encoder.datasets.*": WEIGHT,

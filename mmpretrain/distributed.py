@@ -5,6 +5,7 @@ On TPU VMs `jax.distributed.initialize()` finds the pod's other hosts by itself;
 coordinator, the process count and this process's index come from flags. CPU processes
 exchange collectives through gloo.
 """
+import glob
 import importlib.util
 import signal
 
@@ -15,8 +16,20 @@ MODES = ("auto", "off")
 
 
 def on_tpu_vm() -> bool:
-  """libtpu is installed only on TPU hosts (the `tpu` install)."""
-  return importlib.util.find_spec("libtpu") is not None
+  """A TPU host: libtpu installed and TPU chips attached (/dev/accel* on v4 and v5p,
+  /dev/vfio/N on v5e and v6e). libtpu alone is not enough: it also compiles for TPU
+  topologies on CPU machines (`mmpretrain compile`)."""
+  return (importlib.util.find_spec("libtpu") is not None
+          and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
+
+
+def host_only_libtpu() -> bool:
+  """libtpu installed where no TPU chip is attached (it is there to compile for TPU
+  topologies): JAX should not probe for TPUs at start-up, which logs errors and waits on
+  metadata servers. GPU plugins count as accelerators too."""
+  gpu = any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                                                    "jax_rocm60_plugin"))
+  return importlib.util.find_spec("libtpu") is not None and not on_tpu_vm() and not gpu
 
 
 def initialize(mode: str = "auto", coordinator_address: str | None = None,

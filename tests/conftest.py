@@ -79,7 +79,7 @@ def all_streams_config(data_dir: str):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """Every built-in dataset and a small tokenizer, made by `prepare` as a user would."""
-  from mmpretrain.prepare import datasets_in_use, prepare  # pylint: disable=import-outside-toplevel
+  from mmpretrain.data.prepare import datasets_in_use, prepare  # pylint: disable=import-outside-toplevel
   path = str(tmp_path_factory.mktemp("data"))
   prepare(tiny_config(path), datasets_in_use(all_streams_config(path)))
   return path

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmpretrain import sample
+from mmpretrain.generate import sample
 from mmpretrain.data.pipeline import make_batches, row_spec
 from mmpretrain.model.masks import attention_mask, cached_attention_mask
 from mmpretrain.model.transformer import ModelInputs

@@ -132,7 +132,7 @@ def test_a_model_trained_on_one_digit_draws_that_digit(data_dir, tokenizer, clas
   import jax
   import jax.numpy as jnp
   from fixtures.one_digit import DIGIT, OneDigitCaptions
-  from mmpretrain import sample
+  from mmpretrain.generate import sample
   from mmpretrain.data import pipeline
   from mmpretrain.data.sources import digit_caption
   from mmpretrain.stages.classifier import load_classifier

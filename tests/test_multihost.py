@@ -117,3 +117,18 @@ def test_without_flags_off_a_tpu_vm_the_run_is_one_process():
   assert not distributed.on_tpu_vm()
   distributed.initialize("auto")
   assert jax.process_count() == 1
+
+
+@pytest.mark.parametrize("libtpu, chips, on_vm", [
+    (True, [], False), (True, ["/dev/accel0"], True), (False, ["/dev/accel0"], False)])
+def test_a_tpu_host_is_libtpu_and_attached_chips(monkeypatch, libtpu, chips, on_vm):
+  # libtpu alone (installed to compile for TPU topologies) must not make a CPU machine
+  # try to join a pod, nor make JAX probe for TPUs.
+  real_find_spec = distributed.importlib.util.find_spec
+  monkeypatch.setattr(distributed.importlib.util, "find_spec",
+                      lambda name: (object() if libtpu else None) if name == "libtpu"
+                      else real_find_spec(name))
+  monkeypatch.setattr(distributed.glob, "glob",
+                      lambda pattern: [c for c in chips if c.startswith(pattern[:9])])
+  assert distributed.on_tpu_vm() == on_vm
+  assert distributed.host_only_libtpu() == (libtpu and not on_vm)

@@ -154,7 +154,7 @@ def test_sampler_latent_tokens_round_trip_to_the_rae_decoding(stages, data_dir, 
   → its frame decoder equals the RAE module decoding its own normalized encoder tokens, and
   the tokens are the float64 normalization of the raw encoder tokens."""
   # pylint: disable-next=import-outside-toplevel
-  from mmpretrain.sample import context_tokens, make_frame_decoder
+  from mmpretrain.generate.sample import context_tokens, make_frame_decoder
   _, rae_summary = stages
   config = tiny_config(data_dir)
   config.visual.representation, config.visual.checkpoint = "rae", rae_summary["representation"]

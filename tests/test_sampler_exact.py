@@ -23,7 +23,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmpretrain import diffusion, sample
+from mmpretrain import diffusion
+from mmpretrain.generate import sample
 
 WEIGHTS = np.array([0.5, 0.3, 0.2])
 MEANS = np.array([[-3.0, 0.0, 0.5], [2.5, 2.0, -0.5], [1.5, -3.0, 1.0]])

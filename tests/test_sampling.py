@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmpretrain import diffusion, interleaved, sample
+from mmpretrain import diffusion
+from mmpretrain.generate import interleaved, sample
 from mmpretrain.data.pipeline import row_spec
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.train.step import Trainer

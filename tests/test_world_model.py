@@ -1,6 +1,7 @@
 """World-model rollouts and their metrics: the agent locator against MiniGrid's own agent
 position, frame metrics on constructed frames, rollouts that never let a later action
 change an earlier prediction, and the held-out evaluation end to end."""
+import itertools
 import gymnasium as gym
 import jax
 import minigrid  # pylint: disable=unused-import  # registers the environments
@@ -9,7 +10,8 @@ import pytest
 from minigrid.core.actions import Actions
 from PIL import Image
 
-from mmpretrain import world_model
+from mmpretrain.generate import world_model
+from mmpretrain.data import sources
 from mmpretrain.data.documents import fit_frame
 from mmpretrain.data.pipeline import row_spec
 from mmpretrain.data.sources import MINIGRID_ENVS, MINIGRID_TILE
@@ -114,3 +116,14 @@ def test_rollout_gifs_show_the_truth_above_the_prediction(data_dir, tokenizer, t
   with Image.open(paths[0]) as gif:
     assert gif.n_frames == 4 + 2                        # the context, then the predictions
     assert gif.size == (32 * 4, (2 * 32 + 1) * 4)      # upscaled 4×
+
+
+def test_every_action_of_a_walk_changes_the_frame_as_it_says():
+  for frames, actions, _ in itertools.islice(sources.minigrid_walks("validation", 40, 16), 4):
+    cells = world_model.agent_cell(frames)
+    assert len(frames) == len(actions) + 1 == 17
+    for t, action in enumerate(actions):
+      assert (frames[t] != frames[t + 1]).any(), (t, action)
+      steps = int(np.abs(cells[t + 1] - cells[t]).sum())
+      assert steps == (1 if action == "forward" else 0), (t, action, cells[t], cells[t + 1])
+      assert action in ("forward", "left", "right")

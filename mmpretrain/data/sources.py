@@ -165,6 +165,7 @@ MINIGRID_ENVS = ("MiniGrid-Empty-8x8-v0", "MiniGrid-DoorKey-8x8-v0",
                  "MiniGrid-Dynamic-Obstacles-8x8-v0", "MiniGrid-GoToDoor-8x8-v0",
                  "MiniGrid-Fetch-8x8-N3-v0")
 MINIGRID_TILE = 8
+MINIGRID_CELLS = 8
 
 
 def minigrid_episodes(split: str, episodes: int, max_steps: int, min_frames: int,
@@ -207,3 +208,43 @@ def minigrid_episodes(split: str, episodes: int, max_steps: int, min_frames: int
     env.close()
     yield np.stack(frames), actions, mission
 
+
+
+WALK_FORWARD_SHARE = 0.6    # of the steps where the cell ahead is free; else a turn
+
+
+def minigrid_walks(split: str, episodes: int, steps: int, seed: int = 1):
+  """Yields (frames uint8 [steps + 1, 64, 64, 3], action names [steps], mission) per episode.
+
+  An agent walks an empty 8×8 room from a random cell and heading, and every action changes
+  the frame: it turns left or right, or steps forward into a free cell (never onto the goal,
+  which would end the episode). In `minigrid_episodes` most actions leave the render as it
+  was (a bump into a wall, a toggle of nothing), so copying the last frame is already a good
+  prediction there; here the next frame follows from the action alone.
+  """
+  _check_split(split)
+  from minigrid.core.world_object import Goal  # pylint: disable=import-outside-toplevel
+  from minigrid.envs import EmptyEnv  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  for index in range(episodes):
+    episode_seed = int(rng.integers(2**31))
+    if not in_split(index, split):
+      continue
+    env = EmptyEnv(size=MINIGRID_CELLS, agent_start_pos=None, max_steps=steps + 1,
+                   render_mode="rgb_array")
+    env.reset(seed=episode_seed)
+    actions_rng = np.random.default_rng(episode_seed)
+    frames, actions = [env.get_frame(tile_size=MINIGRID_TILE, highlight=False)], []
+    for _ in range(steps):
+      ahead = env.grid.get(*env.front_pos)
+      free = ahead is None or (ahead.can_overlap() and not isinstance(ahead, Goal))
+      if free and actions_rng.random() < WALK_FORWARD_SHARE:
+        action = env.actions.forward
+      else:
+        action = env.actions.left if actions_rng.random() < 0.5 else env.actions.right
+      env.step(action)
+      actions.append(action.name)
+      frames.append(env.get_frame(tile_size=MINIGRID_TILE, highlight=False))
+    mission = env.mission
+    env.close()
+    yield np.stack(frames), actions, mission

@@ -14,12 +14,13 @@ import jax.numpy as jnp
 from mmpretrain.config_rules import ATTENTION_IMPLS
 
 
-def resolve(impl: str) -> str:
-  """The implementation `auto` stands for on the default backend; others unchanged."""
+def resolve(impl: str, platform: str | None = None) -> str:
+  """The implementation `auto` stands for on `platform` (default: jax's default backend);
+  others unchanged."""
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl={impl!r}: pick one of {ATTENTION_IMPLS}")
   if impl == "auto":
-    return "einsum" if jax.default_backend() == "cpu" else "xla"
+    return "einsum" if (platform or jax.default_backend()) == "cpu" else "xla"
   return impl
 
 

@@ -30,6 +30,14 @@ class RouterBias(nnx.Variable):
   """Per-expert selection bias of the sigmoid router; updated by load, not by gradients."""
 
 
+def resolve_dispatch(dispatch: str, platform: str | None = None) -> str:
+  """The dispatch `auto` stands for on `platform` (default: jax's default backend):
+  capacity on CPU, where ragged_dot runs as a loop; dropless elsewhere."""
+  if dispatch != "auto":
+    return dispatch
+  return "capacity" if (platform or jax.default_backend()) == "cpu" else "dropless"
+
+
 def expert_count(moe) -> int:
   return moe.num_experts * moe.granularity
 
@@ -273,9 +281,7 @@ class MoE(nnx.Module):
     -1 = padding). Capacity groups are `capacity_group_rows` consecutive rows."""
     token_mask = token_kind >= 0
     experts, weights, stats = self.router(x, token_kind)
-    dispatch = self.dispatch
-    if dispatch == "auto":
-      dispatch = "capacity" if jax.default_backend() == "cpu" else "dropless"
+    dispatch = resolve_dispatch(self.dispatch)
     if dispatch == "dropless":
       out, drop_rate = self.experts.dropless(x, experts, weights, token_mask)
     else:

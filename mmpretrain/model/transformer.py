@@ -50,11 +50,16 @@ def flat(t):
 
 def index_in_block(positions, block_ids):
   """[B, L] -> each token's index within its visual block (its position minus the block's
-  first position; blocks hold consecutive positions and are never split across chunks)."""
-  def row(pos, block):
-    first = jax.ops.segment_min(pos, block, num_segments=pos.shape[0])
-    return pos - first[block]
-  return jnp.where(block_ids > 0, jax.vmap(row)(positions, block_ids), 0)
+  first position; a block fills consecutive slots and is never split across chunks).
+
+  The block's first slot is a running maximum over the slots where a block starts: a
+  gather, not a scatter (TPU scatters are slow, and XLA's cost model cannot time them)."""
+  slots = jnp.arange(block_ids.shape[1])
+  starts = jnp.concatenate([jnp.ones_like(block_ids[:, :1], bool),
+                            block_ids[:, 1:] != block_ids[:, :-1]], axis=1)
+  first_slot = jax.lax.cummax(jnp.where(starts, slots, 0), axis=1)
+  first = jnp.take_along_axis(positions, first_slot, axis=1)
+  return jnp.where(block_ids > 0, positions - first, 0)
 
 
 def is_moe_layer(cfg, index: int) -> bool:

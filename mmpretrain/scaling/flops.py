@@ -20,7 +20,7 @@ from flax import nnx
 
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model.masks import attention_mask
-from mmpretrain.model.moe import experts_per_token
+from mmpretrain.model.moe import experts_per_token, resolve_dispatch
 from mmpretrain.train.step import build_model
 
 EXPERT_WEIGHTS = ("gate", "up", "down")     # stacked [..., E, in, out] routed-expert weights
@@ -37,20 +37,14 @@ class MatmulParams:
   flow_head: int
 
 
-def _dispatch(moe) -> str:
-  if moe.dispatch != "auto":
-    return moe.dispatch
-  import jax  # pylint: disable=import-outside-toplevel
-  return "capacity" if jax.default_backend() == "cpu" else "dropless"
-
-
 def matmul_params(config) -> MatmulParams:
   """Counts kernels of the model built from `config` (shapes only, nothing allocated).
   The input embedding is a gather, not a matmul, so it is left out unless tied (then it
   is the LM head)."""
   moe = config.model.moe
   k = experts_per_token(moe)
-  routed_executed = k * (moe.capacity_factor if _dispatch(moe) == "capacity" else 1.0)
+  routed_executed = k * (moe.capacity_factor if resolve_dispatch(moe.dispatch) == "capacity"
+                         else 1.0)
   state = nnx.state(nnx.eval_shape(lambda: build_model(config, 0)))
   counts = dict.fromkeys(("decoder", "decoder_executed", "lm_head", "flow_head"), 0.0)
   for path, value in nnx.to_flat_state(state):

@@ -8,7 +8,7 @@ config trains it:
 - understanding: greedy captions of held-out MNIST digits that name the digit;
 - generation alignment: a frozen classifier (stages/classifier.py) scores images drawn
   for class captions, against images drawn without a caption;
-- world model: rollouts of held-out MiniGrid episodes (world_model.py).
+- world model: rollouts of held-out MiniGrid episodes (generate/world_model.py).
 Each builds its jitted samplers once, so periodic evaluation compiles them once.
 """
 import re
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import sample, storage, world_model
+from mmpretrain import storage
+from mmpretrain.generate import sample, world_model
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.data.sources import DIGIT_WORDS

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from mmpretrain import config as config_lib  # pylint: disable=wrong-import-position
 from mmpretrain import storage  # pylint: disable=wrong-import-position
-from mmpretrain import sample as sample_lib  # pylint: disable=wrong-import-position
+from mmpretrain.generate import sample as sample_lib  # pylint: disable=wrong-import-position
 from mmpretrain import distributed, sharding  # pylint: disable=wrong-import-position
 from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-import-position
 from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
@@ -40,10 +40,13 @@ def plot_history(history: list[dict], path: str) -> None:
 
 
 def write_samples(trainer, state, tok, config, workdir: str, writer: MetricWriter) -> str | None:
-  """Generates images for config.sample.captions and writes a PNG grid (one row per caption).
+  """Generates images for config.sample.captions (none: nothing) and writes a PNG grid
+  (one row per caption).
 
   Every process runs the sampler (its params are sharded over all of them); process 0
   writes the grid and returns its path."""
+  if not config.sample.captions:
+    return None
   spec = pipeline.row_spec(config)
   captions = [c for c in config.sample.captions for _ in range(config.sample.images_per_caption)]
   sampler = sample_lib.make_image_sampler(trainer, tok, spec)

@@ -44,9 +44,10 @@ def time_shift(config) -> float:
 class Trainer:
   """Owns the model graph, the optimizer and the jitted step for one config."""
 
-  def __init__(self, config, byte_lengths, mesh=None):
+  def __init__(self, config, byte_lengths, mesh=None, place_frozen: bool = True):
     """`mesh`: a (data, fsdp, expert, tensor) mesh from sharding.make_mesh, laid out by
-    config.mesh.rules; None runs on jax's default device."""
+    config.mesh.rules; None runs on jax's default device. `place_frozen=False` leaves the
+    representation's weights on the host (a mesh of abstract devices, train/aot.py)."""
     self.config = config
     self.representation = make_representation(config)
     self.frozen = self.representation.load_params()    # e.g. the RAE: read, never trained
@@ -60,7 +61,8 @@ class Trainer:
       self._step = jax.jit(self._train_step, donate_argnums=0)
       self._eval = jax.jit(self._eval_sums)
       return
-    self.frozen = jax.device_put(self.frozen, sharding.replicated(mesh))
+    if place_frozen:
+      self.frozen = jax.device_put(self.frozen, sharding.replicated(mesh))
     rules = config.mesh.rules
     sharding.check_batch_splits(config.data.batch_size, mesh, rules)
     self.state_sharding = sharding.state_shardings(
@@ -82,9 +84,9 @@ class Trainer:
     """One optimizer step (jitted; `state` is donated)."""
     return self._step(state, batch, self.frozen)
 
-  def lower_step(self, state: TrainState, batch):
+  def lower_step(self, state: TrainState, batch, frozen=None):
     """The step lowered for these arguments (for inspecting the compiled program)."""
-    return self._step.lower(state, batch, self.frozen)
+    return self._step.lower(state, batch, self.frozen if frozen is None else frozen)
 
   def eval_sums(self, params, batch) -> dict:
     """Loss sums of `batch` (no update; jitted): text CE, flow MSE, token and byte counts,

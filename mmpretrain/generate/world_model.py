@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import sample
+from mmpretrain.generate import sample
 from mmpretrain.data import documents as docs
 from mmpretrain.data import pipeline, records, streams
+from mmpretrain.data.sources import MINIGRID_CELLS
 
-MINIGRID_CELLS = 8       # the 8×8 MiniGrid worlds of data/sources.py
 # The agent triangle as MiniGrid draws it in a unit cell pointing right (direction 0).
 AGENT_TRIANGLE = ((0.12, 0.19), (0.87, 0.50), (0.12, 0.81))
 AGENT_RGB = (255, 0, 0)
@@ -135,9 +135,11 @@ def horizon_metrics(predicted, target, horizons) -> dict[str, float]:
   return results
 
 
-def held_out_episodes(config, tok, count: int, length: int, dataset="minigrid_episodes"):
-  """The first `count` held-out episodes with at least `length` frames: (frames uint8
-  [count, length, S, S, C], actions [count][length - 1], missions)."""
+def held_out_episodes(config, tok, count: int, length: int):
+  """The first `count` held-out episodes with at least `length` frames of the action-video
+  stream's first dataset: (frames uint8 [count, length, S, S, C], actions
+  [count][length - 1], missions)."""
+  dataset = next(iter(config.data.streams.action_video.datasets))
   ctx = streams.StreamContext(config, tok, "action_video")
   fields = config.data.datasets[dataset].fields
   frames, actions, missions = [], [], []

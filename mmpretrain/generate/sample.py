@@ -5,7 +5,7 @@ visual block is generated the Transfusion way: the document up to its `<boi>` is
 into the cache once, then every Euler/Heun step runs only the block's tokens against it
 (conditional and unconditional rows batched for CFG), so N denoising steps cost one
 prefix pass plus N block passes. Images from captions, captions of images and world-model
-rollouts (mmpretrain/world_model.py) are built from these two pieces.
+rollouts (generate/world_model.py) are built from these two pieces.
 """
 import dataclasses
 

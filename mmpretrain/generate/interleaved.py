@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import sample
+from mmpretrain.generate import sample
 from mmpretrain.batch import MODALITY_VISUAL
 from mmpretrain.data import pipeline
 from mmpretrain.model.transformer import ModelInputs

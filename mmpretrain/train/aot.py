@@ -1,0 +1,190 @@
+"""The train step compiled ahead of time for a TPU topology, on any machine (`mmpretrain
+compile`): does a config fit the chip's memory, and how fast does the TPU cost model say
+it runs?
+
+libtpu (`pip install -e '.[tpu]'`) describes a topology's chips as abstract devices
+(jax.experimental.topologies). The step is lowered over them with the config's mesh and
+logical-axis rules and compiled into a real TPU executable: its memory analysis gives the
+bytes each chip holds, its cost analysis the FLOPs and the cost model's time.
+
+XLA's cost analysis counts a loop body once, so a scanned step under-reports. The time
+comes from two small unrolled compiles instead: one and two layers give the cost of the
+step outside the layers and of one layer, and the estimate is outside + layers × one.
+"""
+import copy
+import dataclasses
+import importlib.util
+import os
+import time
+
+import jax
+import numpy as np
+
+from mmpretrain import sharding
+from mmpretrain.batch import DEVICE_FIELDS
+from mmpretrain.data.pipeline import row_spec
+from mmpretrain.data.synthetic import interleaved_batch
+from mmpretrain.model import attention, moe
+from mmpretrain.scaling.flops import train_flops_per_token
+from mmpretrain.train.step import Trainer
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  hbm_bytes: int
+  peak_bf16_flops: float       # dense matmul peak per chip
+  cores_per_chip: int          # in GCP's names (v5p-8 is 8 TensorCores, 4 chips)
+  grids: dict                  # chips -> the topology's shape
+
+
+_GRIDS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+             256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_GRIDS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+             256: "16x16"}
+CHIPS = {"v4": Chip(32 * GIB, 275e12, 2, _GRIDS_3D), "v5p": Chip(95 * GIB, 459e12, 2, _GRIDS_3D),
+         "v5e": Chip(16 * GIB, 197e12, 1, _GRIDS_2D), "v6e": Chip(32 * GIB, 918e12, 1, _GRIDS_2D)}
+
+
+def parse_topology(name: str) -> tuple[str, str]:
+  """'v5p-128' (GCP's accelerator type) or 'v5p:4x4x4' -> ('v5p', '4x4x4')."""
+  generation, sep, size = name.partition("-") if "-" in name else name.partition(":")
+  chip = CHIPS.get(generation)
+  if chip is None or not sep:
+    raise ValueError(f"--topology={name!r}: use <generation>-<cores> or <generation>:<shape> "
+                     f"with a generation of {sorted(CHIPS)}, e.g. v5p-128 or v5e:4x4")
+  if sep == ":":
+    return generation, size
+  cores = int(size) if size.isdigit() else 0
+  chips = cores // chip.cores_per_chip
+  if cores % chip.cores_per_chip or chips not in chip.grids:
+    raise ValueError(f"--topology={name!r}: {generation} slices have "
+                     f"{sorted(c * chip.cores_per_chip for c in chip.grids)} cores")
+  return generation, chip.grids[chips]
+
+
+class NoTpuCompiler(RuntimeError):
+  """libtpu is missing or does not know the topology."""
+
+
+class DoesNotFit(RuntimeError):
+  """The TPU compiler ran out of HBM for the step (its message says how much it needed)."""
+
+
+def abstract_devices(topology: str, num_slices: int = 1) -> tuple[str, list]:
+  """The generation and abstract TPU devices of a topology (needs libtpu, not a TPU)."""
+  generation, shape = parse_topology(topology)
+  if importlib.util.find_spec("libtpu") is None:
+    raise NoTpuCompiler("compiling for a TPU needs libtpu: pip install -e '.[tpu]' "
+                        "(make install-tpu)")
+  # Compiling touches no chip: let several processes load libtpu at once (it otherwise
+  # takes a lock meant for a TPU host's devices).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  try:
+    desc = topologies.get_topology_desc(
+        platform="tpu", topology_name=f"{generation}:{shape}", chip_config_name="default",
+        chips_per_host_bounds=(2, 2, 1), num_slices=num_slices)
+  except (RuntimeError, ValueError) as e:
+    raise NoTpuCompiler(f"libtpu cannot describe {generation}:{shape}: {e}") from e
+  return generation, list(desc.devices)
+
+
+def for_platform(config, platform: str):
+  """A copy of `config` whose `auto` choices (attention kernel, MoE dispatch) are those of
+  `platform`, not of the machine compiling it."""
+  config = copy.deepcopy(config)
+  config.model.attention_impl = attention.resolve(config.model.attention_impl, platform)
+  config.model.moe.dispatch = moe.resolve_dispatch(config.model.moe.dispatch, platform)
+  return config
+
+
+def abstract_batch(config, mesh) -> dict:
+  """ShapeDtypeStructs of a global batch, sharded like the training batches."""
+  spec = row_spec(config)
+  images = max(1, spec.max_frames // 2) if spec.max_frames else 0
+  text = max(1, spec.seq_len - images * (spec.tokens_per_frame + 2)) // 2
+  row = interleaved_batch(spec, 1, text, images, config.model.vocab_size)
+  where = sharding.batch_sharding(mesh, config.mesh.rules)
+  return {k: jax.ShapeDtypeStruct((config.data.batch_size, *row[k].shape[1:]), row[k].dtype,
+                                  sharding=where) for k in DEVICE_FIELDS}
+
+
+def compile_step(config, devices):
+  """The train step of `config` compiled over `devices`: (executable, seconds)."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32), mesh=mesh,
+                    place_frozen=False)
+  replicated = sharding.replicated(mesh)
+  frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                        trainer.frozen)
+  start = time.perf_counter()
+  lowered = trainer.lower_step(trainer.abstract_state(), abstract_batch(config, mesh), frozen)
+  try:
+    return lowered.compile(), time.perf_counter() - start
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise DoesNotFit(str(e).split("RESOURCE_EXHAUSTED: ")[-1].split("\n")[0]) from e
+
+
+def _cost(executable) -> dict:
+  analysis = executable.cost_analysis()
+  if isinstance(analysis, (list, tuple)):      # older jax: one dict per computation
+    analysis = analysis[0]
+  return analysis
+
+
+def unrolled_cost(config, devices, layers: int) -> dict:
+  """Cost analysis of the step with `layers` unrolled layers (else the same config)."""
+  small = copy.deepcopy(config)
+  small.model.num_layers, small.model.scan_layers = layers, False
+  small.model.moe.first_dense_layers = min(small.model.moe.first_dense_layers, layers - 1)
+  return _cost(compile_step(small, devices)[0])
+
+
+def report(config, topology: str, num_slices: int = 1) -> dict:
+  """Memory per device (the config's own step) and the cost model's time and MFU."""
+  generation, devices = abstract_devices(topology, num_slices)
+  chip = CHIPS[generation]
+  config = for_platform(config, "tpu")
+  where = {"topology": topology, "tpu": f"{generation}:{parse_topology(topology)[1]}",
+           "num_slices": num_slices, "chips": len(devices), "hbm_bytes": chip.hbm_bytes}
+  start = time.perf_counter()
+  try:
+    executable, compile_s = compile_step(config, devices)
+  except DoesNotFit as e:
+    return {**where, "fits": False, "compiler": str(e),
+            "compile_s": time.perf_counter() - start}
+  memory = executable.memory_analysis()
+  per_device = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  one, two = unrolled_cost(config, devices, 1), unrolled_cost(config, devices, 2)
+  layers = config.model.num_layers
+  def estimate(key):
+    return one[key] + (layers - 1) * (two[key] - one[key])
+  optimal_seconds, xla_flops = estimate("optimal_seconds"), estimate("flops")
+  tokens = config.data.batch_size * config.data.seq_len
+  model_flops = train_flops_per_token(config) * tokens
+  return {
+      **where, "argument_bytes": memory.argument_size_in_bytes,
+      "output_bytes": memory.output_size_in_bytes,
+      "temp_bytes": memory.temp_size_in_bytes, "alias_bytes": memory.alias_size_in_bytes,
+      "per_device_bytes": per_device, "hbm_headroom": 1.0 - per_device / chip.hbm_bytes, "fits": per_device <= chip.hbm_bytes,
+      "model_flops": model_flops, "xla_flops": xla_flops, "optimal_seconds": optimal_seconds,
+      # xla_flops is per device: the executable is one device's program.
+      "cost_model_mfu": model_flops / (optimal_seconds * len(devices) * chip.peak_bf16_flops),
+      "tokens_per_step": tokens, "compile_s": compile_s}
+
+
+def advice(config) -> str:
+  """What to change when a step does not fit, in the config's own keys."""
+  m = config.model
+  steps = []
+  if m.remat != "full":
+    steps.append(f"--config.model.remat=full (now {m.remat})")
+  steps.append(f"a larger --config.mesh.fsdp (now {config.mesh.fsdp})")
+  steps.append(f"more --config.optimizer.grad_accum_steps (now "
+               f"{config.optimizer.grad_accum_steps}: microbatches hold fewer activations)")
+  return "; or ".join(steps)

@@ -1,0 +1,64 @@
+"""Every benchmark script runs (`--smoke`: tiny shapes, one step) and prints its one JSON
+line with the figures docs/benchmarks.md quotes, so a refactor cannot silently break
+`make bench`."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, config_file, tiny_config
+
+SCRIPTS = {
+    "train_step.py --config=configs/bench/mixed_ref.py": {
+        "tokens_per_s", "model_flops_per_s", "matmul_peak_flops_per_s", "mfu", "step_s",
+        "bf16_tokens_per_s", "bf16_mfu_vs_bf16_peak", "bf16_speedup"},
+    "moe_overhead.py": {
+        "dense_step_s", "moe_step_s", "moe_vs_dense", "moe_fine_vs_dense", "moe_drop_rate",
+        "moe_fine_max_load_over_mean"},
+    "moe_layer.py": {"dense_ms", "moe_ms", "moe_vs_dense", "moe_fine_vs_dense"},
+    "checkpoint.py": {
+        "state_mb", "save_mb_per_s", "restore_mb_per_s", "save_vs_file_write",
+        "async_block_fraction"},
+    "encoder.py --config=configs/demo.py": {
+        "demo_encoder_images_per_s", "dinov2_base_224_images_per_s", "rae_step_s",
+        "pixels_step_s", "encoder_fraction_of_step", "rae_over_pixels_step"},
+    "generation.py --config=configs/demo.py": {
+        "euler_images_per_s", "heun_images_per_s", "overhead_over_n_forwards",
+        "cached_tokens_per_s", "uncached_tokens_per_s", "cache_speedup"},
+}
+
+
+def run_smoke(command: str, tmp_path) -> dict:
+  script, *args = command.split()
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args,
+                        "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       check=False, env=dict(os.environ, TMPDIR=str(tmp_path)))
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 1, out.stdout
+  return json.loads(lines[0])
+
+
+def test_every_benchmark_script_has_a_smoke_run():
+  scripts = {c.split()[0] for c in SCRIPTS} | {"data_pipeline.py"}
+  assert scripts == {f for f in os.listdir(os.path.join(ROOT, "benchmarks"))
+                     if f.endswith(".py") and f != "smoke.py"}
+
+
+@pytest.mark.parametrize("command", sorted(SCRIPTS))
+def test_benchmark_prints_its_figures(command, tmp_path):
+  figures = run_smoke(command, tmp_path)
+  missing = SCRIPTS[command] - set(figures)
+  assert not missing, f"{command}: no {sorted(missing)} in {sorted(figures)}"
+  for key in SCRIPTS[command]:              # rates and sizes; a drop rate may be 0
+    assert math.isfinite(figures[key]) and figures[key] >= 0, (key, figures[key])
+
+
+def test_data_pipeline_benchmark_prints_its_figures(tmp_path, data_dir):
+  path = config_file(tmp_path, tiny_config, data_dir)
+  figures = run_smoke(f"data_pipeline.py --config={path}", tmp_path)
+  assert {"pipeline_tokens_per_s_0_workers", "train_tokens_per_s", "headroom"} <= set(figures)
+  assert figures["headroom"] > 0
