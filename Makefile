@@ -47,7 +47,7 @@ demo: prepare $(DEMO_WORKDIR)_rae/representation/rae.json \
 	    --config.visual.checkpoint=$(DEMO_WORKDIR)_rae/representation \
 	    --config.eval.classifier=$(DEMO_WORKDIR)_classifier/classifier
 
-# The world model in miniature: walks in an empty MiniGrid room, judged against copying the
+# The world model in miniature: moves through an empty MiniGrid room, judged against copying the
 # last frame (configs/world_model.py); rollout GIFs in runs/world_model/samples.
 world-model: install
 	$(BIN)/mmpretrain prepare --config=configs/world_model.py

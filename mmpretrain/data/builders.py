@@ -20,7 +20,7 @@ SPLITS = ("train", "validation")
 TEXT_CHUNK_CHARS = 1000          # play excerpts: one document each
 VIDEO_FPS, VIDEO_CLIP_FRAMES, VIDEO_SIZE = 4.0, 8, 64
 MINIGRID_EPISODES, MINIGRID_MAX_STEPS, MINIGRID_MIN_FRAMES = 600, 32, 12
-WALK_EPISODES, WALK_STEPS = 1000, 24
+MOVES_EPISODES, MOVES_STEPS = 1000, 24
 
 
 def png(image: np.ndarray) -> bytes:
@@ -107,20 +107,21 @@ class MinigridEpisodes(_Builder):
       yield i, {"frames": [png(f) for f in frames], "actions": actions, "mission": mission}
 
 
-class MinigridWalks(_Builder):
-  """Walks in an empty 8×8 MiniGrid room (25 frames) in which every action changes the
-  frame: 64×64 renders and each action's name (sources.minigrid_walks)."""
+class MinigridMoves(_Builder):
+  """An agent moving through an empty 8×8 MiniGrid room (25 frames), the action naming the
+  direction of each step, so that every action changes the frame: 64×64 renders and each
+  action's name (sources.minigrid_moves)."""
   FEATURES = MinigridEpisodes.FEATURES
 
   def _generate_examples(self, split):
     for i, (frames, actions, mission) in enumerate(
-        sources.minigrid_walks(split, WALK_EPISODES, WALK_STEPS)):
+        sources.minigrid_moves(split, MOVES_EPISODES, MOVES_STEPS)):
       yield i, {"frames": [png(f) for f in frames], "actions": actions, "mission": mission}
 
 
 BUILDERS = {cls.name: cls for cls in
             (ShakespearePlays, MnistCaptions, EmojiCaptions, SkvideoClips, MinigridEpisodes,
-             MinigridWalks)}
+             MinigridMoves)}
 
 
 class DatasetNotPrepared(FileNotFoundError):
