@@ -102,3 +102,26 @@ def test_a_checkpoint_with_missing_tensors_is_named(tmp_path):
   config.save_pretrained(tmp_path)
   with pytest.raises(ValueError, match=r"tensor 'encoder\.layer\.2\..*' is missing"):
     hf_import.load_hf_vision_encoder(str(tmp_path))
+
+
+@pytest.mark.parametrize("family, config_class", [("siglip", "SiglipVisionConfig"),
+                                                  ("dinov2", "Dinov2Config")])
+def test_hub_defaults_are_the_transformers_config_defaults(family, config_class):
+  defaults = getattr(transformers, config_class)().to_dict()
+  assert {k: defaults[k] for k in hf_import.HF_DEFAULTS[family]} == hf_import.HF_DEFAULTS[family]
+
+
+def test_a_hub_config_with_only_its_non_default_fields_loads():
+  # google/siglip-so400m-patch14-384's config.json: the vision tower's non-default fields.
+  hub = {"model_type": "siglip", "vision_config": {
+      "hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+      "model_type": "siglip_vision_model", "num_attention_heads": 16,
+      "num_hidden_layers": 27, "patch_size": 14}}
+  family, cfg = hf_import.config_from_hf(hub)
+  assert family == "siglip"
+  assert (cfg.image_size, cfg.patch_size, cfg.width, cfg.depth, cfg.num_heads, cfg.mlp_dim,
+          cfg.layer_norm_eps, cfg.activation, cfg.channels) == (
+              384, 14, 1152, 27, 16, 4304, 1e-6, "gelu_tanh", 3)
+  family, cfg = hf_import.config_from_hf({"model_type": "dinov2", "hidden_size": 384,
+                                          "num_attention_heads": 6})
+  assert (cfg.patch_size, cfg.width, cfg.mlp_dim, cfg.layer_scale) == (14, 384, 1536, 1.0)

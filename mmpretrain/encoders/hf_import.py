@@ -45,16 +45,29 @@ def read_safetensors(directory: str) -> dict[str, np.ndarray]:
   return tensors
 
 
+# The defaults of transformers' SiglipVisionConfig and Dinov2Config: Hub config.json files
+# store only the fields that differ from them (tests/test_encoders.py checks these values).
+HF_DEFAULTS = {
+    "siglip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                   num_attention_heads=12, num_channels=3, image_size=224, patch_size=16,
+                   hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
+    "dinov2": dict(hidden_size=768, mlp_ratio=4, num_hidden_layers=12, num_attention_heads=12,
+                   num_channels=3, image_size=224, patch_size=14, hidden_act="gelu",
+                   layer_norm_eps=1e-6, layerscale_value=1.0, use_swiglu_ffn=False),
+}
+
+
 def config_from_hf(hf: dict, preprocessor: dict | None = None) -> tuple[str, ViTConfig]:
   """(family, ViTConfig) from a transformers config.json (and preprocessor_config.json)."""
   family = hf.get("model_type", "")
   if family == "siglip":
-    hf = hf["vision_config"]
+    hf = hf.get("vision_config", {})
   family = {"siglip": "siglip", "siglip_vision_model": "siglip", "dinov2": "dinov2",
             "dinov2_with_registers": "dinov2"}.get(family)
   if family is None:
     raise ValueError(f"model_type {hf.get('model_type')!r} is not a supported vision encoder: "
                      "use a SigLIP (fixed-resolution) or DINOv2 checkpoint")
+  hf = {**HF_DEFAULTS[family], **hf}
   if preprocessor:
     stats = dict(image_mean=tuple(preprocessor["image_mean"]),
                  image_std=tuple(preprocessor["image_std"]))
