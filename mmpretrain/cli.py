@@ -9,6 +9,7 @@ import re
 import sys
 from typing import Callable
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -274,7 +275,6 @@ def cmd_compile():
   its memory per chip and the TPU cost model's time as one JSON line."""
   # pylint: disable=import-outside-toplevel
   import json
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")      # the host; the TPU is abstract
   from mmpretrain.train import aot
   if not _TOPOLOGY.value:
     raise app.UsageError("--topology is required, e.g. --topology=v5p-128")
@@ -449,7 +449,7 @@ def main(argv=None):
     sys.exit(0 if len(argv) >= 2 else 2)
   command, args = argv[1], argv[2:]
   if "JAX_PLATFORMS" not in os.environ and distributed.host_only_libtpu():
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    jax.config.update("jax_platforms", "cpu")     # jax read the environment on import
   if command not in VERBS:
     print(f"mmpretrain: no verb {command!r}\n\n{overview()}", file=sys.stderr)
     sys.exit(2)

@@ -79,8 +79,14 @@ def abstract_devices(topology: str, num_slices: int = 1) -> tuple[str, list]:
     raise NoTpuCompiler("compiling for a TPU needs libtpu: pip install -e '.[tpu]' "
                         "(make install-tpu)")
   # Compiling touches no chip: let several processes load libtpu at once (it otherwise
-  # takes a lock meant for a TPU host's devices).
+  # takes a lock meant for a TPU host's devices), and tell it which accelerator this is
+  # rather than have it ask a TPU VM's metadata server (it logs errors when there is none).
+  chips = int(np.prod([int(n) for n in shape.split("x")]))
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  cores = chips * CHIPS[generation].cores_per_chip
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{generation}-{cores}")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   try:
     desc = topologies.get_topology_desc(
