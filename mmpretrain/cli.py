@@ -10,11 +10,12 @@ import sys
 from typing import Callable
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmpretrain import config as config_lib
-from mmpretrain import distributed, hostalloc
+from mmpretrain import distributed, hostalloc, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
                                           lock_config=True)
@@ -71,10 +72,17 @@ _REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare: write the datasets a
                                 "they exist (mends a copy whose records cannot be read).")
 
 
-def _config():
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
-  return config_lib.validate(_CONFIG.value)
+def _config(of_run: bool = False):
+  """The --config file's config. `of_run`: a verb that reads a trained run, which without
+  --config uses the run's own config.json (every override it trained with included)."""
+  if _CONFIG.value is not None:
+    return config_lib.validate(_CONFIG.value)
+  if of_run and _WORKDIR.value:
+    path = storage.join(_WORKDIR.value, "config.json")
+    if storage.exists(path):
+      return config_lib.validate(ml_collections.ConfigDict(storage.read_json(path)))
+    raise app.UsageError(f"no {path}: give the run's --config=FILE and its overrides")
+  raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
 
 
 def cmd_prepare():
@@ -119,7 +127,7 @@ def _workdir(stage: str) -> str:
 def cmd_eval():
   # pylint: disable-next=import-outside-toplevel
   from mmpretrain.train.evaluate import evaluate_checkpoint
-  result = evaluate_checkpoint(_config(), _workdir("eval"), _STEP.value)
+  result = evaluate_checkpoint(_config(of_run=True), _workdir("eval"), _STEP.value)
   for key, value in result.items():
     if key not in ("path", "split", "batches_per_stream"):
       print(f"{key}: {value}" if key == "step" else f"{key}: {value:.4f}")
@@ -133,7 +141,7 @@ def cmd_sample():
   import jax
   from mmpretrain.generate import sample
   from mmpretrain.train.evaluate import restore_params
-  config, workdir = _config(), _workdir("sample")
+  config, workdir = _config(of_run=True), _workdir("sample")
   if not (_PROMPTS.value or _CAPTIONS.value or _IMAGES.value or _ROLLOUTS.value
           or _DOCUMENTS.value):
     raise app.UsageError("say what to sample: --prompt, --caption, --image, --document or "
@@ -299,7 +307,7 @@ def cmd_export_params():
   from mmpretrain.data.pipeline import load_tokenizer
   from mmpretrain.train.checkpoint import export_params
   from mmpretrain.train.step import Trainer
-  config = _config()
+  config = _config(of_run=True)
   trainer = Trainer(config, load_tokenizer(config).byte_lengths())
   print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, trainer, _STEP.value)}")
 
@@ -326,12 +334,12 @@ VERBS = {
                   ("config", "workdir", "multihost", "coordinator_address", "num_processes",
                    "process_id")),
     "eval": Verb(cmd_eval, "score a checkpoint on held-out data (losses, caption and "
-                 "generation accuracy)", "mmpretrain eval --config=configs/demo.py "
-                 "--workdir=runs/demo", ("config", "workdir", "step")),
+                 "generation accuracy), with the run's config.json unless --config is given",
+                 "mmpretrain eval --workdir=runs/demo", ("config", "workdir", "step")),
     "sample": Verb(cmd_sample, "continue text, draw captions, caption images, write "
                    "interleaved documents or world-model rollouts",
-                   "mmpretrain sample --config=configs/demo.py --workdir=runs/demo "
-                   "--prompt=\"ROMEO:\" --caption=\"a handwritten digit seven\"", _SAMPLE),
+                   "mmpretrain sample --workdir=runs/demo --prompt=\"ROMEO:\" "
+                   "--caption=\"a handwritten digit seven\"", _SAMPLE),
     "train-encoder": Verb(cmd_train_encoder, "train the SigLIP-style semantic encoder the "
                           "RAE freezes", "mmpretrain train-encoder --config=configs/stages/"
                           "encoder_demo.py --workdir=runs/demo_encoder", _STAGE),
@@ -362,8 +370,8 @@ VERBS = {
                     "mmpretrain compile --config=configs/bench/dense_ref.py --topology=v5p-8",
                     ("config", "topology", "num_slices")),
     "export-params": Verb(cmd_export_params, "write a checkpoint's parameters alone",
-                          "mmpretrain export-params --config=configs/demo.py "
-                          "--workdir=runs/demo", ("config", "workdir", "step")),
+                          "mmpretrain export-params --workdir=runs/demo",
+                          ("config", "workdir", "step")),
 }
 _OWN_FLAGS = {name for verb in VERBS.values() for name in verb.flags}
 _HELP = ("help", "helpshort", "helpfull", "h", "?")
@@ -434,7 +442,10 @@ def _check_override_keys(args: list[str]) -> None:
   one-line form of every other config error (ml_collections would raise a traceback)."""
   path = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
   keys = [a[len("--config."):].split("=", 1)[0] for a in args if a.startswith("--config.")]
-  if path is None or not keys:
+  if keys and path is None:
+    raise config_lib.ConfigError(f"--config.{keys[0]} overrides a key of a config file: give "
+                                 "--config=FILE too")
+  if not keys:
     return
   file, _, arg = path.partition(":")
   config = config_lib.load_config(file, arg or None)

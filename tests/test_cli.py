@@ -91,3 +91,8 @@ def test_documented_commands_name_real_verbs_flags_and_keys(source, argv):
       cli._check_override_keys(args)              # pylint: disable=protected-access
     finally:
       os.chdir(old)
+
+
+def test_an_override_without_a_config_file_is_refused(capsys):
+  code, _, err = run_main(capsys, "eval", "--workdir=runs/x", "--config.model.d_model=3")
+  assert code == 2 and "--config.model.d_model overrides a key of a config file" in err

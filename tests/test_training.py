@@ -80,6 +80,10 @@ def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path):
   drawn = tmp_path / "samples" / "document_step30_0_image0.png"
   assert f"[step 30] a handwritten digit two [image: {drawn}]" in out and drawn.exists()
   assert Image.open(tmp_path / "samples" / "captions_step30.png").size == (3 * size, size)
+  # Without --config, a verb that reads a run uses the run's own config.json.
+  out = subprocess.run([sys.executable, "-m", "mmpretrain.cli", "export-params",
+                        f"--workdir={tmp_path}"], capture_output=True, text=True, check=True)
+  assert "wrote" in out.stdout
 
 
 def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tmp_path):
