@@ -13,8 +13,11 @@ from mmpretrain.train import aot
 
 from conftest import ROOT
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu not installed (make install-tpu)")
+def tpu_compile(test):
+  """Compiles for TPU take a minute or two on 2 cores: `make test-slow` (CI installs
+  libtpu); skipped where libtpu is missing."""
+  return pytest.mark.slow(pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                             reason="libtpu not installed (make install-tpu)")(test))
 
 
 @pytest.mark.parametrize("name, want", [
@@ -50,7 +53,7 @@ def test_auto_choices_follow_the_target_platform():
   assert aot.for_platform(c, "cpu").model.attention_impl == "einsum"
 
 
-@needs_libtpu
+@tpu_compile
 def test_the_layer_extrapolated_cost_equals_the_fully_unrolled_compile():
   config = aot.for_platform(small_config(scan_layers=True), "tpu")
   _, devices = aot.abstract_devices("v5p-8")
@@ -73,7 +76,7 @@ def run_compile(*args):
                         capture_output=True, text=True, timeout=600, check=False)
 
 
-@needs_libtpu
+@tpu_compile
 def test_compile_prints_its_report_and_refuses_a_step_that_does_not_fit():
   out = run_compile("--config=configs/bench/dense_ref.py", "--topology=v5e-4",
                     "--config.mesh.data=1", "--config.mesh.fsdp=4",
