@@ -13,11 +13,12 @@ from mmpretrain.train import aot
 
 from conftest import ROOT
 
+
 def tpu_compile(test):
   """Compiles for TPU take a minute or two on 2 cores: `make test-slow` (CI installs
   libtpu); skipped where libtpu is missing."""
-  return pytest.mark.slow(pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                             reason="libtpu not installed (make install-tpu)")(test))
+  missing = importlib.util.find_spec("libtpu") is None
+  return pytest.mark.slow(pytest.mark.skipif(missing, reason="no libtpu: make install-tpu")(test))
 
 
 @pytest.mark.parametrize("name, want", [
