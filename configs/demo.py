@@ -43,7 +43,7 @@ def get_config(arg=None):
   c.train.num_steps = 800
   c.train.log_every = 25
   c.checkpoint.every_steps = 200
-  c.eval.every_steps = 200
+  c.eval.every_steps = 400             # at 400 and 800 (each evaluation draws and captions)
   c.eval.classifier = "runs/demo_classifier/classifier"    # train-classifier (make demo)
   c.sample.images_per_caption = 6
   return c
