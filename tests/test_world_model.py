@@ -99,10 +99,21 @@ def test_world_model_evaluation_reports_every_horizon_and_the_baseline(data_dir,
   trainer = Trainer(config, tokenizer.byte_lengths())
   results, images = WorldModelEval(config, tokenizer, trainer)(trainer.init_state(0).params)
   assert images["world_model_rollout"].shape == (2 * 32 + 1, 7 * 32, 3)  # 4 context + 3
-  for prefix in ("world_model/", "world_model/copy_last_frame/"):
-    for h in (1, 3):
-      assert 0 <= results[f"{prefix}agent_accuracy@{h}"] <= 1
-      assert results[f"{prefix}psnr@{h}"] > 0
+  # The baseline, recomputed here from the held-out episodes in float64.
+  frames, _, _ = world_model.held_out_episodes(config, tokenizer,
+                                               config.eval.world_model_episodes, 4 + 3)
+  last = frames[:, 3].astype(np.float64) / 255.0
+  for h in (1, 3):
+    target = frames[:, 3 + h].astype(np.float64) / 255.0
+    mse = ((last - target) ** 2).mean(axis=(1, 2, 3))
+    same_cell = (world_model.agent_cell(frames[:, 3]) ==
+                 world_model.agent_cell(frames[:, 3 + h])).all(-1)
+    baseline = {k: results[f"world_model/copy_last_frame/{k}@{h}"]
+                for k in ("mse", "psnr", "agent_accuracy")}
+    assert baseline["mse"] == pytest.approx(mse.mean())
+    assert baseline["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / np.maximum(mse, 1e-10))))
+    assert baseline["agent_accuracy"] == same_cell.mean()
+    assert set(results) >= {f"world_model/{k}@{h}" for k in ("mse", "psnr", "agent_accuracy")}
   # An untrained model draws noise: copying the last frame is far closer.
   assert results["world_model/copy_last_frame/psnr@1"] > results["world_model/psnr@1"]
 
