@@ -107,7 +107,8 @@ def get_config(arg=None):
   c.model.scan_layers = True             # nnx.scan over layers: compile time O(1) in depth
   c.model.remat = "none"                 # none | full | dots | dots_no_batch
   c.model.dtype = "float32"              # compute dtype; bfloat16 = mixed precision
-  c.model.attention_impl = "auto"        # auto | xla | cudnn | einsum (model/attention.py)
+  c.model.attention_impl = "auto"        # auto | xla | cudnn | einsum | chunked (model/attention.py)
+  c.model.attention_chunk = 512          # chunked: query and key chunk (memory O(L · chunk))
   # Flow head (model/flow_head.py): width 0 = a linear read-out; else a wide, shallow
   # per-token network reading the hidden state, the noisy latent and the timestep.
   c.model.flow_head = ml_collections.ConfigDict({"width": 0, "depth": 2})

@@ -9,7 +9,6 @@ import re
 import sys
 from typing import Callable
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -459,8 +458,7 @@ def main(argv=None):
     print(overview(), file=sys.stdout if len(argv) >= 2 else sys.stderr)
     sys.exit(0 if len(argv) >= 2 else 2)
   command, args = argv[1], argv[2:]
-  if "JAX_PLATFORMS" not in os.environ and distributed.host_only_libtpu():
-    jax.config.update("jax_platforms", "cpu")     # jax read the environment on import
+  distributed.skip_tpu_probe_on_a_host_only_libtpu()
   if command not in VERBS:
     print(f"mmpretrain: no verb {command!r}\n\n{overview()}", file=sys.stderr)
     sys.exit(2)

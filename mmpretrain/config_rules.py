@@ -12,7 +12,7 @@ MAX_STEPS = 2**31 - 1        # the step counter is int32
 MAX_SIZE = 2**24             # tokens in a row, rows in a batch, hidden units, vocabulary
 MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, images in an eval
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")    # model/attention.py
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked")    # model/attention.py
 
 
 class ConfigError(ValueError):
@@ -163,6 +163,7 @@ RULES = {
     "model.remat": Choice(("none", "full", "dots", "dots_no_batch")),
     "model.dtype": Choice(("float32", "bfloat16")),
     "model.attention_impl": Choice(ATTENTION_IMPLS),
+    "model.attention_chunk": Int(1, MAX_SIZE),
     "model.flow_head.width": Int(0, MAX_SIZE),
     "model.flow_head.depth": Int(0, MAX_COUNT),
     "model.frame_positions": Flag(),

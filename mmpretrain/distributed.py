@@ -7,6 +7,7 @@ exchange collectives through gloo.
 """
 import glob
 import importlib.util
+import os
 import signal
 
 import jax
@@ -30,6 +31,13 @@ def host_only_libtpu() -> bool:
   gpu = any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
                                                     "jax_rocm60_plugin"))
   return importlib.util.find_spec("libtpu") is not None and not on_tpu_vm() and not gpu
+
+
+def skip_tpu_probe_on_a_host_only_libtpu() -> None:
+  """Runs JAX on the CPU where libtpu is only there to compile (see host_only_libtpu),
+  unless JAX_PLATFORMS says otherwise. Call before JAX's first backend use."""
+  if "JAX_PLATFORMS" not in os.environ and host_only_libtpu():
+    jax.config.update("jax_platforms", "cpu")     # jax read the environment on import
 
 
 def initialize(mode: str = "auto", coordinator_address: str | None = None,

@@ -14,11 +14,14 @@ from mmpretrain.train import aot
 from conftest import ROOT
 
 
+NO_LIBTPU = importlib.util.find_spec("libtpu") is None
+
+
 def tpu_compile(test):
   """Compiles for TPU take a minute or two on 2 cores: `make test-slow` (CI installs
   libtpu); skipped where libtpu is missing."""
-  missing = importlib.util.find_spec("libtpu") is None
-  return pytest.mark.slow(pytest.mark.skipif(missing, reason="no libtpu: make install-tpu")(test))
+  return pytest.mark.slow(pytest.mark.skipif(NO_LIBTPU, reason="no libtpu: make install-tpu")(
+      test))
 
 
 @pytest.mark.parametrize("name, want", [
@@ -32,6 +35,17 @@ def test_topology_names(name, want):
 def test_a_topology_that_does_not_exist_is_refused_with_the_choices(name):
   with pytest.raises(ValueError, match="--topology"):
     aot.parse_topology(name)
+
+
+@pytest.mark.skipif(NO_LIBTPU, reason="no libtpu: make install-tpu")
+def test_chunked_attention_compiles_for_tpu_at_8k_tokens_in_a_tenth_of_the_dense_memory():
+  # One attention layer's forward and backward, one 8192-token row per v5p chip (~12 s).
+  out = subprocess.run([sys.executable, f"{ROOT}/benchmarks/attention.py",
+                        "--topology=v5p:2x2x1", "--length=8192"], capture_output=True,
+                       text=True, timeout=600, check=True)
+  figures = json.loads(out.stdout.strip().splitlines()[-1])
+  assert figures["xla_temp_bytes"] > 2 * 8 * 8192 ** 2     # the bf16 [heads, L, L] scores
+  assert figures["chunked_over_xla_temp"] <= 0.1, figures
 
 
 def small_config(**model):
@@ -50,7 +64,7 @@ def test_auto_choices_follow_the_target_platform():
   c = small_config(attention_impl="auto")
   c.model.moe.dispatch = "auto"
   tpu = aot.for_platform(c, "tpu")
-  assert (tpu.model.attention_impl, tpu.model.moe.dispatch) == ("xla", "dropless")
+  assert (tpu.model.attention_impl, tpu.model.moe.dispatch) == ("chunked", "dropless")
   assert aot.for_platform(c, "cpu").model.attention_impl == "einsum"
 
 

@@ -1,13 +1,13 @@
-"""Attention kernels: the einsum path (custom VJP) and jax.nn.dot_product_attention, both
-against float64 numpy softmax attention and its analytic gradients, on block-causal masks
-with packed documents and grouped-query heads."""
+"""Attention kernels: the einsum path (custom VJP), jax.nn.dot_product_attention and the
+chunked kernel over key ranges, all against float64 numpy softmax attention and its
+analytic gradients, on block-causal masks with packed documents and grouped-query heads."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mmpretrain.model import attention
-from mmpretrain.model.masks import attention_mask
+from mmpretrain.model.masks import attention_mask, key_ranges
 
 B, L, HEADS, DIM = 2, 24, 4, 8
 
@@ -45,12 +45,24 @@ def _inputs(kv_heads, dtype, seed=0):
   return [jnp.asarray(rng.normal(size=s), dtype) for s in shapes]
 
 
-@pytest.mark.parametrize("impl", ["einsum", "xla"])
+def _visible(impl):
+  """What `impl` takes as its mask: key ranges for `chunked`, the bool mask otherwise."""
+  return (key_ranges if impl.startswith("chunked") else attention_mask)(*_ids())
+
+
+# chunked/5: chunks that do not divide L (the padded path); chunked/8: three chunks, where
+# the second query chunk of row 0 skips no key chunk and the third skips the first.
+IMPLS = {"einsum": ("einsum", 512), "xla": ("xla", 512), "chunked/5": ("chunked", 5),
+         "chunked/8": ("chunked", 8), "chunked/whole": ("chunked", L)}
+
+
+@pytest.mark.parametrize("name", list(IMPLS))
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_float32_matches_float64_reference(impl, kv_heads):
+def test_float32_matches_float64_reference(name, kv_heads):
+  impl, chunk = IMPLS[name]
   q, k, v, d_out = _inputs(kv_heads, jnp.float32)
   mask = attention_mask(*_ids())
-  out, vjp = jax.vjp(lambda *a: attention.attend(*a, mask, impl), q, k, v)
+  out, vjp = jax.vjp(lambda *a: attention.attend(*a, _visible(impl), impl, chunk), q, k, v)
   got = [out, *vjp(d_out)]
   want = _reference(*(np.asarray(a, np.float64) for a in (q, k, v)), np.asarray(mask),
                     np.asarray(d_out, np.float64))
@@ -66,18 +78,41 @@ def test_bfloat16_einsum_is_as_close_as_the_library():
   want = _reference(*(np.asarray(a.astype(jnp.float32), np.float64) for a in (q, k, v)),
                     np.asarray(mask), np.asarray(d_out.astype(jnp.float32), np.float64))
   errors = {}
-  for impl in ("einsum", "xla"):
-    out, vjp = jax.vjp(lambda *a, impl=impl: attention.attend(*a, mask, impl), q, k, v)
+  for impl in ("einsum", "xla", "chunked"):
+    out, vjp = jax.vjp(lambda *a, impl=impl: attention.attend(*a, _visible(impl), impl, 8),
+                       q, k, v)
     got = [out, *vjp(d_out)]
     assert all(g.dtype == jnp.bfloat16 for g in got)
     errors[impl] = [np.abs(np.asarray(g.astype(jnp.float32), np.float64) - w).max()
                     / np.abs(w).max() for g, w in zip(got, want)]
-  assert max(errors["einsum"]) < 0.02, errors
-  assert all(e <= 2 * x + 1e-3 for e, x in zip(errors["einsum"], errors["xla"])), errors
+  for impl in ("einsum", "chunked"):
+    assert max(errors[impl]) < 0.02, errors
+    assert all(e <= 2 * x + 1e-3 for e, x in zip(errors[impl], errors["xla"])), errors
 
 
-def test_auto_is_einsum_on_cpu_and_unknown_names_are_refused():
+def test_auto_is_einsum_on_cpu_chunked_on_accelerators_and_unknown_names_are_refused():
   assert attention.resolve("auto") == "einsum"       # the test suite runs on CPU
+  assert attention.resolve("auto", "tpu") == attention.resolve("auto", "gpu") == "chunked"
+  assert attention.for_cache("auto") == "einsum"
+  assert attention.for_cache("chunked") == "xla"     # a KV cache's unwritten slots
   assert attention.resolve("cudnn") == "cudnn"
   with pytest.raises(ValueError, match="attention_impl"):
     attention.resolve("flash")
+
+
+def test_chunked_skips_key_chunks_no_query_sees_and_stays_exact_on_long_packed_rows():
+  # 3 documents of text and images in a 96-token row, chunks of 16: most query chunks see
+  # only a few key chunks. Values and gradients against float64.
+  rng = np.random.default_rng(3)
+  length, heads, dim = 96, 2, 8
+  segment = np.repeat(np.array([1, 2, 3, 0]), [40, 30, 20, 6])[None].astype(np.int32)
+  block = np.zeros((1, length), np.int32)
+  block[0, 8:24], block[0, 45:61], block[0, 72:80] = 1, 2, 3
+  q, k, v, d_out = (jnp.asarray(rng.normal(size=(1, length, heads, dim)), jnp.float32)
+                    for _ in range(4))
+  out, vjp = jax.vjp(lambda *a: attention.attend(*a, key_ranges(segment, block), "chunked", 16),
+                     q, k, v)
+  want = _reference(*(np.asarray(a, np.float64) for a in (q, k, v)),
+                    np.asarray(attention_mask(segment, block)), np.asarray(d_out, np.float64))
+  for name, g, w in zip(["out", "d_q", "d_k", "d_v"], [out, *vjp(d_out)], want):
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-4, atol=1e-5, err_msg=name)

@@ -4,7 +4,7 @@ import pytest
 
 from mmpretrain.data.documents import TextSegment, VisualSegment, text_segment
 from mmpretrain.data.packing import RowBuilder, RowSpec
-from mmpretrain.model.masks import attention_mask
+from mmpretrain.model.masks import attention_mask, key_ranges
 
 T = 4  # tokens per frame
 SPEC = RowSpec(seq_len=48, max_frames=6, tokens_per_frame=T, frame_shape=(2, 2, 1))
@@ -69,6 +69,32 @@ def test_mask_matches_brute_force(name):
   row = builder.row
   mask = np.asarray(attention_mask(row["segment_ids"][None], row["block_ids"][None]))[0, 0]
   np.testing.assert_array_equal(mask, brute_force_mask(docs))
+  np.testing.assert_array_equal(ranges_as_mask(row), brute_force_mask(docs))
+
+
+def ranges_as_mask(row):
+  """key_ranges of a packed row, spelled out as the [L, L] mask they stand for."""
+  start, end = (np.asarray(r)[0] for r in key_ranges(row["segment_ids"][None],
+                                                      row["block_ids"][None]))
+  keys = np.arange(len(start))
+  return (keys[None] >= start[:, None]) & (keys[None] < end[:, None])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_key_ranges_equal_the_brute_force_mask_on_random_packings(seed):
+  rng = np.random.default_rng(seed)
+  builder, docs = RowBuilder(SPEC), []
+  while True:
+    doc = [text_segment(range(rng.integers(1, 6)))] if rng.random() < 0.5 else []
+    for _ in range(rng.integers(0, 3)):
+      doc.append(VisualSegment(frames(int(rng.integers(1, 3))), bool(rng.random() < 0.5)))
+      if rng.random() < 0.5:
+        doc.append(text_segment(range(rng.integers(1, 4))))
+    if not doc or not builder.fits(doc):
+      break
+    builder.add(doc)
+    docs.append(doc)
+  np.testing.assert_array_equal(ranges_as_mask(builder.row), brute_force_mask(docs))
 
 
 def test_mask_on_random_ids_matches_definition():

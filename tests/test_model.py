@@ -161,3 +161,22 @@ def test_index_in_block_counts_from_each_blocks_first_token():
         expected[b, i] = positions[b, i] - positions[b, block_ids[b] == block_ids[b, i]].min()
   got = np.asarray(transformer.index_in_block(jnp.asarray(positions), jnp.asarray(block_ids)))
   np.testing.assert_array_equal(got, expected)
+
+
+def test_chunked_attention_gives_the_dense_models_outputs_and_gradients():
+  # The whole model with key ranges and 5-token chunks (three chunks, the last padded)
+  # against the dense mask: logits, visual predictions and parameter gradients.
+  dense = model_config(attention_impl="einsum", scan_layers=True)
+  chunked = model_config(attention_impl="chunked", attention_chunk=5, scan_layers=True)
+  inputs = make_inputs()
+
+  def outputs_and_grads(cfg):
+    model = Transfusion(cfg, PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
+    def loss(m):
+      logits, prediction, _ = m(inputs)
+      return jnp.sum(logits ** 2) + jnp.sum(prediction ** 2), (logits, prediction)
+    (_, outs), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+    return jax.tree.leaves(outs) + jax.tree.leaves(grads)
+
+  for got, want in zip(outputs_and_grads(chunked), outputs_and_grads(dense), strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-5)

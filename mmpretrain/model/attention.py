@@ -1,17 +1,22 @@
-"""Attention kernels behind one call: `attend(q, k, v, mask, impl)`.
+"""Attention kernels behind one call: `attend(q, k, v, visible, impl)`.
 
+`chunked` (model/chunked_attention.py) takes the mask as a key range per query and never
+builds an [L, L] tensor: the choice on TPU and GPU, where sequences of thousands of tokens
+would make the dense mask and scores the largest tensors of the step.
 `xla` / `cudnn` go to `jax.nn.dot_product_attention` (the backend's fused kernels on GPU and
 TPU). `einsum` is written out with a custom VJP for XLA:CPU, where the library path is
 slow: its backward reduces softmax gradients over the [T, S] matrix in f32 and multiplies
 with f32 operands even in bf16. Here the forward keeps the softmax probabilities in the
 compute dtype, and the backward uses the identity rowsum(dP ∘ P) = rowsum(dO ∘ O) (an
 [T] reduction over head_dim instead of over S) and runs all four matmuls with
-compute-dtype operands and f32 accumulation. `auto` picks `einsum` on CPU, `xla` elsewhere.
+compute-dtype operands and f32 accumulation. `auto` picks `einsum` on CPU (the demo's short
+rows), `chunked` elsewhere.
 """
 import jax
 import jax.numpy as jnp
 
 from mmpretrain.config_rules import ATTENTION_IMPLS
+from mmpretrain.model.chunked_attention import chunked_attention
 
 
 def resolve(impl: str, platform: str | None = None) -> str:
@@ -20,22 +25,32 @@ def resolve(impl: str, platform: str | None = None) -> str:
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl={impl!r}: pick one of {ATTENTION_IMPLS}")
   if impl == "auto":
-    return "einsum" if (platform or jax.default_backend()) == "cpu" else "xla"
+    return "einsum" if (platform or jax.default_backend()) == "cpu" else "chunked"
   return impl
 
 
-def attend(q, k, v, mask, impl: str):
-  """Softmax attention. q [B, T, heads, D]; k, v [B, S, kv_heads, D] (grouped-query when
-  kv_heads < heads); mask bool [B or 1, 1, T, S], True = attend.
-  Returns [B, T, heads, D] in q's dtype."""
+def for_cache(impl: str) -> str:
+  """The implementation for a few new tokens against a KV cache, where the mask is a small
+  [T, S] and a key range per query does not describe the cache's unwritten slots."""
   impl = resolve(impl)
-  if impl != "einsum":
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  return "xla" if impl == "chunked" else impl
+
+
+def attend(q, k, v, visible, impl: str, chunk: int = 512):
+  """Softmax attention. q [B, T, heads, D]; k, v [B, S, kv_heads, D] (grouped-query when
+  kv_heads < heads); `visible`: for `chunked` the masks.key_ranges of the queries (and S =
+  T), otherwise a bool mask [B or 1, 1, T, S], True = attend. `chunk`: tokens per chunk of
+  `chunked`. Returns [B, T, heads, D] in q's dtype."""
+  impl = resolve(impl)
+  if impl not in ("einsum", "chunked"):
+    return jax.nn.dot_product_attention(q, k, v, mask=visible, implementation=impl)
   # Grouped-query heads share keys and values: repeat them (small, [B, S, kv_heads, D];
   # autodiff sums their gradients back). A grouped 5-D layout runs ~1.5× slower on XLA:CPU.
   groups = q.shape[2] // k.shape[2]
   k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-  return _einsum_attention(q, k, v, mask)
+  if impl == "chunked":
+    return chunked_attention(q, k, v, visible, chunk)
+  return _einsum_attention(q, k, v, visible)
 
 
 # q, k, v, out [B, T|S, heads, D]; scores and probabilities [B, heads, T, S].

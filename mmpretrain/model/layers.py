@@ -153,7 +153,8 @@ class Attention(nnx.Module):
                     axes=("heads", "kv", "embed"), rngs=rngs)
     self.q_norm = RMSNorm(hd, cfg.norm_eps, dtype) if cfg.qk_norm else None
     self.k_norm = RMSNorm(hd, cfg.norm_eps, dtype) if cfg.qk_norm else None
-    self.rope_theta, self.impl = cfg.rope_theta, cfg.attention_impl
+    self.rope_theta = cfg.rope_theta
+    self.impl, self.chunk = cfg.attention_impl, cfg.attention_chunk
 
   def _project(self, x, positions):
     batch, length = positions.shape
@@ -167,10 +168,11 @@ class Attention(nnx.Module):
   def _output(self, out):
     return self.o(out.reshape(-1, *out.shape[2:]))
 
-  def __call__(self, x, positions, mask):
-    """x: tokens [B·L, d] (flat, see Transfusion.__call__); positions [B, L]."""
+  def __call__(self, x, positions, visible):
+    """x: tokens [B·L, d] (flat, see Transfusion.__call__); positions [B, L]; `visible`: see
+    attention.attend."""
     q, k, v = self._project(x, positions)
-    return self._output(attention.attend(q, k, v, mask, self.impl))
+    return self._output(attention.attend(q, k, v, visible, self.impl, self.chunk))
 
   def decode(self, x, positions, mask, cache, index):
     """New tokens x [B·T, d] at cache slots index..index+T-1 attend to every written slot.
@@ -182,7 +184,8 @@ class Attention(nnx.Module):
     keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index,
                                                  axis=1)
-    return self._output(attention.attend(q, keys, values, mask, self.impl)), (keys, values)
+    return (self._output(attention.attend(q, keys, values, mask, attention.for_cache(self.impl))),
+            (keys, values))
 
 
 class SwiGLU(nnx.Module):

@@ -6,7 +6,10 @@ Text is causal; the tokens of one image/frame see each other bidirectionally; vi
 are separate blocks, so across frames attention is block-causal. Padding has segment id 0
 and only sees other padding, which keeps every softmax row non-empty.
 """
+import jax
 import jax.numpy as jnp
+
+from mmpretrain.model.chunked_attention import KeyRanges
 
 
 def attention_mask(segment_ids: jnp.ndarray, block_ids: jnp.ndarray) -> jnp.ndarray:
@@ -17,6 +20,23 @@ def attention_mask(segment_ids: jnp.ndarray, block_ids: jnp.ndarray) -> jnp.ndar
   causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
   same_block = (q_blk == k_blk) & (q_blk > 0)
   return ((q_seg == k_seg) & (causal[None] | same_block))[:, None]
+
+
+def key_ranges(segment_ids: jnp.ndarray, block_ids: jnp.ndarray) -> KeyRanges:
+  """The same rule as a key range per query, for attention that never builds [L, L]:
+  documents and visual blocks are contiguous runs, so query i sees exactly the keys from
+  its document's first token up to its own token (text, padding) or to its block's last
+  token (a visual block)."""
+  length = segment_ids.shape[-1]
+  index = jnp.arange(length)
+  seg_change = jnp.concatenate(
+      [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  start = jax.lax.cummax(jnp.where(seg_change, index, 0), axis=1)
+  run_ends = seg_change[:, 1:] | (block_ids[:, 1:] != block_ids[:, :-1])
+  run_ends = jnp.concatenate([run_ends, jnp.ones_like(run_ends[:, :1])], 1)
+  block_end = jax.lax.cummin(jnp.where(run_ends, index + 1, length), axis=1, reverse=True)
+  end = jnp.where(block_ids > 0, block_end, index + 1)
+  return KeyRanges(start.astype(jnp.int32), end.astype(jnp.int32))
 
 
 def cached_attention_mask(q_segment_ids, q_block_ids, segment_ids, block_ids, index):

@@ -16,9 +16,9 @@ from flax import nnx
 
 from mmpretrain import sharding
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
-from mmpretrain.model import layers
+from mmpretrain.model import attention, layers
 from mmpretrain.model.flow_head import FlowHead
-from mmpretrain.model.masks import attention_mask, cached_attention_mask
+from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
 from mmpretrain.model.moe import TOKEN_KINDS, MoE, RouterBias
 
 REMAT_POLICIES = {
@@ -271,8 +271,10 @@ class Transfusion(nnx.Module):
     """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the
     MoE layers' routing stats (per MoE layer, in order; {} for a dense model)."""
     x, token_kind, time_h = self._embed(inputs)
-    mask = attention_mask(inputs.segment_ids, inputs.block_ids)
-    x, moe_stats = self.decoder(x, inputs.positions, mask, token_kind)
+    ranges_or_mask = (key_ranges if attention.resolve(self.cfg.attention_impl) == "chunked"
+                      else attention_mask)
+    visible = ranges_or_mask(inputs.segment_ids, inputs.block_ids)
+    x, moe_stats = self.decoder(x, inputs.positions, visible, token_kind)
     return (*self._readout(x, inputs, time_h), moe_stats)
 
   def init_cache(self, batch: int, length: int) -> "DecodeCache":

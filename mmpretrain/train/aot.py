@@ -9,7 +9,8 @@ bytes each chip holds, its cost analysis the FLOPs and the cost model's time.
 
 XLA's cost analysis counts a loop body once, so a scanned step under-reports. The time
 comes from two small unrolled compiles instead: one and two layers give the cost of the
-step outside the layers and of one layer, and the estimate is outside + layers × one.
+step outside the layers and of one layer, and the estimate is outside + layers × one
+(with dense attention standing in for the chunked kernel's loop, see unrolled_cost).
 """
 import copy
 import dataclasses
@@ -143,9 +144,14 @@ def _cost(executable) -> dict:
 
 
 def unrolled_cost(config, devices, layers: int) -> dict:
-  """Cost analysis of the step with `layers` unrolled layers (else the same config)."""
+  """Cost analysis of the step with `layers` unrolled layers (else the same config). The
+  chunked attention's loop over key chunks would be counted once as well: the estimate
+  uses the dense attention, whose cost counts every score (the chunked kernel skips only
+  key chunks that no query sees, so this errs towards more time)."""
   small = copy.deepcopy(config)
   small.model.num_layers, small.model.scan_layers = layers, False
+  if small.model.attention_impl == "chunked":
+    small.model.attention_impl = "xla"
   small.model.moe.first_dense_layers = min(small.model.moe.first_dense_layers, layers - 1)
   return _cost(compile_step(small, devices)[0])
 

@@ -1,0 +1,150 @@
+"""Attention over key chunks with an online softmax: memory O(L · chunk), never [L, L].
+
+Each query q sees the keys k_start[q] ≤ k < k_end[q] (`masks.key_ranges`: the model's one
+mask is exactly such a range per query). Queries and keys are cut into chunks of `chunk`
+tokens; for each query chunk a loop runs only over the key chunks some query in it can see
+(for causal text about half of them), keeping a running max, normaliser and output (the
+flash-attention recurrence). The backward recomputes each chunk's probabilities from the
+saved log-sum-exp instead of storing them, so training memory is O(L · chunk) as well.
+
+This is plain JAX: it compiles for TPU, GPU and CPU alike. A fused kernel (Pallas) would
+also keep the chunk's scores out of HBM; XLA materialises one [B, heads, chunk, chunk]
+score block at a time.
+"""
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class KeyRanges(NamedTuple):
+  """Per query, the visible keys start ≤ k < end; both [B, L] int32."""
+  start: jax.Array
+  end: jax.Array
+
+
+# q, out [B, c, heads, D] against k, v chunks [B, c, heads, D]; scores [B, heads, c, c].
+_SCORES, _MIX = "btnd,bsnd->bnts", "bnts,bsnd->btnd"
+
+
+def _dot(spec, a, b):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def chunked_attention(q, k, v, ranges: KeyRanges, chunk: int):
+  """Softmax attention. q, k, v [B, L, heads, D] (keys already repeated for grouped-query
+  heads); `ranges` [B, L]. Returns [B, L, heads, D] in q's dtype."""
+  length = q.shape[1]
+  chunk = min(chunk, length)
+  pad = -length % chunk
+  if pad:  # padded keys lie past every real query's range; padded queries see key 0
+    widen = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    q, k, v = widen(q), widen(k), widen(v)
+    ranges = KeyRanges(jnp.pad(ranges.start, ((0, 0), (0, pad))),
+                       jnp.pad(ranges.end, ((0, 0), (0, pad)), constant_values=1))
+  return _attention(q, k, v, ranges.start, ranges.end, chunk)[:, :length]
+
+
+def _chunk_bounds(start, end, chunk):
+  """Per query chunk, the first key chunk and one past the last that any of its queries
+  (in any row) can see: [n] int32 each."""
+  n = start.shape[1] // chunk
+  first = start.reshape(-1, n, chunk).min(axis=(0, 2)) // chunk
+  last = (end.reshape(-1, n, chunk).max(axis=(0, 2)) - 1) // chunk + 1
+  return first, last
+
+
+def _by_chunk(t, chunk):
+  """[B, L, ...] -> [n, B, chunk, ...] (the scan's leading axis)."""
+  return jnp.moveaxis(t.reshape(t.shape[0], -1, chunk, *t.shape[2:]), 1, 0)
+
+
+def _key_chunk(t, j, chunk):
+  return jax.lax.dynamic_slice_in_dim(t, j * chunk, chunk, axis=1)
+
+
+def _visible(start, end, j, chunk):
+  """[B, 1, c_q, c_k]: which keys of key chunk j each query of the chunk sees."""
+  keys = j * chunk + jnp.arange(chunk)
+  return ((keys >= start[..., None]) & (keys < end[..., None]))[:, None]
+
+
+def _by_chunk_of_heads(t, chunk):
+  """[B, heads, L] -> [n, B, heads, chunk]."""
+  return jnp.moveaxis(t.reshape(*t.shape[:2], -1, chunk), 2, 0)
+
+
+# A row's running max before it has seen a key: finite, so exp(before − max) is 0, not NaN.
+_NOTHING_SEEN = jnp.finfo(jnp.float32).min
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(q, k, v, start, end, chunk):
+  return _forward(q, k, v, start, end, chunk)[0]
+
+
+def _forward(q, k, v, start, end, chunk):
+  first, last = _chunk_bounds(start, end, chunk)
+  batch, _, heads, dim = q.shape
+
+  def query_chunk(_, xs):
+    q_i, start_i, end_i, j0, j1 = xs
+    def key_step(state):
+      j, out, row_max, row_sum = state
+      visible = _visible(start_i, end_i, j, chunk)
+      scores = _dot(_SCORES, q_i, _key_chunk(k, j, chunk)) * dim ** -0.5
+      new_max = jnp.maximum(row_max, jnp.where(visible, scores, _NOTHING_SEEN).max(-1))
+      probs = jnp.where(visible, jnp.exp(scores - new_max[..., None]), 0.0)
+      keep = jnp.exp(row_max - new_max)
+      out = out * jnp.swapaxes(keep, 1, 2)[..., None] + _dot(
+          _MIX, probs.astype(v.dtype), _key_chunk(v, j, chunk))
+      return j + 1, out, new_max, row_sum * keep + probs.sum(-1)
+    init = (j0, jnp.zeros((batch, chunk, heads, dim), jnp.float32),
+            jnp.full((batch, heads, chunk), _NOTHING_SEEN), jnp.zeros((batch, heads, chunk)))
+    _, out, row_max, row_sum = jax.lax.while_loop(lambda s: s[0] < j1, key_step, init)
+    out = out / jnp.swapaxes(row_sum, 1, 2)[..., None]
+    return None, (out.astype(q.dtype), row_max + jnp.log(row_sum))
+
+  xs = (_by_chunk(q, chunk), _by_chunk(start, chunk), _by_chunk(end, chunk), first, last)
+  _, (out, logsumexp) = jax.lax.scan(query_chunk, None, xs)
+  out = jnp.moveaxis(out, 0, 1).reshape(q.shape)
+  return out, (q, k, v, start, end, out, logsumexp)
+
+
+def _backward(chunk, residuals, d_out):
+  q, k, v, start, end, out, logsumexp = residuals
+  first, last = _chunk_bounds(start, end, chunk)
+  scale = q.shape[-1] ** -0.5
+  d_out = d_out.astype(q.dtype)
+  # Softmax backward: dS = P ∘ (dP − rowsum(dP ∘ P)), and rowsum(dP ∘ P) = rowsum(dO ∘ O).
+  row = jnp.einsum("btnd,btnd->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+
+  def query_chunk(grads, xs):
+    q_i, d_out_i, row_i, lse_i, start_i, end_i, j0, j1 = xs
+    def key_step(state):
+      j, d_q, d_k, d_v = state
+      k_j, v_j = _key_chunk(k, j, chunk), _key_chunk(v, j, chunk)
+      scores = _dot(_SCORES, q_i, k_j) * scale
+      probs = jnp.where(_visible(start_i, end_i, j, chunk),
+                        jnp.exp(scores - lse_i[..., None]), 0.0)
+      d_probs = _dot("btnd,bsnd->bnts", d_out_i, v_j)
+      d_scores = (probs * (d_probs - row_i[..., None]) * scale).astype(q.dtype)
+      add = lambda acc, g: jax.lax.dynamic_update_slice_in_dim(
+          acc, _key_chunk(acc, j, chunk) + g, j * chunk, axis=1)
+      d_k = add(d_k, _dot("bnts,btnd->bsnd", d_scores, q_i))
+      d_v = add(d_v, _dot("bnts,btnd->bsnd", probs.astype(q.dtype), d_out_i))
+      return j + 1, d_q + _dot(_MIX, d_scores, k_j), d_k, d_v
+    init = (j0, jnp.zeros(q_i.shape, jnp.float32), *grads)
+    _, d_q, d_k, d_v = jax.lax.while_loop(lambda s: s[0] < j1, key_step, init)
+    return (d_k, d_v), d_q.astype(q.dtype)
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  xs = (_by_chunk(q, chunk), _by_chunk(d_out, chunk), _by_chunk_of_heads(row, chunk),
+        logsumexp, _by_chunk(start, chunk), _by_chunk(end, chunk), first, last)
+  (d_k, d_v), d_q = jax.lax.scan(query_chunk, (zeros, zeros), xs)
+  d_q = jnp.moveaxis(d_q, 0, 1).reshape(q.shape)
+  return d_q, d_k.astype(k.dtype), d_v.astype(v.dtype), None, None
+
+
+_attention.defvjp(_forward, _backward)
