@@ -240,6 +240,15 @@ def cmd_analyze_experts():
   print(f"wrote {_WORKDIR.value}/analysis/experts.json and experts.png")
 
 
+def cmd_analyze_generation():
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.analysis.latents import analyze
+  result = analyze(_config(of_run=True), _workdir("analyze-generation"))
+  for key, value in result.items():
+    print(f"{key}: {value}" if isinstance(value, int) else f"{key}: {value:.3f}")
+  print(f"wrote {_WORKDIR.value}/analysis/latents.json and latents.png")
+
+
 def cmd_sweep():
   """Expands an IsoFLOP config (a `scaling` section) or an ablation config (VARIANTS) into
   runs and runs them here or prints their TPU launches."""
@@ -358,6 +367,10 @@ VERBS = {
     "analyze-experts": Verb(cmd_analyze_experts, "expert specialization by token kind of "
                             "an MoE run", "mmpretrain analyze-experts --workdir=runs/moe",
                             ("workdir", "windows", "threshold")),
+    "analyze-generation": Verb(cmd_analyze_generation, "drawn images' latents against real "
+                               "ones: is the generator or the decoder what fails?",
+                               "mmpretrain analyze-generation --workdir=runs/demo",
+                               ("config", "workdir")),
     "sweep": Verb(cmd_sweep, "run an IsoFLOP grid or an ablation's variants (or print "
                   "their TPU launches)", "mmpretrain sweep --config=configs/scaling/mini.py "
                   "--out=runs/scaling_mini", ("config", "out", "launcher")),
