@@ -262,6 +262,7 @@ RULES = {
     "rae.decoder.num_heads": COUNT,
     "rae.decoder.mlp_dim": WIDTH,
     "rae.noise_tau": Real(0.0, 10.0),
+    "rae.latent_channels": Int(0, MAX_SIZE),
     "rae.perceptual_weight": WEIGHT,
     "rae.gan_weight": WEIGHT,
     "rae.discriminator_width": WIDTH,

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from mmpretrain.data.images import image_batches
 from mmpretrain.encoders import contrastive, store
 from mmpretrain.stages.encoder import train_encoder
-from mmpretrain.stages.rae import latent_stats, train_rae
+from mmpretrain.stages.rae import latent_stats, train_rae, whitened_principal_channels
 from mmpretrain.tokenizers import rae as rae_lib
 from mmpretrain.tokenizers.visual import make_representation
 from mmpretrain.train.step import Trainer, time_shift
@@ -56,13 +56,43 @@ def test_latent_stats_match_float64_numpy_and_normalize_the_tokens(stages, data_
                              batch_size=64, caption_len=1, seed=5))
   tokens = np.asarray(rae.encoder(rae_lib.normalize(batch["images"], rae.encoder.cfg))["tokens"],
                       np.float64).reshape(-1, 32)
-  mean, std = latent_stats(rae, iter([batch]), 1)     # jitted encoder: f32 tokens differ
+  mean, std, correlation = latent_stats(rae, iter([batch]), 1)   # jitted: f32 tokens differ
   np.testing.assert_allclose(mean, tokens.mean(0), rtol=1e-6, atol=1e-6)   # by ~1 ulp
   np.testing.assert_allclose(std, tokens.std(0), rtol=1e-5)
+  np.testing.assert_allclose(correlation, np.corrcoef(tokens.T), atol=1e-5)
   rae.mean[...], rae.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
   normalized = np.asarray(rae.encode(batch["images"]), np.float64).reshape(-1, 32)
   np.testing.assert_allclose(normalized.mean(0), 0.0, atol=1e-4)
   np.testing.assert_allclose(normalized.std(0), 1.0, atol=1e-4)
+
+
+def test_principal_channels_are_whitened_and_keep_the_most_variance():
+  rng = np.random.default_rng(0)
+  mixing = rng.normal(size=(6, 6)) * np.array([5.0, 3.0, 1.0, 0.1, 0.1, 0.1])[:, None]
+  tokens = rng.normal(size=(20000, 6)) @ mixing
+  projection = whitened_principal_channels(np.cov(tokens.T), 3)
+  projected = tokens @ projection
+  np.testing.assert_allclose(np.cov(projected.T), np.eye(3), atol=1e-9)
+  # The three channels span the top-3 principal subspace: nothing more of the variance
+  # is kept by any other 3-D projection (here the residual is the 0.1-scaled directions).
+  _, _, vt = np.linalg.svd(tokens - tokens.mean(0), full_matrices=False)
+  basis, _ = np.linalg.qr(projection)
+  np.testing.assert_allclose(np.abs(np.linalg.svd(vt[:3] @ basis)[1]), 1.0, atol=1e-6)
+
+
+def test_a_reduced_rae_encodes_its_leading_channels_and_decodes_them(stages, data_dir, tokenizer):
+  config = stage_config(data_dir, 1)
+  config.rae.latent_channels = 8
+  encoder = store.load_encoder(stages[0]["encoder"])
+  rae = rae_lib.RAE(encoder, rae_lib.decoder_config(config, encoder.cfg), rngs=nnx.Rngs(0))
+  batch = next(image_batches(config, tokenizer, {"mnist_captions": 1.0}, split="train",
+                             batch_size=64, caption_len=1, seed=5))
+  mean, std, correlation = latent_stats(rae, iter([batch]), 1)
+  rae.mean[...], rae.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  rae.projection[...] = jnp.asarray(whitened_principal_channels(correlation, 8), jnp.float32)
+  latents = np.asarray(rae.encode(batch["images"]), np.float64).reshape(-1, 8)
+  np.testing.assert_allclose(np.cov(latents.T), np.eye(8), atol=1e-3)
+  assert rae.decode(jnp.asarray(latents.reshape(64, 16, 8), jnp.float32)).shape == (64, 16, 16, 1)
 
 
 def test_saved_rae_and_encoder_restore_to_the_same_function(stages, tokenizer, data_dir):

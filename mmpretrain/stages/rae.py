@@ -31,16 +31,27 @@ class RAETraining(nnx.Module):
 
 
 def latent_stats(model: rae_lib.RAE, batches, num_batches: int):
-  """Per-channel mean and std of the encoder's tokens over `num_batches` (float64 sums)."""
+  """Per-channel mean and std of the encoder's tokens over `num_batches`, and the
+  covariance of the tokens so normalized (float64 sums)."""
   encode = nnx.jit(lambda m, frames: m.encoder(normalize(frames, m.encoder.cfg))["tokens"])
-  total = total_sq = count = 0
+  total = products = count = 0
   for _ in range(num_batches):
     tokens = np.asarray(encode(model, next(batches)["images"]), np.float64)
     tokens = tokens.reshape(-1, tokens.shape[-1])
-    total, total_sq = total + tokens.sum(0), total_sq + (tokens ** 2).sum(0)
+    total, products = total + tokens.sum(0), products + tokens.T @ tokens
     count += len(tokens)
   mean = total / count
-  return mean, np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+  covariance = products / count - np.outer(mean, mean)
+  std = np.sqrt(np.maximum(np.diag(covariance), 1e-12))
+  return mean, std, covariance / np.outer(std, std)
+
+
+def whitened_principal_channels(covariance: np.ndarray, channels: int) -> np.ndarray:
+  """[width, channels]: the leading eigenvectors of `covariance`, each divided by the square
+  root of its eigenvalue, so the projected channels have unit variance."""
+  eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+  leading = np.argsort(eigenvalues)[::-1][:channels]
+  return eigenvectors[:, leading] / np.sqrt(np.maximum(eigenvalues[leading], 1e-12))
 
 
 def make_rae_loss(noise_tau: float, perceptual_weight: float, gan_weight: float):
@@ -94,8 +105,11 @@ def train_rae(config, workdir: str) -> dict:
                       rngs=nnx.Rngs(config.seed))
   batches = image_batches(config, tok, r.datasets, split="train",
                           batch_size=config.data.batch_size, caption_len=1, seed=config.seed)
-  mean, std = latent_stats(model, batches, r.stats_batches)
+  mean, std, correlation = latent_stats(model, batches, r.stats_batches)
   model.mean[...], model.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  if model.projection is not None:
+    model.projection[...] = jnp.asarray(
+        whitened_principal_channels(correlation, model.decoder.cfg.latent_dim), jnp.float32)
   discriminator = (gan.PatchDiscriminator(config.data.image_channels, r.discriminator_width,
                                           rngs=nnx.Rngs(config.seed + 1))
                    if r.gan_weight > 0 else None)
@@ -107,7 +121,7 @@ def train_rae(config, workdir: str) -> dict:
   directory = os.path.join(workdir, REPRESENTATION_DIR)
   rae_lib.save_rae(directory, model)
   summary = {"first": history[0], "last": history[-1], "representation": directory,
-             "latent_grid": [encoder.cfg.grid, encoder.cfg.grid, encoder.cfg.width],
+             "latent_grid": [encoder.cfg.grid, encoder.cfg.grid, model.decoder.cfg.latent_dim],
              "validation_psnr": reconstruction_psnr(model, held_out, 4),
              "skipped_records": batches.skipped}
   return write_summary(workdir, summary)

@@ -68,18 +68,23 @@ class LatentStats(nnx.Variable):
 
 
 class RAE(nnx.Module):
-  """Frozen encoder + per-channel normalization + trained decoder."""
+  """Frozen encoder + per-channel normalization + trained decoder. With a decoder whose
+  latent_dim is below the encoder's width, the latents are the leading principal channels
+  of the normalized tokens, whitened (`projection`, set by the RAE stage)."""
 
   def __init__(self, encoder: VisionTransformer, decoder_cfg: DecoderConfig, *, rngs: nnx.Rngs):
     self.encoder = encoder
     self.decoder = ViTDecoder(decoder_cfg, rngs=rngs)
-    self.mean = LatentStats(jnp.zeros((encoder.cfg.width,)))
-    self.std = LatentStats(jnp.ones((encoder.cfg.width,)))
+    width, channels = encoder.cfg.width, decoder_cfg.latent_dim
+    self.mean = LatentStats(jnp.zeros((width,)))
+    self.std = LatentStats(jnp.ones((width,)))
+    self.projection = (LatentStats(jnp.eye(width, channels)) if channels < width else None)
 
   def tokens(self, images):
-    """Encoder inputs [B, H, W, C] -> normalized latent tokens [B, grid², width]."""
+    """Encoder inputs [B, H, W, C] -> normalized latent tokens [B, grid², latent_dim]."""
     raw = jax.lax.stop_gradient(self.encoder(images)["tokens"])
-    return (raw - self.mean[...]) / self.std[...]
+    normalized = (raw - self.mean[...]) / self.std[...]
+    return normalized if self.projection is None else normalized @ self.projection[...]
 
   def encode(self, frames):
     """uint8 frames [B, H, W, C] -> normalized latent tokens."""
@@ -96,10 +101,14 @@ class RAE(nnx.Module):
 def decoder_config(config, encoder_cfg: ViTConfig) -> DecoderConfig:
   d = config.rae.decoder
   grid = encoder_cfg.grid
+  if config.rae.latent_channels > encoder_cfg.width:
+    raise ValueError(f"rae.latent_channels={config.rae.latent_channels} exceeds the encoder's "
+                     f"{encoder_cfg.width} channels: use at most {encoder_cfg.width} (0: all)")
   if config.data.image_size % grid:
     raise ValueError(f"data.image_size={config.data.image_size} is not a multiple of the "
                      f"encoder's {grid}×{grid} token grid: the decoder emits whole patches")
-  return DecoderConfig(grid=grid, latent_dim=encoder_cfg.width, image_size=config.data.image_size,
+  return DecoderConfig(grid=grid, latent_dim=config.rae.latent_channels or encoder_cfg.width,
+                       image_size=config.data.image_size,
                        channels=config.data.image_channels, width=d.width, depth=d.depth,
                        num_heads=d.num_heads, mlp_dim=d.mlp_dim)
 
@@ -140,7 +149,7 @@ class RAERepresentation:
                        f"{decoder_cfg.channels} frames but data.image_size={image_size}, "
                        f"data.image_channels={channels}: train an RAE for these frames")
     self.directory = directory
-    self.latent_grid = (decoder_cfg.grid, decoder_cfg.grid, encoder_cfg.width)
+    self.latent_grid = (decoder_cfg.grid, decoder_cfg.grid, decoder_cfg.latent_dim)
     self.graphdef = nnx.graphdef(nnx.eval_shape(
         lambda: RAE(VisionTransformer(encoder_cfg, rngs=nnx.Rngs(0)), decoder_cfg,
                     rngs=nnx.Rngs(0))))
