@@ -192,7 +192,9 @@ def get_config(arg=None):
   # --- Training loop ---
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 10_000
-  c.train.log_every = 10
+  c.train.log_every = 10                 # logs step_s, tokens/s, MFU (accelerators), memory
+  c.train.profile_start = 10             # first step of the jax.profiler trace (after compiling)
+  c.train.profile_steps = 0              # steps traced into <workdir>/profile; 0: no trace
   c.train.nonfinite = "skip"             # non-finite loss/grad: skip the update | stop the run
 
   # --- Held-out evaluation (train/evaluate.py; also `mmpretrain eval --workdir=...`) ---

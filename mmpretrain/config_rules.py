@@ -222,6 +222,8 @@ RULES = {
     # loop, evaluation, checkpoints, analyses
     "train.num_steps": STEPS,
     "train.log_every": Int(1, MAX_STEPS),
+    "train.profile_start": Int(0, MAX_STEPS),
+    "train.profile_steps": Int(0, MAX_STEPS),
     "train.nonfinite": Choice(("skip", "stop")),
     "eval.every_steps": STEPS,
     "eval.batches": COUNT,

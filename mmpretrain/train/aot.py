@@ -13,7 +13,6 @@ step outside the layers and of one layer, and the estimate is outside + layers Ã
 (with dense attention standing in for the chunked kernel's loop, see unrolled_cost).
 """
 import copy
-import dataclasses
 import importlib.util
 import os
 import time
@@ -22,31 +21,13 @@ import jax
 import numpy as np
 
 from mmpretrain import sharding
+from mmpretrain.hardware import CHIPS
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.pipeline import row_spec
 from mmpretrain.data.synthetic import interleaved_batch
 from mmpretrain.model import attention, moe
 from mmpretrain.scaling.flops import train_flops_per_token
 from mmpretrain.train.step import Trainer
-
-GIB = 2 ** 30
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  hbm_bytes: int
-  peak_bf16_flops: float       # dense matmul peak per chip
-  cores_per_chip: int          # in GCP's names (v5p-8 is 8 TensorCores, 4 chips)
-  grids: dict                  # chips -> the topology's shape
-
-
-_GRIDS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
-             256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
-_GRIDS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
-             256: "16x16"}
-CHIPS = {"v4": Chip(32 * GIB, 275e12, 2, _GRIDS_3D), "v5p": Chip(95 * GIB, 459e12, 2, _GRIDS_3D),
-         "v5e": Chip(16 * GIB, 197e12, 1, _GRIDS_2D), "v6e": Chip(32 * GIB, 918e12, 1, _GRIDS_2D)}
-
 
 def parse_topology(name: str) -> tuple[str, str]:
   """'v5p-128' (GCP's accelerator type) or 'v5p:4x4x4' -> ('v5p', '4x4x4')."""

@@ -1,6 +1,4 @@
 """The training loop: data -> jitted step -> metrics; samples and plots at the end."""
-import time
-
 import jax
 import matplotlib
 import numpy as np
@@ -22,6 +20,8 @@ from mmpretrain.train.evaluate import Evaluator  # pylint: disable=wrong-import-
 from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
 from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
+# pylint: disable-next=wrong-import-position
+from mmpretrain.train.throughput import ProfileWindow, Throughput
 
 PLOTTED = ("text_loss", "flow_loss", "text_bits_per_byte")
 
@@ -97,7 +97,9 @@ def train(config, workdir: str) -> dict:
              if moe_layers and is_main else None)
 
   # Counters summed over the whole global batch on device; read only when logging.
-  history, evaluations, last_time = [], [], time.time()
+  history, evaluations = [], []
+  throughput = Throughput(config, jax.devices(), start)
+  profile = ProfileWindow(workdir, config.train.profile_start, config.train.profile_steps)
   counted = dict.fromkeys(("tokens", "nonfinite", *SKIP_FIELDS), 0)
   num_steps, log_every = config.train.num_steps, config.train.log_every
   bar = tqdm(range(start, num_steps), desc="train", disable=not is_main, dynamic_ncols=True,
@@ -105,7 +107,9 @@ def train(config, workdir: str) -> dict:
   try:
     with distributed.Preemption() as preemption:
       for step in bar:
+        profile.before(step)
         state, metrics = trainer.step(state, to_device(next(batches)))
+        profile.after(step, state)
         step_routing = metrics.pop("moe_routing", None)   # [MoE layers, token kinds, experts]
         if routing is not None:
           routing.add(step_routing)
@@ -121,12 +125,10 @@ def train(config, workdir: str) -> dict:
                 "good state. Lower the learning rate or set train.nonfinite='skip'")
         if step % log_every == 0 or step == num_steps - 1:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          now = time.time()
-          metrics["tokens_per_s"] = int(counted.pop("tokens")) / max(now - last_time, 1e-9)
+          metrics.update(throughput.read(step, int(counted.pop("tokens"))))
           metrics.update({f: int(counted.pop(f)) for f in SKIP_FIELDS})
           metrics["nonfinite_updates_skipped"] = skipped_updates
           counted.update(dict.fromkeys(("tokens", *SKIP_FIELDS), 0))
-          last_time = now
           history.append({"step": step, **metrics})
           writer.scalars(step, tagged(metrics))
           if routing is not None:

@@ -41,7 +41,9 @@ TAGS = {"text_loss": "text/loss", "text_bits_per_byte": "text/bits_per_byte",
         "z_loss": "text/z_loss", "text_tokens": "text/trained_tokens",
         "flow_loss": "visual/flow_loss", "visual_tokens": "visual/trained_tokens",
         "loss": "train/loss", "grad_norm": "train/grad_norm",
-        "learning_rate": "train/learning_rate", "tokens_per_s": "data/tokens_per_s",
+        "learning_rate": "train/learning_rate", "tokens_per_s": "speed/tokens_per_s",
+        "step_s": "speed/step_s", "mfu": "speed/mfu", "device_memory_gb": "speed/device_memory_gb",
+        "device_peak_memory_gb": "speed/device_peak_memory_gb",
         **{field: f"data/{field}" for field in SKIP_FIELDS}}
 
 
