@@ -28,6 +28,10 @@ def join(*parts) -> str:
   return str(epath.Path(parts[0]).joinpath(*parts[1:]))
 
 
+def parent(path) -> str:
+  return str(epath.Path(path).parent)
+
+
 def exists(path) -> bool:
   return epath.Path(path).exists()
 

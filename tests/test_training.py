@@ -44,7 +44,8 @@ def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path):
   # The run's artifacts: TensorBoard events, metrics log, loss plot, sample grid.
   assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
   logged = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
-  assert {"text/loss", "visual/flow_loss", "text/bits_per_byte"} <= set(logged[0])
+  assert {"text/loss", "visual/flow_loss", "text/bits_per_byte", "speed/step_s",
+          "speed/tokens_per_s"} <= set(logged[0])
   # Held-out losses at steps 10, 20, 30, per stream; they fall too.
   evals = [r for r in logged if "eval/text/text_bits_per_byte" in r]
   assert [r["step"] for r in evals] == [10, 20, 30] and summary["eval"]["step"] == 30

@@ -14,7 +14,7 @@ from absl import flags
 
 from mmpretrain.data import builders, documents, records, streams
 from mmpretrain.data.packing import PackIterDataset, RowSpec
-from mmpretrain.tokenizers.text import TextTokenizer
+from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
 from mmpretrain.tokenizers.visual import make_representation, tokens_per_frame
 
 
@@ -26,7 +26,7 @@ def tokenizer_path(config) -> str:
 
 
 def load_tokenizer(config) -> TextTokenizer:
-  tok = TextTokenizer(tokenizer_path(config))
+  tok = load_text_tokenizer(tokenizer_path(config))
   if tok.vocab_size != config.model.vocab_size:
     raise ValueError(
         f"tokenizer {tokenizer_path(config)!r} has {tok.vocab_size} ids but "

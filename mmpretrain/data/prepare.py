@@ -3,10 +3,10 @@
 The TFDS datasets its streams read (built-in builders only; a user's own dataset must
 already be there) and the SentencePiece tokenizer, trained on the text those datasets hold.
 """
-import os
 
+from mmpretrain import storage
 from mmpretrain.data import builders, pipeline, records, streams
-from mmpretrain.tokenizers.text import TextTokenizer, train_tokenizer
+from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
 
 TEXT_FIELDS = ("text", "caption", "actions", "mission")
 CORPUS_RECORDS = 20_000      # per dataset: plenty for an 8k BPE, bounded for huge sets
@@ -55,7 +55,7 @@ def prepare_tokenizer(config, names) -> str:
   """Trains the SentencePiece tokenizer unless one with the right size already exists."""
   path = pipeline.tokenizer_path(config)
   vocab_size = config.data.tokenizer.vocab_size
-  if os.path.exists(path) and TextTokenizer(path).vocab_size == vocab_size:
+  if storage.exists(path) and load_text_tokenizer(path).vocab_size == vocab_size:
     print(f"tokenizer ready: {path} ({vocab_size} ids)")
     return path
   if config.data.tokenizer.path:
