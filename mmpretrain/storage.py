@@ -99,14 +99,17 @@ def save_figure(path, figure, dpi: int = 100) -> None:
 
 
 class JsonLines:
-  """An append-only JSON-lines log. Local files are appended to; an object store cannot
-  append, so there the whole log is rewritten on each write (metrics logs stay small)."""
+  """An append-only JSON-lines log. Local files are appended to. An object store cannot
+  append, and rewriting one object per line would upload the whole log at every step, so
+  there lines are buffered and published as numbered parts beside `path`
+  (metrics-00000.jsonl, metrics-00001.jsonl, …) every `part_lines` lines and on close;
+  `read_json_lines` reads either layout."""
 
-  def __init__(self, path):
-    self.path = str(path)
-    self.lines = read_text(self.path).splitlines(keepends=True) if (
-        not is_local(self.path) and exists(self.path)) else None
+  def __init__(self, path, part_lines: int = 100):
+    self.path, self.part_lines = str(path), part_lines
     self.file = open(self.path, "a", encoding="utf-8") if is_local(self.path) else None
+    self.pending: list[str] = []
+    self.next_part = 0 if self.file else len(_parts(self.path))
 
   def write(self, record: dict) -> None:
     line = json.dumps(record) + "\n"
@@ -114,9 +117,38 @@ class JsonLines:
       self.file.write(line)
       self.file.flush()
       return
-    self.lines.append(line)
-    write_text(self.path, "".join(self.lines))
+    self.pending.append(line)
+    if len(self.pending) >= self.part_lines:
+      self.flush()
+
+  def flush(self) -> None:
+    """Publishes the buffered lines as the next part (object stores; local: nothing)."""
+    if self.pending:
+      write_text(_part_path(self.path, self.next_part), "".join(self.pending))
+      self.pending, self.next_part = [], self.next_part + 1
 
   def close(self) -> None:
     if self.file is not None:
       self.file.close()
+    self.flush()
+
+
+def _part_path(path: str, index: int) -> str:
+  stem, extension = os.path.splitext(path)
+  return f"{stem}-{index:05d}{extension}"
+
+
+def _parts(path: str) -> list[str]:
+  """The published parts of an object-store JsonLines log at `path`, in order."""
+  parts, index = [], 0
+  while exists(_part_path(path, index)):
+    parts.append(_part_path(path, index))
+    index += 1
+  return parts
+
+
+def read_json_lines(path) -> list[dict]:
+  """The records of a JsonLines log: the file itself, or its parts on an object store."""
+  path = str(path)
+  files = [path] if exists(path) else _parts(path)
+  return [json.loads(line) for f in files for line in read_text(f).splitlines() if line]

@@ -1,5 +1,5 @@
 """Run files through mmpretrain.storage: local writes are atomic, the metrics log appends
-locally and is rewritten whole where an object store cannot append, and URLs are never
+locally and is published in parts where an object store cannot append, and URLs are never
 mangled into local paths."""
 import os
 
@@ -30,13 +30,23 @@ def test_metrics_log_appends_and_continues_after_a_restart(tmp_path):
   assert storage.read_text(path).splitlines() == ['{"step": 0}', '{"step": 1}']
 
 
-def test_on_an_object_store_the_log_is_rewritten_whole(tmp_path, monkeypatch):
-  """No append on gs://: the same log object with the local file standing in for it."""
+def test_on_an_object_store_the_log_is_published_in_parts_never_rewritten(tmp_path,
+                                                                         monkeypatch):
+  """No append on gs://: each part is written once (the local directory stands in)."""
   monkeypatch.setattr(storage, "is_local", lambda path: False)
+  written = []
+  write_text = storage.write_text
+  monkeypatch.setattr(storage, "write_text", lambda p, t: (written.append(p), write_text(p, t)))
   path = str(tmp_path / "metrics.jsonl")
-  storage.write_text(path, '{"step": 0}\n')          # left by the run before a restart
-  log = storage.JsonLines(path)
+  log = storage.JsonLines(path, part_lines=2)
   assert log.file is None
-  log.write({"step": 1})
-  log.write({"step": 2})
-  assert storage.read_text(path).splitlines() == ['{"step": 0}', '{"step": 1}', '{"step": 2}']
+  for step in range(5):
+    log.write({"step": step})
+  log.close()                                          # the fifth line: a last, short part
+  assert [os.path.basename(p) for p in written] == [
+      "metrics-00000.jsonl", "metrics-00001.jsonl", "metrics-00002.jsonl"]
+  resumed = storage.JsonLines(path, part_lines=2)      # after a restart: parts continue
+  resumed.write({"step": 5})
+  resumed.close()
+  assert os.path.basename(written[-1]) == "metrics-00003.jsonl"
+  assert [r["step"] for r in storage.read_json_lines(path)] == [0, 1, 2, 3, 4, 5]
