@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import time
 
 from etils import epath
 
@@ -98,27 +99,31 @@ def save_figure(path, figure, dpi: int = 100) -> None:
   write_bytes(path, buffer.getvalue())
 
 
-class JsonLines:
-  """An append-only JSON-lines log. Local files are appended to. An object store cannot
-  append, and rewriting one object per line would upload the whole log at every step, so
-  there lines are buffered and published as numbered parts beside `path`
-  (metrics-00000.jsonl, metrics-00001.jsonl, …) every `part_lines` lines and on close;
-  `read_json_lines` reads either layout."""
+class LineLog:
+  """An append-only log of text lines. Local files are appended to. An object store
+  cannot append, and rewriting one object per line would upload the whole log at every
+  line, so there lines are buffered and published as numbered parts beside `path`
+  (metrics-00000.jsonl, metrics-00001.jsonl, …) once `part_lines` lines wait or the oldest
+  has waited `part_seconds`, and on close; `read_lines` reads either layout."""
 
-  def __init__(self, path, part_lines: int = 100):
-    self.path, self.part_lines = str(path), part_lines
+  def __init__(self, path, part_lines: int = 100, part_seconds: float = 60.0):
+    self.path, self.part_lines, self.part_seconds = str(path), part_lines, part_seconds
     self.file = open(self.path, "a", encoding="utf-8") if is_local(self.path) else None
     self.pending: list[str] = []
+    self.pending_since = 0.0
     self.next_part = 0 if self.file else len(_parts(self.path))
 
-  def write(self, record: dict) -> None:
-    line = json.dumps(record) + "\n"
+  def write(self, line: str) -> None:
+    """Appends `line` (its newline included)."""
     if self.file is not None:
       self.file.write(line)
       self.file.flush()
       return
+    if not self.pending:
+      self.pending_since = time.monotonic()
     self.pending.append(line)
-    if len(self.pending) >= self.part_lines:
+    if (len(self.pending) >= self.part_lines
+        or time.monotonic() - self.pending_since >= self.part_seconds):
       self.flush()
 
   def flush(self) -> None:
@@ -133,13 +138,20 @@ class JsonLines:
     self.flush()
 
 
+class JsonLines(LineLog):
+  """A LineLog of JSON records, one per line (the metrics log)."""
+
+  def write(self, record: dict) -> None:  # pylint: disable=arguments-renamed
+    super().write(json.dumps(record) + "\n")
+
+
 def _part_path(path: str, index: int) -> str:
   stem, extension = os.path.splitext(path)
   return f"{stem}-{index:05d}{extension}"
 
 
 def _parts(path: str) -> list[str]:
-  """The published parts of an object-store JsonLines log at `path`, in order."""
+  """The published parts of an object-store log at `path`, in order."""
   parts, index = [], 0
   while exists(_part_path(path, index)):
     parts.append(_part_path(path, index))
@@ -147,8 +159,13 @@ def _parts(path: str) -> list[str]:
   return parts
 
 
-def read_json_lines(path) -> list[dict]:
-  """The records of a JsonLines log: the file itself, or its parts on an object store."""
+def read_lines(path) -> list[str]:
+  """The lines of a LineLog: the file itself, or its parts on an object store."""
   path = str(path)
   files = [path] if exists(path) else _parts(path)
-  return [json.loads(line) for f in files for line in read_text(f).splitlines() if line]
+  return [line for f in files for line in read_text(f).splitlines()]
+
+
+def read_json_lines(path) -> list[dict]:
+  """The records of a JsonLines log."""
+  return [json.loads(line) for line in read_lines(path) if line]

@@ -50,3 +50,17 @@ def test_on_an_object_store_the_log_is_published_in_parts_never_rewritten(tmp_pa
   resumed.close()
   assert os.path.basename(written[-1]) == "metrics-00003.jsonl"
   assert [r["step"] for r in storage.read_json_lines(path)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_logship_copies_stdin_to_stdout_and_to_a_parted_log(tmp_path):
+  import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  path = str(tmp_path / "logs" / "worker.log")
+  lines = "".join(f"step {i}\n" for i in range(450))
+  out = subprocess.run([sys.executable, "-c", (
+      "import sys; from mmpretrain import storage, logship; "
+      "storage.is_local = lambda p: False; logship.main(sys.argv)"), path],
+                       input=lines, capture_output=True, text=True, check=True)
+  assert out.stdout == lines
+  assert sorted(os.listdir(tmp_path / "logs")) == [     # 200-line parts, then the rest
+      "worker-00000.log", "worker-00001.log", "worker-00002.log"]
+  assert storage.read_lines(path) == lines.splitlines()
