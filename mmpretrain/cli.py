@@ -69,6 +69,8 @@ _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "compile: slices joined over
                                    "(config.mesh.dcn_data splits the data axis over them).")
 _REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare: write the datasets anew even where "
                                 "they exist (mends a copy whose records cannot be read).")
+_CHECK = flags.DEFINE_boolean("check", False, "prepare: write nothing; exit 1 unless every "
+                              "dataset and the tokenizer the config reads are there.")
 
 
 def _config(of_run: bool = False):
@@ -85,7 +87,16 @@ def _config(of_run: bool = False):
 
 
 def cmd_prepare():
-  from mmpretrain.data.prepare import prepare  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.data.prepare import NotReady, check_prepared, prepare
+  if _CHECK.value:
+    try:
+      for path in check_prepared(_config()):
+        print(f"ready: {path}")
+    except NotReady as e:
+      print(e, file=sys.stderr)
+      sys.exit(1)
+    return
   prepare(_config(), _DATASETS.value, _REBUILD.value)
 
 
@@ -335,7 +346,7 @@ _SAMPLE = ("config", "workdir", "step", "output", "prompt", "max_new_tokens", "t
 VERBS = {
     "prepare": Verb(cmd_prepare, "write the config's datasets (TFDS array_record) and "
                     "train its tokenizer", "mmpretrain prepare --config=configs/demo.py",
-                    ("config", "datasets", "rebuild")),
+                    ("config", "datasets", "rebuild", "check")),
     "train": Verb(cmd_train, "train the unified model (re-running resumes from the newest "
                   "checkpoint)", "mmpretrain train --config=configs/demo.py --workdir="
                   "runs/demo --config.train.num_steps=100",

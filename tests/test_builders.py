@@ -81,3 +81,14 @@ def test_unprepared_dataset_names_the_prepare_command(tmp_path):
     builders.open_split("emoji_captions", "train", str(tmp_path))
   with pytest.raises(builders.DatasetNotPrepared, match="copy the prepared TFDS dataset"):
     builders.open_split("someone_elses_set", "train", str(tmp_path))
+
+
+def test_check_prepared_lists_what_a_run_reads_or_names_everything_missing(config, tmp_path):
+  from mmpretrain.data.prepare import NotReady, check_prepared  # pylint: disable=C0415
+  ready = check_prepared(config)
+  assert ready[-1].endswith(".model") and len(ready) == 1 + len(
+      {n for s, w in config.data.mixture.items() if w > 0
+       for n, v in config.data.streams[s].datasets.items() if v > 0})
+  config.data.data_dir = str(tmp_path)
+  with pytest.raises(NotReady, match=r"(?s)mnist_captions.*tokenizer .* is missing"):
+    check_prepared(config)

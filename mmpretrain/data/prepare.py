@@ -66,6 +66,33 @@ def prepare_tokenizer(config, names) -> str:
   return path
 
 
+class NotReady(RuntimeError):
+  """`prepare --check`: what a config reads is missing."""
+
+
+def check_prepared(config) -> list[str]:
+  """What a run of `config` reads, all present: the datasets' train splits and the
+  tokenizer (their paths). Raises NotReady naming everything missing and the command."""
+  found, missing = [], []
+  for name in datasets_in_use(config):
+    spec = config.data.datasets[name]
+    data_dir = spec.data_dir or config.data.data_dir
+    try:
+      builders.open_split(spec.tfds_name, spec.train_split, data_dir, spec.version)
+      found.append(storage.join(data_dir, spec.tfds_name))
+    except (builders.DatasetNotPrepared, ValueError) as e:
+      missing.append(str(e))
+  path = pipeline.tokenizer_path(config)
+  if storage.exists(path):
+    found.append(path)
+  else:
+    missing.append(f"tokenizer {path} is missing")
+  if missing:
+    raise NotReady("not ready to train:\n  " + "\n  ".join(missing) + "\nrun `mmpretrain "
+                   "prepare` with the same --config and overrides (tpu_scripts/prepare.sh)")
+  return found
+
+
 def prepare(config, datasets: list[str] | None = None, rebuild: bool = False) -> None:
   """Builds `datasets` (default: all the config reads; `rebuild`: anew, even where present),
   then the tokenizer if missing."""
