@@ -8,8 +8,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# worker_train.sh runs on the workers (launch.sh starts it there), not on your machine.
 SCRIPTS = sorted(f for f in os.listdir(os.path.join(ROOT, "tpu_scripts"))
-                 if f.endswith(".sh") and f not in ("env.sh", "common.sh"))
+                 if f.endswith(".sh") and f not in ("env.sh", "common.sh", "worker_train.sh"))
 STUB = """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$GCLOUD_LOG"
 if [[ "$*" == *describe* ]]; then echo 10.0.0.7; fi
@@ -52,10 +53,13 @@ def test_every_script_has_help_and_a_dry_run_that_calls_nothing(script, gcloud):
   stub_dir, calls = gcloud
   usage = run_script(script, "--help", stub_dir=stub_dir)
   assert usage.returncode == 0 and usage.stdout.startswith(f"Usage: tpu_scripts/{script}")
-  args = ["--config=configs/demo.py", "--workdir=gs://b/run"] if script == "launch.sh" else []
+  args = {"launch.sh": ["--config=configs/demo.py", "--workdir=gs://b/run"],
+          "prepare.sh": ["--config=configs/demo.py"]}.get(script, [])
   dry = run_script(script, "--dry-run", *args, stub_dir=stub_dir)
   assert dry.returncode == 0, dry.stderr
-  assert dry.stdout.startswith("gcloud compute tpus ") and calls() == []
+  lines = dry.stdout.splitlines()
+  assert lines and all(line.startswith(("gcloud compute tpus ", "tar -czf ")) for line in lines)
+  assert calls() == []
 
 
 def test_create_asks_for_the_accelerator_in_the_zone_on_spot_capacity(gcloud):
@@ -79,25 +83,82 @@ def test_multislice_is_a_queued_resource_of_named_nodes(gcloud):
                          "--zone=us-central2-b --quiet --force")
 
 
-def test_launch_runs_the_training_command_on_all_workers(gcloud):
+def test_launch_checks_the_data_then_trains_on_all_workers_logging_to_the_workdir(gcloud):
   stub_dir, calls = gcloud
   result = run_script("launch.sh", "--config=configs/demo.py", "--workdir=gs://b/run",
-                      "--config.train.num_steps=100", env={"DATA_DIR": "gs://b/data"},
-                      stub_dir=stub_dir)
+                      "--config.train.num_steps=100", "--multihost=auto",
+                      env={"DATA_DIR": "gs://b/data"}, stub_dir=stub_dir)
   assert result.returncode == 0, result.stderr
-  [call] = calls()
+  check, call = calls()
+  assert check == ("compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b --worker=0 "
+                   "--command=cd ~/mmpretrain && .venv/bin/mmpretrain prepare --check "
+                   "--config=configs/demo.py --config.train.num_steps=100 "
+                   "--config.data.data_dir=gs://b/data ")
   assert call.startswith("compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b "
                          "--worker=all --command=cd ~/mmpretrain && nohup ")
-  assert (".venv/bin/mmpretrain train --config=configs/demo.py --workdir=gs://b/run "
-          "--config.train.num_steps=100 --config.data.data_dir=gs://b/data "
-          "> /tmp/mmpretrain-train.log") in call
+  assert ("bash tpu_scripts/worker_train.sh gs://b/run/logs --config=configs/demo.py "
+          "--workdir=gs://b/run --config.train.num_steps=100 --multihost=auto "
+          "--config.data.data_dir=gs://b/data > /tmp/mmpretrain-train.log") in call
+
+
+def test_launch_stops_before_training_when_the_data_is_not_there(tmp_path):
+  stub = tmp_path / "gcloud"                # fails the readiness check, as a worker would
+  stub.write_text('#!/usr/bin/env bash\nprintf \'%s\\n\' "$*" >> "$GCLOUD_LOG"\n'
+                  '[[ "$*" != *"prepare --check"* ]]\n')
+  stub.chmod(0o755)
+  result = run_script("launch.sh", "--config=configs/demo.py", "--workdir=gs://b/run",
+                      stub_dir=str(tmp_path))
+  assert result.returncode != 0
+  [check] = (tmp_path / "calls").read_text().splitlines()
+  assert "prepare --check" in check
+
+
+def test_setup_ships_this_checkout_and_installs_python_3_11_with_uv(gcloud, tmp_path):
+  stub_dir, calls = gcloud
+  result = run_script("setup.sh", env={"TMPDIR": str(tmp_path)}, stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  copy, *install = calls()                    # the install command spans several lines
+  install = "\n".join(install)
+  assert copy == (f"compute tpus tpu-vm scp {tmp_path}/mmpretrain-code.tar.gz "
+                  "mmpretrain:mmpretrain-code.tar.gz --zone=us-central2-b --worker=all")
+  shipped = subprocess.run(["tar", "-tzf", str(tmp_path / "mmpretrain-code.tar.gz")],
+                           capture_output=True, text=True, check=True).stdout.split()
+  assert {"setup.py", "tpu_scripts/worker_train.sh", "mmpretrain/cli.py"} <= set(shipped)
+  assert not any(name.startswith((".venv/", "runs/")) for name in shipped)
+  for step in ("tar -xzf ~/mmpretrain-code.tar.gz -C ~/mmpretrain",
+               "uv venv --quiet --python 3.11 .venv",
+               "uv pip install --quiet --python .venv/bin/python -e '.[tpu,gcs]'"):
+    assert step in install
+  cloned = run_script("setup.sh", "--repo_url=https://example.org/mm.git", "--branch=dev",
+                      stub_dir=stub_dir)
+  assert cloned.returncode == 0 and "git clone -q --branch dev https://example.org/mm.git" in (
+      "\n".join(calls()))
+
+
+def test_the_worker_script_records_the_trainer_pid_and_ships_its_log(tmp_path):
+  # On a stand-in worker: a fake trainer and python in .venv/bin.
+  bin_dir = tmp_path / ".venv" / "bin"
+  bin_dir.mkdir(parents=True)
+  (bin_dir / "mmpretrain").write_text("#!/usr/bin/env bash\necho \"trained $*\"\n")
+  (bin_dir / "python").write_text(f"#!/usr/bin/env bash\nexec {sys.executable} \"$@\"\n")
+  for f in bin_dir.iterdir():
+    f.chmod(0o755)
+  out = subprocess.run(["bash", os.path.join(ROOT, "tpu_scripts", "worker_train.sh"),
+                        str(tmp_path / "logs"), "--config=c.py"], cwd=tmp_path,
+                       capture_output=True, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert "trained train --config=c.py" in out.stdout
+  assert (tmp_path / "train.pid").read_text().strip().isdigit()
+  [log] = list((tmp_path / "logs").iterdir())
+  assert log.read_text() == "trained train --config=c.py\n"
 
 
 def test_multislice_launch_gives_every_slice_its_dcn_settings(gcloud):
   stub_dir, calls = gcloud
   run_script("launch.sh", "--config=configs/demo.py", "--workdir=gs://b/run",
              env={"NUM_SLICES": "2"}, stub_dir=stub_dir)
-  describe, *launches = calls()
+  check, describe, *launches = calls()
+  assert "--worker=0" in check and "prepare --check" in check
   assert describe.startswith("compute tpus tpu-vm describe mmpretrain-0")
   for slice_id, call in enumerate(launches):
     assert call.startswith(f"compute tpus tpu-vm ssh mmpretrain-{slice_id} ")
@@ -109,7 +170,8 @@ def test_stop_sends_sigterm_so_the_run_saves_and_relaunch_resumes(gcloud):
   stub_dir, calls = gcloud
   run_script("stop.sh", stub_dir=stub_dir)
   assert calls() == ["compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b --worker=all "
-                     "--command=pkill -TERM -f 'mmpretrain train' || true"]
+                     "--command=cd ~/mmpretrain && if [ -f train.pid ]; then "
+                     "kill -TERM \"$(cat train.pid)\" || true; fi"]
 
 
 def test_bad_settings_are_refused_with_the_fix(gcloud):

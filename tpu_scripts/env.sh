@@ -13,10 +13,9 @@ QUEUED="${QUEUED:-false}"                  # true = request a queued resource (m
 NUM_SLICES="${NUM_SLICES:-1}"              # > 1: multislice over DCN, nodes TPU_NAME-0..N-1
 MEGASCALE_PORT="${MEGASCALE_PORT:-8080}"   # DCN coordinator port of a multislice run
 
-REPO_URL="${REPO_URL:-https://github.com/mmpretrain/mmpretrain.git}"
-BRANCH="${BRANCH:-main}"
-REMOTE_DIR="${REMOTE_DIR:-mmpretrain}"     # checkout on every worker (relative to $HOME)
-JAX_TPU_SPEC="${JAX_TPU_SPEC:-jax[tpu]>=0.10.2,<0.11}"   # same jax range as setup.py
-LIBTPU_INDEX="${LIBTPU_INDEX:-https://storage.googleapis.com/jax-releases/libtpu_releases.html}"
+REPO_URL="${REPO_URL:-}"                   # '' = setup.sh copies this checkout; or a git URL
+BRANCH="${BRANCH:-main}"                   # with REPO_URL
+REMOTE_DIR="${REMOTE_DIR:-mmpretrain}"     # the code on every worker (relative to $HOME)
+PYTHON_VERSION="${PYTHON_VERSION:-3.11}"   # uv installs it on the workers (images ship 3.10)
 DATA_DIR="${DATA_DIR:-}"                   # e.g. gs://BUCKET/mmpretrain/data ('' = config's)
 LOG_FILE="${LOG_FILE:-/tmp/mmpretrain-train.log}"   # on every worker

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts `mmpretrain train` on every worker of every slice, in the background, logging to
-# LOG_FILE. Re-running it after a preemption resumes from the newest checkpoint in WORKDIR.
+# LOG_FILE and WORKDIR/logs. Re-running it after a preemption resumes from the newest
+# checkpoint in WORKDIR.
 # shellcheck source=tpu_scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -9,9 +10,12 @@ usage() {
 Usage: tpu_scripts/launch.sh --config=FILE --workdir=gs://BUCKET/RUN [--dry-run] \\
            [--config.key=value ...] [other mmpretrain train flags]
 
-Runs, on every worker (--worker=all) of every node,
+First checks, on worker 0, that the data the config reads is there (\`mmpretrain prepare
+--check\`; prepare.sh writes it) and stops if not. Then runs, on every worker
+(--worker=all) of every node,
   cd ~/REMOTE_DIR && .venv/bin/mmpretrain train --config=FILE --workdir=DIR ...
-detached, output in LOG_FILE ($LOG_FILE). The workers find each other through
+detached (tpu_scripts/worker_train.sh), output in LOG_FILE ($LOG_FILE) on the worker and
+in DIR/logs/<worker hostname>.log (published in parts). The workers find each other through
 jax.distributed on the TPU VM. With NUM_SLICES > 1 each slice gets the DCN settings
 (MEGASCALE_COORDINATOR_ADDRESS = slice 0's first worker, MEGASCALE_NUM_SLICES,
 MEGASCALE_SLICE_ID, MEGASCALE_PORT). DATA_DIR, when set, is passed as
@@ -30,9 +34,17 @@ for arg in "${EXTRA_ARGS[@]}"; do
 done
 [[ -n "$config" ]] || die "--config=FILE is required (a config file of the checkout)"
 [[ -n "$workdir" ]] || die "--workdir=DIR is required (gs://… so every worker sees it)"
-train=(.venv/bin/mmpretrain train "${EXTRA_ARGS[@]}")
-if [[ -n "$DATA_DIR" ]]; then train+=(--config.data.data_dir="$DATA_DIR"); fi
-quoted="$(printf '%q ' "${train[@]}")"
+train=("${EXTRA_ARGS[@]}")
+check=(.venv/bin/mmpretrain prepare --check)
+for arg in "${EXTRA_ARGS[@]}"; do
+  case "$arg" in --config=*|--config.*) check+=("$arg") ;; esac
+done
+if [[ -n "$DATA_DIR" ]]; then
+  train+=(--config.data.data_dir="$DATA_DIR")
+  check+=(--config.data.data_dir="$DATA_DIR")
+fi
+ssh_workers "$(nodes | head -n 1)" 0 "cd ~/$REMOTE_DIR && $(printf '%q ' "${check[@]}")"
+quoted="$(printf '%q ' bash tpu_scripts/worker_train.sh "$workdir/logs" "${train[@]}")"
 
 slice=0
 while read -r node; do
