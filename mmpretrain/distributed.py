@@ -40,24 +40,45 @@ def skip_tpu_probe_on_a_host_only_libtpu() -> None:
     jax.config.update("jax_platforms", "cpu")     # jax read the environment on import
 
 
+# A process started by a launcher that sets these (torchrun-like scripts, Kubernetes jobs).
+JAX_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def detected_cluster() -> str | None:
+  """How this process was started as one of several, if it was: 'tpu' (a TPU VM's
+  workers), 'slurm' (srun with several tasks), 'env' (the JAX_ENV variables); else None."""
+  if on_tpu_vm():
+    return "tpu"
+  if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return "slurm"
+  if all(key in os.environ for key in JAX_ENV):
+    return "env"
+  return None
+
+
 def initialize(mode: str = "auto", coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None) -> None:
   """Makes this process one of a multi-process JAX run, or leaves it alone.
 
-  mode 'auto': explicit flags if a coordinator is given, else the TPU pod's own discovery
-  on a TPU VM, else a single process. 'off': always a single process.
+  mode 'auto': explicit flags if a coordinator is given; else what launched the process
+  (detected_cluster: a TPU pod's or SLURM's own discovery, or the JAX_ENV variables); else
+  a single process. 'off': always a single process.
   """
   if mode not in MODES:
     raise ValueError(f"--multihost={mode!r}: use one of {MODES}")
   explicit = (coordinator_address, num_processes, process_id)
-  if mode == "off" or (not any(v is not None for v in explicit) and not on_tpu_vm()):
+  cluster = detected_cluster()
+  if mode == "off" or (not any(v is not None for v in explicit) and cluster is None):
     return
   if coordinator_address is None:
     if num_processes is not None or process_id is not None:
       raise ValueError("--num_processes/--process_id need --coordinator_address=HOST:PORT "
                        "(the address of process 0)")
-    jax.distributed.initialize()
-    return
+    if cluster != "env":
+      jax.distributed.initialize()     # JAX's own TPU / SLURM discovery
+      return
+    coordinator_address, num_processes, process_id = (
+        os.environ[JAX_ENV[0]], int(os.environ[JAX_ENV[1]]), int(os.environ[JAX_ENV[2]]))
   if num_processes is None or process_id is None:
     raise ValueError("--coordinator_address needs --num_processes and --process_id")
   if not 0 <= process_id < num_processes:

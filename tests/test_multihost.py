@@ -132,3 +132,27 @@ def test_a_tpu_host_is_libtpu_and_attached_chips(monkeypatch, libtpu, chips, on_
                       lambda pattern: [c for c in chips if c.startswith(pattern[:9])])
   assert distributed.on_tpu_vm() == on_vm
   assert distributed.host_only_libtpu() == (libtpu and not on_vm)
+
+
+@pytest.mark.parametrize("environment, want", [
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, ("slurm", ())),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, (None, None)),          # one task: alone
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+      "JAX_PROCESS_ID": "3"}, ("env", ("10.0.0.1:1234", 4, 3))),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, (None, None)),        # incomplete: alone
+])
+def test_gpu_hosts_join_from_what_launched_them(monkeypatch, environment, want):
+  for key in ("SLURM_JOB_ID", "SLURM_NTASKS", *distributed.JAX_ENV):
+    monkeypatch.delenv(key, raising=False)
+  for key, value in environment.items():
+    monkeypatch.setenv(key, value)
+  joined = []
+  monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a: joined.append(a))
+  monkeypatch.setattr(distributed.jax.config, "update", lambda *a: None)
+  cluster, args = want
+  assert distributed.detected_cluster() == cluster
+  distributed.initialize("auto")
+  assert joined == ([] if args is None else [args])
+  joined.clear()
+  distributed.initialize("off")
+  assert not joined
