@@ -18,7 +18,8 @@ SCRIPTS = {
     "moe_overhead.py": {
         "dense_step_s", "moe_step_s", "moe_vs_dense", "moe_fine_vs_dense", "moe_drop_rate",
         "moe_fine_max_load_over_mean"},
-    "attention.py": {"xla_temp_bytes", "chunked_temp_bytes", "chunked_over_xla_temp"},
+    "attention.py": {"xla_temp_bytes", "chunked_temp_bytes", "chunked_over_xla_temp", "xla_ms",
+                     "chunked_ms"},
     "moe_layer.py": {"dense_ms", "moe_ms", "moe_vs_dense", "moe_fine_vs_dense"},
     "checkpoint.py": {
         "state_mb", "save_mb_per_s", "restore_mb_per_s", "save_vs_file_write",

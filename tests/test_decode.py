@@ -9,6 +9,7 @@ from mmpretrain.generate import sample
 from mmpretrain.data.pipeline import make_batches, row_spec
 from mmpretrain.model.masks import attention_mask, cached_attention_mask
 from mmpretrain.model.transformer import ModelInputs
+from mmpretrain.tokenizers import visual
 from mmpretrain.train import objective
 from mmpretrain.train.step import Trainer
 
@@ -37,7 +38,7 @@ def test_chunked_decoding_with_a_kv_cache_equals_the_full_forward(config, tokeni
   config.data.mixture = {"image_text": 1.0}
   trainer = Trainer(config, tokenizer.byte_lengths())
   batch = jax.tree.map(jnp.asarray, next(make_batches(config, tokenizer)))
-  latents = objective.frame_latent_tokens(trainer.representation, trainer.frozen,
+  latents = visual.frame_latent_tokens(trainer.representation, trainer.frozen,
                                           batch["frames"], config.visual.patch_size)
   keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
   inputs, _ = objective.noised_inputs(batch, latents, keys, config.diffusion, 1.0)

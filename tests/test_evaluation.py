@@ -135,7 +135,7 @@ def test_a_model_trained_on_one_digit_draws_that_digit(data_dir, tokenizer, clas
   from mmpretrain.generate import sample
   from mmpretrain.data import pipeline
   from mmpretrain.data.sources import digit_caption
-  from mmpretrain.stages.classifier import load_classifier
+  from mmpretrain.encoders.judge import load_classifier
   from mmpretrain.train.evaluate import restore_params
   from mmpretrain.train.loop import train
   OneDigitCaptions(data_dir=str(tmp_path / "data"), file_format="array_record"

@@ -15,6 +15,7 @@ from PIL import Image
 from mmpretrain.analysis.experts import load_routing
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.model.moe import RouterBias
+from mmpretrain.tokenizers import visual
 from mmpretrain.train import objective
 from mmpretrain.train.checkpoint import load_params
 from mmpretrain.train.loop import train
@@ -109,7 +110,7 @@ def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tm
   # The router load the step sees: the same noised inputs (the step's per-row keys).
   _, step_rng = jax.random.split(state.rng)
   row_rngs = jax.random.split(step_rng, config.data.batch_size)
-  latents = objective.frame_latent_tokens(trainer.representation, trainer.frozen,
+  latents = visual.frame_latent_tokens(trainer.representation, trainer.frozen,
                                           batch["frames"], config.visual.patch_size)
   inputs, _ = objective.noised_inputs(batch, latents, row_rngs, config.diffusion,
                                       trainer.time_shift)

@@ -9,7 +9,7 @@ from conftest import tiny_config
 from mmpretrain.data.images import image_batches
 from mmpretrain.stages.vae import train_vae
 from mmpretrain.tokenizers import vae_import
-from mmpretrain.tokenizers.vae import VAERepresentation
+from mmpretrain.tokenizers.vae_representation import VAERepresentation
 from mmpretrain.tokenizers.visual import make_representation
 
 TOLERANCE = 1e-4      # max abs difference, float32

@@ -17,7 +17,7 @@ from mmpretrain import storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.generate import sample
-from mmpretrain.stages.classifier import load_classifier
+from mmpretrain.encoders.judge import load_classifier
 from mmpretrain.train.evaluate import classified_accuracy, restore_params
 
 

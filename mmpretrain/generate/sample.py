@@ -23,7 +23,7 @@ from mmpretrain.data.documents import (document_frames, document_length, fit_fra
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers.visual import patch_dim, unpatchify
-from mmpretrain.train.objective import frame_latent_tokens, place_frame_tokens
+from mmpretrain.tokenizers.visual import frame_latent_tokens, place_frame_tokens
 
 ID_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions")
 

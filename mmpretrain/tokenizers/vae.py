@@ -5,8 +5,9 @@ Encoder: conv_in, down blocks of ResNet blocks (with a stride-2 conv after all b
 last), a mid block (ResNet, single-head self-attention, ResNet), GroupNorm-SiLU-conv_out to
 2·latent channels (mean, log-variance). Decoder: the mirror with nearest-neighbour
 upsampling and one more ResNet block per level. Latents for diffusion are
-(mean − shift_factor) · scaling_factor; `vae_import.py` loads diffusers checkpoints,
-`mmpretrain train-vae` trains one in-project (<workdir>/representation).
+(mean − shift_factor) · scaling_factor; `mmpretrain train-vae` trains one in-project
+(<workdir>/representation), `vae_import.py` reads diffusers checkpoints and
+`vae_representation.py` loads either as the unified model's representation.
 """
 import dataclasses
 
@@ -192,64 +193,3 @@ def save_vae(directory: str, model: AutoencoderKL) -> None:
   """State first, vae.json last: the config file marks a complete directory."""
   store.save_module(directory, model)
   storage.write_json(storage.join(directory, VAE_CONFIG), dataclasses.asdict(model.cfg))
-
-
-def _config(directory: str) -> tuple[VAEConfig, bool]:
-  """(config, whether the directory is a diffusers checkpoint)."""
-  for name, diffusers in ((VAE_CONFIG, False), ("config.json", True)):
-    path = storage.join(directory, name)
-    if storage.exists(path):
-      saved = storage.read_json(path)
-      if diffusers:
-        from mmpretrain.tokenizers import vae_import  # pylint: disable=import-outside-toplevel
-        return vae_import.config_from_diffusers(saved), True
-      saved["block_out_channels"] = tuple(saved["block_out_channels"])
-      return VAEConfig(**saved), False
-  raise FileNotFoundError(f"{directory} holds no {VAE_CONFIG} (`mmpretrain train-vae`) or "
-                          "diffusers config.json: set config.visual.checkpoint to one")
-
-
-def load_vae(directory: str) -> AutoencoderKL:
-  cfg, diffusers = _config(directory)
-  if diffusers:
-    from mmpretrain.tokenizers import vae_import  # pylint: disable=import-outside-toplevel
-    return vae_import.load_diffusers_vae(directory)
-  return store.restore_module(directory, nnx.eval_shape(lambda: AutoencoderKL(cfg,
-                                                                              rngs=nnx.Rngs(0))))
-
-
-class VAERepresentation:
-  """The unified model's view of a VAE: latents (mean − shift)·scale on an
-  (H/f, W/f, latent_channels) grid. Gray frames are repeated to an RGB VAE's channels and
-  its output averaged back."""
-
-  def __init__(self, directory: str, image_size: int, channels: int):
-    self.cfg, _ = _config(directory)
-    f = self.cfg.downsample
-    if image_size % f:
-      raise ValueError(f"data.image_size={image_size} is not a multiple of the VAE's "
-                       f"downsampling factor {f}")
-    if self.cfg.in_channels % channels:
-      raise ValueError(f"the VAE in {directory} takes {self.cfg.in_channels} channels; "
-                       f"data.image_channels={channels} does not repeat into them")
-    self.directory, self.channels = directory, channels
-    self.latent_grid = (image_size // f, image_size // f, self.cfg.latent_channels)
-    self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: AutoencoderKL(self.cfg,
-                                                                      rngs=nnx.Rngs(0))))
-
-  def load_params(self):
-    return nnx.state(load_vae(self.directory))
-
-  def encode(self, params, frames):
-    model, lead = nnx.merge(self.graphdef, params), frames.shape[:-3]
-    x = frames.reshape(-1, *frames.shape[-3:]).astype(jnp.float32) / 127.5 - 1.0
-    x = jnp.repeat(x, self.cfg.in_channels // self.channels, axis=-1)
-    latents = model.to_diffusion(model.moments(x)[0])
-    return latents.reshape(*lead, *latents.shape[1:])
-
-  def decode(self, params, latents):
-    model, lead = nnx.merge(self.graphdef, params), latents.shape[:-3]
-    x = model.decode_raw(model.from_diffusion(latents.reshape(-1, *latents.shape[-3:])))
-    x = x.reshape(*x.shape[:-1], self.channels, -1).mean(-1)     # RGB VAE, gray frames
-    frames = jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-    return frames.reshape(*lead, *frames.shape[1:])

@@ -45,7 +45,7 @@ def make_representation(config):
     from mmpretrain.tokenizers.rae import RAERepresentation
     return RAERepresentation(config.visual.checkpoint, d.image_size, d.image_channels)
   if name == "vae":
-    from mmpretrain.tokenizers.vae import VAERepresentation
+    from mmpretrain.tokenizers.vae_representation import VAERepresentation
     return VAERepresentation(config.visual.checkpoint, d.image_size, d.image_channels)
   raise ValueError(f"unknown visual.representation {name!r}")
 
@@ -68,3 +68,18 @@ def unpatchify(tokens: jnp.ndarray, p: int, latent_grid: tuple[int, int, int]) -
   h, w, c = latent_grid
   return einops.rearrange(tokens, "... (h w) (p q c) -> ... (h p) (w q) c",
                           h=h // p, w=w // p, p=p, q=p, c=c)
+
+
+# Latent-token layout of a packed row: frames' tokens [B, F·T, D] at their slots [B, L, D].
+
+
+def frame_latent_tokens(representation, rep_params, frames, patch_size: int) -> jnp.ndarray:
+  """uint8 frames [B, F, H, W, C] -> latent patch tokens [B, F·T, patch_dim]."""
+  tokens = patchify(representation.encode(rep_params, frames), patch_size)
+  b, f, t, d = tokens.shape
+  return tokens.reshape(b, f * t, d)
+
+
+def place_frame_tokens(frame_tokens, frame_slot) -> jnp.ndarray:
+  """[B, F·T, D] frame tokens -> [B, L, D] at their slots (slot 0 where frame_slot < 0)."""
+  return jnp.take_along_axis(frame_tokens, jnp.maximum(frame_slot, 0)[..., None], axis=1)

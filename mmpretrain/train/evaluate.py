@@ -6,7 +6,7 @@ per byte, flow MSE — with fixed diffusion noise, so successive evaluations com
 What the model does (`config.eval.generative`, always from a checkpoint), each where the
 config trains it:
 - understanding: greedy captions of held-out MNIST digits that name the digit;
-- generation alignment: a frozen classifier (stages/classifier.py) scores images drawn
+- generation alignment: a frozen classifier (encoders/judge.py) scores images drawn
   for class captions, against images drawn without a caption;
 - world model: rollouts of held-out MiniGrid episodes (generate/world_model.py).
 Each builds its jitted samplers once, so periodic evaluation compiles them once.
@@ -23,7 +23,7 @@ from mmpretrain.generate import sample, world_model
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.data.sources import DIGIT_WORDS
-from mmpretrain.stages.classifier import load_classifier
+from mmpretrain.encoders.judge import load_classifier
 from mmpretrain.train import objective
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.step import Trainer

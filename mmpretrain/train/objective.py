@@ -11,34 +11,13 @@ import jax.numpy as jnp
 from mmpretrain import diffusion
 from mmpretrain.batch import MODALITY_VISUAL
 from mmpretrain.model.transformer import ModelInputs
-from mmpretrain.tokenizers.visual import patchify
+from mmpretrain.tokenizers.visual import place_frame_tokens
 
 
 def loss_normalizers(batch) -> dict:
   """Trained-position counts of the whole (global) batch; at least 1 to avoid 0/0."""
   return {"text": jnp.maximum(jnp.sum(batch["text_loss_mask"][:, 1:]), 1).astype(jnp.float32),
           "visual": jnp.maximum(jnp.sum(batch["visual_loss_mask"]), 1).astype(jnp.float32)}
-
-
-def frame_latent_tokens(representation, rep_params, frames, patch_size: int) -> jnp.ndarray:
-  """uint8 frames [B, F, H, W, C] -> latent patch tokens [B, F·T, patch_dim]."""
-  tokens = patchify(representation.encode(rep_params, frames), patch_size)
-  b, f, t, d = tokens.shape
-  return tokens.reshape(b, f * t, d)
-
-
-def place_frame_tokens(frame_tokens, frame_slot) -> jnp.ndarray:
-  """[B, F·T, D] frame tokens -> [B, L, D] at their slots (slot 0 where frame_slot < 0)."""
-  return jnp.take_along_axis(frame_tokens, jnp.maximum(frame_slot, 0)[..., None], axis=1)
-
-
-def collect_frame_tokens(seq, frame_slot, num_frame_tokens: int) -> jnp.ndarray:
-  """Inverse of place_frame_tokens: [B, L, D] visual slots -> [B, F·T, D] (0 elsewhere)."""
-  b, _, d = seq.shape
-  index = jnp.where(frame_slot >= 0, frame_slot, num_frame_tokens)  # dump non-slots past end
-  rows = jnp.arange(b)[:, None]
-  out = jnp.zeros((b, num_frame_tokens + 1, d), seq.dtype).at[rows, index].set(seq)
-  return out[:, :num_frame_tokens]
 
 
 def flow_space(config) -> str:

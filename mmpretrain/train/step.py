@@ -10,7 +10,8 @@ from flax import nnx
 from mmpretrain import diffusion, sharding
 from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS
 from mmpretrain.model.transformer import Transfusion
-from mmpretrain.tokenizers.visual import make_representation, patch_dim, tokens_per_frame
+from mmpretrain.tokenizers.visual import (frame_latent_tokens, make_representation, patch_dim,
+                                          tokens_per_frame)
 from mmpretrain.train import objective
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
 
@@ -118,8 +119,8 @@ class Trainer:
     """Loss and metric sums of one (micro)batch; row_rngs holds one key per row, `frozen`
     the representation's weights."""
     cfg = self.config
-    latents = objective.frame_latent_tokens(self.representation, frozen, batch["frames"],
-                                            cfg.visual.patch_size)
+    latents = frame_latent_tokens(self.representation, frozen, batch["frames"],
+                                  cfg.visual.patch_size)
     inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
                                              self.time_shift, objective.flow_space(cfg))
     logits, pred, moe_stats = self.model(params)(inputs)
