@@ -9,6 +9,7 @@ from flax import nnx
 
 import base
 from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.model.masks import attention_mask
 from mmpretrain.model.moe import TOKEN_KINDS
 from mmpretrain.model import transformer
 from mmpretrain.model.transformer import ModelInputs, Transfusion, token_kinds
@@ -120,10 +121,18 @@ def test_modality_ffn_routes_by_modality():
 
 
 def test_tied_embeddings_share_the_lm_head():
-  model = Transfusion(model_config(tie_embeddings=True), PATCH, tokens_per_frame=FRAME_TOKENS, rngs=nnx.Rngs(0))
+  # logits = h · Eᵀ: h the final-normed hidden states, E the input embedding table.
+  model = Transfusion(model_config(tie_embeddings=True), PATCH, tokens_per_frame=FRAME_TOKENS,
+                      rngs=nnx.Rngs(0))
   assert model.lm_head is None
-  logits = model(make_inputs())[0]
-  assert logits.shape == (2, 12, 97)
+  inputs = make_inputs()
+  logits = np.asarray(model(inputs)[0], np.float64)
+  x, token_kind, _ = model._embed(inputs)          # pylint: disable=protected-access
+  x, _ = model.decoder(x, inputs.positions, attention_mask(inputs.segment_ids, inputs.block_ids),
+                       token_kind)
+  hidden = np.asarray(model.final_norm(x), np.float64).reshape(2, 12, -1)
+  table = np.asarray(model.embed.embedding[...], np.float64)
+  np.testing.assert_allclose(logits, hidden @ table.T, rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
