@@ -241,7 +241,8 @@ def get_config(arg=None):
   c.rae.datasets = {"mnist_captions": 1.0, "emoji_captions": 0.0}
   c.rae.stats_batches = 16               # batches for the per-channel latent mean / std
   c.rae.decoder = {"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024}
-  c.rae.latent_channels = 0              # < encoder width: keep the leading principal channels
+  c.rae.latent_channels = 0              # 0: every encoder channel; k: the k leading principal
+                                         # channels, whitened (configs/stages/rae_demo.py: 16)
   c.rae.noise_tau = 0.8                  # decoder inputs get noise σ·ε, σ ~ U(0, τ)
   c.rae.perceptual_weight = 0.0          # + w·‖enc(x̂) − enc(x)‖², in the encoder's space
   c.rae.gan_weight = 0.0                 # + w·(−D(x̂)), a PatchGAN critic trained alongside
