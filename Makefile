@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_WORKDIR ?= runs/demo
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
-.PHONY: install install-tpu prepare demo world-model test test-slow bench scaling-mini clean
+.PHONY: install install-tpu prepare demo world-model test test-slow bench scaling-mini compile-paper clean
 
 $(BIN)/.installed: setup.py scripts/system_packages.sh
 	bash scripts/system_packages.sh
@@ -21,6 +21,10 @@ install: $(BIN)/.installed
 # libtpu: `mmpretrain compile` for TPU topologies on this machine (and its tests).
 install-tpu: install
 	$(BIN)/pip install -q -e '.[tpu]'
+
+# Every configs/paper/ run compiled for its TPU slice here; the table goes to docs/paper_compile.md.
+compile-paper: install-tpu
+	$(BIN)/python scripts/compile_paper.py
 
 prepare: install
 	$(BIN)/mmpretrain prepare --config=configs/demo.py

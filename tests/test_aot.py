@@ -37,7 +37,7 @@ def test_a_topology_that_does_not_exist_is_refused_with_the_choices(name):
     aot.parse_topology(name)
 
 
-@pytest.mark.skipif(NO_LIBTPU, reason="no libtpu: make install-tpu")
+@tpu_compile
 def test_chunked_attention_compiles_for_tpu_at_8k_tokens_in_a_tenth_of_the_dense_memory():
   # One attention layer's forward and backward, one 8192-token row per v5p chip (~12 s).
   out = subprocess.run([sys.executable, f"{ROOT}/benchmarks/attention.py",
@@ -106,3 +106,21 @@ def test_compile_prints_its_report_and_refuses_a_step_that_does_not_fit():
                     "--config.data.seq_len=16384")
   assert out.returncode == 3, out.stderr[-2000:]
   assert "GiB per chip" in out.stderr and "--config.model.remat=full" in out.stderr
+
+
+def test_every_paper_config_is_sized_for_the_topology_it_names():
+  sys.path.insert(0, f"{ROOT}/scripts")
+  from compile_paper import paper_configs  # pylint: disable=import-outside-toplevel
+  configs = paper_configs()
+  assert len(configs) >= 4
+  for path, topology in configs:
+    config = validate(load_config(f"{ROOT}/{path}"))
+    generation, shape = aot.parse_topology(topology)
+    chips = 1
+    for n in shape.split("x"):
+      chips *= int(n)
+    mesh = config.mesh
+    assert mesh.data * mesh.fsdp * mesh.expert * mesh.tensor == chips, path
+    assert config.data.batch_size % chips == 0, path
+    assert (config.visual.representation, config.data.image_size) == ("rae", 224), path
+    assert generation in aot.CHIPS

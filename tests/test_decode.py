@@ -39,7 +39,7 @@ def test_chunked_decoding_with_a_kv_cache_equals_the_full_forward(config, tokeni
   trainer = Trainer(config, tokenizer.byte_lengths())
   batch = jax.tree.map(jnp.asarray, next(make_batches(config, tokenizer)))
   latents = visual.frame_latent_tokens(trainer.representation, trainer.frozen,
-                                          batch["frames"], config.visual.patch_size)
+                                       batch["frames"], config.visual.patch_size)
   keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
   inputs, _ = objective.noised_inputs(batch, latents, keys, config.diffusion, 1.0)
   model = trainer.model(trainer.init_state(0).params)

@@ -10,7 +10,7 @@ import pytest
 from mmpretrain import diffusion
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model.transformer import ModelInputs
-from mmpretrain.tokenizers import visual
+from mmpretrain.tokenizers.visual import frame_latent_tokens, place_frame_tokens
 from mmpretrain.train import objective
 
 LOSS_CFG = ml_collections.ConfigDict({"text_weight": 1.0, "flow_weight": 3.0, "z_loss": 1e-2})
@@ -69,7 +69,7 @@ def test_frame_tokens_land_in_their_slots():
   rng = np.random.default_rng(2)
   frame_tokens = rng.normal(size=(2, 6, 3)).astype(np.float32)
   frame_slot = np.asarray([[-1, 0, 1, 2, -1, 3, 4, 5], [5, 4, 3, -1, 2, 1, 0, -1]])
-  seq = np.asarray(visual.place_frame_tokens(jnp.asarray(frame_tokens), jnp.asarray(frame_slot)))
+  seq = np.asarray(place_frame_tokens(jnp.asarray(frame_tokens), jnp.asarray(frame_slot)))
   for b in range(2):
     for position, slot in enumerate(frame_slot[b]):   # non-slots hold slot 0's token
       np.testing.assert_array_equal(seq[b, position], frame_tokens[b, max(slot, 0)])
@@ -83,8 +83,8 @@ def noised_image_text_batch(config, tokenizer, space: str = "x"):
   config.data.mixture = {"image_text": 1.0}
   batch = next(make_batches(config, tokenizer))
   trainer = Trainer(config, tokenizer.byte_lengths())
-  latents = visual.frame_latent_tokens(trainer.representation, trainer.frozen,
-                                          batch["frames"], config.visual.patch_size)
+  latents = frame_latent_tokens(trainer.representation, trainer.frozen, batch["frames"],
+                                config.visual.patch_size)
   keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
   inputs, target = objective.noised_inputs(jax.tree.map(jnp.asarray, batch), latents, keys,
                                            config.diffusion, 1.0, space=space)
@@ -97,7 +97,7 @@ def test_context_frames_stay_clean_and_generated_frames_share_one_t(config, toke
   gen, ctx = visual & batch["visual_loss_mask"], visual & ~batch["visual_loss_mask"]
   assert gen.any() and ctx.any()
   assert np.all(t[ctx] == 0.0) and np.all(t[gen] > 0.0)
-  clean = np.asarray(visual.place_frame_tokens(latents, batch["frame_slot"]))
+  clean = np.asarray(place_frame_tokens(latents, batch["frame_slot"]))
   np.testing.assert_allclose(np.asarray(inputs.visual_latents)[ctx], clean[ctx], atol=1e-6)
   for b in range(batch["tokens"].shape[0]):             # one t per frame
     for block in np.unique(batch["block_ids"][b][gen[b]]):
@@ -174,7 +174,7 @@ def test_context_noise_noises_context_frames_a_little_one_t_per_frame(config, to
   for b in range(batch["tokens"].shape[0]):             # one t per context frame
     for block in np.unique(batch["block_ids"][b][ctx[b]]):
       assert len(np.unique(t[b][batch["block_ids"][b] == block])) == 1
-  clean = np.asarray(visual.place_frame_tokens(latents, batch["frame_slot"]), np.float64)
+  clean = np.asarray(place_frame_tokens(latents, batch["frame_slot"]), np.float64)
   expected = (1 - t[..., None]) * clean + t[..., None] * np.asarray(noise, np.float64)
   np.testing.assert_allclose(np.asarray(inputs.visual_latents)[visual], expected[visual],
                              atol=1e-5)

@@ -99,7 +99,7 @@ def test_a_run_trains_with_a_hugging_face_tokenizer(data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.data.tokenizer.path = path
   config.data.tokenizer.vocab_size = load_text_tokenizer(path).vocab_size
-  config.train.num_steps, config.sample.captions = 10, []
+  config.train.num_steps, config.sample.captions = 6, []
   summary = train(config, str(tmp_path / "run"))
   assert summary["last"]["text_loss"] < summary["first"]["text_loss"]
   assert 0 < summary["last"]["text_bits_per_byte"] < summary["first"]["text_bits_per_byte"]

@@ -111,7 +111,7 @@ def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tm
   _, step_rng = jax.random.split(state.rng)
   row_rngs = jax.random.split(step_rng, config.data.batch_size)
   latents = visual.frame_latent_tokens(trainer.representation, trainer.frozen,
-                                          batch["frames"], config.visual.patch_size)
+                                       batch["frames"], config.visual.patch_size)
   inputs, _ = objective.noised_inputs(batch, latents, row_rngs, config.diffusion,
                                       trainer.time_shift)
   load = np.asarray(trainer.model(state.params)(inputs)[2]["expert_load"])
