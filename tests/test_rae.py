@@ -207,3 +207,12 @@ def test_sampler_latent_tokens_round_trip_to_the_rae_decoding(stages, data_dir, 
   direct = np.clip(np.round((direct + 1.0) * 127.5), 0, 255).astype(np.uint8)
   assert np.abs(via_sampler.astype(int) - direct.astype(int)).max() <= 1
   assert (via_sampler == direct).mean() > 0.99
+
+
+def test_abstract_params_are_the_saved_params_shapes_without_reading_them(stages, data_dir):
+  from mmpretrain.tokenizers.rae import RAERepresentation  # pylint: disable=C0415
+  representation = RAERepresentation(stages[1]["representation"], 16, 1)
+  loaded, abstract = representation.load_params(), representation.abstract_params()
+  assert jax.tree.structure(loaded) == jax.tree.structure(abstract)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(abstract)):
+    assert (a.shape, a.dtype) == (b.shape, b.dtype) and isinstance(b, jax.ShapeDtypeStruct)

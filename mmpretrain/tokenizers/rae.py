@@ -150,12 +150,16 @@ class RAERepresentation:
                        f"data.image_channels={channels}: train an RAE for these frames")
     self.directory = directory
     self.latent_grid = (decoder_cfg.grid, decoder_cfg.grid, decoder_cfg.latent_dim)
-    self.graphdef = nnx.graphdef(nnx.eval_shape(
-        lambda: RAE(VisionTransformer(encoder_cfg, rngs=nnx.Rngs(0)), decoder_cfg,
-                    rngs=nnx.Rngs(0))))
+    abstract = nnx.eval_shape(lambda: RAE(VisionTransformer(encoder_cfg, rngs=nnx.Rngs(0)),
+                                          decoder_cfg, rngs=nnx.Rngs(0)))
+    self.graphdef, self._abstract_params = nnx.graphdef(abstract), nnx.state(abstract)
 
   def load_params(self):
     return nnx.state(load_rae(self.directory))
+
+  def abstract_params(self):
+    """The shapes and dtypes of load_params(), read from rae.json alone."""
+    return self._abstract_params
 
   def encode(self, params, frames):
     """uint8 frames [..., H, W, C] -> latents [..., grid, grid, width]."""

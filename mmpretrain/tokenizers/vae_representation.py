@@ -50,11 +50,15 @@ class VAERepresentation:
                        f"data.image_channels={channels} does not repeat into them")
     self.directory, self.channels = directory, channels
     self.latent_grid = (image_size // f, image_size // f, self.cfg.latent_channels)
-    self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: AutoencoderKL(self.cfg,
-                                                                      rngs=nnx.Rngs(0))))
+    abstract = nnx.eval_shape(lambda: AutoencoderKL(self.cfg, rngs=nnx.Rngs(0)))
+    self.graphdef, self._abstract_params = nnx.graphdef(abstract), nnx.state(abstract)
 
   def load_params(self):
     return nnx.state(load_vae(self.directory))
+
+  def abstract_params(self):
+    """The shapes and dtypes of load_params(), from the checkpoint's config alone."""
+    return self._abstract_params
 
   def encode(self, params, frames):
     model, lead = nnx.merge(self.graphdef, params), frames.shape[:-3]

@@ -2,7 +2,8 @@
 
 Every representation reports its latent grid shape and implements `encode(params, frames)
 -> latents` and `decode(params, latents) -> frames` on [..., H, W, C] arrays, where `params`
-(from `load_params()`) are its frozen weights, passed into jit as arguments. The unified
+(from `load_params()`) are its frozen weights, passed into jit as arguments
+(`abstract_params()`: their shapes alone, for compiling without the weights). The unified
 model only ever sees p×p patches of the grid. Raw pixels (no weights) are the paper's
 baseline; the RAE (tokenizers/rae.py) is its best unified representation.
 """
@@ -23,6 +24,9 @@ class PixelRepresentation:
     return (self.image_size, self.image_size, self.channels)
 
   def load_params(self):
+    return {}
+
+  def abstract_params(self):
     return {}
 
   def encode(self, params, frames: jnp.ndarray) -> jnp.ndarray:

@@ -103,7 +103,7 @@ def compile_step(config, devices):
   """The train step of `config` compiled over `devices`: (executable, seconds)."""
   mesh = sharding.make_mesh(config.mesh, devices)
   trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32), mesh=mesh,
-                    place_frozen=False)
+                    abstract_frozen=True)
   replicated = sharding.replicated(mesh)
   frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                         trainer.frozen)

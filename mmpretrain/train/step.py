@@ -45,13 +45,16 @@ def time_shift(config) -> float:
 class Trainer:
   """Owns the model graph, the optimizer and the jitted step for one config."""
 
-  def __init__(self, config, byte_lengths, mesh=None, place_frozen: bool = True):
+  def __init__(self, config, byte_lengths, mesh=None, abstract_frozen: bool = False):
     """`mesh`: a (data, fsdp, expert, tensor) mesh from sharding.make_mesh, laid out by
-    config.mesh.rules; None runs on jax's default device. `place_frozen=False` leaves the
-    representation's weights on the host (a mesh of abstract devices, train/aot.py)."""
+    config.mesh.rules; None runs on jax's default device. `abstract_frozen`: hold only the
+    shapes of the representation's weights, never read (compiling for a mesh of abstract
+    devices, train/aot.py)."""
     self.config = config
     self.representation = make_representation(config)
-    self.frozen = self.representation.load_params()    # e.g. the RAE: read, never trained
+    # The representation's frozen weights (e.g. the RAE's): read, never trained.
+    self.frozen = (self.representation.abstract_params() if abstract_frozen
+                   else self.representation.load_params())
     self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
     self.tx = make_optimizer(config.optimizer, config.train.num_steps)
     self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
@@ -62,7 +65,7 @@ class Trainer:
       self._step = jax.jit(self._train_step, donate_argnums=0)
       self._eval = jax.jit(self._eval_sums)
       return
-    if place_frozen:
+    if not abstract_frozen:
       self.frozen = jax.device_put(self.frozen, sharding.replicated(mesh))
     rules = config.mesh.rules
     sharding.check_batch_splits(config.data.batch_size, mesh, rules)
