@@ -64,8 +64,22 @@ def test_auto_choices_follow_the_target_platform():
   c = small_config(attention_impl="auto")
   c.model.moe.dispatch = "auto"
   tpu = aot.for_platform(c, "tpu")
-  assert (tpu.model.attention_impl, tpu.model.moe.dispatch) == ("chunked", "dropless")
+  assert (tpu.model.attention_impl, tpu.model.moe.dispatch) == ("chunked", "capacity")
   assert aot.for_platform(c, "cpu").model.attention_impl == "einsum"
+
+
+@tpu_compile
+def test_a_dense_then_moe_stack_is_costed_by_kind_like_its_fully_unrolled_compile():
+  # 1 dense + 3 MoE layers (capacity dispatch): outside + 3 MoE + 1 dense from three
+  # small compiles, against compiling all four layers unrolled.
+  config = small_config(scan_layers=True)
+  config.model.moe.update(num_experts=4, first_dense_layers=1, dispatch="capacity")
+  config = aot.for_platform(validate(config), "tpu")
+  _, devices = aot.abstract_devices("v5p-8")
+  estimate = aot.estimated_cost(config, devices)
+  unrolled = aot.unrolled_cost(config, devices, config.model.num_layers)
+  assert estimate["optimal_seconds"] == pytest.approx(unrolled["optimal_seconds"], rel=0.03)
+  assert estimate["flops"] == pytest.approx(unrolled["flops"], rel=0.03)
 
 
 @tpu_compile

@@ -32,10 +32,13 @@ class RouterBias(nnx.Variable):
 
 def resolve_dispatch(dispatch: str, platform: str | None = None) -> str:
   """The dispatch `auto` stands for on `platform` (default: jax's default backend):
-  capacity on CPU, where ragged_dot runs as a loop; dropless elsewhere."""
+  capacity on CPU, where ragged_dot runs as a loop, and on TPU, where GSPMD's partitioning
+  of the dropless sort over a sharded expert axis needs 332 GB of temporaries per chip for
+  configs/paper/moe_1b.py on a v5p-64 against 25 GB with capacity (docs/paper_compile.md);
+  dropless on GPU."""
   if dispatch != "auto":
     return dispatch
-  return "capacity" if (platform or jax.default_backend()) == "cpu" else "dropless"
+  return "dropless" if (platform or jax.default_backend()) == "gpu" else "capacity"
 
 
 def expert_count(moe) -> int:

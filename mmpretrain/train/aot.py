@@ -9,8 +9,9 @@ bytes each chip holds, its cost analysis the FLOPs and the cost model's time.
 
 XLA's cost analysis counts a loop body once, so a scanned step under-reports. The time
 comes from two small unrolled compiles instead: one and two layers give the cost of the
-step outside the layers and of one layer, and the estimate is outside + layers × one
-(with dense attention standing in for the chunked kernel's loop, see unrolled_cost).
+step outside the layers and of one layer, and the estimate is outside + layers × one; a
+stack of dense and MoE layers adds a dense + MoE pair for the other kind (estimated_cost;
+dense attention stands in for the chunked kernel's loop, see unrolled_cost).
 """
 import copy
 import importlib.util
@@ -26,6 +27,7 @@ from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.pipeline import row_spec
 from mmpretrain.data.synthetic import interleaved_batch
 from mmpretrain.model import attention, moe
+from mmpretrain.model.transformer import is_moe_layer
 from mmpretrain.scaling.flops import train_flops_per_token
 from mmpretrain.train.step import Trainer
 
@@ -124,17 +126,42 @@ def _cost(executable) -> dict:
   return analysis
 
 
-def unrolled_cost(config, devices, layers: int) -> dict:
-  """Cost analysis of the step with `layers` unrolled layers (else the same config). The
-  chunked attention's loop over key chunks would be counted once as well: the estimate
-  uses the dense attention, whose cost counts every score (the chunked kernel skips only
-  key chunks that no query sees, so this errs towards more time)."""
+def unrolled_cost(config, devices, layers: int, dense_layers: int | None = None) -> dict:
+  """Cost analysis of the step with `layers` unrolled layers (else the same config; with
+  `dense_layers`, that many dense layers and then only MoE ones). The chunked attention's
+  loop over key chunks would be counted once as well: the estimate uses the dense
+  attention, whose cost counts every score (the chunked kernel skips only key chunks that
+  no query sees, so this errs towards more time)."""
   small = copy.deepcopy(config)
   small.model.num_layers, small.model.scan_layers = layers, False
+  if dense_layers is None:
+    small.model.moe.first_dense_layers = min(small.model.moe.first_dense_layers, layers - 1)
+  else:
+    small.model.moe.first_dense_layers, small.model.moe.every_n_layers = dense_layers, 1
   if small.model.attention_impl == "chunked":
     small.model.attention_impl = "xla"
-  small.model.moe.first_dense_layers = min(small.model.moe.first_dense_layers, layers - 1)
   return _cost(compile_step(small, devices)[0])
+
+
+def estimated_cost(config, devices) -> dict:
+  """FLOPs and optimal_seconds of the whole step from small unrolled compiles: one and two
+  layers of one kind give the step outside the layers and that kind's layer; with dense
+  and MoE layers both in the stack, a dense + MoE pair gives the other kind's."""
+  m = config.model
+  moe = sum(is_moe_layer(m, i) for i in range(m.num_layers))
+  dense = m.num_layers - moe
+  if moe:
+    one, two = unrolled_cost(config, devices, 1, 0), unrolled_cost(config, devices, 2, 0)
+    pair = unrolled_cost(config, devices, 2, 1) if dense else one
+  else:
+    one, two = unrolled_cost(config, devices, 1), unrolled_cost(config, devices, 2)
+    pair = one
+  def total(key):
+    layer = two[key] - one[key]                   # a layer of the kind `one` holds
+    other = pair[key] - one[key]                  # a dense layer beside it (MoE stacks)
+    outside = one[key] - layer
+    return (outside + moe * layer + dense * other) if moe else outside + dense * layer
+  return {"flops": total("flops"), "optimal_seconds": total("optimal_seconds")}
 
 
 def report(config, topology: str, num_slices: int = 1) -> dict:
@@ -153,11 +180,8 @@ def report(config, topology: str, num_slices: int = 1) -> dict:
   memory = executable.memory_analysis()
   per_device = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                 + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  one, two = unrolled_cost(config, devices, 1), unrolled_cost(config, devices, 2)
-  layers = config.model.num_layers
-  def estimate(key):
-    return one[key] + (layers - 1) * (two[key] - one[key])
-  optimal_seconds, xla_flops = estimate("optimal_seconds"), estimate("flops")
+  cost = estimated_cost(config, devices)
+  optimal_seconds, xla_flops = cost["optimal_seconds"], cost["flops"]
   tokens = config.data.batch_size * config.data.seq_len
   model_flops = train_flops_per_token(config) * tokens
   return {
@@ -167,7 +191,10 @@ def report(config, topology: str, num_slices: int = 1) -> dict:
       "per_device_bytes": per_device, "hbm_headroom": 1.0 - per_device / chip.hbm_bytes, "fits": per_device <= chip.hbm_bytes,
       "model_flops": model_flops, "xla_flops": xla_flops, "optimal_seconds": optimal_seconds,
       # xla_flops is per device: the executable is one device's program.
-      "cost_model_mfu": model_flops / (optimal_seconds * len(devices) * chip.peak_bf16_flops),
+      # None where the small compiles' times do not add up to a positive step time (seen
+      # for capacity-dispatch MoE layers at scale): no MFU rather than a wrong one.
+      "cost_model_mfu": (model_flops / (optimal_seconds * len(devices) * chip.peak_bf16_flops)
+                         if optimal_seconds > 0 else None),
       "tokens_per_step": tokens, "compile_s": compile_s}
 
 
