@@ -7,7 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import paper_config  # pylint: disable=wrong-import-position
+from paper_common import paper_config  # pylint: disable=wrong-import-position
 
 TOPOLOGY = "v5p-128"
 
