@@ -65,7 +65,8 @@ def analyze(config, workdir: str, per_class: int = 10, real: int = 2000,
   spec = pipeline.row_spec(config)
   classifier, meta = load_classifier(config.eval.classifier)
   judge = lambda images: np.asarray(jnp.argmax(classifier(jnp.asarray(images)), -1))
-  decode = lambda tokens: np.asarray(sample.make_frame_decoder(trainer)(jnp.asarray(tokens)))
+  frame_decoder = sample.make_frame_decoder(trainer)      # jitted once, for every decode below
+  decode = lambda tokens: np.asarray(frame_decoder(jnp.asarray(tokens)))
   batch = next(image_batches(config, tok, {config.classifier.dataset: 1.0}, split="train",
                              batch_size=real, caption_len=1, seed=config.seed, repeat=False))
   tokens = np.asarray(sample.context_tokens(trainer, batch["images"][:, None]))
