@@ -172,6 +172,11 @@ def get_config(arg=None):
   c.loss.flow_weight = 3.0
   c.loss.flow_space = "prediction"       # MSE in: prediction (the head's own space) | x | v | eps
   c.loss.z_loss = 0.0                    # weight of log(Z)^2 on the LM head
+  # A generated token that differs from the same token of its document's previous frame
+  # (mean squared difference > threshold) weighs this much in the flow loss: a world model's
+  # moving agent is a few tokens of a frame the unchanged background otherwise dominates.
+  c.loss.frame_change_weight = 1.0       # 1: every token alike
+  c.loss.frame_change_threshold = 1e-3
   c.loss.moe_load_balance = 0.01         # Switch load-balancing loss, mean over MoE layers
   c.loss.moe_router_z = 1e-3             # router z-loss, mean over MoE layers
 

@@ -205,6 +205,8 @@ RULES = {
     "loss.flow_weight": WEIGHT,
     "loss.flow_space": Choice(("prediction", "x", "v", "eps")),
     "loss.z_loss": WEIGHT,
+    "loss.frame_change_weight": WEIGHT,
+    "loss.frame_change_threshold": WEIGHT,
     "loss.moe_load_balance": WEIGHT,
     "loss.moe_router_z": WEIGHT,
     # optimizer

@@ -179,3 +179,59 @@ def test_context_noise_noises_context_frames_a_little_one_t_per_frame(config, to
   np.testing.assert_allclose(np.asarray(inputs.visual_latents)[visual], expected[visual],
                              atol=1e-5)
   np.testing.assert_array_equal(np.asarray(inputs.generated), batch["visual_loss_mask"])
+
+
+def reference_change_weights(batch, latents, weight, threshold):
+  """By search: a generated visual position weighs `weight` where the position of the
+  same document holding the token one frame earlier (slot − T) exists and differs."""
+  B, L = batch["tokens"].shape
+  T = latents.shape[1] // batch["frames"].shape[1]
+  out = np.ones((B, L))
+  for b in range(B):
+    for p in range(L):
+      if batch["modality"][b, p] != MODALITY_VISUAL or not batch["visual_loss_mask"][b, p]:
+        continue
+      slot = batch["frame_slot"][b, p]
+      earlier = [q for q in range(L) if batch["modality"][b, q] == MODALITY_VISUAL
+                 and batch["segment_ids"][b, q] == batch["segment_ids"][b, p]
+                 and batch["frame_slot"][b, q] == slot - T]
+      if earlier and np.mean((latents[b, slot] - latents[b, slot - T]) ** 2) > threshold:
+        out[b, p] = weight
+  return out
+
+
+def test_frame_change_weights_match_a_search_over_each_document(data_dir, tokenizer):
+  from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
+  from conftest import all_streams_config  # pylint: disable=import-outside-toplevel
+  config = all_streams_config(data_dir)
+  config.visual.representation, config.visual.patch_size = "pixels", 4
+  config.data.batch_size = 4
+  batch = next(make_batches(config, tokenizer))
+  from mmpretrain.tokenizers.visual import make_representation  # pylint: disable=import-outside-toplevel
+  latents = np.asarray(frame_latent_tokens(make_representation(config), {},
+                                           jnp.asarray(batch["frames"]), 4))
+  lcfg = ml_collections.ConfigDict({"frame_change_weight": 7.0, "frame_change_threshold": 1e-3})
+  got = np.asarray(objective.frame_change_weights(jax.tree.map(jnp.asarray, batch),
+                                                  jnp.asarray(latents), lcfg))
+  expected = reference_change_weights(batch, latents, 7.0, 1e-3)
+  np.testing.assert_array_equal(got, expected)
+  changed = expected == 7.0
+  generated = batch["visual_loss_mask"] & (batch["modality"] == MODALITY_VISUAL)
+  assert 0 < changed.sum() < generated.sum()     # some generated tokens change, not all
+
+
+def test_flow_weights_scale_each_position_of_the_loss_not_the_logged_mse():
+  rng = np.random.default_rng(5)
+  batch, logits, pred, target = tiny_batch(rng)
+  weights = rng.uniform(1.0, 4.0, batch["modality"].shape)
+  jbatch = jax.tree.map(jnp.asarray, batch)
+  args = (jnp.asarray(logits, jnp.float32), jnp.asarray(pred, jnp.float32),
+          jnp.asarray(target, jnp.float32), jbatch, objective.loss_normalizers(jbatch),
+          jnp.ones(11), LOSS_CFG)
+  plain, plain_sums = objective.transfusion_loss(*args)
+  weighted, sums = objective.transfusion_loss(*args, jnp.asarray(weights, jnp.float32))
+  mask = batch["visual_loss_mask"]
+  mse = np.mean((pred - target) ** 2, axis=-1)
+  extra = 3.0 * np.sum((mse * (weights - 1.0))[mask]) / mask.sum()
+  assert float(weighted) == pytest.approx(float(plain) + extra, rel=1e-5)
+  assert float(sums["flow_mse_sum"]) == pytest.approx(float(plain_sums["flow_mse_sum"]), rel=1e-6)

@@ -70,11 +70,38 @@ def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float, space
   return inputs, diffusion.flow_target(x, noise, space)
 
 
-def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_lengths, lcfg):
+def frame_change_weights(batch, latent_tokens, lcfg):
+  """[B, L] flow-loss weights: lcfg.frame_change_weight where a generated token differs
+  from the same token of the previous frame of its document, 1 elsewhere.
+
+  A frame's document is the segment of its tokens; a document's first frame (an image to
+  draw from its caption) has no previous frame and keeps weight 1.
+  """
+  num_frames = batch["frames"].shape[1]
+  tokens_per_frame = latent_tokens.shape[1] // num_frames
+  visual = batch["modality"] == MODALITY_VISUAL
+  frame_of_position = jnp.where(visual, jnp.maximum(batch["frame_slot"], 0) // tokens_per_frame, 0)
+  document = jnp.where(visual, batch["segment_ids"], 0)
+  frame_document = jax.vmap(lambda f, d: jnp.zeros(num_frames, d.dtype).at[f].max(d))(
+      frame_of_position, document)                                         # [B, F]; 0: unused
+  follows = (frame_document[:, 1:] == frame_document[:, :-1]) & (frame_document[:, 1:] > 0)
+  follows = jnp.pad(follows, ((0, 0), (1, 0)))                             # [B, F]
+  previous = jnp.roll(latent_tokens, tokens_per_frame, axis=1)
+  change = jnp.mean(jnp.square(latent_tokens - previous), axis=-1)        # [B, F·T]
+  changed = (change > lcfg.frame_change_threshold) & jnp.repeat(follows, tokens_per_frame, axis=1)
+  changed_at = jnp.take_along_axis(changed, jnp.maximum(batch["frame_slot"], 0), axis=1)
+  changed_at &= visual & batch["visual_loss_mask"]
+  return jnp.where(changed_at, lcfg.frame_change_weight, 1.0).astype(jnp.float32)
+
+
+def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_lengths, lcfg,
+                     flow_weights=None):
   """Returns (scalar loss, metrics of sums) for one (micro)batch.
 
   Logits at position i predict tokens[i + 1]; text_loss_mask[i + 1] says whether that
-  target is trained. The flow head predicts the target of its own position.
+  target is trained. The flow head predicts the target of its own position. `flow_weights`
+  ([B, L], e.g. `frame_change_weights`) scales each position's flow term in the loss; the
+  logged flow MSE stays the unweighted mean, comparable across weightings.
   """
   # Shift the (small) targets left rather than slicing the (large) logits; the last
   # position has no target and is masked out.
@@ -88,8 +115,9 @@ def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_
                  & (batch["modality"] == MODALITY_VISUAL)).astype(jnp.float32)
   mse = jnp.mean(jnp.square(visual_pred - flow_target), axis=-1)
   flow_sum = jnp.sum(mse * visual_mask)
+  trained_flow_sum = flow_sum if flow_weights is None else jnp.sum(mse * visual_mask * flow_weights)
   loss = (lcfg.text_weight * ce_sum / normalizers["text"]
-          + lcfg.flow_weight * flow_sum / normalizers["visual"]
+          + lcfg.flow_weight * trained_flow_sum / normalizers["visual"]
           + lcfg.z_loss * z_sum / normalizers["text"])
   metrics = {"text_ce_sum": ce_sum, "flow_mse_sum": flow_sum, "z_sum": z_sum,
              "text_bytes": jnp.sum(byte_lengths[targets] * text_mask),

@@ -128,8 +128,10 @@ class Trainer:
                                              self.time_shift, objective.flow_space(cfg))
     logits, pred, moe_stats = self.model(params)(inputs)
     pred = objective.flow_loss_inputs(pred, inputs, cfg)
+    weights = (objective.frame_change_weights(batch, latents, cfg.loss)
+               if cfg.loss.frame_change_weight != 1.0 else None)
     loss, sums = objective.transfusion_loss(logits, pred, target, batch, normalizers,
-                                            self.byte_lengths, cfg.loss)
+                                            self.byte_lengths, cfg.loss, weights)
     if moe_stats:
       loss, sums = objective.add_moe_terms(loss, sums, moe_stats, cfg.loss,
                                            cfg.optimizer.grad_accum_steps)
