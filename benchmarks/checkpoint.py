@@ -26,10 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
 from mmpretrain.data.pipeline import ShardedBatches  # pylint: disable=wrong-import-position
-from mmpretrain.data.pipeline import row_spec  # pylint: disable=wrong-import-position
 from mmpretrain.data.synthetic import interleaved_batch  # pylint: disable=wrong-import-position
 from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
 from mmpretrain.train.checkpoint import RunCheckpoints  # pylint: disable=wrong-import-position
+from mmpretrain.run import Run  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import smoke  # pylint: disable=wrong-import-position,wrong-import-order
@@ -67,7 +67,7 @@ def main():
   passes = 3
   if args.smoke:
     config, passes = smoke.tiny(config), 1
-  trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32))
+  trainer = Trainer(Run(config), np.ones(config.model.vocab_size, np.float32))
   state = trainer.init_state(0)
   host_arrays = [np.asarray(a) for a in jax.tree.leaves(jax.device_get(state.replace(
       rng=jax.random.key_data(state.rng))))]
@@ -89,7 +89,7 @@ def main():
   write_rate = max(file_write_rate(files, host_arrays, fsync=False) for _ in range(passes))
   fsync_rate = max(file_write_rate(files, host_arrays, fsync=True) for _ in range(passes))
 
-  batch = jax.device_put(interleaved_batch(row_spec(config), config.data.batch_size,
+  batch = jax.device_put(interleaved_batch(trainer.run.spec, config.data.batch_size,
                                            config.bench["text_tokens_per_row"], 0,
                                            config.model.vocab_size))
   for _ in range(2):                                   # compile, then one warm step

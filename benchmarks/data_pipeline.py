@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
 from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
 from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
+from mmpretrain.run import Run  # pylint: disable=wrong-import-position
+from mmpretrain.tokenizers.visual import row_spec  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import smoke  # pylint: disable=wrong-import-position,wrong-import-order
@@ -27,7 +29,7 @@ import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 def pipeline_rate(config, tok, workers: int, batches: int) -> float:
   config = copy.deepcopy(config)
   config.data.num_workers = workers
-  it = pipeline.make_batches(config, tok)
+  it = pipeline.make_batches(config, tok, row_spec(config))
   next(it)                       # start-up (worker processes, file handles) is not throughput
   start, tokens = time.perf_counter(), 0
   for _ in range(batches):
@@ -36,9 +38,9 @@ def pipeline_rate(config, tok, workers: int, batches: int) -> float:
 
 
 def training_rate(config, tok, steps: int) -> float:
-  trainer = Trainer(config, tok.byte_lengths())
+  trainer = Trainer(Run(config), tok.byte_lengths())
   state = trainer.init_state(config.seed)
-  it = pipeline.make_batches(config, tok)
+  it = pipeline.make_batches(config, tok, row_spec(config))
   batches = [next(it) for _ in range(steps + 2)]
   for batch in batches:
     for key in [k for k in batch if k.startswith("skipped_")]:

@@ -27,12 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=wrong-import-position
 from mmpretrain.config import load_config, validate
-from mmpretrain.data.pipeline import row_spec
 from mmpretrain.data.synthetic import interleaved_batch
 from mmpretrain.encoders.vit import ViTConfig, VisionTransformer
 from mmpretrain.hostalloc import relaunch_with_jemalloc
 from mmpretrain.stages.encoder import image_tower_config
 from mmpretrain.tokenizers import rae as rae_lib
+from mmpretrain.run import Run
 from mmpretrain.train.step import Trainer
 import smoke  # pylint: disable=wrong-import-order
 
@@ -61,11 +61,11 @@ def encoder_images_per_s(cfg: ViTConfig, batch: int, steps: int, warmup: int) ->
 
 
 def step_seconds(config, steps: int, warmup: int) -> tuple[float, Trainer, dict]:
-  trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32))
+  trainer = Trainer(Run(config), np.ones(config.model.vocab_size, np.float32))
   bench = config.bench if "bench" in config else {   # a quarter text, images filling the rest
       "text_tokens_per_row": config.data.seq_len // 4,
       "images_per_row": max(1, config.data.max_frames - 1)}
-  batch = jax.device_put(interleaved_batch(row_spec(config), config.data.batch_size,
+  batch = jax.device_put(interleaved_batch(trainer.run.spec, config.data.batch_size,
                                            bench["text_tokens_per_row"], bench["images_per_row"],
                                            config.model.vocab_size))
   state = [trainer.init_state(0)]
@@ -100,8 +100,8 @@ def main():
     rae_config.visual.representation, rae_config.visual.checkpoint = "rae", directory
     rae_config.visual.patch_size = 1
     rae_step, trainer, batch = step_seconds(rae_config, args.steps, args.warmup)
-    encode = jax.jit(trainer.representation.encode)
-    encode_s = median_seconds(lambda: encode(trainer.frozen, batch["frames"]), args.steps,
+    encode = jax.jit(trainer.run.representation.encode)
+    encode_s = median_seconds(lambda: encode(trainer.run.frozen, batch["frames"]), args.steps,
                               args.warmup)
   pixel_config = copy.deepcopy(config)
   pixel_config.visual.representation, pixel_config.visual.checkpoint = "pixels", ""

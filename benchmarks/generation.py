@@ -31,11 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from encoder import median_seconds
 from mmpretrain.generate import sample
 from mmpretrain.config import load_config, validate
-from mmpretrain.data.pipeline import row_spec
 from mmpretrain.hostalloc import relaunch_with_jemalloc
 from mmpretrain.model.transformer import ModelInputs
+from mmpretrain.run import Run
 from mmpretrain.tokenizers.visual import patch_dim
-from mmpretrain.train.step import Trainer
 import smoke  # pylint: disable=wrong-import-order
 
 
@@ -51,19 +50,19 @@ class CaptionTokens:
     return self.caption if text else []
 
 
-def image_figures(trainer, params, batch: int, caption_tokens: int, steps: int,
+def image_figures(run, params, batch: int, caption_tokens: int, steps: int,
                   warmup: int) -> dict:
-  config, spec = trainer.config, row_spec(trainer.config)
+  config, spec = run.config, run.spec
   tok = CaptionTokens(config.model.vocab_size, caption_tokens)
   documents = sample.caption_documents(tok, ["a caption"] * batch, spec)
   prompt = sample.block_prompt(documents, spec)
-  dim = patch_dim(trainer.representation.latent_grid, config.visual.patch_size)
+  dim = patch_dim(run.representation.latent_grid, config.visual.patch_size)
   no_frames = jnp.zeros((2 * batch, 1, dim), jnp.float32)
   rng = jax.random.key(0)
   figures = {}
   for name in ("euler", "heun"):
     config.diffusion.sampler = name
-    draw = sample.make_block_sampler(trainer, guided=True)
+    draw = sample.make_block_sampler(run, guided=True)
     figures[f"{name}_sample_s"] = median_seconds(
         lambda draw=draw: draw(params, prompt, no_frames, rng), steps, warmup)
   config.diffusion.sampler = "euler"
@@ -73,7 +72,7 @@ def image_figures(trainer, params, batch: int, caption_tokens: int, steps: int,
   inputs = {**{k: jnp.asarray(rows[k][:, :used]) for k in sample.ID_FIELDS},
             "visual_latents": jnp.zeros((2 * batch, used, dim)),
             "timesteps": jnp.where(jnp.asarray(rows["visual_loss_mask"][:, :used]), 0.5, 0.0)}
-  forward = jax.jit(lambda p, x: trainer.model(p)(ModelInputs(**x))[1])
+  forward = jax.jit(lambda p, x: run.model(p)(ModelInputs(**x))[1])
   forward_s = median_seconds(lambda: forward(params, inputs), steps, warmup)
   n = config.diffusion.sample_steps
   return {"images": batch, "sample_steps": n, "rows_per_forward": 2 * batch,
@@ -83,10 +82,10 @@ def image_figures(trainer, params, batch: int, caption_tokens: int, steps: int,
           "overhead_over_n_forwards": figures["euler_sample_s"] / (n * forward_s)}
 
 
-def uncached_generator(trainer, new_tokens: int):
+def uncached_generator(run, new_tokens: int):
   """Greedy decoding that re-runs the whole sequence for every token (the reference the
   cache is measured against): a fixed [B, P + N] buffer, causal, read at the last token."""
-  dim = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
+  dim = patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
 
   def generate(params, prompt):
     batch, length = prompt.shape
@@ -95,7 +94,7 @@ def uncached_generator(trainer, new_tokens: int):
     segments = jnp.ones_like(tokens)
 
     def step(tokens, i):
-      logits, _, _ = trainer.model(params)(sample.text_inputs(tokens, positions, segments, dim))
+      logits, _, _ = run.model(params)(sample.text_inputs(tokens, positions, segments, dim))
       token = jnp.argmax(logits[:, length - 1 + i], axis=-1)
       return jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], length + i, 1), token
 
@@ -105,13 +104,13 @@ def uncached_generator(trainer, new_tokens: int):
   return jax.jit(generate)
 
 
-def text_figures(trainer, params, batch: int, prompt_tokens: int, new_tokens: int, steps: int,
+def text_figures(run, params, batch: int, prompt_tokens: int, new_tokens: int, steps: int,
                  warmup: int) -> dict:
   prompts = np.random.default_rng(0).integers(1, 100, size=(batch, prompt_tokens)).tolist()
-  cached = sample.make_generator(trainer, new_tokens)
-  prompt = sample.text_prompt(trainer, prompts)
+  cached = sample.make_generator(run, new_tokens)
+  prompt = sample.text_prompt(run, prompts)
   cached_s = median_seconds(lambda: cached(params, prompt, jax.random.key(0)), steps, warmup)
-  uncached = uncached_generator(trainer, new_tokens)
+  uncached = uncached_generator(run, new_tokens)
   uncached_s = median_seconds(lambda: uncached(params, jnp.asarray(prompts, jnp.int32)),
                               steps, warmup)
   return {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
@@ -138,14 +137,14 @@ def main():
     args.batch, args.new_tokens, args.steps, args.warmup = 2, 4, 1, 0
   config.visual.representation, config.visual.checkpoint = "pixels", ""
   config.visual.patch_size = 4
-  trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32))
-  params = trainer.init_state(0).params
+  run = Run(config)
+  params = run.init_params(0)
   print(json.dumps({
       "config": args.config, "backend": jax.default_backend(), "dtype": config.model.dtype,
       "batch": args.batch,
-      **image_figures(trainer, params, args.batch, args.caption_tokens, args.steps,
+      **image_figures(run, params, args.batch, args.caption_tokens, args.steps,
                       args.warmup),
-      **text_figures(trainer, params, args.batch, args.prompt_tokens, args.new_tokens,
+      **text_figures(run, params, args.batch, args.prompt_tokens, args.new_tokens,
                      args.steps, args.warmup)}))
 
 

@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmpretrain.config import load_config, validate  # pylint: disable=wrong-import-position
 from mmpretrain.hardware import peak_bf16_flops  # pylint: disable=wrong-import-position
 from mmpretrain.hostalloc import relaunch_with_jemalloc  # pylint: disable=wrong-import-position
-from mmpretrain.data.pipeline import row_spec  # pylint: disable=wrong-import-position
 from mmpretrain.data.synthetic import interleaved_batch  # pylint: disable=wrong-import-position
 from mmpretrain.scaling.flops import train_flops_per_token  # pylint: disable=wrong-import-position
+from mmpretrain.run import Run  # pylint: disable=wrong-import-position
 from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
 import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 
@@ -48,9 +48,9 @@ def _timed(fn) -> float:
 
 
 def measure(config, steps: int, warmup: int) -> dict:
-  trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32))
+  trainer = Trainer(Run(config), np.ones(config.model.vocab_size, np.float32))
   bench = config.bench
-  batch = interleaved_batch(row_spec(config), config.data.batch_size, bench["text_tokens_per_row"],
+  batch = interleaved_batch(trainer.run.spec, config.data.batch_size, bench["text_tokens_per_row"],
                             bench["images_per_row"], config.model.vocab_size)
   batch = jax.device_put(batch)
   state = trainer.init_state(0)

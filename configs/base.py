@@ -207,7 +207,9 @@ def get_config(arg=None):
   c.eval.every_steps = 0                 # 0 = never during training; else and after the last
   c.eval.batches = 4                     # fixed validation batches per stream of the mixture
   c.eval.split = "validation"
-  c.eval.generative = True               # periodic evals also caption, draw and roll out
+  # Evaluations of what the model does (train/evaluate.py), each run where the config trains
+  # what it judges; () for held-out losses alone.
+  c.eval.generative = ("caption_accuracy", "generation", "world_model")
   c.eval.caption_images = 100            # mmpretrain eval: held-out digits captioned (greedy)
   c.eval.caption_tokens = 8              # tokens generated per caption
   # World model (when the mixture has action_video): rollouts of held-out MiniGrid episodes

@@ -32,11 +32,11 @@ def get_config(arg=None):
   c.model.mlp_dim = 768
   c.visual.representation = "rae"
   c.visual.checkpoint = "runs/demo_rae/representation"
-  c.visual.patch_size = 1          # the RAE's 8×8 grid of 128-d tokens: one token per latent
-  # The numel rule gives √2 for 8×8×128 latents, but these semantic latents keep a digit's
+  c.visual.patch_size = 1          # the RAE's 8×8 grid of 16-d latents: one token per latent
+  # The numel rule gives 0.5 for 8×8×16 latents, but these semantic latents keep a digit's
   # class up to t ≈ 0.95: a shift of 4 trains there (docs/architecture.md, the objective).
   c.diffusion.time_shift = 4.0
-  c.model.dtype = "bfloat16"      # bf16 compute, f32 params: ~1.2-1.35× faster on this CPU
+  c.model.dtype = "bfloat16"      # bf16 compute, f32 params (faster on CPU too)
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 50
   c.optimizer.weight_decay = 0.05

@@ -156,33 +156,33 @@ def cmd_sample():
           or _DOCUMENTS.value):
     raise app.UsageError("say what to sample: --prompt, --caption, --image, --document or "
                          "--rollouts")
-  tok, trainer, params, step = restore_params(config, workdir, _STEP.value)
+  tok, run, params, step = restore_params(config, workdir, _STEP.value)
   output = _OUTPUT.value or os.path.join(workdir, "samples")
   os.makedirs(output, exist_ok=True)
   if _PROMPTS.value:
-    for text in sample.continue_texts(trainer, tok, params, _PROMPTS.value, _MAX_NEW.value,
+    for text in sample.continue_texts(run, tok, params, _PROMPTS.value, _MAX_NEW.value,
                                       _TEMPERATURE.value, _TOP_P.value, config.seed):
       print(f"[step {step}] {text}")
   if _IMAGES.value:
-    for path, caption in zip(_IMAGES.value, sample.caption_files(trainer, tok, params,
+    for path, caption in zip(_IMAGES.value, sample.caption_files(run, tok, params,
                                                                  _IMAGES.value,
                                                                  _MAX_NEW.value)):
       print(f"[step {step}] {path}: {caption}")
   if _CAPTIONS.value:
     path = os.path.join(output, f"captions_step{step}.png")
-    sample.draw_captions(trainer, tok, params, _CAPTIONS.value, _PER_CAPTION.value,
+    sample.draw_captions(run, tok, params, _CAPTIONS.value, _PER_CAPTION.value,
                          config.seed).save(path)
     print(f"wrote {path} (a row per caption)")
   if _DOCUMENTS.value:
     from mmpretrain.generate.interleaved import InterleavedSampler, write_document
-    sampler = InterleavedSampler(trainer, tok, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
+    sampler = InterleavedSampler(run, tok, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
     for i, text in enumerate(_DOCUMENTS.value):
       segments = sampler(params, text, jax.random.key(config.seed + i), _BEGIN_IMAGE.value)
       print(f"[step {step}] {text}"
             f"{write_document(segments, output, f'document_step{step}_{i}')}")
   if _ROLLOUTS.value:
     from mmpretrain.generate.world_model import write_rollouts
-    for path in write_rollouts(config, tok, trainer, params, _ROLLOUTS.value, _HORIZON.value,
+    for path in write_rollouts(config, tok, run, params, _ROLLOUTS.value, _HORIZON.value,
                                _ACTIONS.value, output, f"step{step}"):
       print(f"wrote {path}")
 
@@ -323,12 +323,10 @@ def cmd_export_params():
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the run whose checkpoint to export")
   # pylint: disable=import-outside-toplevel
-  from mmpretrain.data.pipeline import load_tokenizer
+  from mmpretrain.run import Run
   from mmpretrain.train.checkpoint import export_params
-  from mmpretrain.train.step import Trainer
   config = _config(of_run=True)
-  trainer = Trainer(config, load_tokenizer(config).byte_lengths())
-  print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, trainer, _STEP.value)}")
+  print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, Run(config), _STEP.value)}")
 
 
 @dataclasses.dataclass(frozen=True)

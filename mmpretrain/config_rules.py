@@ -13,6 +13,7 @@ MAX_SIZE = 2**24             # tokens in a row, rows in a batch, hidden units, v
 MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, images in an eval
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked")    # model/attention.py
+GENERATIVE_EVALS = ("caption_accuracy", "generation", "world_model")  # train/evaluate.py
 
 
 class ConfigError(ValueError):
@@ -230,7 +231,7 @@ RULES = {
     "eval.every_steps": STEPS,
     "eval.batches": COUNT,
     "eval.split": Choice(("train", "validation")),
-    "eval.generative": Flag(),
+    "eval.generative": Sequence(Choice(GENERATIVE_EVALS), may_be_empty=True),
     "eval.caption_images": COUNT,
     "eval.caption_tokens": Int(1, 4096),
     "eval.world_model_episodes": COUNT,

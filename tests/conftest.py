@@ -54,7 +54,8 @@ def assert_resumes_identically(config, tokenizer, state, expected: list[dict]) -
   """A new batch iterator restored to `state` yields exactly the batches `expected`."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mmpretrain.data import pipeline  # pylint: disable=import-outside-toplevel
-  resumed = pipeline.make_batches(config, tokenizer)
+  from mmpretrain.tokenizers.visual import row_spec  # pylint: disable=import-outside-toplevel
+  resumed = pipeline.make_batches(config, tokenizer, row_spec(config))
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)

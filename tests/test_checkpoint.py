@@ -18,6 +18,8 @@ from mmpretrain.train.checkpoint import (CHECKPOINT_DIR, CheckpointError, RunChe
                                          load_params)
 from mmpretrain.train.loop import NonFiniteLoss, train
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 STEPS, EVERY = 60, 5
 
@@ -32,7 +34,7 @@ def resumable_config(data_dir):
 
 
 def final_params(workdir, config, tokenizer):
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   checkpoints = RunCheckpoints(workdir, config.checkpoint)
   assert checkpoints.latest_step() == STEPS
   state = checkpoints.restore(STEPS, trainer.abstract_state())
@@ -98,9 +100,10 @@ def test_rerunning_a_finished_run_trains_nothing(data_dir, tmp_path, uninterrupt
 
 
 def test_half_written_checkpoint_is_never_picked(config, tokenizer, tmp_path):
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   checkpoints = RunCheckpoints(str(tmp_path), config.checkpoint)
-  checkpoints.save(3, trainer.init_state(0), make_batches(config, tokenizer), config)
+  batches = make_batches(config, tokenizer, row_spec(config))
+  checkpoints.save(3, trainer.init_state(0), batches, config)
   checkpoints.close()
   # What a save killed midway leaves: orbax's temporary directory for the step.
   os.makedirs(tmp_path / CHECKPOINT_DIR / "7.orbax-checkpoint-tmp-1700000000")
@@ -114,10 +117,12 @@ from test_checkpoint import resumable_config
 from mmpretrain.data.pipeline import load_tokenizer, make_batches
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 config = resumable_config({data_dir!r})
 tok = load_tokenizer(config)
-trainer = Trainer(config, tok.byte_lengths())
-state, batches = trainer.init_state(0), make_batches(config, tok)
+trainer = Trainer(Run(config), tok.byte_lengths())
+state, batches = trainer.init_state(0), make_batches(config, tok, row_spec(config))
 checkpoints = RunCheckpoints({workdir!r}, config.checkpoint)
 checkpoints.save(1, state, batches, config)
 checkpoints.manager.wait_until_finished()
@@ -136,12 +141,14 @@ def test_killed_during_an_async_save_resumes_from_the_previous_step(config, toke
   assert process.returncode == -signal.SIGKILL, process.stderr
   left = os.listdir(tmp_path / CHECKPOINT_DIR)
   assert any(name.startswith("2.orbax-checkpoint-tmp") for name in left), left  # mid-save
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   checkpoints = RunCheckpoints(str(tmp_path), config.checkpoint)
   step, state = checkpoints.restore_newest(trainer.abstract_state(),
-                                           make_batches(config, tokenizer), fallback=False)
+                                           make_batches(config, tokenizer, row_spec(config)),
+                                           fallback=False)
   assert step == 1 and int(state.step) == 0
-  checkpoints.save(2, state, make_batches(config, tokenizer), config)  # the step saves again
+  # the step saves again
+  checkpoints.save(2, state, make_batches(config, tokenizer, row_spec(config)), config)
   checkpoints.close()
   assert RunCheckpoints(str(tmp_path), config.checkpoint).latest_step() == 2
 
@@ -151,9 +158,9 @@ def test_moe_state_saved_on_one_mesh_restores_on_another(config, tokenizer, tmp_
                                                          target_sizes):
   config.model.moe.update({"num_experts": 8, "dispatch": "capacity"})
   config.mesh.update({"data": 1, "fsdp": 2, "expert": 4, "tensor": 1})
-  source = Trainer(config, tokenizer.byte_lengths(), sharding.make_mesh(config.mesh))
+  source = Trainer(Run(config, sharding.make_mesh(config.mesh)), tokenizer.byte_lengths())
   saved = source.init_state(0)
-  batches = make_batches(config, tokenizer)
+  batches = make_batches(config, tokenizer, row_spec(config))
   checkpoints = RunCheckpoints(str(tmp_path), config.checkpoint)
   checkpoints.save(1, saved, batches, config)
   checkpoints.close()
@@ -162,9 +169,9 @@ def test_moe_state_saved_on_one_mesh_restores_on_another(config, tokenizer, tmp_
   if target_sizes is not None:
     config.mesh.update(dict(zip(sharding.MESH_AXES, target_sizes)))
     mesh = sharding.make_mesh(config.mesh)
-  target = Trainer(config, tokenizer.byte_lengths(), mesh)
+  target = Trainer(Run(config, mesh), tokenizer.byte_lengths())
   restored = RunCheckpoints(str(tmp_path), config.checkpoint).restore(
-      1, target.abstract_state(), make_batches(config, tokenizer))
+      1, target.abstract_state(), make_batches(config, tokenizer, row_spec(config)))
   expected_layout = target.abstract_state()
   jax.tree.map(lambda r, e: r.sharding.is_equivalent_to(e.sharding, r.ndim) or pytest.fail(
       f"{r.sharding} != {e.sharding}"), restored, expected_layout)
@@ -175,10 +182,10 @@ def test_moe_state_saved_on_one_mesh_restores_on_another(config, tokenizer, tmp_
 
 def test_nonfinite_update_is_skipped_and_counted(config, tokenizer):
   config.loss.flow_weight = float("nan")
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   state = trainer.init_state(0)
   before = jax.device_get((state.params, state.opt_state))
-  batch = {k: v for k, v in next(make_batches(config, tokenizer)).items()
+  batch = {k: v for k, v in next(make_batches(config, tokenizer, row_spec(config))).items()
            if not k.startswith("skipped_")}
   state, metrics = trainer.step(state, batch)
   assert int(metrics["nonfinite"]) == 1 and int(state.step) == 1
@@ -205,13 +212,13 @@ def test_exported_params_load_without_optimizer_state(data_dir, tokenizer, tmp_p
                                                       uninterrupted):
   workdir, params = uninterrupted
   config = resumable_config(data_dir)
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  path = export_params(workdir, config.checkpoint, trainer)
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  path = export_params(workdir, config.checkpoint, trainer.run)
   assert path.endswith(os.path.join("params", str(STEPS)))
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(load_params(path, trainer)),
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(load_params(path, trainer.run)),
                params)
   with pytest.raises(FileNotFoundError, match="mmpretrain export-params"):
-    load_params(str(tmp_path / "nowhere"), trainer)
+    load_params(str(tmp_path / "nowhere"), trainer.run)
 
 
 def test_corrupt_newest_checkpoint_is_named_or_skipped_with_fallback(config, tmp_path):

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from mmpretrain.generate import sample
-from mmpretrain.data.pipeline import make_batches, row_spec
+from mmpretrain.data.pipeline import make_batches
 from mmpretrain.model.masks import attention_mask, cached_attention_mask
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers import visual
 from mmpretrain.train import objective
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 
 def chunks_of(block_ids: np.ndarray) -> list[tuple[int, int]]:
@@ -36,13 +38,13 @@ def test_chunked_decoding_with_a_kv_cache_equals_the_full_forward(config, tokeni
   config.model.flow_head.width = flow_head_width
   config.model.frame_positions = frame_positions
   config.data.mixture = {"image_text": 1.0}
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  batch = jax.tree.map(jnp.asarray, next(make_batches(config, tokenizer)))
-  latents = visual.frame_latent_tokens(trainer.representation, trainer.frozen,
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  batch = jax.tree.map(jnp.asarray, next(make_batches(config, tokenizer, row_spec(config))))
+  latents = visual.frame_latent_tokens(trainer.run.representation, trainer.run.frozen,
                                        batch["frames"], config.visual.patch_size)
   keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
   inputs, _ = objective.noised_inputs(batch, latents, keys, config.diffusion, 1.0)
-  model = trainer.model(trainer.init_state(0).params)
+  model = trainer.run.model(trainer.init_state(0).params)
   decode = jax.jit(lambda chunk, cache, index: model.decode(ModelInputs(**chunk), cache, index))
   for row in range(2):
     one = ModelInputs(**{k: v[row:row + 1] for k, v in vars(inputs).items()})
@@ -77,14 +79,14 @@ def test_cached_mask_rows_equal_the_full_mask():
 def test_greedy_generation_with_the_cache_equals_recomputing_every_step(config, tokenizer):
   """Two prompts of different lengths (left-padded into one batch) continue exactly as
   the model run on the whole growing sequence of each alone, one token at a time."""
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   params = trainer.init_state(0).params
   prompts = [[tokenizer.bos_id] + tokenizer.encode("To be, or not to be"),
              [tokenizer.bos_id] + tokenizer.encode("My lord")]
-  generated = np.asarray(sample.make_generator(trainer, 6)(
-      params, sample.text_prompt(trainer, prompts), jax.random.key(0)))
-  model = trainer.model(params)
-  patch = sample.patch_dim(trainer.representation.latent_grid, config.visual.patch_size)
+  generated = np.asarray(sample.make_generator(trainer.run, 6)(
+      params, sample.text_prompt(trainer.run, prompts), jax.random.key(0)))
+  model = trainer.run.model(params)
+  patch = sample.patch_dim(trainer.run.representation.latent_grid, config.visual.patch_size)
   for row, prompt in enumerate(prompts):
     sequence = list(prompt)
     for _ in range(6):
@@ -109,13 +111,13 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 def test_captioning_an_image_equals_recomputing_with_the_image_in_context(config, tokenizer):
   """Image → caption: the prompt <bos> <boi> [clean image] <eoi> runs into the cache with
   its block bidirectional, then greedy text; equal to the full forward each step."""
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   params = trainer.init_state(0).params
   frames = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 1), dtype=np.uint8)
-  prompt = sample.caption_prompt(trainer, tokenizer, frames, row_spec(config))
-  generated = np.asarray(sample.make_generator(trainer, 4)(params, prompt, jax.random.key(0)))
-  model = trainer.model(params)
-  patch = sample.patch_dim(trainer.representation.latent_grid, config.visual.patch_size)
+  prompt = sample.caption_prompt(trainer.run, tokenizer, frames)
+  generated = np.asarray(sample.make_generator(trainer.run, 4)(params, prompt, jax.random.key(0)))
+  model = trainer.run.model(params)
+  patch = sample.patch_dim(trainer.run.representation.latent_grid, config.visual.patch_size)
   for row in range(2):
     inputs = {k: v[row:row + 1] for k, v in prompt.items()}
     for token in generated[row]:

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from mmpretrain.stages.evaluation import evaluate_representation, linear_probe_accuracy, uint8_psnr
+from mmpretrain.run import Run
 
 PROBE = dict(steps=300, learning_rate=1e-2, weight_decay=1e-4)
 
@@ -55,8 +56,8 @@ def test_caption_accuracy_scores_the_generated_captions_against_the_labels(confi
   from mmpretrain.train.evaluate import CaptionAccuracy  # pylint: disable=C0415
   from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
   config.eval.caption_images, config.eval.caption_tokens = 8, 3
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  evaluation = CaptionAccuracy(config, tokenizer, trainer)
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  evaluation = CaptionAccuracy(trainer.run, tokenizer)
   params = trainer.init_state(0).params
   generated = np.asarray(evaluation.generate(params, evaluation.prompt, jax.random.key(0)))
   assert generated.shape == (8, 3)                     # the real generator ran, greedily
@@ -95,7 +96,6 @@ def test_generation_accuracy_scores_a_generator_by_the_classes_it_draws(
   from mmpretrain.data.images import image_batches
   from mmpretrain.data.sources import digit_caption
   from mmpretrain.train.evaluate import GenerationAccuracy
-  from mmpretrain.train.step import Trainer
   config = tiny_config(data_dir)
   config.eval.classifier = classifier_dir
   config.eval.generation_images_per_prompt = 10
@@ -110,7 +110,7 @@ def test_generation_accuracy_scores_a_generator_by_the_classes_it_draws(
     return np.stack([by_class[captions[c]][rng.integers(len(by_class[captions[c]]))]
                      if c else real["images"][rng.integers(len(real["images"]))] for c in asked])
 
-  evaluation = GenerationAccuracy(config, tokenizer, Trainer(config, tokenizer.byte_lengths()))
+  evaluation = GenerationAccuracy(Run(config), tokenizer)
   evaluation.draw = faithful
   scalars, images = evaluation(None)
   assert scalars["generation/accuracy"] >= 0.8
@@ -129,12 +129,11 @@ def test_generation_accuracy_refuses_a_classifier_of_another_image_size(
     data_dir, tokenizer, classifier_dir):
   # pylint: disable=import-outside-toplevel
   from mmpretrain.train.evaluate import GenerationAccuracy
-  from mmpretrain.train.step import Trainer
   config = tiny_config(data_dir)
   config.eval.classifier = classifier_dir
   config.data.image_size = 32
   with pytest.raises(ValueError, match="train one with this config"):
-    GenerationAccuracy(config, tokenizer, Trainer(config, tokenizer.byte_lengths()))
+    GenerationAccuracy(Run(config), tokenizer)
 
 
 def test_a_model_trained_on_one_digit_draws_that_digit(data_dir, tokenizer, classifier_dir,
@@ -146,7 +145,6 @@ def test_a_model_trained_on_one_digit_draws_that_digit(data_dir, tokenizer, clas
   import jax.numpy as jnp
   from fixtures.one_digit import DIGIT, OneDigitCaptions
   from mmpretrain.generate import sample
-  from mmpretrain.data import pipeline
   from mmpretrain.data.sources import digit_caption
   from mmpretrain.encoders.judge import load_classifier
   from mmpretrain.train.evaluate import restore_params
@@ -168,8 +166,8 @@ def test_a_model_trained_on_one_digit_draws_that_digit(data_dir, tokenizer, clas
   config.diffusion.time_shift = 2.0
   config.sample.images_per_caption = 1
   train(config, str(tmp_path / "run"))
-  _, trainer, params, _ = restore_params(config, str(tmp_path / "run"))
-  images = sample.make_image_sampler(trainer, tokenizer, pipeline.row_spec(config))(
+  _, run, params, _ = restore_params(config, str(tmp_path / "run"))
+  images = sample.make_image_sampler(run, tokenizer)(
       params, [digit_caption(DIGIT)] * 20, jax.random.key(0))
   classifier, _ = load_classifier(classifier_dir)
   predicted = np.asarray(np.argmax(classifier(jnp.asarray(images)), -1))

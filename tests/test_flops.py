@@ -10,6 +10,8 @@ from mmpretrain.scaling.flops import (active_matmul_params, step_flops, token_co
                                       train_flops_per_token, xla_step_flops)
 from mmpretrain.tokenizers.visual import make_representation, patch_dim
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 
 def dense_formula(c) -> int:
@@ -63,7 +65,7 @@ def text_and_visual_split(c, counts):
 
 
 def test_step_flops_split_by_modality_with_masked_attention(config, tokenizer):
-  batch = next(make_batches(config, tokenizer))
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   counts = token_counts(batch)
   # Brute force over the packed rows: a query attends earlier slots of its document and
   # the rest of its own visual block.
@@ -94,8 +96,8 @@ def test_executed_flops_match_xla_cost_analysis(config, tokenizer, variant):
                              "shared_experts": "per_modality", "shared_mlp_dim": 96})
   elif variant == "remat":
     config.model.remat = "full"
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  batch = next(make_batches(config, tokenizer))
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   xla = xla_step_flops(trainer, trainer.init_state(0), batch)
   executed = step_flops(config, token_counts(batch)).executed
   assert executed == pytest.approx(xla, rel=0.10), (executed, xla)

@@ -18,6 +18,7 @@ from mmpretrain import distributed
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.loop import train
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
 
 STEPS, EVERY = 24, 4
 PROCESSES, DEVICES_PER_PROCESS = 2, 4
@@ -68,7 +69,8 @@ def losses_by_step(workdir: str) -> dict[int, float]:
 
 def final_params(workdir, config, tokenizer):
   checkpoints = RunCheckpoints(workdir, config.checkpoint)
-  state = checkpoints.restore(STEPS, Trainer(config, tokenizer.byte_lengths()).abstract_state())
+  target = Trainer(Run(config), tokenizer.byte_lengths()).abstract_state()
+  state = checkpoints.restore(STEPS, target)
   checkpoints.close()
   return jax.device_get(state.params)
 

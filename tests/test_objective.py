@@ -12,6 +12,8 @@ from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers.visual import frame_latent_tokens, place_frame_tokens
 from mmpretrain.train import objective
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 LOSS_CFG = ml_collections.ConfigDict({"text_weight": 1.0, "flow_weight": 3.0, "z_loss": 1e-2})
 
@@ -81,9 +83,9 @@ def noised_image_text_batch(config, tokenizer, space: str = "x"):
   from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
   from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
   config.data.mixture = {"image_text": 1.0}
-  batch = next(make_batches(config, tokenizer))
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  latents = frame_latent_tokens(trainer.representation, trainer.frozen, batch["frames"],
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  latents = frame_latent_tokens(trainer.run.representation, trainer.run.frozen, batch["frames"],
                                 config.visual.patch_size)
   keys = jax.random.split(jax.random.key(0), batch["tokens"].shape[0])
   inputs, target = objective.noised_inputs(jax.tree.map(jnp.asarray, batch), latents, keys,
@@ -108,14 +110,14 @@ def test_context_frames_stay_clean_and_generated_frames_share_one_t(config, toke
 def test_gradient_accumulation_equals_full_batch(config, tokenizer):
   from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
   from mmpretrain.train.step import Trainer  # pylint: disable=import-outside-toplevel
-  batch = next(make_batches(config, tokenizer))
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   batch = jax.tree.map(jnp.asarray, batch)
   results = {}
   for accum in (1, 2, 4):
     config.optimizer.grad_accum_steps = accum
-    trainer = Trainer(config, tokenizer.byte_lengths())
+    trainer = Trainer(Run(config), tokenizer.byte_lengths())
     params = trainer.init_state(0).params
-    gradients = lambda p, b, t=trainer: t.gradients(p, b, jax.random.key(3), t.frozen)
+    gradients = lambda p, b, t=trainer: t.gradients(p, b, jax.random.key(3), t.run.frozen)
     results[accum] = jax.jit(gradients)(params, batch)
   grads1, sums1 = results[1]
   assert float(sums1["visual_tokens"]) > 0 and float(sums1["text_tokens"]) > 0
@@ -206,7 +208,7 @@ def test_frame_change_weights_match_a_search_over_each_document(data_dir, tokeni
   config = all_streams_config(data_dir)
   config.visual.representation, config.visual.patch_size = "pixels", 4
   config.data.batch_size = 4
-  batch = next(make_batches(config, tokenizer))
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   from mmpretrain.tokenizers.visual import make_representation  # pylint: disable=import-outside-toplevel
   latents = np.asarray(frame_latent_tokens(make_representation(config), {},
                                            jnp.asarray(batch["frames"]), 4))

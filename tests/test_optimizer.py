@@ -13,7 +13,7 @@ from flax import nnx
 import base
 from mmpretrain.train import optimizer as optimizer_lib
 from mmpretrain.train.optimizer import decay_mask, learning_rate_schedule, make_optimizer
-from mmpretrain.train.step import build_model
+from mmpretrain.run import build_model
 
 
 def ocfg(schedule):

@@ -9,11 +9,12 @@ import pytest
 from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.data import documents
 from mmpretrain.data.packing import PackIterDataset, RowSpec
-from mmpretrain.data.pipeline import make_batches, row_spec
+from mmpretrain.data.pipeline import make_batches
+from mmpretrain.tokenizers.visual import row_spec
 
 
 def test_rows_follow_the_batch_contract(config, tokenizer):
-  batch = next(make_batches(config, tokenizer))
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   spec = row_spec(config)
   B, L = config.data.batch_size, config.data.seq_len
   assert batch["tokens"].shape == (B, L)
@@ -42,7 +43,7 @@ def test_rows_follow_the_batch_contract(config, tokenizer):
 def test_frames_in_rows_are_the_documents_images(config, tokenizer):
   config.data.mixture = {"image_text": 1.0}
   config.data.streams.image_text.caption_dropout = 0.0
-  batch = next(make_batches(config, tokenizer))
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   spec = row_spec(config)
   digits = set()
   for b in range(config.data.batch_size):
@@ -88,8 +89,9 @@ def test_oversized_documents_are_skipped_and_counted():
 
 
 def test_same_seed_same_batches_and_other_seed_differs(config, tokenizer):
-  a, b = next(make_batches(config, tokenizer)), next(make_batches(config, tokenizer))
-  c = next(make_batches(config, tokenizer, seed=123))
+  spec = row_spec(config)
+  a, b = next(make_batches(config, tokenizer, spec)), next(make_batches(config, tokenizer, spec))
+  c = next(make_batches(config, tokenizer, spec, seed=123))
   np.testing.assert_array_equal(a["tokens"], b["tokens"])
   assert not np.array_equal(a["tokens"], c["tokens"])
 
@@ -98,12 +100,13 @@ def test_data_shards_are_disjoint_and_a_process_loads_whole_shards(config, token
   config.data.mixture = {"image_text": 1.0}
   config.data.shards = 2
   half = config.data.batch_size // 2
-  whole = next(make_batches(config, tokenizer))
-  shards = [next(make_batches(config, tokenizer, rows=range(i * half, (i + 1) * half)))
+  whole = next(make_batches(config, tokenizer, row_spec(config)))
+  shards = [next(make_batches(config, tokenizer, row_spec(config),
+                              rows=range(i * half, (i + 1) * half)))
             for i in range(2)]
   for key in whole:         # the global batch is the shards' rows in shard order
     np.testing.assert_array_equal(whole[key], np.concatenate([s[key] for s in shards]))
   images = [{f.tobytes() for row in s["frames"] for f in row if f.any()} for s in shards]
   assert images[0] and images[1] and not images[0] & images[1]
   with pytest.raises(ValueError, match="whole shards: set data.shards"):
-    make_batches(config, tokenizer, rows=range(1, half))
+    make_batches(config, tokenizer, row_spec(config), rows=range(1, half))

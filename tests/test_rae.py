@@ -15,7 +15,9 @@ from mmpretrain.stages.encoder import train_encoder
 from mmpretrain.stages.rae import latent_stats, train_rae, whitened_principal_channels
 from mmpretrain.tokenizers import rae as rae_lib
 from mmpretrain.tokenizers.visual import make_representation
-from mmpretrain.train.step import Trainer, time_shift
+from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 
 def stage_config(data_dir, steps: int):
@@ -111,16 +113,17 @@ def test_unified_model_trains_on_rae_latents_and_leaves_the_rae_alone(stages, da
   config.visual.patch_size = 1
   representation = make_representation(config)
   assert representation.latent_grid == (4, 4, 32)
-  assert time_shift(config) == pytest.approx(math.sqrt(4 * 4 * 32 / 4096))
+  run = Run(config)
+  assert run.time_shift == pytest.approx(math.sqrt(4 * 4 * 32 / 4096))
   from mmpretrain.data.pipeline import make_batches  # pylint: disable=import-outside-toplevel
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  frozen_before = jax.tree.map(np.asarray, trainer.frozen)
-  batch = next(make_batches(config, tokenizer))
+  trainer = Trainer(run, tokenizer.byte_lengths())
+  frozen_before = jax.tree.map(np.asarray, trainer.run.frozen)
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   state, metrics = trainer.step(trainer.init_state(0), batch)
   assert np.isfinite(float(metrics["flow_loss"])) and float(metrics["visual_tokens"]) > 0
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.frozen),
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trainer.run.frozen),
                frozen_before)
-  frames = representation.decode(trainer.frozen, representation.encode(trainer.frozen,
+  frames = representation.decode(trainer.run.frozen, representation.encode(trainer.run.frozen,
                                                                        batch["frames"]))
   assert frames.shape == batch["frames"].shape and frames.dtype == jnp.uint8
   del state
@@ -184,16 +187,16 @@ def test_sampler_latent_tokens_round_trip_to_the_rae_decoding(stages, data_dir, 
   → its frame decoder equals the RAE module decoding its own normalized encoder tokens, and
   the tokens are the float64 normalization of the raw encoder tokens."""
   # pylint: disable-next=import-outside-toplevel
-  from mmpretrain.generate.sample import context_tokens, make_frame_decoder
+  from mmpretrain.generate.sample import make_frame_decoder
   _, rae_summary = stages
   config = tiny_config(data_dir)
   config.visual.representation, config.visual.checkpoint = "rae", rae_summary["representation"]
   config.visual.patch_size = 2                      # 4×4 grid → 2×2 tokens of 2·2·width
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  run = Run(config)
   frames = next(image_batches(config, tokenizer, {"mnist_captions": 1.0}, split="validation",
                               batch_size=6, caption_len=8, seed=0))["images"]
-  tokens = context_tokens(trainer, frames[:, None])                   # [6, 1·4, 2·2·width]
-  via_sampler = np.asarray(make_frame_decoder(trainer)(tokens))
+  tokens = run.latent_tokens(frames[:, None])                         # [6, 1·4, 2·2·width]
+  via_sampler = np.asarray(make_frame_decoder(run)(tokens))
 
   rae = rae_lib.load_rae(rae_summary["representation"])
   raw = np.asarray(rae.encoder(rae_lib.normalize(jnp.asarray(frames), rae.encoder.cfg))["tokens"],

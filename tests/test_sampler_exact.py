@@ -169,7 +169,7 @@ class ExactModel:
     return None, pred, cache
 
 
-def fake_trainer(*, sampler="euler", steps=25, shift=DEMO_SHIFT, prediction="x", cfg_scale=3.0,
+def fake_run(*, sampler="euler", steps=25, shift=DEMO_SHIFT, prediction="x", cfg_scale=3.0,
                  seen_times=None):
   cfg = ml_collections.ConfigDict({"diffusion": {
       "prediction": prediction, "min_t": 0.05, "sample_steps": steps, "sampler": sampler,
@@ -186,10 +186,11 @@ def block_of(tokens_per_row, length):
   return block
 
 
-def run_block(trainer, tokens_per_row, z1, guided):
+def run_block(run, tokens_per_row, z1, guided):
+  block = block_of(tokens_per_row, z1.shape[1])
   with jax.enable_x64(True):
-    return np.asarray(sample.denoise_block(trainer, None, None, block_of(tokens_per_row, z1.shape[1]),
-                                           0, jnp.asarray(z1), guided))
+    return np.asarray(sample.denoise_block(run, None, None, block, 0, jnp.asarray(z1),
+                                           guided))
 
 
 def noise(rows, length, seed=1):
@@ -198,9 +199,9 @@ def noise(rows, length, seed=1):
 
 @pytest.mark.parametrize("sampler,steps,prediction", [("euler", 25, "x"), ("heun", 12, "v")])
 def test_denoise_block_unguided_reproduces_the_mixture(sampler, steps, prediction):
-  trainer = fake_trainer(sampler=sampler, steps=steps, prediction=prediction)
+  run = fake_run(sampler=sampler, steps=steps, prediction=prediction)
   tol = EULER_TOL if sampler == "euler" else HEUN_TOL
-  assert_matches_mixture(run_block(trainer, [0] * 24, noise(24, 256), guided=False), **tol)
+  assert_matches_mixture(run_block(run, [0] * 24, noise(24, 256), guided=False), **tol)
 
 
 def test_denoise_block_cfg_scale_one_is_the_conditional_distribution():
@@ -208,8 +209,8 @@ def test_denoise_block_cfg_scale_one_is_the_conditional_distribution():
   scale 1 the guided draw equals the conditional draw from the same noise, and it follows
   N(μ_k, Σ_k) — not the mixture."""
   z1 = noise(3, 2000)
-  guided = run_block(fake_trainer(cfg_scale=1.0), [1, 2, 3, 0, 0, 0], z1, guided=True)
-  conditional = run_block(fake_trainer(cfg_scale=1.0), [1, 2, 3], z1, guided=False)
+  guided = run_block(fake_run(cfg_scale=1.0), [1, 2, 3, 0, 0, 0], z1, guided=True)
+  conditional = run_block(fake_run(cfg_scale=1.0), [1, 2, 3], z1, guided=False)
   np.testing.assert_allclose(guided, conditional, atol=1e-9)
   for k in range(3):
     assert_matches_gaussian(guided[k], k, EULER_TOL["mean_atol"], EULER_TOL["cov_rtol"])
@@ -220,14 +221,14 @@ def test_denoise_block_cfg_pushes_toward_the_condition():
   """Scale 3 (the demo's): every draw lands on the requested component, and the guided
   shift points away from the unconditional mixture (the twins are the second half)."""
   z1 = noise(3, 1000, seed=2)
-  guided = run_block(fake_trainer(cfg_scale=3.0), [1, 2, 3, 0, 0, 0], z1, guided=True)
+  guided = run_block(fake_run(cfg_scale=3.0), [1, 2, 3, 0, 0, 0], z1, guided=True)
   overall = WEIGHTS @ MEANS
   for k in range(3):
     assert np.mean(assign(guided[k]) == k) > 0.995
     # guidance extrapolates away from the mixture: the mean moves past μ_k, not toward it
     away = MEANS[k] - overall
     assert (guided[k].mean(0) - MEANS[k]) @ away > 0
-  unguided = run_block(fake_trainer(cfg_scale=0.0), [1, 2, 3, 0, 0, 0], z1, guided=True)
+  unguided = run_block(fake_run(cfg_scale=0.0), [1, 2, 3, 0, 0, 0], z1, guided=True)
   assert_matches_mixture(unguided, **EULER_TOL)         # scale 0: the unconditional twins
 
 
@@ -236,7 +237,7 @@ def test_sampler_times_follow_the_training_shift():
   with the same shift, and in the same direction, as the training-time t distribution."""
   s, steps = DEMO_SHIFT, 25
   seen = []
-  run_block(fake_trainer(steps=steps, shift=s, seen_times=seen), [0, 0], noise(2, 4), guided=False)
+  run_block(fake_run(steps=steps, shift=s, seen_times=seen), [0, 0], noise(2, 4), guided=False)
   jax.effects_barrier()
   u = np.linspace(1.0, 0.0, steps + 1)[:-1]
   want = s * u / (1.0 + (s - 1.0) * u)

@@ -7,9 +7,10 @@ import pytest
 
 from mmpretrain import diffusion
 from mmpretrain.generate import interleaved, sample
-from mmpretrain.data.pipeline import row_spec
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 CAPTIONS = ["a handwritten digit three", "seven"]     # prompts of two lengths
 
@@ -18,12 +19,12 @@ def recomputed_sample(trainer, params, rows, z1, guided: bool):
   """Reference Euler/CFG sampler: each step runs the full packed rows (no cache) and reads
   the prediction at the generated block's slots."""
   cfg = trainer.config.diffusion
-  model = trainer.model(params)
+  model = trainer.run.model(params)
   block = jnp.asarray(rows["visual_loss_mask"])
   slots = np.stack([np.flatnonzero(m) for m in rows["visual_loss_mask"]])
   n = len(slots) // 2 if guided else len(slots)
   z = z1
-  times = np.asarray(diffusion.sampling_times(cfg.sample_steps, trainer.time_shift))
+  times = np.asarray(diffusion.sampling_times(cfg.sample_steps, trainer.run.time_shift))
   for t, t_next in zip(times[:-1], times[1:]):
     both = jnp.concatenate([z, z]) if guided else z
     latents = jnp.zeros((*block.shape, z.shape[-1])).at[np.arange(len(slots))[:, None],
@@ -42,7 +43,7 @@ def recomputed_sample(trainer, params, rows, z1, guided: bool):
 @pytest.mark.parametrize("guided", [True, False])
 def test_denoising_a_block_against_the_cache_equals_recomputing_the_sequence(
     config, tokenizer, guided):
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   params = trainer.init_state(0).params
   spec = row_spec(config)
   documents = sample.caption_documents(tokenizer, CAPTIONS, spec)   # cond + uncond twins
@@ -50,9 +51,9 @@ def test_denoising_a_block_against_the_cache_equals_recomputing_the_sequence(
     documents = documents[:len(CAPTIONS)]
   prompt = sample.block_prompt(documents, spec)
   assert len(set(np.argmax(prompt.prefix["segment_ids"] > 0, axis=1))) > 1   # right-aligned
-  context = sample.context_tokens(trainer, prompt.frames)
+  context = trainer.run.latent_tokens(prompt.frames)
   rng = jax.random.key(3)
-  got = sample.make_block_sampler(trainer, guided)(params, prompt, context, rng)
+  got = sample.make_block_sampler(trainer.run, guided)(params, prompt, context, rng)
   z1 = jax.random.normal(rng, got.shape, jnp.float32)
   want = recomputed_sample(trainer, params, sample.document_rows(documents, spec), z1, guided)
   np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
@@ -60,17 +61,17 @@ def test_denoising_a_block_against_the_cache_equals_recomputing_the_sequence(
 
 def test_guidance_scale_one_is_the_conditional_prediction(config, tokenizer):
   config.diffusion.cfg_scale = 1.0
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   params = trainer.init_state(0).params
   spec = row_spec(config)
   documents = sample.caption_documents(tokenizer, CAPTIONS, spec)
   guided = sample.block_prompt(documents, spec)
   conditional = sample.block_prompt(documents[:len(CAPTIONS)], spec)
   rng = jax.random.key(0)
-  context = lambda prompt: sample.context_tokens(trainer, prompt.frames)
+  context = lambda prompt: trainer.run.latent_tokens(prompt.frames)
   np.testing.assert_allclose(
-      sample.make_block_sampler(trainer, True)(params, guided, context(guided), rng),
-      sample.make_block_sampler(trainer, False)(params, conditional, context(conditional), rng),
+      sample.make_block_sampler(trainer.run, True)(params, guided, context(guided), rng),
+      sample.make_block_sampler(trainer.run, False)(params, conditional, context(conditional), rng),
       atol=1e-5)
 
 
@@ -84,12 +85,12 @@ def test_an_interleaved_document_draws_the_captions_image_like_the_image_sampler
     config, tokenizer):
   """Caption, then <boi>: the image denoised against the document's cache (CFG against a
   cache row rewritten to <bos> <boi>) is the image sampler's, and text follows it."""
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   params = trainer.init_state(0).params
   rng = jax.random.key(5)
-  document = interleaved.InterleavedSampler(trainer, tokenizer, max_new_tokens=3)(
+  document = interleaved.InterleavedSampler(trainer.run, tokenizer, max_new_tokens=3)(
       params, CAPTIONS[0], rng, start_image=True)
-  want = sample.make_image_sampler(trainer, tokenizer, row_spec(config))(
+  want = sample.make_image_sampler(trainer.run, tokenizer)(
       params, CAPTIONS[:1], jax.random.fold_in(jax.random.split(rng)[1], 0))
   assert isinstance(document[0], np.ndarray)
   np.testing.assert_allclose(document[0].astype(int), np.asarray(want[0]).astype(int), atol=1)
@@ -97,8 +98,8 @@ def test_an_interleaved_document_draws_the_captions_image_like_the_image_sampler
 
 
 def test_an_interleaved_document_stops_when_the_row_is_full(config, tokenizer):
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  sampler = interleaved.InterleavedSampler(trainer, tokenizer, max_new_tokens=1000,
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  sampler = interleaved.InterleavedSampler(trainer.run, tokenizer, max_new_tokens=1000,
                                            max_length=20)
   params, rng = trainer.init_state(0).params, jax.random.key(0)
   # <boi> at slot 4 needs 16 image slots and <eoi>: 22 > 20, so the document ends there.

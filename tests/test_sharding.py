@@ -10,6 +10,8 @@ from conftest import tiny_config
 from mmpretrain import sharding
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 
 def mesh_config(config, data, fsdp, expert, tensor):
@@ -25,7 +27,7 @@ def moe_config(config):
 
 
 def host_batch(config, tokenizer):
-  batch = next(make_batches(config, tokenizer))
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   return {k: v for k, v in batch.items() if not k.startswith("skipped_")}
 
 
@@ -53,19 +55,19 @@ def test_mesh_sizes_that_do_not_fit_the_devices_are_refused(config, sizes, messa
 def test_batch_or_parameters_that_do_not_split_are_refused_naming_the_fix(config, tokenizer):
   config.data.batch_size = 12
   with pytest.raises(sharding.ShardingError, match="batch_size=12 does not split 8 ways"):
-    Trainer(config, tokenizer.byte_lengths(), sharding.make_mesh(config.mesh))
+    Trainer(Run(config, sharding.make_mesh(config.mesh)), tokenizer.byte_lengths())
   config.data.batch_size = 8
   config.model.num_heads = config.model.num_kv_heads = 1    # one head over 2 tensor shards
   mesh = sharding.make_mesh(mesh_config(config, -1, 1, 1, 2))
   with pytest.raises(sharding.ShardingError, match=r"heads', size 1\) .* does not split 2 ways .* "
                      r"change config\.mesh\.rules\.(kv_)?heads"):
-    Trainer(config, tokenizer.byte_lengths(), mesh)
+    Trainer(Run(config, mesh), tokenizer.byte_lengths())
 
 
 def test_parameters_and_optimizer_state_follow_the_rules(config, tokenizer):
   moe_config(config)
   mesh = sharding.make_mesh(mesh_config(config, 1, 2, 2, 2))
-  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  trainer = Trainer(Run(config, mesh), tokenizer.byte_lengths())
   state = trainer.init_state(0)
   experts = state.params["decoder"]["runs"][0]["blocks"]["ffn"]["experts"]
   # [layers, expert, embed, mlp] -> (None, expert, fsdp, tensor): 2·2·2 shards of 1/8 each.
@@ -83,7 +85,7 @@ def one_device_moe_step(data_dir, tokenizer):
   """The MoE config's batch and its train step on one device (no mesh)."""
   config = moe_config(tiny_config(data_dir))
   batch = host_batch(config, tokenizer)
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   state, metrics = trainer.step(trainer.init_state(0), batch)
   return batch, jax.device_get(state.params), jax.device_get(metrics)
 
@@ -97,7 +99,7 @@ def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_m
   batch, ref_params, ref_metrics = one_device_moe_step
 
   mesh = sharding.make_mesh(mesh_config(config, *sizes))
-  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  trainer = Trainer(Run(config, mesh), tokenizer.byte_lengths())
   state, metrics = trainer.step(trainer.init_state(0),
                                 sharding.global_batch(batch, mesh, config.mesh.rules,
                                                       config.data.batch_size))
@@ -112,7 +114,7 @@ def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_m
 def test_expert_axis_moves_tokens_by_all_to_all(config, tokenizer):
   moe_config(config)
   mesh = sharding.make_mesh(mesh_config(config, 1, 2, 4, 1))
-  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  trainer = Trainer(Run(config, mesh), tokenizer.byte_lengths())
   batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules,
                                 config.data.batch_size)
   hlo = trainer.lower_step(trainer.init_state(0), batch).compile().as_text()
@@ -123,7 +125,7 @@ def test_expert_axis_that_does_not_split_the_batch_is_refused(config, tokenizer)
   moe_config(config)
   config.mesh.rules.batch = ("data", "fsdp")
   mesh = sharding.make_mesh(mesh_config(config, 4, 1, 2, 1))
-  trainer = Trainer(config, tokenizer.byte_lengths(), mesh)
+  trainer = Trainer(Run(config, mesh), tokenizer.byte_lengths())
   batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules,
                                 config.data.batch_size)
   with pytest.raises(sharding.ShardingError, match=r"expert axes \('expert',\) must also split"):

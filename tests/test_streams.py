@@ -10,6 +10,7 @@ from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.data import documents, pipeline
 from mmpretrain.data.documents import Skipped, TextSegment, VisualSegment
 from mmpretrain.data.packing import PackIterDataset
+from mmpretrain.tokenizers.visual import row_spec
 
 from fixtures.broken_captions import BrokenCaptions
 
@@ -69,7 +70,7 @@ def _visual_segments_of_rows(rows, tokens_per_frame):
 
 
 def test_packed_rows_reproduce_the_visual_documents(config4, tokenizer):
-  spec = pipeline.row_spec(config4)
+  spec = row_spec(config4)
   docs = pipeline.document_mixture(config4, tokenizer, "train", seed=0)[:300]
   rows = list(PackIterDataset(docs.to_iter_dataset(), spec))
   packed = _visual_segments_of_rows(rows, spec.tokens_per_frame)
@@ -87,7 +88,7 @@ def test_packed_rows_reproduce_the_visual_documents(config4, tokenizer):
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_iterator_state_resumes_mid_epoch(config4, tokenizer, num_workers):
   config4.data.num_workers = num_workers
-  it = pipeline.make_batches(config4, tokenizer)
+  it = pipeline.make_batches(config4, tokenizer, row_spec(config4))
   for _ in range(5):
     next(it)
   state = it.get_state()
@@ -120,7 +121,7 @@ def test_bad_records_are_skipped_and_counted(config4, tokenizer, tmp_path):
   config4.data.streams.image_text.datasets = {"broken": 1.0}
   config4.data.streams.image_text.generation_ratio = 0.0     # understanding: needs a caption
   config4.data.batch_size = 2
-  batches = pipeline.make_batches(config4, tokenizer)
+  batches = pipeline.make_batches(config4, tokenizer, row_spec(config4))
   skipped = {"corrupt": 0, "empty": 0}
   frames_seen = 0
   for _ in range(10):          # 10 epochs of 5 records: 2 good docs per epoch
@@ -147,7 +148,7 @@ def test_data_shard_states_restore_onto_another_process_count(config4, tokenizer
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from mmpretrain.train import checkpoint  # pylint: disable=import-outside-toplevel
   config4.data.shards = 2
-  it = pipeline.make_batches(config4, tokenizer)
+  it = pipeline.make_batches(config4, tokenizer, row_spec(config4))
   next(it)
   handlers = {"data": checkpoint.DataShardsHandler()}
   with ocp.CheckpointManager(tmp_path / "ckpt", item_handlers=handlers) as manager:
@@ -157,14 +158,14 @@ def test_data_shard_states_restore_onto_another_process_count(config4, tokenizer
     half = config4.data.batch_size // 2
     parts = []
     for rows in (range(0, half), range(half, 2 * half)):
-      resumed = pipeline.make_batches(config4, tokenizer, rows=rows)
+      resumed = pipeline.make_batches(config4, tokenizer, row_spec(config4), rows=rows)
       manager.restore(1, args=ocp.args.Composite(data=checkpoint.DataShardsRestore(resumed)))
       parts.append(next(resumed))
     config4.data.shards = 1
     with pytest.raises(checkpoint.DataShardsMismatch,
                        match="saved with data.shards=2, this run has 1"):
       manager.restore(1, args=ocp.args.Composite(data=checkpoint.DataShardsRestore(
-          pipeline.make_batches(config4, tokenizer))))
+          pipeline.make_batches(config4, tokenizer, row_spec(config4)))))
   for key in want:
     np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key],
                                   err_msg=key)

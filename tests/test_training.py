@@ -16,10 +16,13 @@ from mmpretrain.analysis.experts import load_routing
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.model.moe import RouterBias
 from mmpretrain.tokenizers import visual
-from mmpretrain.train import objective
+from mmpretrain.train import evaluate, objective
+from mmpretrain.train import step as step_lib
 from mmpretrain.train.checkpoint import load_params
 from mmpretrain.train.loop import train
 from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import row_spec
 
 from conftest import config_file, tiny_config
 
@@ -31,7 +34,7 @@ def evaluated_config(data_dir: str):
   return c
 
 
-def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path):
+def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path, monkeypatch):
   config = evaluated_config(data_dir)
   summary = train(config, str(tmp_path / "run"))
   tmp_path = tmp_path / "run"
@@ -60,7 +63,16 @@ def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path):
   assert record["value"] == pytest.approx(best["eval/image_text/flow_loss"])
   assert sorted(os.listdir(os.path.join(tmp_path, "best"))) == ["best.json",
                                                                 f"step_{best['step']}"]
-  load_params(record["params"], Trainer(config, np.ones(config.model.vocab_size)))
+  load_params(record["params"], Run(config))
+  # Evaluating the checkpoint reads its parameters alone and builds no optimizer; the
+  # held-out losses are the ones the run logged at that step.
+  def no_optimizer(*args):
+    raise AssertionError("an evaluation built an optimizer")
+  monkeypatch.setattr(step_lib, "make_optimizer", no_optimizer)
+  result = evaluate.evaluate_checkpoint(config, str(tmp_path))
+  assert result["step"] == 30
+  for key in ("text/text_loss", "image_text/flow_loss", "mnist/caption_accuracy"):
+    assert result[key] == pytest.approx(evals[-1][f"eval/{key}"], rel=1e-5), key
   assert os.path.exists(os.path.join(tmp_path, "plots", "losses.png"))
   grid = Image.open(summary["samples"])
   size = 2 * config.data.image_size                    # grid is upscaled 2×
@@ -103,20 +115,20 @@ def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tm
   assert per_layer[0] == per_layer[1] > 0          # each layer routes every token k times
   assert (counts.sum(axis=(0, 2)) > 0).all()       # text, understanding and generation seen
 
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  batch = next(make_batches(config, tokenizer))
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  batch = next(make_batches(config, tokenizer, row_spec(config)))
   batch = {k: v for k, v in batch.items() if not k.startswith("skipped_")}
   state = trainer.init_state(0)
   # The router load the step sees: the same noised inputs (the step's per-row keys).
   _, step_rng = jax.random.split(state.rng)
   row_rngs = jax.random.split(step_rng, config.data.batch_size)
-  latents = visual.frame_latent_tokens(trainer.representation, trainer.frozen,
+  latents = visual.frame_latent_tokens(trainer.run.representation, trainer.run.frozen,
                                        batch["frames"], config.visual.patch_size)
   inputs, _ = objective.noised_inputs(batch, latents, row_rngs, config.diffusion,
-                                      trainer.time_shift)
-  load = np.asarray(trainer.model(state.params)(inputs)[2]["expert_load"])
+                                      trainer.run.time_shift)
+  load = np.asarray(trainer.run.model(state.params)(inputs)[2]["expert_load"])
   state, _ = trainer.step(state, batch)
-  (bias,) = jax.tree.leaves(nnx.state(trainer.model(state.params), RouterBias))
+  (bias,) = jax.tree.leaves(nnx.state(trainer.run.model(state.params), RouterBias))
   want = 0.01 * np.sign(load.mean(-1, keepdims=True) - load)
   np.testing.assert_allclose(np.asarray(bias).reshape(want.shape), want, atol=1e-7)
 
@@ -127,23 +139,22 @@ def test_held_out_losses_match_the_train_step_and_do_not_depend_on_the_mesh(conf
   update). The fixed-noise evaluation repeats exactly and gives the same values on an
   8-device mesh."""
   from mmpretrain import sharding  # pylint: disable=import-outside-toplevel
-  from mmpretrain.train import evaluate  # pylint: disable=import-outside-toplevel
   config.eval.batches = 2
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   state = trainer.init_state(0)
-  batch = evaluate.stream_batches(config, tokenizer, "text")[0]
+  batch = evaluate.stream_batches(config, tokenizer, trainer.run.spec, "text")[0]
   evaluated = objective.summarize(trainer.eval_sums(state.params, batch), config.loss)
   _, metrics = trainer.step(jax.tree.map(jnp.copy, state), batch)
   np.testing.assert_allclose(evaluated["text_loss"], metrics["text_loss"], rtol=1e-5)
 
-  held_out = evaluate.HeldOut(config, tokenizer, trainer)(state.params)
-  assert held_out == evaluate.HeldOut(config, tokenizer, trainer)(state.params)
+  held_out = evaluate.HeldOut(trainer, tokenizer)(state.params)
+  assert held_out == evaluate.HeldOut(trainer, tokenizer)(state.params)
   mesh = sharding.make_mesh(config.mesh)
-  sharded = Trainer(config, tokenizer.byte_lengths(), mesh)
+  sharded = Trainer(Run(config, mesh), tokenizer.byte_lengths())
   to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules,
                                               config.data.batch_size)
   params = jax.device_put(state.params, sharded.state_sharding.params)
-  on_mesh = evaluate.HeldOut(config, tokenizer, sharded, to_device=to_device)(params)
+  on_mesh = evaluate.HeldOut(sharded, tokenizer, to_device=to_device)(params)
   assert on_mesh.keys() == held_out.keys()
   for key, value in held_out.items():
     assert on_mesh[key] == pytest.approx(value, rel=1e-5), key

@@ -11,6 +11,7 @@ from conftest import assert_resumes_identically, tiny_config
 from mmpretrain.data import pipeline
 from mmpretrain.data.records import UnreadableRecordError
 from mmpretrain.train.loop import train
+from mmpretrain.tokenizers.visual import row_spec
 
 CORRUPT_SHARE = 0.4          # of the MNIST training file, in the middle
 
@@ -43,7 +44,8 @@ def corrupt_config(data_dir, on_unreadable="error", max_fraction=0.5):
 
 
 def test_an_unreadable_record_is_a_named_error(corrupt_data_dir, tokenizer):
-  batches = pipeline.make_batches(corrupt_config(corrupt_data_dir), tokenizer)
+  config = corrupt_config(corrupt_data_dir)
+  batches = pipeline.make_batches(config, tokenizer, row_spec(config))
   with pytest.raises(UnreadableRecordError) as error:
     for _ in range(3):
       next(batches)
@@ -56,7 +58,7 @@ def test_an_unreadable_record_is_a_named_error(corrupt_data_dir, tokenizer):
 
 def test_skipped_records_are_counted_and_resume_identically(corrupt_data_dir, tokenizer):
   config = corrupt_config(corrupt_data_dir, "skip")
-  batches = pipeline.make_batches(config, tokenizer)
+  batches = pipeline.make_batches(config, tokenizer, row_spec(config))
   skipped = sum(int(next(batches)["skipped_unreadable"].sum()) for _ in range(4))
   assert skipped > 0
   state = batches.get_state()
@@ -66,7 +68,8 @@ def test_skipped_records_are_counted_and_resume_identically(corrupt_data_dir, to
 
 
 def test_too_many_unreadable_records_stop_the_run_by_name(corrupt_data_dir, tokenizer):
-  batches = pipeline.make_batches(corrupt_config(corrupt_data_dir, "skip", 0.001), tokenizer)
+  config = corrupt_config(corrupt_data_dir, "skip", 0.001)
+  batches = pipeline.make_batches(config, tokenizer, row_spec(config))
   with pytest.raises(UnreadableRecordError, match="more than data.max_unreadable_fraction=0.001"):
     for _ in range(20):
       next(batches)

@@ -13,12 +13,12 @@ from PIL import Image
 from mmpretrain.generate import world_model
 from mmpretrain.data import sources
 from mmpretrain.data.documents import fit_frame
-from mmpretrain.data.pipeline import row_spec
 from mmpretrain.data.sources import MINIGRID_ENVS, MINIGRID_TILE
 from mmpretrain.train.evaluate import WorldModelEval
 from mmpretrain.train.step import Trainer
 
 from conftest import all_streams_config
+from mmpretrain.run import Run
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -80,9 +80,9 @@ def world_config(data_dir: str):
 
 def test_a_later_action_never_changes_an_earlier_predicted_frame(data_dir, tokenizer):
   config = world_config(data_dir)
-  trainer = Trainer(config, tokenizer.byte_lengths())
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
   params = trainer.init_state(0).params
-  rollout = world_model.Rollout(trainer, tokenizer, row_spec(config), context=4)
+  rollout = world_model.Rollout(trainer.run, tokenizer, context=4)
   frames, actions, missions = world_model.held_out_episodes(config, tokenizer, 2, 7)
   changed = [a[:4] + ["pickup" if a[4] != "pickup" else "left"] + a[5:] for a in actions]
   runs = [rollout(params, frames[:, :4], [a[3:6] for a in acts], missions, jax.random.key(1))
@@ -96,8 +96,8 @@ def test_a_later_action_never_changes_an_earlier_predicted_frame(data_dir, token
 
 def test_world_model_evaluation_reports_every_horizon_and_the_baseline(data_dir, tokenizer):
   config = world_config(data_dir)
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  results, images = WorldModelEval(config, tokenizer, trainer)(trainer.init_state(0).params)
+  run = Run(config)
+  results, images = WorldModelEval(run, tokenizer)(run.init_params(0))
   assert images["world_model_rollout"].shape == (2 * 32 + 1, 7 * 32, 3)  # 4 context + 3
   # The baseline, recomputed here from the held-out episodes in float64.
   frames, _, _ = world_model.held_out_episodes(config, tokenizer,
@@ -120,8 +120,8 @@ def test_world_model_evaluation_reports_every_horizon_and_the_baseline(data_dir,
 
 def test_rollout_gifs_show_the_truth_above_the_prediction(data_dir, tokenizer, tmp_path):
   config = world_config(data_dir)
-  trainer = Trainer(config, tokenizer.byte_lengths())
-  paths = world_model.write_rollouts(config, tokenizer, trainer, trainer.init_state(0).params,
+  trainer = Trainer(Run(config), tokenizer.byte_lengths())
+  paths = world_model.write_rollouts(config, tokenizer, trainer.run, trainer.init_state(0).params,
                                      episodes=1, horizon=2, actions=False,
                                      output=str(tmp_path), tag="test")
   with Image.open(paths[0]) as gif:

@@ -21,7 +21,7 @@ def get_config(arg=None):
   c.model.head_dim = 64
   c.model.dtype = "float32"
   # Unrolled: under scan, XLA:CPU copies every layer's saved activations into and out of
-  # stacked buffers (dense_ref bf16: 1580 vs 2010 tokens/s; docs/benchmarks.md). Eight
+  # stacked buffers, which costs throughput (docs/benchmarks.md has the figures). Eight
   # layers compile in seconds either way.
   c.model.scan_layers = False
   c.train.num_steps = 100

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmpretrain import storage
-from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.generate import sample
 from mmpretrain.encoders.judge import load_classifier
@@ -61,22 +60,22 @@ def analyze(config, workdir: str, per_class: int = 10, real: int = 2000,
             components: tuple = (32, 512)) -> dict:
   """The diagnosis of a run's newest checkpoint; writes <workdir>/analysis/latents.json and
   a PNG of the draws, the collages and the decoded class means."""
-  tok, trainer, params, step = restore_params(config, workdir)
-  spec = pipeline.row_spec(config)
+  tok, run, params, step = restore_params(config, workdir)
+  spec = run.spec
   classifier, meta = load_classifier(config.eval.classifier)
   judge = lambda images: np.asarray(jnp.argmax(classifier(jnp.asarray(images)), -1))
-  frame_decoder = sample.make_frame_decoder(trainer)      # jitted once, for every decode below
+  frame_decoder = sample.make_frame_decoder(run)      # jitted once, for every decode below
   decode = lambda tokens: np.asarray(frame_decoder(jnp.asarray(tokens)))
   batch = next(image_batches(config, tok, {config.classifier.dataset: 1.0}, split="train",
                              batch_size=real, caption_len=1, seed=config.seed, repeat=False))
-  tokens = np.asarray(sample.context_tokens(trainer, batch["images"][:, None]))
+  tokens = np.asarray(run.latent_tokens(batch["images"][:, None]))
   labels = batch["label"]
   classes = meta["num_classes"]
   flat = tokens.reshape(len(tokens), -1)
 
   prompts = list(config.eval.generation_prompts)
   requested = np.repeat(np.arange(len(prompts)), per_class)
-  draw = sample.make_block_sampler(trainer, guided=True)
+  draw = sample.make_block_sampler(run, guided=True)
   prompt = sample.block_prompt(
       sample.caption_documents(tok, [prompts[k] for k in requested], spec), spec)
   no_frames = jnp.zeros((2 * len(requested), 1, tokens.shape[-1]), jnp.float32)

@@ -15,7 +15,6 @@ from absl import flags
 from mmpretrain.data import builders, documents, records, streams
 from mmpretrain.data.packing import PackIterDataset, RowSpec
 from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
-from mmpretrain.tokenizers.visual import make_representation, tokens_per_frame
 
 
 def tokenizer_path(config) -> str:
@@ -33,14 +32,6 @@ def load_tokenizer(config) -> TextTokenizer:
         f"config.model.vocab_size={config.model.vocab_size}: set "
         f"--config.data.tokenizer.vocab_size={tok.vocab_size} or re-run mmpretrain prepare")
   return tok
-
-
-def row_spec(config) -> RowSpec:
-  rep = make_representation(config)
-  d = config.data
-  return RowSpec(seq_len=d.seq_len, max_frames=d.max_frames,
-                 tokens_per_frame=tokens_per_frame(rep.latent_grid, config.visual.patch_size),
-                 frame_shape=(d.image_size, d.image_size, d.image_channels))
 
 
 def dataset_records(config, name: str, split: str) -> grain.MapDataset:
@@ -109,14 +100,14 @@ def document_mixture(config, tok: TextTokenizer, split: str, seed: int,
   return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
 
 
-def shard_batches(config, tok: TextTokenizer, shard: int, split: str, seed: int):
+def shard_batches(config, tok: TextTokenizer, spec: RowSpec, shard: int, split: str, seed: int):
   """A grain iterator over batches of data shard `shard`: batch_size/shards packed rows.
 
   Shard s draws its crops, orders and dropouts with seed + s, independent of the others.
   """
   d = config.data
   docs = document_mixture(config, tok, split, seed + shard, (shard, d.shards))
-  rows = PackIterDataset(docs.to_iter_dataset(), row_spec(config))
+  rows = PackIterDataset(docs.to_iter_dataset(), spec)
   batches = rows.batch(d.batch_size // d.shards, drop_remainder=True)
   if d.num_workers > 0:
     if not flags.FLAGS.is_parsed():   # grain's workers read its absl flags (outside absl.app)
@@ -159,9 +150,10 @@ class ShardedBatches:
     self.set_shard_states({int(shard): s for shard, s in state.items()})
 
 
-def make_batches(config, tok: TextTokenizer, *, split: str = "train", rows: range | None = None,
-                 seed: int | None = None) -> ShardedBatches:
-  """A checkpointable iterator over rows `rows` (default: all) of each global batch.
+def make_batches(config, tok: TextTokenizer, spec: RowSpec, *, split: str = "train",
+                 rows: range | None = None, seed: int | None = None) -> ShardedBatches:
+  """A checkpointable iterator over rows `rows` (default: all) of each global batch, laid
+  out by `spec` (the run's: `Run(config).spec`).
 
   The global batch is `config.data.shards` shards of batch_size/shards rows, each a
   deterministic function of the seed; `rows` must cover whole shards. A multi-process run
@@ -179,4 +171,5 @@ def make_batches(config, tok: TextTokenizer, *, split: str = "train", rows: rang
         "whole shards: set data.shards to a multiple of the number of processes that load data")
   seed = config.seed if seed is None else seed
   shards = range(rows.start // per_shard, rows.stop // per_shard)
-  return ShardedBatches({s: shard_batches(config, tok, s, split, seed) for s in shards}, d.shards)
+  return ShardedBatches({s: shard_batches(config, tok, spec, s, split, seed) for s in shards},
+                        d.shards)

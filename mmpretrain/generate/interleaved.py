@@ -15,7 +15,6 @@ from PIL import Image
 
 from mmpretrain.generate import sample
 from mmpretrain.batch import MODALITY_VISUAL
-from mmpretrain.data import pipeline
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers.visual import patch_dim
 
@@ -27,20 +26,20 @@ class InterleavedSampler:
   of str and uint8 images [H, W, C]. `start_image` appends `<boi>` to the prompt (draw the
   caption's image first). At most `max_length` slots (config.data.seq_len by default)."""
 
-  def __init__(self, trainer, tok, max_new_tokens: int, temperature: float = 0.0,
+  def __init__(self, run, tok, max_new_tokens: int, temperature: float = 0.0,
                top_p: float = 1.0, max_length: int | None = None):
-    self.trainer, self.tok = trainer, tok
+    self.run, self.tok = run, tok
     self.max_new_tokens = max_new_tokens
-    self.max_length = max_length or trainer.config.data.seq_len
-    self.block_length = pipeline.row_spec(trainer.config).tokens_per_frame
-    self.patch = patch_dim(trainer.representation.latent_grid,
-                           trainer.config.visual.patch_size)
-    self.decode_frames = sample.make_frame_decoder(trainer)
+    self.max_length = max_length or run.config.data.seq_len
+    self.block_length = run.spec.tokens_per_frame
+    self.patch = patch_dim(run.representation.latent_grid,
+                           run.config.visual.patch_size)
+    self.decode_frames = sample.make_frame_decoder(run)
 
     def text(params, cache, tokens, positions, index, rng):
       """Writes tokens [2, L] at slots index.. of both rows; draws the next token."""
       inputs = sample.text_inputs(tokens, positions, jnp.ones_like(tokens), self.patch)
-      logits, _, cache = trainer.model(params).decode(inputs, cache, index)
+      logits, _, cache = run.model(params).decode(inputs, cache, index)
       return sample.next_token(logits[COND, -1], rng, temperature, top_p), cache
 
     def image(params, cache, tokens, positions, index, block_id, rng):
@@ -49,7 +48,7 @@ class InterleavedSampler:
       <bos> <boi>. Then the block at index + 2.. is denoised with CFG and written clean."""
       cache = cache.replace(segment_ids=cache.segment_ids.at[UNCOND].set(0))
       inputs = sample.text_inputs(tokens, positions, jnp.ones_like(tokens), self.patch)
-      _, _, cache = trainer.model(params).decode(inputs, cache, index)
+      _, _, cache = run.model(params).decode(inputs, cache, index)
       length = self.block_length
       block = {"tokens": jnp.zeros((2, length), jnp.int32),
                "modality": jnp.full((2, length), MODALITY_VISUAL, jnp.int8),
@@ -57,14 +56,14 @@ class InterleavedSampler:
                "block_ids": jnp.full((2, length), block_id, jnp.int32),
                "positions": positions[:, -1:] + 1 + jnp.arange(length)}
       z1 = jax.random.normal(rng, (1, length, self.patch), jnp.float32)
-      z0 = sample.denoise_block(trainer, params, cache, block, index + 2, z1, guided=True)
+      z0 = sample.denoise_block(run, params, cache, block, index + 2, z1, guided=True)
       clean = ModelInputs(**block, visual_latents=jnp.concatenate([z0, z0]),
                           timesteps=jnp.zeros((2, length), jnp.float32))
-      _, _, cache = trainer.model(params).decode(clean, cache, index + 2)
+      _, _, cache = run.model(params).decode(clean, cache, index + 2)
       return z0[0], cache
 
-    self._text = sample.replicated_jit(trainer, text)
-    self._image = sample.replicated_jit(trainer, image)
+    self._text = sample.replicated_jit(run, text)
+    self._image = sample.replicated_jit(run, image)
 
   def __call__(self, params, text: str, rng, start_image: bool = False) -> list:
     tok = self.tok
@@ -73,7 +72,7 @@ class InterleavedSampler:
     if len(ids) + 1 > self.max_length:
       raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in {self.max_length} "
                        "slots (data.seq_len)")
-    cache = self.trainer.model(params).init_cache(2, self.max_length)
+    cache = self.run.model(params).init_cache(2, self.max_length)
     prompt = jnp.asarray([ids, ids], jnp.int32)
     token, cache = self._text(params, cache, prompt, jnp.arange(len(ids))[None].repeat(2, 0),
                               0, jax.random.fold_in(text_rng, 0))

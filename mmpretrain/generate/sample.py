@@ -16,14 +16,12 @@ from PIL import Image
 
 from mmpretrain import diffusion, sharding
 from mmpretrain.batch import MODALITY_TEXT
-from mmpretrain.data import pipeline
 from mmpretrain.data.documents import (document_frames, document_length, fit_frame,
                                        generation_document, text_segment,
                                        understanding_document)
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
-from mmpretrain.tokenizers.visual import patch_dim, unpatchify
-from mmpretrain.tokenizers.visual import frame_latent_tokens, place_frame_tokens
+from mmpretrain.tokenizers.visual import patch_dim, place_frame_tokens, unpatchify
 
 ID_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions")
 
@@ -74,19 +72,12 @@ def block_prompt(documents: list, spec) -> BlockPrompt:
   return BlockPrompt(prefix, block, rows["frames"])
 
 
-def context_tokens(trainer, frames) -> jnp.ndarray:
-  """uint8 frames [B, F, H, W, C] -> their latent tokens [B, F·T, D] under the trainer's
-  (frozen) representation: what a prompt's frame_slot indexes."""
-  return frame_latent_tokens(trainer.representation, trainer.frozen, jnp.asarray(frames),
-                             trainer.config.visual.patch_size)
-
-
-def denoise_block(trainer, params, cache, block: dict, index, z1, guided: bool):
+def denoise_block(run, params, cache, block: dict, index, z1, guided: bool):
   """Integrates the flow of a visual block (ID_FIELDS [rows, T]) at cache slots
   index..index+T-1 from noise z1 [n, T, D] to clean latent tokens, every step reading the
   cache (never writing it). Guided: rows = 2n, the second half unconditional twins, mixed
   by config.diffusion.cfg_scale."""
-  cfg = trainer.config.diffusion
+  cfg = run.config.diffusion
   rows, length = block["tokens"].shape
   n = z1.shape[0]
 
@@ -96,23 +87,23 @@ def denoise_block(trainer, params, cache, block: dict, index, z1, guided: bool):
     inputs = ModelInputs(**{k: block[k] for k in ID_FIELDS}, visual_latents=both,
                          timesteps=t_block)
     # merged per call: NNX graphs can't cross the sampler's scan
-    _, raw, _ = trainer.model(params).decode(inputs, cache, index)
+    _, raw, _ = run.model(params).decode(inputs, cache, index)
     prediction = diffusion.head_prediction(raw, both, t_block, cfg)
     v = diffusion.velocity(prediction, both, t_block, cfg.prediction, cfg.min_t)
     return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.cfg_scale) if guided else v
 
-  times = diffusion.sampling_times(cfg.sample_steps, trainer.time_shift)
+  times = diffusion.sampling_times(cfg.sample_steps, run.time_shift)
   return diffusion.SAMPLERS[cfg.sampler](velocity, z1, times)
 
 
-def replicated_jit(trainer, fn):
-  """jax.jit with outputs replicated over the trainer's mesh (every process reads them)."""
-  if trainer.mesh is None:
+def replicated_jit(run, fn):
+  """jax.jit with outputs replicated over the run's mesh (every process reads them)."""
+  if run.mesh is None:
     return jax.jit(fn)
-  return jax.jit(fn, out_shardings=sharding.replicated(trainer.mesh))
+  return jax.jit(fn, out_shardings=sharding.replicated(run.mesh))
 
 
-def make_block_sampler(trainer, guided: bool):
+def make_block_sampler(run, guided: bool):
   """Returns jitted sample(params, prompt, context, rng) -> the clean latent tokens
   [n, T, D] of every prompt's block.
 
@@ -123,7 +114,7 @@ def make_block_sampler(trainer, guided: bool):
   def sample(params, prefix, block, context, rng):
     rows, width = prefix["tokens"].shape
     length = block["tokens"].shape[1]
-    model = trainer.model(params)
+    model = run.model(params)
     cache = model.init_cache(rows, width + length)
     _, _, cache = model.decode(ModelInputs(
         **{k: prefix[k] for k in ID_FIELDS},
@@ -131,19 +122,19 @@ def make_block_sampler(trainer, guided: bool):
         timesteps=jnp.zeros((rows, width), jnp.float32)), cache, 0)
     n = rows // 2 if guided else rows
     z1 = jax.random.normal(rng, (n, length, context.shape[-1]), jnp.float32)
-    return denoise_block(trainer, params, cache, block, width, z1, guided)
+    return denoise_block(run, params, cache, block, width, z1, guided)
 
-  jitted = replicated_jit(trainer, sample)
+  jitted = replicated_jit(run, sample)
   return lambda params, prompt, context, rng: jitted(params, prompt.prefix, prompt.block,
                                                      context, rng)
 
 
-def make_frame_decoder(trainer):
+def make_frame_decoder(run):
   """Returns jitted decode(tokens [..., T, D]) -> uint8 frames [..., H, W, C]."""
-  rep, p = trainer.representation, trainer.config.visual.patch_size
+  rep, p = run.representation, run.config.visual.patch_size
   decode = jax.jit(lambda frozen, tokens: rep.decode(frozen, unpatchify(tokens, p,
                                                                         rep.latent_grid)))
-  return lambda tokens: decode(trainer.frozen, tokens)
+  return lambda tokens: decode(run.frozen, tokens)
 
 
 def caption_documents(tok, captions: list[str], spec) -> list:
@@ -155,12 +146,13 @@ def caption_documents(tok, captions: list[str], spec) -> list:
   return [generation_document(c, blank, **specials) for c in ids + [[]] * len(ids)]
 
 
-def make_image_sampler(trainer, tok, spec):
+def make_image_sampler(run, tok):
   """Returns sample(params, captions, rng) -> uint8 images [N, H, W, C], one per caption,
   drawn with CFG (config.diffusion) through the KV cache."""
-  sample_block = make_block_sampler(trainer, guided=True)
-  decode = make_frame_decoder(trainer)
-  dim = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
+  spec = run.spec
+  sample_block = make_block_sampler(run, guided=True)
+  decode = make_frame_decoder(run)
+  dim = patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
 
   def sample(params, captions, rng):
     prompt = block_prompt(caption_documents(tok, captions, spec), spec)
@@ -209,17 +201,17 @@ def text_inputs(tokens, positions, segment_ids, patch_dim: int) -> ModelInputs:
                      timesteps=zeros)
 
 
-def make_generator(trainer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
+def make_generator(run, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
   """Returns jitted generate(params, prompt, rng) -> new tokens [B, N]: `prompt` (a dict of
   ModelInputs fields [B, P], all rows ending at slot P − 1: text, or text around clean
   visual blocks) runs once into a KV cache, then text follows one token per step, each
   reading the cache (tests/test_decode.py: equal to recomputing the whole sequence)."""
-  patch = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
+  patch = patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
 
   def generate(params, prompt, rng):
     inputs = ModelInputs(**prompt)
     batch, prompt_len = inputs.tokens.shape
-    model = trainer.model(params)
+    model = run.model(params)
     cache = model.init_cache(batch, prompt_len + max_new_tokens)
     logits, _, cache = model.decode(inputs, cache, 0)
     first = next_token(logits[:, -1], jax.random.fold_in(rng, 0), temperature, top_p)
@@ -227,7 +219,7 @@ def make_generator(trainer, max_new_tokens: int, temperature: float = 0.0, top_p
 
     def step(carry, i):
       token, cache = carry
-      logits, _, cache = trainer.model(params).decode(   # merged per step: NNX graphs can't
+      logits, _, cache = run.model(params).decode(   # merged per step: NNX graphs can't
           text_inputs(token[:, None], last_position + 1 + i, segment, patch),  # cross scan
           cache, prompt_len + i)
       following = next_token(logits[:, -1], jax.random.fold_in(rng, i + 1), temperature, top_p)
@@ -239,7 +231,7 @@ def make_generator(trainer, max_new_tokens: int, temperature: float = 0.0, top_p
   return jax.jit(generate)
 
 
-def text_prompt(trainer, prompts: list[list[int]]) -> dict:
+def text_prompt(run, prompts: list[list[int]]) -> dict:
   """Token prompts as a generator prompt: right-aligned (padding first, segment id 0) so
   every row continues at the same cache slot, positions counted from each row's start."""
   width = max(len(p) for p in prompts)
@@ -249,19 +241,20 @@ def text_prompt(trainer, prompts: list[list[int]]) -> dict:
     tokens[row, width - len(prompt):] = prompt
     segments[row, width - len(prompt):] = 1
   positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0)
-  patch = patch_dim(trainer.representation.latent_grid, trainer.config.visual.patch_size)
+  patch = patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
   return vars(text_inputs(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments),
                           patch))
 
 
-def caption_prompt(trainer, tok, frames: np.ndarray, spec) -> dict:
+def caption_prompt(run, tok, frames: np.ndarray) -> dict:
   """`<bos> <boi> [clean image] <eoi>` per frame (uint8 [B, H, W, C]): the understanding
   document up to its caption, as a generator prompt."""
+  spec = run.spec
   specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
   rows = document_rows([understanding_document([], frame, **specials)[:-1]
                         + [text_segment([tok.eoi_id], False)] for frame in frames], spec)
   used = int((rows["segment_ids"][0] > 0).sum())
-  latents = place_frame_tokens(context_tokens(trainer, rows["frames"]),
+  latents = place_frame_tokens(run.latent_tokens(rows["frames"]),
                                jnp.asarray(rows["frame_slot"]))
   return {**{k: jnp.asarray(rows[k][:, :used]) for k in ID_FIELDS},
           "visual_latents": latents[:, :used],
@@ -281,36 +274,36 @@ def decode_generated(tok, ids, after=()) -> str:
   return both[len(before):] if both.startswith(before) else tok.decode(ids)
 
 
-def continue_texts(trainer, tok, params, texts: list[str], max_new_tokens: int,
+def continue_texts(run, tok, params, texts: list[str], max_new_tokens: int,
                    temperature: float, top_p: float, seed: int) -> list[str]:
   """Each text followed by its continuation."""
   prompts = [[tok.bos_id] + tok.encode(t) for t in texts]
-  generate = make_generator(trainer, max_new_tokens, temperature, top_p)
-  generated = jax.device_get(generate(params, text_prompt(trainer, prompts),
+  generate = make_generator(run, max_new_tokens, temperature, top_p)
+  generated = jax.device_get(generate(params, text_prompt(run, prompts),
                                       jax.random.key(seed)))
   return [text + decode_generated(tok, ids, after=prompt[1:])
           for text, prompt, ids in zip(texts, prompts, generated)]
 
 
-def caption_files(trainer, tok, params, paths: list[str], max_new_tokens: int) -> list[str]:
+def caption_files(run, tok, params, paths: list[str], max_new_tokens: int) -> list[str]:
   """Greedy captions of image files (fitted to the model's frame size like training data)."""
-  spec = pipeline.row_spec(trainer.config)
+  spec = run.spec
   size, _, channels = spec.frame_shape
   frames = []
   for path in paths:
     with Image.open(path) as image:
       frames.append(fit_frame(np.asarray(image.convert("L" if channels == 1 else "RGB"))
                               .reshape(image.height, image.width, channels), size, channels))
-  prompt = caption_prompt(trainer, tok, np.stack(frames), spec)
-  generated = jax.device_get(make_generator(trainer, max_new_tokens)(params, prompt,
+  prompt = caption_prompt(run, tok, np.stack(frames))
+  generated = jax.device_get(make_generator(run, max_new_tokens)(params, prompt,
                                                                     jax.random.key(0)))
   return [decode_generated(tok, ids) for ids in generated]
 
 
-def draw_captions(trainer, tok, params, captions: list[str], per_caption: int,
+def draw_captions(run, tok, params, captions: list[str], per_caption: int,
                   seed: int) -> Image.Image:
   """A grid of `per_caption` images for each caption (a row each)."""
   repeated = [c for c in captions for _ in range(per_caption)]
-  images = make_image_sampler(trainer, tok, pipeline.row_spec(trainer.config))(
+  images = make_image_sampler(run, tok)(
       params, repeated, jax.random.key(seed))
   return image_grid(np.asarray(images), columns=per_caption)

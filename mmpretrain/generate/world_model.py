@@ -48,10 +48,10 @@ class Rollout:
   text taken before each predicted frame (None: video continuation for `horizon` frames).
   """
 
-  def __init__(self, trainer, tok, spec, context: int):
-    self.trainer, self.tok, self.spec, self.context = trainer, tok, spec, context
-    self.sample_block = sample.make_block_sampler(trainer, guided=False)
-    self.decode = sample.make_frame_decoder(trainer)
+  def __init__(self, run, tok, context: int):
+    self.run, self.tok, self.spec, self.context = run, tok, run.spec, context
+    self.sample_block = sample.make_block_sampler(run, guided=False)
+    self.decode = sample.make_frame_decoder(run)
 
   def __call__(self, params, frames, actions=None, missions=None, rng=None, horizon=None):
     batch = len(frames)
@@ -60,7 +60,7 @@ class Rollout:
                        f"{self.context} (config.data.streams.action_video.context_frames)")
     horizon = len(actions[0]) if actions is not None else horizon
     missions = missions or [""] * batch
-    window = sample.context_tokens(self.trainer, frames)         # [B, context·T, D]
+    window = self.run.latent_tokens(frames)         # [B, context·T, D]
     tokens_per_frame = window.shape[1] // self.context
     rng = jax.random.key(0) if rng is None else rng
     predicted = []
@@ -177,14 +177,14 @@ def rollout_strip(episode: np.ndarray, predicted: np.ndarray, context: int) -> n
   return comparison_strip(episode, np.concatenate([episode[:context], predicted]))
 
 
-def write_rollouts(config, tok, trainer, params, episodes: int, horizon: int, actions: bool,
+def write_rollouts(config, tok, run, params, episodes: int, horizon: int, actions: bool,
                    output: str, tag: str) -> list[str]:
   """GIFs of rollouts of held-out MiniGrid episodes (the truth above the prediction, the
   context frames first), action-conditioned or as video continuation."""
   context = config.data.streams.action_video.context_frames
   frames, episode_actions, missions = held_out_episodes(config, tok, episodes,
                                                         context + horizon)
-  rollout = Rollout(trainer, tok, pipeline.row_spec(config), context)
+  rollout = Rollout(run, tok, context)
   predicted = rollout(params, frames[:, :context],
                       [a[context - 1:] for a in episode_actions] if actions else None,
                       missions, jax.random.key(config.seed), horizon=horizon)

@@ -45,7 +45,7 @@ def attend(q, k, v, visible, impl: str, chunk: int = 512):
   if impl not in ("einsum", "chunked"):
     return jax.nn.dot_product_attention(q, k, v, mask=visible, implementation=impl)
   # Grouped-query heads share keys and values: repeat them (small, [B, S, kv_heads, D];
-  # autodiff sums their gradients back). A grouped 5-D layout runs ~1.5× slower on XLA:CPU.
+  # autodiff sums their gradients back); a grouped 5-D layout is slower on XLA:CPU.
   groups = q.shape[2] // k.shape[2]
   k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
   if impl == "chunked":

@@ -248,7 +248,7 @@ class Transfusion(nnx.Module):
     # alone gives a frame's tokens only their offsets from each other and the prefix.
     if cfg.frame_positions and tokens_per_frame < 1:
       raise ValueError("model.frame_positions needs the latent tokens per frame: pass "
-                       "tokens_per_frame (train/step.build_model does)")
+                       "tokens_per_frame (run.build_model does)")
     self.frame_positions = nnx.Embed(
         tokens_per_frame, d, dtype=self.dtype, rngs=rngs,
         embedding_init=layers.dense_init(std, (None, "embed"))) if cfg.frame_positions else None

@@ -21,7 +21,7 @@ from flax import nnx
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model.masks import attention_mask
 from mmpretrain.model.moe import experts_per_token, resolve_dispatch
-from mmpretrain.train.step import build_model
+from mmpretrain.run import build_model
 
 EXPERT_WEIGHTS = ("gate", "up", "down")     # stacked [..., E, in, out] routed-expert weights
 FLOW_HEAD = ("visual_in", "visual_out", "time_embed")

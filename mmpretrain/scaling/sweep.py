@@ -23,6 +23,7 @@ import sys
 
 from mmpretrain.data import pipeline
 from mmpretrain.scaling.flops import matmul_params, mean_token_counts, step_flops
+from mmpretrain.tokenizers.visual import row_spec
 
 RESULTS = "results.jsonl"
 PLAN = "plan.json"
@@ -66,7 +67,7 @@ def isoflop_plan(config, config_arg: str) -> list[Run]:
   """budgets × widths -> runs that spend each budget (model FLOPs) at each width."""
   s = config.scaling
   tok = pipeline.load_tokenizer(config)
-  batches = pipeline.make_batches(config, tok)
+  batches = pipeline.make_batches(config, tok, row_spec(config))
   counts = mean_token_counts([next(batches) for _ in range(s.count_batches)])
   runs = []
   for budget in s.budgets:
@@ -80,7 +81,7 @@ def isoflop_plan(config, config_arg: str) -> list[Run]:
         continue              # too big for this budget: fewer steps than warmup makes sense
       overrides = {**shape, "train.num_steps": steps,
                    "optimizer.warmup_steps": max(1, int(s.warmup_fraction * steps)),
-                   "eval.every_steps": steps, "eval.generative": False,
+                   "eval.every_steps": steps, "eval.generative": (),
                    "checkpoint.every_steps": max(1, steps // s.checkpoints_per_run),
                    "train.log_every": max(1, steps // 20)}
       runs.append(Run(

@@ -12,6 +12,8 @@ import dataclasses
 import einops
 import jax.numpy as jnp
 
+from mmpretrain.data.packing import RowSpec
+
 
 @dataclasses.dataclass(frozen=True)
 class PixelRepresentation:
@@ -57,6 +59,16 @@ def make_representation(config):
 def tokens_per_frame(latent_grid: tuple[int, int, int], patch_size: int) -> int:
   h, w, _ = latent_grid
   return (h // patch_size) * (w // patch_size)
+
+
+def row_spec(config, latent_grid: tuple[int, int, int] | None = None) -> RowSpec:
+  """The packed rows' layout: config.data's lengths and the latent grid's tokens per frame
+  (default: the grid of the config's representation, which may read its checkpoint)."""
+  latent_grid = latent_grid or make_representation(config).latent_grid
+  d = config.data
+  return RowSpec(seq_len=d.seq_len, max_frames=d.max_frames,
+                 tokens_per_frame=tokens_per_frame(latent_grid, config.visual.patch_size),
+                 frame_shape=(d.image_size, d.image_size, d.image_channels))
 
 
 def patch_dim(latent_grid: tuple[int, int, int], patch_size: int) -> int:

@@ -24,10 +24,10 @@ import numpy as np
 from mmpretrain import sharding
 from mmpretrain.hardware import CHIPS
 from mmpretrain.batch import DEVICE_FIELDS
-from mmpretrain.data.pipeline import row_spec
 from mmpretrain.data.synthetic import interleaved_batch
 from mmpretrain.model import attention, moe
 from mmpretrain.model.transformer import is_moe_layer
+from mmpretrain.run import Run
 from mmpretrain.scaling.flops import train_flops_per_token
 from mmpretrain.train.step import Trainer
 
@@ -90,9 +90,9 @@ def for_platform(config, platform: str):
   return config
 
 
-def abstract_batch(config, mesh) -> dict:
-  """ShapeDtypeStructs of a global batch, sharded like the training batches."""
-  spec = row_spec(config)
+def abstract_batch(config, spec, mesh) -> dict:
+  """ShapeDtypeStructs of a global batch laid out by `spec`, sharded like the training
+  batches."""
   images = max(1, spec.max_frames // 2) if spec.max_frames else 0
   text = max(1, spec.seq_len - images * (spec.tokens_per_frame + 2)) // 2
   row = interleaved_batch(spec, 1, text, images, config.model.vocab_size)
@@ -104,13 +104,14 @@ def abstract_batch(config, mesh) -> dict:
 def compile_step(config, devices):
   """The train step of `config` compiled over `devices`: (executable, seconds)."""
   mesh = sharding.make_mesh(config.mesh, devices)
-  trainer = Trainer(config, np.ones(config.model.vocab_size, np.float32), mesh=mesh,
-                    abstract_frozen=True)
+  run = Run(config, mesh, abstract_frozen=True)
+  trainer = Trainer(run, np.ones(config.model.vocab_size, np.float32))
   replicated = sharding.replicated(mesh)
   frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                        trainer.frozen)
+                        run.frozen)
   start = time.perf_counter()
-  lowered = trainer.lower_step(trainer.abstract_state(), abstract_batch(config, mesh), frozen)
+  lowered = trainer.lower_step(trainer.abstract_state(), abstract_batch(config, run.spec, mesh),
+                               frozen)
   try:
     return lowered.compile(), time.perf_counter() - start
   except jax.errors.JaxRuntimeError as e:

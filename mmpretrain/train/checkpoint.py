@@ -127,6 +127,18 @@ class RunCheckpoints:
     state = restored.state
     return state.replace(rng=jax.random.wrap_key_data(state.rng))
 
+  def restore_params(self, step: int, target_params):
+    """Only the parameters saved at `step`, laid out like `target_params`
+    (Run.abstract_params); the optimizer state stays on disk."""
+    target = {"params": target_params}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(
+          storage.join(self.directory, str(step), "state"),
+          args=ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True))
+    return restored["params"]
+
   def restore_newest(self, target_state: TrainState, batches, fallback: bool):
     """(step, state) of the newest checkpoint, or (0, None) if there is none.
 
@@ -200,24 +212,24 @@ class BestParams:
     return True
 
 
-def export_params(workdir: str, ccfg, trainer, step: int | None = None) -> str:
+def export_params(workdir: str, ccfg, run, step: int | None = None) -> str:
   """Writes the parameters of checkpoint `step` (default: the newest) alone — no optimizer
   state, no data iterators — to <workdir>/params/<step>; returns that path."""
   checkpoints = RunCheckpoints(workdir, ccfg)
   step = checkpoints.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first")
-  state = checkpoints.restore(step, trainer.abstract_state())
+  params = checkpoints.restore_params(step, run.abstract_params())
   checkpoints.close()
   path = storage.join(storage.absolute(workdir), PARAMS_DIR, str(step))
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, state.params)
+    checkpointer.save(path, params)
   return path
 
 
-def load_params(path: str, trainer):
-  """Parameters written by export_params, laid out for `trainer`'s mesh (or one device)."""
+def load_params(path: str, run):
+  """Parameters written by export_params, laid out for `run`'s mesh (or one device)."""
   if not storage.isdir(path):
     raise FileNotFoundError(f"{path} does not exist: write it with `mmpretrain export-params`")
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path, trainer.abstract_state().params)
+    return checkpointer.restore(path, run.abstract_params())

@@ -3,15 +3,18 @@ checkpoint (`mmpretrain eval`).
 
 Losses: per stream of the mixture, fixed validation batches — text cross-entropy and bits
 per byte, flow MSE — with fixed diffusion noise, so successive evaluations compare.
-What the model does (`config.eval.generative`, always from a checkpoint), each where the
-config trains it:
-- understanding: greedy captions of held-out MNIST digits that name the digit;
-- generation alignment: a frozen classifier (encoders/judge.py) scores images drawn
+What the model does: the evaluations `config.eval.generative` names (GENERATIVE_EVALS),
+each where the config trains what it judges:
+- `caption_accuracy` (understanding): greedy captions of held-out MNIST digits that name
+  the digit;
+- `generation` (alignment): a frozen classifier (encoders/judge.py) scores images drawn
   for class captions, against images drawn without a caption;
-- world model: rollouts of held-out MiniGrid episodes (generate/world_model.py).
+- `world_model`: rollouts of held-out MiniGrid episodes (generate/world_model.py).
 Each builds its jitted samplers once, so periodic evaluation compiles them once.
 """
+import dataclasses
 import re
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,29 +29,32 @@ from mmpretrain.data.sources import DIGIT_WORDS
 from mmpretrain.encoders.judge import load_classifier
 from mmpretrain.train import objective
 from mmpretrain.train.checkpoint import RunCheckpoints
-from mmpretrain.train.step import Trainer
+from mmpretrain.run import Run
+from mmpretrain.train.step import Objective
 
 
-def stream_batches(config, tok, stream: str, rows=None) -> list[dict]:
+def stream_batches(config, tok, spec, stream: str, rows=None) -> list[dict]:
   """The first `config.eval.batches` validation batches of one stream (same every call)."""
   single = config.copy_and_resolve_references()
   with single.unlocked():
     single.data.mixture = {stream: 1.0}
-  batches = pipeline.make_batches(single, tok, split=config.eval.split, rows=rows)
+  batches = pipeline.make_batches(single, tok, spec, split=config.eval.split, rows=rows)
   return [next(batches) for _ in range(config.eval.batches)]
 
 
 class HeldOut:
   """Fixed held-out batches of every stream in the mixture, and their losses for `params`.
 
-  `to_device(batch)` places a host batch (this process's `rows`) for the trainer, e.g.
-  sharding.global_batch on a mesh.
+  `to_device(batch)` places a host batch (this process's `rows`) on the run's devices,
+  e.g. sharding.global_batch on a mesh.
   """
 
-  def __init__(self, config, tok, trainer, rows=None, to_device=None):
-    self.trainer, self.loss_config = trainer, config.loss
+  def __init__(self, loss: Objective, tok, rows=None, to_device=None):
+    config = loss.config
+    self.loss, self.loss_config = loss, config.loss
     to_device = to_device or (lambda batch: batch)
-    self.batches = {stream: [to_device(b) for b in stream_batches(config, tok, stream, rows)]
+    self.batches = {stream: [to_device(b) for b in
+                             stream_batches(config, tok, loss.run.spec, stream, rows)]
                     for stream, weight in sorted(config.data.mixture.items()) if weight > 0}
 
   def __call__(self, params) -> dict[str, float]:
@@ -58,7 +64,7 @@ class HeldOut:
     for stream, batches in self.batches.items():
       sums = None
       for batch in batches:
-        batch_sums = self.trainer.eval_sums(params, batch)
+        batch_sums = self.loss.eval_sums(params, batch)
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
       metrics = jax.device_get(objective.summarize(sums, self.loss_config))
       if metrics["text_tokens"] > 0:
@@ -78,14 +84,14 @@ class CaptionAccuracy:
   """Share of held-out MNIST digits whose greedy caption (image -> text, KV-cached) names
   their class: the understanding eval."""
 
-  def __init__(self, config, tok, trainer):
-    self.tok = tok
+  def __init__(self, run, tok):
+    config, self.tok = run.config, tok
     batch = next(image_batches(config, tok, {"mnist_captions": 1.0}, split=config.eval.split,
                                batch_size=config.eval.caption_images, caption_len=1, seed=0,
                                repeat=False))
     self.labels = batch["label"]
-    self.prompt = sample.caption_prompt(trainer, tok, batch["images"], pipeline.row_spec(config))
-    self.generate = sample.make_generator(trainer, config.eval.caption_tokens)
+    self.prompt = sample.caption_prompt(run, tok, batch["images"])
+    self.generate = sample.make_generator(run, config.eval.caption_tokens)
 
   def __call__(self, params) -> tuple[dict, dict]:
     generated = jax.device_get(self.generate(params, self.prompt, jax.random.key(0)))
@@ -119,7 +125,8 @@ class GenerationAccuracy:
   the drawn images and config.eval.frechet_real_images held-out real ones in the
   classifier's feature space (it depends on the number drawn: compare runs at one size)."""
 
-  def __init__(self, config, tok, trainer):
+  def __init__(self, run, tok):
+    config = run.config
     self.classifier, meta = load_classifier(config.eval.classifier)
     prompts = list(config.eval.generation_prompts)
     if len(prompts) > meta["num_classes"]:
@@ -134,7 +141,7 @@ class GenerationAccuracy:
     self.per_prompt = config.eval.generation_images_per_prompt
     self.requested = np.repeat(np.arange(len(prompts)), self.per_prompt)
     self.captions = [prompts[k] for k in self.requested]
-    self.draw = sample.make_image_sampler(trainer, tok, pipeline.row_spec(config))
+    self.draw = sample.make_image_sampler(run, tok)
     self.seed = config.seed
     self.features = jax.jit(lambda images: self.classifier.features(images))
     real = next(image_batches(config, tok, {config.classifier.dataset: 1.0},
@@ -163,13 +170,14 @@ class WorldModelEval:
   frames with the true actions, against copying the last context frame, at
   config.eval.world_model_horizons."""
 
-  def __init__(self, config, tok, trainer):
+  def __init__(self, run, tok):
+    config = run.config
     self.context = config.data.streams.action_video.context_frames
     self.horizons = tuple(config.eval.world_model_horizons)
     self.frames, actions, self.missions = world_model.held_out_episodes(
         config, tok, config.eval.world_model_episodes, self.context + max(self.horizons))
     self.actions = [a[self.context - 1:] for a in actions]
-    self.rollout = world_model.Rollout(trainer, tok, pipeline.row_spec(config), self.context)
+    self.rollout = world_model.Rollout(run, tok, self.context)
     self.seed = config.seed
 
   def __call__(self, params) -> tuple[dict, dict]:
@@ -186,26 +194,46 @@ class WorldModelEval:
                 "world_model_rollout": np.concatenate(list(strip), axis=1)}
 
 
-def generative_evals(config, tok, trainer) -> list:
-  """The evaluations of what the model does that this config trains."""
-  evals = []
-  if (config.data.mixture.get("image_text", 0) > 0 and config.eval.caption_images > 0
-      and config.data.streams.image_text.datasets.get("mnist_captions", 0) > 0):
-    evals.append(CaptionAccuracy(config, tok, trainer))
-  if config.data.mixture.get("image_text", 0) > 0 and config.eval.classifier:
-    evals.append(GenerationAccuracy(config, tok, trainer))
-  if config.data.mixture.get("action_video", 0) > 0 and config.eval.world_model_episodes > 0:
-    evals.append(WorldModelEval(config, tok, trainer))
-  return evals
+def _trains(config, stream: str) -> bool:
+  return config.data.mixture.get(stream, 0) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerativeEval:
+  build: Callable        # (run, tok) -> evaluation(params) -> (scalars, images)
+  applies: Callable      # config -> whether the config trains what it judges
+
+
+# What `config.eval.generative` may name; each runs where its config trains what it judges.
+GENERATIVE_EVALS = {
+    "caption_accuracy": GenerativeEval(CaptionAccuracy, lambda c: (
+        _trains(c, "image_text") and c.eval.caption_images > 0
+        and c.data.streams.image_text.datasets.get("mnist_captions", 0) > 0)),
+    "generation": GenerativeEval(GenerationAccuracy, lambda c: (
+        _trains(c, "image_text") and bool(c.eval.classifier))),
+    "world_model": GenerativeEval(WorldModelEval, lambda c: (
+        _trains(c, "action_video") and c.eval.world_model_episodes > 0)),
+}
+
+
+def generative_evals(run, tok) -> list:
+  """The evaluations `config.eval.generative` names that apply to what the run trains."""
+  config = run.config
+  unknown = sorted(set(config.eval.generative) - set(GENERATIVE_EVALS))
+  if unknown:
+    raise ValueError(f"config.eval.generative names {unknown}; the evaluations are "
+                     f"{sorted(GENERATIVE_EVALS)}")
+  return [GENERATIVE_EVALS[name].build(run, tok) for name in config.eval.generative
+          if GENERATIVE_EVALS[name].applies(config)]
 
 
 class Evaluator:
-  """Held-out losses and, with `generative`, the generative evals: __call__(params) ->
-  (scalars, images uint8 [H, W, C] by name)."""
+  """Held-out losses and the generative evals: __call__(params) -> (scalars, images uint8
+  [H, W, C] by name)."""
 
-  def __init__(self, config, tok, trainer, rows=None, to_device=None, generative=True):
-    self.held_out = HeldOut(config, tok, trainer, rows, to_device)
-    self.generative = generative_evals(config, tok, trainer) if generative else []
+  def __init__(self, loss: Objective, tok, rows=None, to_device=None):
+    self.held_out = HeldOut(loss, tok, rows, to_device)
+    self.generative = generative_evals(loss.run, tok)
 
   def __call__(self, params) -> tuple[dict, dict]:
     scalars, images = self.held_out(params), {}
@@ -217,23 +245,24 @@ class Evaluator:
 
 
 def restore_params(config, workdir: str, step: int | None = None):
-  """(tokenizer, trainer, params, step) of a run's checkpoint (default: the newest)."""
+  """(tokenizer, run, params, step) of a run's checkpoint (default: the newest); only the
+  parameters are read (no optimizer is built, no optimizer state loaded)."""
   tok = pipeline.load_tokenizer(config)
-  trainer = Trainer(config, tok.byte_lengths())
+  run = Run(config)
   checkpoints = RunCheckpoints(workdir, config.checkpoint)
   step = checkpoints.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}: train first")
-  params = checkpoints.restore(step, trainer.abstract_state()).params
+  params = checkpoints.restore_params(step, run.abstract_params())
   checkpoints.close()
-  return tok, trainer, params, step
+  return tok, run, params, step
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Every evaluation of a checkpoint's parameters (default: the newest), written to
   <workdir>/eval/step_<N>.json, its images beside it as PNGs."""
-  tok, trainer, params, step = restore_params(config, workdir, step)
-  scalars, images = Evaluator(config, tok, trainer)(params)
+  tok, run, params, step = restore_params(config, workdir, step)
+  scalars, images = Evaluator(Objective(run, tok.byte_lengths()), tok)(params)
   result = {"step": step, "split": config.eval.split, "batches_per_stream": config.eval.batches,
             **scalars}
   directory = storage.join(workdir, "eval")

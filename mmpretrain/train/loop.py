@@ -1,4 +1,9 @@
-"""The training loop: data -> jitted step -> metrics; samples and plots at the end."""
+"""The training loop: data -> jitted step -> metrics, evaluations, checkpoints; samples and
+plots at the end.
+
+`train()` is the loop itself: every step runs `TrainLoop.step`, then whichever of `log`,
+`evaluate` and `save` are due; `finish` writes the run's end-of-run outputs.
+"""
 import jax
 import matplotlib
 import numpy as np
@@ -7,21 +12,20 @@ from tqdm import tqdm
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-from mmpretrain import config as config_lib  # pylint: disable=wrong-import-position
-from mmpretrain import storage  # pylint: disable=wrong-import-position
-from mmpretrain.generate import sample as sample_lib  # pylint: disable=wrong-import-position
-from mmpretrain import distributed, sharding  # pylint: disable=wrong-import-position
-from mmpretrain.analysis.experts import RoutingLog  # pylint: disable=wrong-import-position
-from mmpretrain.batch import SKIP_FIELDS  # pylint: disable=wrong-import-position
-from mmpretrain.data import pipeline  # pylint: disable=wrong-import-position
-# pylint: disable-next=wrong-import-position
+# pylint: disable=wrong-import-position
+from mmpretrain import config as config_lib
+from mmpretrain import distributed, sharding, storage
+from mmpretrain.analysis.experts import RoutingLog
+from mmpretrain.data import pipeline
+from mmpretrain.generate import sample as sample_lib
+from mmpretrain.model.transformer import is_moe_layer
+from mmpretrain.run import Run
 from mmpretrain.train.checkpoint import BestParams, RunCheckpoints
-from mmpretrain.train.evaluate import Evaluator  # pylint: disable=wrong-import-position
-from mmpretrain.train.metrics import MetricWriter, tagged  # pylint: disable=wrong-import-position
-from mmpretrain.model.transformer import is_moe_layer  # pylint: disable=wrong-import-position
-from mmpretrain.train.step import Trainer  # pylint: disable=wrong-import-position
-# pylint: disable-next=wrong-import-position
+from mmpretrain.train.evaluate import Evaluator
+from mmpretrain.train.metrics import MetricWriter, StepMetrics, tagged
+from mmpretrain.train.step import Trainer
 from mmpretrain.train.throughput import ProfileWindow, Throughput
+# pylint: enable=wrong-import-position
 
 PLOTTED = ("text_loss", "flow_loss", "text_bits_per_byte")
 
@@ -39,30 +43,150 @@ def plot_history(history: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def write_samples(trainer, state, tok, config, workdir: str, writer: MetricWriter) -> str | None:
+def write_samples(run, params, step: int, tok, workdir: str,
+                  writer: MetricWriter) -> str | None:
   """Generates images for config.sample.captions (none: nothing) and writes a PNG grid
   (one row per caption).
 
   Every process runs the sampler (its params are sharded over all of them); process 0
   writes the grid and returns its path."""
+  config = run.config
   if not config.sample.captions:
     return None
-  spec = pipeline.row_spec(config)
   captions = [c for c in config.sample.captions for _ in range(config.sample.images_per_caption)]
-  sampler = sample_lib.make_image_sampler(trainer, tok, spec)
-  images = np.asarray(sampler(state.params, captions, jax.random.key(config.seed)))
+  images = np.asarray(sample_lib.make_image_sampler(run, tok)(params, captions,
+                                                              jax.random.key(config.seed)))
   if jax.process_index() != 0:
     return None
   grid = sample_lib.image_grid(images, columns=config.sample.images_per_caption)
   storage.makedirs(storage.join(workdir, "samples"))
-  path = storage.join(workdir, "samples", f"images_step{int(state.step)}.png")
+  path = storage.join(workdir, "samples", f"images_step{step}.png")
   storage.save_image(path, grid)
-  writer.image(int(state.step), "samples/caption_to_image", np.asarray(grid))
+  writer.image(step, "samples/caption_to_image", np.asarray(grid))
   return path
 
 
 class NonFiniteLoss(FloatingPointError):
   """The loss or gradient went non-finite under train.nonfinite='stop'."""
+
+
+class TrainLoop:
+  """One invocation of `train`: the run, its data, its state (resumed from the newest
+  complete checkpoint, else fresh) and where its figures go."""
+
+  def __init__(self, config, workdir: str):
+    config_lib.validate(config)
+    self.config, self.workdir = config, workdir
+    self.is_main = jax.process_index() == 0
+    storage.makedirs(workdir)
+    if self.is_main:
+      storage.write_text(storage.join(workdir, "config.json"),
+                         config.to_json_best_effort(indent=2))
+    self.tok = pipeline.load_tokenizer(config)
+    mesh = sharding.make_mesh(config.mesh)
+    rows = sharding.process_rows(config.data.batch_size, mesh, config.mesh.rules)
+    self.run = Run(config, mesh)
+    self.batches = pipeline.make_batches(config, self.tok, self.run.spec, rows=rows)
+    self.trainer = Trainer(self.run, self.tok.byte_lengths())
+    self.to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules,
+                                                     config.data.batch_size)
+    self.checkpoints = RunCheckpoints(workdir, config.checkpoint)
+    self.start, self.state = self.checkpoints.restore_newest(
+        self.trainer.abstract_state(), self.batches, config.checkpoint.fallback)
+    if self.state is None:
+      self.state = self.trainer.init_state(config.seed)
+    self.writer = MetricWriter(workdir, enabled=self.is_main)
+    self.evaluator = (Evaluator(self.trainer, self.tok, rows, self.to_device)
+                      if config.eval.every_steps > 0 else None)
+    self.best = (BestParams(workdir, config.checkpoint.best_metric, config.checkpoint.best_mode)
+                 if config.checkpoint.best_metric else None)
+    moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
+    self.routing = (RoutingLog(workdir, moe_layers, config.analysis.expert_threshold)
+                    if moe_layers and self.is_main else None)
+    self.metrics = StepMetrics()
+    self.throughput = Throughput(config, jax.devices(), self.start)
+    self.profile = ProfileWindow(workdir, config.train.profile_start, config.train.profile_steps)
+    self.history, self.evaluations = [], []
+    self.num_steps = config.train.num_steps
+
+  def steps(self):
+    return tqdm(range(self.start, self.num_steps), desc="train", disable=not self.is_main,
+                dynamic_ncols=True, initial=self.start, total=self.num_steps)
+
+  def is_last(self, step: int) -> bool:
+    return step == self.num_steps - 1
+
+  def log_due(self, step: int) -> bool:
+    return step % self.config.train.log_every == 0 or self.is_last(step)
+
+  def eval_due(self, step: int) -> bool:
+    every = self.config.eval.every_steps
+    return self.evaluator is not None and ((step + 1) % every == 0 or self.is_last(step))
+
+  def step(self, step: int) -> None:
+    """One train step; its metrics stay on device until a log reads them."""
+    self.profile.before(step)
+    self.state, metrics = self.trainer.step(self.state, self.to_device(next(self.batches)))
+    self.profile.after(step, self.state)
+    step_routing = metrics.pop("moe_routing", None)   # [MoE layers, token kinds, experts]
+    if self.routing is not None:
+      self.routing.add(step_routing)
+    self.metrics.add(metrics)
+
+  def check_finite(self, step: int) -> None:
+    """Under train.nonfinite='stop', refuses to go on (or to save) past a skipped update."""
+    skipped = self.metrics.nonfinite_updates()
+    if skipped and self.config.train.nonfinite == "stop":
+      raise NonFiniteLoss(
+          f"non-finite loss or gradient by step {step} ({skipped} updates skipped); the "
+          f"newest checkpoint in {self.checkpoints.directory} holds the last good state. "
+          "Lower the learning rate or set train.nonfinite='skip'")
+
+  def log(self, step: int, bar) -> None:
+    """Means and counts since the previous log, throughput, to TensorBoard and the bar."""
+    metrics = self.metrics.read()
+    metrics.update(self.throughput.read(step, int(metrics.pop("tokens"))))
+    self.history.append({"step": step, **metrics})
+    self.writer.scalars(step, tagged(metrics))
+    if self.routing is not None:
+      self.writer.scalars(step, self.routing.flush(step))
+    bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
+                    bpb=f"{metrics['text_bits_per_byte']:.2f}",
+                    tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+  def evaluate(self, step: int) -> None:
+    """Every evaluation of the parameters after `step + 1` steps; keeps the best."""
+    scalars, images = self.evaluator(self.state.params)
+    evaluation = {"step": step + 1, **scalars}
+    self.evaluations.append(evaluation)
+    self.writer.scalars(step + 1, {f"eval/{k}": v for k, v in scalars.items()})
+    for name, image in images.items():
+      self.writer.image(step + 1, f"eval/{name}", image)
+    if self.best is not None:
+      self.best.update(step + 1, evaluation, self.state.params)
+
+  def save(self, step: int) -> None:
+    self.checkpoints.save(step + 1, self.state, self.batches, self.config)
+
+  def finish(self, preempted: bool) -> dict:
+    """The first and last logged metrics, the last evaluation; unless preempted, the
+    sample grid, the loss plot and summary.json."""
+    history = self.history
+    summary = {"first": history[0] if history else None,
+               "last": history[-1] if history else None, "resumed_from": self.start,
+               "preempted": preempted, "is_main": self.is_main,
+               "eval": self.evaluations[-1] if self.evaluations else None}
+    if not preempted:
+      samples = write_samples(self.run, self.state.params, int(self.state.step), self.tok,
+                              self.workdir, self.writer)
+      if self.is_main:
+        summary["samples"] = samples
+        if history:
+          storage.makedirs(storage.join(self.workdir, "plots"))
+          plot_history(history, storage.join(self.workdir, "plots", "losses.png"))
+        storage.write_json(storage.join(self.workdir, "summary.json"), summary)
+    self.writer.close()
+    return summary
 
 
 def train(config, workdir: str) -> dict:
@@ -71,97 +195,23 @@ def train(config, workdir: str) -> dict:
 
   SIGTERM saves a checkpoint after the current step and returns early.
   """
-  config_lib.validate(config)
-  is_main = jax.process_index() == 0
-  storage.makedirs(workdir)
-  if is_main:
-    storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-  tok = pipeline.load_tokenizer(config)
-  mesh = sharding.make_mesh(config.mesh)
-  rows = sharding.process_rows(config.data.batch_size, mesh, config.mesh.rules)
-  batches = pipeline.make_batches(config, tok, rows=rows)
-  trainer = Trainer(config, tok.byte_lengths(), mesh)
-  checkpoints = RunCheckpoints(workdir, config.checkpoint)
-  start, state = checkpoints.restore_newest(trainer.abstract_state(), batches,
-                                           config.checkpoint.fallback)
-  if state is None:
-    state = trainer.init_state(config.seed)
-  writer = MetricWriter(workdir, enabled=is_main)
-  to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules, config.data.batch_size)
-  evaluator = (Evaluator(config, tok, trainer, rows, to_device, config.eval.generative)
-               if config.eval.every_steps > 0 else None)
-  best = (BestParams(workdir, config.checkpoint.best_metric, config.checkpoint.best_mode)
-          if config.checkpoint.best_metric else None)
-  moe_layers = [i for i in range(config.model.num_layers) if is_moe_layer(config.model, i)]
-  routing = (RoutingLog(workdir, moe_layers, config.analysis.expert_threshold)
-             if moe_layers and is_main else None)
-
-  # Counters summed over the whole global batch on device; read only when logging.
-  history, evaluations = [], []
-  throughput = Throughput(config, jax.devices(), start)
-  profile = ProfileWindow(workdir, config.train.profile_start, config.train.profile_steps)
-  counted = dict.fromkeys(("tokens", "nonfinite", *SKIP_FIELDS), 0)
-  num_steps, log_every = config.train.num_steps, config.train.log_every
-  bar = tqdm(range(start, num_steps), desc="train", disable=not is_main, dynamic_ncols=True,
-             initial=start, total=num_steps)
+  loop = TrainLoop(config, workdir)
   try:
     with distributed.Preemption() as preemption:
+      bar = loop.steps()
       for step in bar:
-        profile.before(step)
-        state, metrics = trainer.step(state, to_device(next(batches)))
-        profile.after(step, state)
-        step_routing = metrics.pop("moe_routing", None)   # [MoE layers, token kinds, experts]
-        if routing is not None:
-          routing.add(step_routing)
-        for name in counted:
-          counted[name] = counted[name] + metrics.pop(name)
-        save = preemption.reached(step) or checkpoints.due(step + 1, num_steps)
-        if save or step % log_every == 0 or step == num_steps - 1:
-          skipped_updates = int(counted["nonfinite"])
-          if skipped_updates and config.train.nonfinite == "stop":
-            raise NonFiniteLoss(
-                f"non-finite loss or gradient by step {step} ({skipped_updates} updates "
-                f"skipped); the newest checkpoint in {checkpoints.directory} holds the last "
-                "good state. Lower the learning rate or set train.nonfinite='skip'")
-        if step % log_every == 0 or step == num_steps - 1:
-          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          metrics.update(throughput.read(step, int(counted.pop("tokens"))))
-          metrics.update({f: int(counted.pop(f)) for f in SKIP_FIELDS})
-          metrics["nonfinite_updates_skipped"] = skipped_updates
-          counted.update(dict.fromkeys(("tokens", *SKIP_FIELDS), 0))
-          history.append({"step": step, **metrics})
-          writer.scalars(step, tagged(metrics))
-          if routing is not None:
-            writer.scalars(step, routing.flush(step))
-          bar.set_postfix(text=f"{metrics['text_loss']:.3f}", flow=f"{metrics['flow_loss']:.3f}",
-                          bpb=f"{metrics['text_bits_per_byte']:.2f}",
-                          tok_s=f"{metrics['tokens_per_s']:.0f}")
-        if evaluator and ((step + 1) % config.eval.every_steps == 0 or step == num_steps - 1):
-          scalars, images = evaluator(state.params)
-          evaluation = {"step": step + 1, **scalars}
-          evaluations.append(evaluation)
-          writer.scalars(step + 1, {f"eval/{k}": v for k, v in scalars.items()})
-          for name, image in images.items():
-            writer.image(step + 1, f"eval/{name}", image)
-          if best is not None:
-            best.update(step + 1, evaluation, state.params)
+        loop.step(step)
+        save = preemption.reached(step) or loop.checkpoints.due(step + 1, loop.num_steps)
+        if save or loop.log_due(step):
+          loop.check_finite(step)
+        if loop.log_due(step):
+          loop.log(step, bar)
+        if loop.eval_due(step):
+          loop.evaluate(step)
         if save:
-          checkpoints.save(step + 1, state, batches, config)
+          loop.save(step)
         if preemption.requested:
           break
   finally:             # an error must not cut a background save short
-    checkpoints.close()
-
-  summary = {"first": history[0] if history else None, "last": history[-1] if history else None,
-             "resumed_from": start, "preempted": preemption.requested, "is_main": is_main,
-             "eval": evaluations[-1] if evaluations else None}
-  if not preemption.requested:
-    samples = write_samples(trainer, state, tok, config, workdir, writer)
-    if is_main:
-      summary["samples"] = samples
-      if history:
-        storage.makedirs(storage.join(workdir, "plots"))
-        plot_history(history, storage.join(workdir, "plots", "losses.png"))
-      storage.write_json(storage.join(workdir, "summary.json"), summary)
-  writer.close()
-  return summary
+    loop.checkpoints.close()
+  return loop.finish(preemption.requested)

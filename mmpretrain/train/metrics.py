@@ -1,12 +1,77 @@
-"""Metric sinks: TensorBoard event files (tensorboardX, no TensorFlow) and a JSONL log.
+"""The train step's metrics between logs (clu.metrics, on device) and their sinks:
+TensorBoard event files (tensorboardX, no TensorFlow) and a JSONL log.
 
-(clu's metric writers import TensorFlow, which the core install does not have.)
+(clu's metric writers import TensorFlow, which the core install does not have; its
+metrics do not.)
 """
+import flax.struct
+import jax
+import jax.numpy as jnp
 import numpy as np
+from clu import metrics as clu_metrics
 from tensorboardX import SummaryWriter
 
 from mmpretrain import storage
 from mmpretrain.batch import SKIP_FIELDS
+
+
+# Summed over the steps between logs (each already summed over the global batch).
+WINDOW_COUNTS = ("tokens", *SKIP_FIELDS)
+
+
+@flax.struct.dataclass
+class Total(clu_metrics.Metric):
+  """A sum over steps (clu's own metrics are means)."""
+  total: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, values, **_) -> "Total":
+    return cls(total=jnp.sum(values))
+
+  def merge(self, other: "Total") -> "Total":
+    return type(self)(total=self.total + other.total)
+
+  def compute(self) -> jnp.ndarray:
+    return self.total
+
+
+class StepMetrics:
+  """The step metrics since the previous `read`, accumulated on device (one jitted merge a
+  step, no host sync): counts summed (WINDOW_COUNTS), every other scalar averaged over the
+  steps; non-finite updates (`nonfinite`) counted over the whole invocation."""
+
+  def __init__(self):
+    self.window = None
+    self.nonfinite = Total(total=jnp.zeros((), jnp.int32))
+    self._first = self._merge = None
+
+  def _build(self, names) -> None:
+    collection = clu_metrics.Collection.create(**{
+        name: (Total if name in WINDOW_COUNTS else clu_metrics.Average).from_output(name)
+        for name in names})
+    self._first = jax.jit(lambda metrics: collection.single_from_model_output(**metrics))
+    self._merge = jax.jit(lambda window, metrics: window.merge(
+        collection.single_from_model_output(**metrics)))
+
+  def add(self, metrics: dict) -> None:
+    metrics = dict(metrics)
+    self.nonfinite = self.nonfinite.merge(Total.from_model_output(metrics.pop("nonfinite")))
+    if self._first is None:
+      self._build(sorted(metrics))
+    self.window = (self._first(metrics) if self.window is None
+                   else self._merge(self.window, metrics))
+
+  def nonfinite_updates(self) -> int:
+    return int(self.nonfinite.compute())
+
+  def read(self) -> dict:
+    """Host floats (counts as ints) of the window, and `nonfinite_updates_skipped`; starts
+    a new window."""
+    values = jax.device_get(self.window.compute())
+    self.window = None
+    read = {k: int(v) if k in WINDOW_COUNTS else float(v) for k, v in values.items()}
+    read["nonfinite_updates_skipped"] = self.nonfinite_updates()
+    return read
 
 
 class MetricWriter:

@@ -1,4 +1,5 @@
-"""Train state and the jitted train step (gradient accumulation inside the step)."""
+"""The loss of a run, its train state and the jitted train step (gradient accumulation
+inside the step)."""
 from typing import Any
 
 import flax.struct
@@ -7,11 +8,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmpretrain import diffusion, sharding
+from mmpretrain import sharding
 from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS
-from mmpretrain.model.transformer import Transfusion
-from mmpretrain.tokenizers.visual import (frame_latent_tokens, make_representation, patch_dim,
-                                          tokens_per_frame)
+from mmpretrain.run import Run
+from mmpretrain.tokenizers.visual import frame_latent_tokens
 from mmpretrain.train import objective
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
 
@@ -27,78 +27,82 @@ class TrainState:
   rng: jnp.ndarray
 
 
-def build_model(config, seed: int) -> Transfusion:
-  rep = make_representation(config)
-  return Transfusion(config.model, patch_dim(rep.latent_grid, config.visual.patch_size),
-                     rngs=nnx.Rngs(seed),
-                     tokens_per_frame=tokens_per_frame(rep.latent_grid, config.visual.patch_size))
+class Objective:
+  """A run's loss (no optimizer): the held-out loss sums an evaluation adds up, and the
+  loss `Trainer` differentiates."""
 
-
-def time_shift(config) -> float:
-  """config.diffusion.time_shift, or the dimension-dependent default from the latent grid."""
-  if config.diffusion.time_shift is not None:
-    return config.diffusion.time_shift
-  h, w, c = make_representation(config).latent_grid
-  return diffusion.default_time_shift(h * w * c)
-
-
-class Trainer:
-  """Owns the model graph, the optimizer and the jitted step for one config."""
-
-  def __init__(self, config, byte_lengths, mesh=None, abstract_frozen: bool = False):
-    """`mesh`: a (data, fsdp, expert, tensor) mesh from sharding.make_mesh, laid out by
-    config.mesh.rules; None runs on jax's default device. `abstract_frozen`: hold only the
-    shapes of the representation's weights, never read (compiling for a mesh of abstract
-    devices, train/aot.py)."""
-    self.config = config
-    self.representation = make_representation(config)
-    # The representation's frozen weights (e.g. the RAE's): read, never trained.
-    self.frozen = (self.representation.abstract_params() if abstract_frozen
-                   else self.representation.load_params())
-    self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)))
-    self.tx = make_optimizer(config.optimizer, config.train.num_steps)
-    self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
+  def __init__(self, run: Run, byte_lengths):
+    self.run, self.config = run, run.config
     self.byte_lengths = jnp.asarray(byte_lengths, jnp.float32)
-    self.time_shift = time_shift(config)
-    self.mesh, self.state_sharding = mesh, None
-    if mesh is None:
-      self._step = jax.jit(self._train_step, donate_argnums=0)
+    if run.mesh is None:
       self._eval = jax.jit(self._eval_sums)
-      return
-    if not abstract_frozen:
-      self.frozen = jax.device_put(self.frozen, sharding.replicated(mesh))
-    rules = config.mesh.rules
-    sharding.check_batch_splits(config.data.batch_size, mesh, rules)
-    self.state_sharding = sharding.state_shardings(
-        jax.eval_shape(lambda: self._initial_state(0)), mesh, rules)
-    batch_sharding, replicated = sharding.batch_sharding(mesh, rules), sharding.replicated(mesh)
+    else:
+      self._eval = self._on_mesh(self._eval_sums, run.param_sharding, sharding.replicated(run.mesh))
 
-    def on_mesh(fn, first_sharding, out_shardings, **kwargs):
-      """fn(first, batch, frozen) jitted over the mesh, traced under the activation rules."""
-      def traced(*args):
-        with sharding.activation_rules(mesh, rules):
-          return fn(*args)
-      return jax.jit(traced, in_shardings=(first_sharding, batch_sharding, replicated),
-                     out_shardings=out_shardings, **kwargs)
-    self._step = on_mesh(self._train_step, self.state_sharding,
-                         (self.state_sharding, replicated), donate_argnums=0)
-    self._eval = on_mesh(self._eval_sums, self.state_sharding.params, replicated)
-
-  def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
-    """One optimizer step (jitted; `state` is donated)."""
-    return self._step(state, batch, self.frozen)
-
-  def lower_step(self, state: TrainState, batch, frozen=None):
-    """The step lowered for these arguments (for inspecting the compiled program)."""
-    return self._step.lower(state, batch, self.frozen if frozen is None else frozen)
+  def _on_mesh(self, fn, first_sharding, out_shardings, **kwargs):
+    """fn(first, batch, frozen) jitted over the run's mesh, traced under its activation
+    rules."""
+    mesh, rules = self.run.mesh, self.config.mesh.rules
+    def traced(*args):
+      with sharding.activation_rules(mesh, rules):
+        return fn(*args)
+    return jax.jit(traced, in_shardings=(first_sharding, sharding.batch_sharding(mesh, rules),
+                                         sharding.replicated(mesh)),
+                   out_shardings=out_shardings, **kwargs)
 
   def eval_sums(self, params, batch) -> dict:
     """Loss sums of `batch` (no update; jitted): text CE, flow MSE, token and byte counts,
     which add up over batches (objective.summarize turns them into means)."""
-    return self._eval(params, batch, self.frozen)
+    return self._eval(params, batch, self.run.frozen)
+
+  def loss(self, params, batch, row_rngs, normalizers, frozen):
+    """Loss and metric sums of one (micro)batch; row_rngs holds one key per row, `frozen`
+    the representation's weights."""
+    cfg, run = self.config, self.run
+    latents = frame_latent_tokens(run.representation, frozen, batch["frames"],
+                                  cfg.visual.patch_size)
+    inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
+                                             run.time_shift, objective.flow_space(cfg))
+    logits, pred, moe_stats = run.model(params)(inputs)
+    pred = objective.flow_loss_inputs(pred, inputs, cfg)
+    weights = (objective.frame_change_weights(batch, latents, cfg.loss)
+               if cfg.loss.frame_change_weight != 1.0 else None)
+    loss, sums = objective.transfusion_loss(logits, pred, target, batch, normalizers,
+                                            self.byte_lengths, cfg.loss, weights)
+    if moe_stats:
+      loss, sums = objective.add_moe_terms(loss, sums, moe_stats, cfg.loss,
+                                           cfg.optimizer.grad_accum_steps)
+    return loss, sums
+
+  def _eval_sums(self, params, batch, frozen):
+    batch = {k: batch[k] for k in DEVICE_FIELDS}
+    # The same noise for every evaluation, so successive evaluations are comparable.
+    row_rngs = jax.random.split(jax.random.key(EVAL_NOISE_SEED), batch["tokens"].shape[0])
+    _, sums = self.loss(params, batch, row_rngs, objective.loss_normalizers(batch), frozen)
+    return {k: sums[k] for k in objective.ADDITIVE_SUMS}
+
+
+class Trainer(Objective):
+  """The run's loss with its optimizer: the train state and the jitted train step."""
+
+  def __init__(self, run: Run, byte_lengths):
+    super().__init__(run, byte_lengths)
+    config, mesh = run.config, run.mesh
+    self.tx = make_optimizer(config.optimizer, config.train.num_steps)
+    self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
+    self.state_sharding = None
+    if mesh is None:
+      self._step = jax.jit(self._train_step, donate_argnums=0)
+      return
+    sharding.check_batch_splits(config.data.batch_size, mesh, config.mesh.rules)
+    self.state_sharding = sharding.state_shardings(
+        jax.eval_shape(lambda: self._initial_state(0)), mesh, config.mesh.rules)
+    self._step = self._on_mesh(self._train_step, self.state_sharding,
+                               (self.state_sharding, sharding.replicated(mesh)),
+                               donate_argnums=0)
 
   def _initial_state(self, seed: int) -> TrainState:
-    _, params = nnx.split(build_model(self.config, seed))
+    _, params = nnx.split(self.run.new_model(seed))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), rng=jax.random.key(seed + 1))
 
@@ -115,27 +119,13 @@ class Trainer:
     return jax.jit(self._initial_state, static_argnums=0,
                    out_shardings=self.state_sharding)(seed)
 
-  def model(self, params) -> Transfusion:
-    return nnx.merge(self.graphdef, params)
+  def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimizer step (jitted; `state` is donated)."""
+    return self._step(state, batch, self.run.frozen)
 
-  def loss(self, params, batch, row_rngs, normalizers, frozen):
-    """Loss and metric sums of one (micro)batch; row_rngs holds one key per row, `frozen`
-    the representation's weights."""
-    cfg = self.config
-    latents = frame_latent_tokens(self.representation, frozen, batch["frames"],
-                                  cfg.visual.patch_size)
-    inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
-                                             self.time_shift, objective.flow_space(cfg))
-    logits, pred, moe_stats = self.model(params)(inputs)
-    pred = objective.flow_loss_inputs(pred, inputs, cfg)
-    weights = (objective.frame_change_weights(batch, latents, cfg.loss)
-               if cfg.loss.frame_change_weight != 1.0 else None)
-    loss, sums = objective.transfusion_loss(logits, pred, target, batch, normalizers,
-                                            self.byte_lengths, cfg.loss, weights)
-    if moe_stats:
-      loss, sums = objective.add_moe_terms(loss, sums, moe_stats, cfg.loss,
-                                           cfg.optimizer.grad_accum_steps)
-    return loss, sums
+  def lower_step(self, state: TrainState, batch, frozen=None):
+    """The step lowered for these arguments (for inspecting the compiled program)."""
+    return self._step.lower(state, batch, self.run.frozen if frozen is None else frozen)
 
   def gradients(self, params, batch, rng, frozen):
     """Gradient of the full-batch loss, summed over `grad_accum_steps` microbatches.
@@ -180,7 +170,7 @@ class Trainer:
     expert_load = sums.pop("expert_load", None)       # [MoE layers, experts]
     kind_load = sums.pop("kind_load", None)           # [MoE layers, token kinds, experts]
     if expert_load is not None:        # sigmoid routers: balance by bias, not by gradient
-      model = self.model(params)
+      model = self.run.model(params)
       model.decoder.update_router_bias(expert_load, self.config.model.moe.bias_update_rate)
       params = nnx.split(model)[1]
     metrics = objective.summarize(sums, self.config.loss)
