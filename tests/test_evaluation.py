@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from mmpretrain.stages.evaluation import evaluate_representation, linear_probe_accuracy, uint8_psnr
+from mmpretrain import pixels
+from mmpretrain.stages.evaluation import evaluate_representation, linear_probe_accuracy
 from mmpretrain.run import Run
 
 PROBE = dict(steps=300, learning_rate=1e-2, weight_decay=1e-4)
@@ -27,7 +28,14 @@ def test_linear_probe_separates_separable_classes_and_not_random_labels():
 def test_psnr_of_known_errors():
   frames = np.full((1, 4, 4, 1), 100, np.uint8)
   off_by = frames + np.uint8(51)                     # error 51/127.5 = 0.4: mse 0.16
-  assert uint8_psnr(off_by, frames)[0] == pytest.approx(10 * np.log10(4 / 0.16))
+  got = pixels.signed_psnr(pixels.to_signed(off_by), pixels.to_signed(frames))[0]
+  assert float(got) == pytest.approx(10 * np.log10(4 / 0.16), rel=1e-6)
+  assert float(pixels.psnr(0.01, 1.0)) == pytest.approx(20.0)         # [0, 1]: 10·log10(1/0.01)
+  beyond = pixels.to_signed(frames) + 3.0                             # clipped to 1 first
+  assert float(pixels.signed_psnr(beyond, pixels.to_signed(frames))[0]) == pytest.approx(
+      10 * np.log10(4 / (1 - (100 / 127.5 - 1)) ** 2), rel=1e-6)
+  round_trip = pixels.to_uint8(pixels.to_signed(np.arange(256, dtype=np.uint8)))
+  np.testing.assert_array_equal(np.asarray(round_trip), np.arange(256))
 
 
 def test_pixels_reconstruct_exactly_and_probe_above_chance(data_dir, tmp_path):
@@ -195,3 +203,12 @@ def test_frechet_distance_matches_the_closed_form_for_gaussians():
                 - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b)).real)
   assert frechet_distance(a, b) == pytest.approx(population, rel=0.05)
   assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_config_accepts_exactly_the_registered_evaluations(config):
+  from mmpretrain import config_rules  # pylint: disable=import-outside-toplevel
+  from mmpretrain.train import evaluate  # pylint: disable=import-outside-toplevel
+  assert set(config_rules.GENERATIVE_EVALS) == set(evaluate.GENERATIVE_EVALS)
+  config.eval.generative = ("caption_accuracy", "drawing")
+  with pytest.raises(ValueError, match="drawing"):
+    evaluate.generative_evals(Run(config), None)

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 BASE = {"mmpretrain.batch", "mmpretrain.config_rules", "mmpretrain.storage",
-        "mmpretrain.sharding", "mmpretrain.hardware"}
+        "mmpretrain.sharding", "mmpretrain.hardware", "mmpretrain.pixels"}
 # What each lower floor may import besides itself.
 ALLOWED = {
     "mmpretrain.model": BASE,

@@ -148,7 +148,8 @@ def open_split(name: str, split: str, data_dir: str, version: str = ""):
     versions = [v for v in versions if v == version]
   if not versions:
     hint = (f"run `mmpretrain prepare --config=<your config> --datasets={name}`"
-            if name in BUILDERS else "copy the prepared TFDS dataset (array_record) there")
+            if name in BUILDERS else "run `mmpretrain prepare` (for a dataset with a `source`) "
+            "or copy the prepared TFDS dataset (array_record) there")
     raise DatasetNotPrepared(f"dataset {name!r}{' version ' + version if version else ''} "
                              f"is not prepared in {data_dir}: {hint}")
   builder = tfds.builder_from_directory(storage.join(root, versions[-1]))

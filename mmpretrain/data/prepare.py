@@ -1,11 +1,13 @@
 """`mmpretrain prepare`: builds what a config needs into config.data.data_dir, idempotently.
 
-The TFDS datasets its streams read (built-in builders only; a user's own dataset must
-already be there) and the SentencePiece tokenizer, trained on the text those datasets hold.
+The TFDS datasets its streams read — the built-in ones, and a user's own corpus converted
+from the files it comes in (a dataset entry with a `source`: data/convert.py); any other
+dataset must already be there — and the SentencePiece tokenizer, trained on the text those
+datasets hold.
 """
 
 from mmpretrain import storage
-from mmpretrain.data import builders, pipeline, records, streams
+from mmpretrain.data import builders, convert, pipeline, records, streams
 from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
 
 TEXT_FIELDS = ("text", "caption", "actions", "mission")
@@ -27,6 +29,13 @@ def prepare_datasets(config, names, rebuild: bool = False) -> None:
     data_dir = spec.data_dir or config.data.data_dir
     if spec.tfds_name in builders.BUILDERS:
       print(f"dataset ready: {builders.prepare_dataset(spec.tfds_name, data_dir, rebuild)}")
+    elif spec.get("source") and spec.source.get("format"):
+      result = convert.convert(spec.source, spec.tfds_name, data_dir, rebuild)
+      if result["examples"] is None:
+        print(f"dataset ready: {result['path']}")
+      else:
+        print(f"converted {name}: {result['examples']} examples, corrupt records skipped: "
+              f"{result['corrupt'] or 'none'} -> {result['path']}")
     else:   # a user's own TFDS dataset: check it is readable, never build it
       builders.open_split(spec.tfds_name, spec.train_split, data_dir, spec.version)
       print(f"dataset found: {spec.tfds_name} in {data_dir}")

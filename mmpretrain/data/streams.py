@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmpretrain.batch import SKIP_REASONS
 from mmpretrain.data import documents
-from mmpretrain.tokenizers.text import TextTokenizer
+from mmpretrain.tokenizers.text import TextTokenizer, special_ids
 
 
 class BadRecord(ValueError):
@@ -53,7 +53,7 @@ class StreamContext:
     self.tok = tok
     self.settings = config.data.streams[stream]
     self.size, self.channels = config.data.image_size, config.data.image_channels
-    self.specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
+    self.specials = special_ids(tok)
 
   def frame(self, value) -> np.ndarray:
     return decode_frame(value, self.size, self.channels)

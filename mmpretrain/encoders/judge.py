@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmpretrain import storage
+from mmpretrain.pixels import to_signed
 from mmpretrain.encoders.store import restore_module, save_module
 
 CLASSIFIER_JSON = "classifier.json"
@@ -46,7 +47,7 @@ class ImageClassifier(nnx.Module):
 
   def feature_maps(self, images):
     """The last convolution's activations [B, h, w, C]."""
-    x = images.astype(jnp.float32) / 127.5 - 1.0
+    x = to_signed(images)
     for conv in self.convs:
       x = jax.nn.gelu(conv(x))
     return x

@@ -21,6 +21,7 @@ from mmpretrain.data.documents import (document_frames, document_length, fit_fra
                                        understanding_document)
 from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.transformer import ModelInputs
+from mmpretrain.tokenizers.text import special_ids
 from mmpretrain.tokenizers.visual import patch_dim, place_frame_tokens, unpatchify
 
 ID_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions")
@@ -141,7 +142,7 @@ def caption_documents(tok, captions: list[str], spec) -> list:
   """`<bos> caption <boi> [image]` per caption, then the unconditional `<bos> <boi> [image]`
   twin of each (what caption dropout trained): a guided BlockPrompt's documents."""
   blank = np.zeros(spec.frame_shape, np.uint8)
-  specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
+  specials = special_ids(tok)
   ids = [tok.encode(c) for c in captions]
   return [generation_document(c, blank, **specials) for c in ids + [[]] * len(ids)]
 
@@ -250,7 +251,7 @@ def caption_prompt(run, tok, frames: np.ndarray) -> dict:
   """`<bos> <boi> [clean image] <eoi>` per frame (uint8 [B, H, W, C]): the understanding
   document up to its caption, as a generator prompt."""
   spec = run.spec
-  specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
+  specials = special_ids(tok)
   rows = document_rows([understanding_document([], frame, **specials)[:-1]
                         + [text_segment([tok.eoi_id], False)] for frame in frames], spec)
   used = int((rows["segment_ids"][0] > 0).sum())

@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from mmpretrain import pixels
 from mmpretrain.generate import sample
 from mmpretrain.data import documents as docs
 from mmpretrain.data import pipeline, records, streams
 from mmpretrain.data.sources import MINIGRID_CELLS
+from mmpretrain.tokenizers.text import special_ids
 
 # The agent triangle as MiniGrid draws it in a unit cell pointing right (direction 0).
 AGENT_TRIANGLE = ((0.12, 0.19), (0.87, 0.50), (0.12, 0.81))
@@ -33,7 +35,7 @@ def rollout_document(tok, spec, context: int, action: str | None, mission: str =
   """The prompt document for one predicted frame (frames are placeholders: the sampler
   reads the context as latent tokens)."""
   blank = np.zeros((context, *spec.frame_shape), np.uint8)
-  specials = dict(bos=tok.bos_id, eos=tok.eos_id, boi=tok.boi_id, eoi=tok.eoi_id)
+  specials = special_ids(tok)
   if action is None:
     return [docs.text_segment([tok.bos_id, tok.boi_id], False),
             docs.VisualSegment(blank, generate=False), docs.VisualSegment(blank[:1], True),
@@ -118,11 +120,6 @@ def frame_mse(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
   return (diff ** 2).mean((-1, -2, -3))
 
 
-def psnr(mse: np.ndarray, floor: float = 1e-10) -> np.ndarray:
-  """Peak signal-to-noise ratio in dB of a [0, 1] signal (identical frames: 100 dB)."""
-  return 10.0 * np.log10(1.0 / np.maximum(mse, floor))
-
-
 def horizon_metrics(predicted, target, horizons) -> dict[str, float]:
   """MSE, PSNR and agent-cell accuracy at each horizon (1-based) of rollouts
   [B, H, S, S, 3] against the true frames."""
@@ -130,7 +127,8 @@ def horizon_metrics(predicted, target, horizons) -> dict[str, float]:
   for h in horizons:
     mse = frame_mse(predicted[:, h - 1], target[:, h - 1])
     same_cell = (agent_cell(predicted[:, h - 1]) == agent_cell(target[:, h - 1])).all(-1)
-    results.update({f"mse@{h}": float(mse.mean()), f"psnr@{h}": float(psnr(mse).mean()),
+    results.update({f"mse@{h}": float(mse.mean()),
+                    f"psnr@{h}": float(np.mean(pixels.psnr(mse, 1.0))),
                     f"agent_accuracy@{h}": float(same_cell.mean())})
   return results
 

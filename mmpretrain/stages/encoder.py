@@ -1,11 +1,11 @@
 """`mmpretrain train-encoder`: the in-project semantic encoder (SigLIP-style, sigmoid loss on
 image–caption pairs), saved as <workdir>/encoder for the RAE to freeze."""
-import os
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmpretrain import storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import NO_LABEL, image_batches
 from mmpretrain.data.sources import digit_caption
@@ -68,7 +68,7 @@ def train_encoder(config, workdir: str) -> dict:
   summary = {"first": history[0], "last": history[-1], "skipped_records": batches.skipped}
   if config.encoder.datasets.get("mnist_captions", 0) > 0:
     summary["digit_zero_shot_accuracy"] = digit_zero_shot(config, model, tok)
-  directory = os.path.join(workdir, ENCODER_DIR)
+  directory = storage.join(workdir, ENCODER_DIR)
   store.save_encoder(directory, model.image)
   summary["encoder"] = directory
   return write_summary(workdir, summary)

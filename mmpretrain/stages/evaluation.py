@@ -1,30 +1,17 @@
 """How good a visual representation is, independent of the unified model: reconstruction
 PSNR on held-out images, and a linear probe of its latents on image classes (the
 understanding proxy). `mmpretrain eval-representation` writes both as a JSON table."""
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmpretrain import storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import NO_LABEL, image_batches
+from mmpretrain.pixels import signed_psnr, to_signed
 from mmpretrain.tokenizers.visual import make_representation
-
-
-def psnr(reconstruction, target) -> jnp.ndarray:
-  """Peak signal-to-noise ratio (dB) per image, images in [-1, 1] (peak-to-peak 2)."""
-  mse = jnp.mean((jnp.clip(reconstruction, -1, 1) - target) ** 2, axis=(-3, -2, -1))
-  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
-
-
-def uint8_psnr(reconstruction, frames) -> np.ndarray:
-  """PSNR (dB) per image of uint8 frames and their uint8 reconstructions."""
-  scale = lambda x: np.asarray(x, np.float64) / 127.5 - 1.0
-  mse = np.mean((scale(reconstruction) - scale(frames)) ** 2, axis=(-3, -2, -1))
-  return 10.0 * np.log10(4.0 / np.maximum(mse, 1e-10))
 
 
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, steps: int,
@@ -84,14 +71,14 @@ def evaluate_representation(config, out_path: str | None = None) -> dict:
     train = _labelled(config, tok, dataset, "train", e.probe_train_images)
     num_classes = int(max(train["label"].max(), held_out["label"].max())) + 1
     result["held_out_images"][dataset] = int(len(held_out["label"]))
-    result["psnr_db"][dataset] = float(uint8_psnr(reconstruct(params, held_out["images"]),
-                                                  held_out["images"]).mean())
+    reconstruction = reconstruct(params, held_out["images"])
+    result["psnr_db"][dataset] = float(signed_psnr(to_signed(reconstruction),
+                                                   to_signed(held_out["images"])).mean())
     result["linear_probe_accuracy"][dataset] = linear_probe_accuracy(
         features(train["images"]), train["label"], features(held_out["images"]),
         held_out["label"], num_classes, steps=e.probe_steps,
         learning_rate=e.probe_learning_rate, weight_decay=e.probe_weight_decay)
   if out_path:
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
+    storage.makedirs(storage.parent(storage.absolute(out_path)))
+    storage.write_json(out_path, result)
   return result

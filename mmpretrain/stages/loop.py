@@ -1,11 +1,10 @@
 """The optimizer loop shared by the representation stages (encoder, RAE decoder, VAE):
-AdamW from config.optimizer for config.train.num_steps, metrics to TensorBoard/JSONL.
+AdamW from config.optimizer for config.train.num_steps, metrics averaged between logs like
+the main loop's (train/metrics.StepMetrics) to TensorBoard/JSONL.
 
 `loss_fn(model, frozen, batch, rng) -> (loss, metrics)`: the `wrt` parameters of `model`
 are trained, `frozen` (an NNX module or None) is only read.
 """
-import json
-import os
 import time
 
 import jax
@@ -13,15 +12,15 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from mmpretrain.train.metrics import MetricWriter
+from mmpretrain import storage
+from mmpretrain.train.metrics import MetricWriter, StepMetrics
 from mmpretrain.train.optimizer import decay_mask, make_optimizer
 
 REPRESENTATION_DIR = "representation"    # what train-rae / train-vae write in their workdir
 
 
 def write_summary(workdir: str, summary: dict) -> dict:
-  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+  storage.write_json(storage.join(workdir, "summary.json"), summary)
   return summary
 
 
@@ -40,14 +39,15 @@ def train_model(config, workdir: str, model: nnx.Module, loss_fn, batches, froze
     optimizer.update(model, grads)
     return dict(metrics, loss=loss)
 
-  writer = MetricWriter(workdir)
+  writer, window = MetricWriter(workdir), StepMetrics()
   history, key, last = [], jax.random.key(config.seed), time.time()
   bar = tqdm(range(num_steps), desc=name, dynamic_ncols=True)
   for i in bar:
     batch = next(batches)
-    metrics = step(model, optimizer, frozen, batch, jax.random.fold_in(key, i))
+    window.add(step(model, optimizer, frozen, batch, jax.random.fold_in(key, i)))
     if i % log_every == 0 or i == num_steps - 1:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      metrics = window.read()
+      del metrics["nonfinite_updates_skipped"]      # the stages keep every update
       now = time.time()
       metrics["steps_per_s"] = (log_every if i else 1) / max(now - last, 1e-9)
       last = now

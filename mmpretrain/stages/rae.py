@@ -1,19 +1,19 @@
 """`mmpretrain train-rae`: freeze an encoder, measure its per-channel latent statistics on
 the data, train the ViT decoder on noise-augmented latents; writes
 <workdir>/representation for `config.visual.checkpoint`."""
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmpretrain import storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.encoders import store
 from mmpretrain.encoders.vit import normalize
+from mmpretrain.pixels import signed_psnr, to_signed
 from mmpretrain.stages import gan
-from mmpretrain.stages.evaluation import psnr
 from mmpretrain.stages.loop import REPRESENTATION_DIR, train_model, write_summary
 from mmpretrain.tokenizers import rae as rae_lib
 
@@ -61,14 +61,14 @@ def make_rae_loss(noise_tau: float, perceptual_weight: float, gan_weight: float)
     adversarial (hinge, PatchGAN) terms."""
     del frozen
     model = training.rae
-    target = batch["images"].astype(jnp.float32) / 127.5 - 1.0
+    target = to_signed(batch["images"])
     latents = model.encode(batch["images"])
     sigma_key, noise_key = jax.random.split(rng)
     sigma = jax.random.uniform(sigma_key, (latents.shape[0], 1, 1), maxval=noise_tau)
     noisy = latents + sigma * jax.random.normal(noise_key, latents.shape)
     reconstruction = model.decode(noisy)
     l1 = jnp.mean(jnp.abs(reconstruction - target))
-    metrics = {"l1": l1, "psnr": jnp.mean(psnr(reconstruction, target))}
+    metrics = {"l1": l1, "psnr": jnp.mean(signed_psnr(reconstruction, target))}
     loss = l1
     if perceptual_weight > 0:
       features = model.encode_unit(jnp.clip((reconstruction + 1.0) / 2.0, 0.0, 1.0))
@@ -89,8 +89,7 @@ def reconstruction_psnr(model: rae_lib.RAE, batches, num_batches: int) -> float:
   scores = []
   for _ in range(num_batches):
     frames = next(batches)["images"]
-    target = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
-    scores.append(np.asarray(psnr(reconstruct(model, frames), target)))
+    scores.append(np.asarray(signed_psnr(reconstruct(model, frames), to_signed(frames))))
   return float(np.mean(np.concatenate(scores)))
 
 
@@ -118,7 +117,7 @@ def train_rae(config, workdir: str) -> dict:
                         name="rae", wrt=TRAINED)
   held_out = image_batches(config, tok, r.datasets, split="validation",
                            batch_size=config.data.batch_size, caption_len=1, seed=0)
-  directory = os.path.join(workdir, REPRESENTATION_DIR)
+  directory = storage.join(workdir, REPRESENTATION_DIR)
   rae_lib.save_rae(directory, model)
   summary = {"first": history[0], "last": history[-1], "representation": directory,
              "latent_grid": [encoder.cfg.grid, encoder.cfg.grid, model.decoder.cfg.latent_dim],

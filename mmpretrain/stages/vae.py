@@ -2,16 +2,16 @@
 latents then scaled to unit standard deviation (as Stable Diffusion's 0.18215 was
 chosen); writes <workdir>/representation for `config.visual.checkpoint`."""
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmpretrain import storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
-from mmpretrain.stages.evaluation import psnr
+from mmpretrain.pixels import signed_psnr, to_signed
 from mmpretrain.stages.loop import REPRESENTATION_DIR, train_model, write_summary
 from mmpretrain.tokenizers import vae as vae_lib
 
@@ -25,28 +25,24 @@ def vae_config(config) -> vae_lib.VAEConfig:
                            mid_attention=v.mid_attention)
 
 
-def pixels(frames):
-  return frames.astype(jnp.float32) / 127.5 - 1.0
-
-
 def make_vae_loss(kl_weight: float):
   def vae_loss(model: vae_lib.AutoencoderKL, frozen, batch, rng):
     """L1 of the decoded posterior sample + kl_weight · KL(q(z|x) ‖ N(0, I)) per image."""
     del frozen
-    x = pixels(batch["images"])
+    x = to_signed(batch["images"])
     mean, logvar = model.moments(x)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
     reconstruction = model.decode_raw(z)
     l1 = jnp.mean(jnp.abs(reconstruction - x))
     kl = 0.5 * jnp.mean(jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)))
     return l1 + kl_weight * kl, {"l1": l1, "kl": kl,
-                                 "psnr": jnp.mean(psnr(reconstruction, x))}
+                                 "psnr": jnp.mean(signed_psnr(reconstruction, x))}
   return vae_loss
 
 
 def latent_std(model: vae_lib.AutoencoderKL, batches, num_batches: int) -> float:
   """Standard deviation of the posterior means over `num_batches` (float64)."""
-  moments = nnx.jit(lambda m, frames: m.moments(pixels(frames))[0])
+  moments = nnx.jit(lambda m, frames: m.moments(to_signed(frames))[0])
   values = np.concatenate([np.asarray(moments(model, next(batches)["images"]),
                                       np.float64).ravel() for _ in range(num_batches)])
   return float(values.std())
@@ -63,10 +59,10 @@ def train_vae(config, workdir: str) -> dict:
                                   scaling_factor=1.0 / latent_std(model, batches, v.stats_batches))
   held_out = image_batches(config, tok, v.datasets, split="validation",
                            batch_size=config.data.batch_size, caption_len=1, seed=0)
-  reconstruct = nnx.jit(lambda m, frames: m.decode_raw(m.moments(pixels(frames))[0]))
-  scores = [np.asarray(psnr(reconstruct(model, frames), pixels(frames)))
+  reconstruct = nnx.jit(lambda m, frames: m.decode_raw(m.moments(to_signed(frames))[0]))
+  scores = [np.asarray(signed_psnr(reconstruct(model, frames), to_signed(frames)))
             for frames in (next(held_out)["images"] for _ in range(4))]
-  directory = os.path.join(workdir, REPRESENTATION_DIR)
+  directory = storage.join(workdir, REPRESENTATION_DIR)
   vae_lib.save_vae(directory, model)
   grid = config.data.image_size // model.cfg.downsample
   summary = {"first": history[0], "last": history[-1], "representation": directory,

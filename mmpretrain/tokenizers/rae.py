@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from mmpretrain import storage
+from mmpretrain.pixels import to_uint8
 from mmpretrain.encoders import store
 from mmpretrain.encoders.vit import Block, ViTConfig, VisionTransformer, normalize, normalize_unit
 
@@ -172,5 +173,5 @@ class RAERepresentation:
     """latents [..., grid, grid, width] -> uint8 frames."""
     rae, lead = nnx.merge(self.graphdef, params), latents.shape[:-3]
     pixels = rae.decode(latents.reshape(-1, np.prod(latents.shape[-3:-1]), latents.shape[-1]))
-    pixels = jnp.clip(jnp.round((pixels + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    pixels = to_uint8(pixels)
     return pixels.reshape(*lead, *pixels.shape[1:])

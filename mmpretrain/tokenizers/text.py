@@ -133,3 +133,9 @@ class HuggingFaceTokenizer:
 
 
 TextTokenizer = SentencePieceTokenizer | HuggingFaceTokenizer
+
+
+def special_ids(tok: TextTokenizer) -> dict[str, int]:
+  """The ids a document's layout needs: the `bos`, `eos`, `boi`, `eoi` keyword arguments
+  of data/documents.py's builders."""
+  return {"bos": tok.bos_id, "eos": tok.eos_id, "boi": tok.boi_id, "eoi": tok.eoi_id}

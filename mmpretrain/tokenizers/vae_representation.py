@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmpretrain import storage
+from mmpretrain.pixels import to_signed, to_uint8
 from mmpretrain.encoders import store
 from mmpretrain.tokenizers import vae_import
 from mmpretrain.tokenizers.vae import VAE_CONFIG, AutoencoderKL, VAEConfig
@@ -62,7 +63,7 @@ class VAERepresentation:
 
   def encode(self, params, frames):
     model, lead = nnx.merge(self.graphdef, params), frames.shape[:-3]
-    x = frames.reshape(-1, *frames.shape[-3:]).astype(jnp.float32) / 127.5 - 1.0
+    x = to_signed(frames.reshape(-1, *frames.shape[-3:]))
     x = jnp.repeat(x, self.cfg.in_channels // self.channels, axis=-1)
     latents = model.to_diffusion(model.moments(x)[0])
     return latents.reshape(*lead, *latents.shape[1:])
@@ -71,5 +72,5 @@ class VAERepresentation:
     model, lead = nnx.merge(self.graphdef, params), latents.shape[:-3]
     x = model.decode_raw(model.from_diffusion(latents.reshape(-1, *latents.shape[-3:])))
     x = x.reshape(*x.shape[:-1], self.channels, -1).mean(-1)     # RGB VAE, gray frames
-    frames = jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    frames = to_uint8(x)
     return frames.reshape(*lead, *frames.shape[1:])

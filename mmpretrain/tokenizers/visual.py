@@ -13,6 +13,7 @@ import einops
 import jax.numpy as jnp
 
 from mmpretrain.data.packing import RowSpec
+from mmpretrain.pixels import to_signed, to_uint8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +34,11 @@ class PixelRepresentation:
 
   def encode(self, params, frames: jnp.ndarray) -> jnp.ndarray:
     del params
-    return frames.astype(jnp.float32) / 127.5 - 1.0
+    return to_signed(frames)
 
   def decode(self, params, latents: jnp.ndarray) -> jnp.ndarray:
     del params
-    return jnp.clip(jnp.round((latents + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return to_uint8(latents)
 
 
 def make_representation(config):

@@ -55,7 +55,7 @@ class StepMetrics:
 
   def add(self, metrics: dict) -> None:
     metrics = dict(metrics)
-    self.nonfinite = self.nonfinite.merge(Total.from_model_output(metrics.pop("nonfinite")))
+    self.nonfinite = self.nonfinite.merge(Total.from_model_output(metrics.pop("nonfinite", 0)))
     if self._first is None:
       self._build(sorted(metrics))
     self.window = (self._first(metrics) if self.window is None
