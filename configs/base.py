@@ -88,6 +88,10 @@ def get_config(arg=None):
   c.visual.representation = "pixels"    # later: 'rae', 'vae'
   c.visual.patch_size = 4                # p×p patchify of the latent grid into tokens
   c.visual.checkpoint = ""               # rae | vae: the <workdir>/representation a stage wrote
+  # Train on latents `mmpretrain prepare` computed once (data/latent_cache.py) instead of
+  # running the frozen encoder on every frame of every step.
+  c.visual.cached_latents = False
+  c.visual.latent_cache_dtype = "bfloat16"   # bfloat16 | float32 (exactly the live latents)
 
   # --- Model ---
   c.model = ml_collections.ConfigDict()

@@ -97,7 +97,12 @@ def cmd_prepare():
       print(e, file=sys.stderr)
       sys.exit(1)
     return
-  prepare(_config(), _DATASETS.value, _REBUILD.value)
+  config = _config()
+  prepare(config, _DATASETS.value, _REBUILD.value)
+  if config.visual.cached_latents:
+    from mmpretrain.stages.latent_cache import build_latent_caches  # pylint: disable=import-outside-toplevel
+    for path in build_latent_caches(config, _REBUILD.value):
+      print(f"latents ready: {path}")
 
 
 def cmd_train():

@@ -14,6 +14,7 @@ MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, im
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked")    # model/attention.py
 GENERATIVE_EVALS = ("caption_accuracy", "generation", "world_model")  # train/evaluate.py
+REMAT = ("none", "full", "dots", "dots_no_batch")       # none + model/transformer.REMAT_POLICIES
 
 
 class ConfigError(ValueError):
@@ -144,6 +145,8 @@ RULES = {
     "data.tokenizer.path": Text(),
     # visual representation
     "visual.representation": Choice(("pixels", "rae", "vae")),
+    "visual.cached_latents": Flag(),
+    "visual.latent_cache_dtype": Choice(("bfloat16", "float32")),
     "visual.patch_size": Int(1, 1024),
     "visual.checkpoint": Text(),
     # model
@@ -161,7 +164,7 @@ RULES = {
     "model.tie_embeddings": Flag(),
     "model.init_std": Real(0.0, 10.0, open="lo"),
     "model.scan_layers": Flag(),
-    "model.remat": Choice(("none", "full", "dots", "dots_no_batch")),
+    "model.remat": Choice(REMAT),
     "model.dtype": Choice(("float32", "bfloat16")),
     "model.attention_impl": Choice(ATTENTION_IMPLS),
     "model.attention_chunk": Int(1, MAX_SIZE),

@@ -5,6 +5,8 @@ rows' layout (`spec`), the diffusion time shift, the model's graph and the param
 shardings. It has no optimizer: `train.step.Trainer` adds one for training, while sampling
 and evaluating a checkpoint need only a Run and the parameters.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -48,6 +50,11 @@ class Run:
     if mesh is not None and not abstract_frozen:
       self.frozen = jax.device_put(self.frozen, sharding.replicated(mesh))
     self.spec: RowSpec = row_spec(config, self.representation.latent_grid)
+    # The rows data builds: pixels, or the cached latent grids (visual.cached_latents).
+    self.data_spec: RowSpec = (dataclasses.replace(
+        self.spec, frame_shape=tuple(self.representation.latent_grid),
+        frame_dtype=config.visual.latent_cache_dtype) if config.visual.cached_latents
+        else self.spec)
     self.time_shift = time_shift(config, self.representation.latent_grid)
     self.graphdef, abstract = nnx.split(nnx.eval_shape(
         lambda: build_model(config, 0, self.representation)))

@@ -86,10 +86,10 @@ def read_json(path):
   return json.loads(read_text(path))
 
 
-def save_image(path, image) -> None:
-  """A PIL image, format from the file name (PNG, GIF: `save` keywords pass through)."""
+def save_image(path, image, **save_options) -> None:
+  """A PIL image, format from the file name (PNG, GIF; `save_options` go to Image.save)."""
   buffer = io.BytesIO()
-  image.save(buffer, format=os.path.splitext(str(path))[1][1:].upper())
+  image.save(buffer, format=os.path.splitext(str(path))[1][1:].upper(), **save_options)
   write_bytes(path, buffer.getvalue())
 
 

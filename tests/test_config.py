@@ -250,3 +250,9 @@ def test_unknown_keys_are_refused_in_one_line(override, message):
   assert result.stderr.strip().splitlines() == [f"mmpretrain eval: error: {message}. Fix the "
                                                 "spelling, or add the key to the config file's "
                                                 "get_config()"]
+
+
+def test_the_remat_choices_are_the_model_policies():
+  from mmpretrain import config_rules  # pylint: disable=import-outside-toplevel
+  from mmpretrain.model import transformer  # pylint: disable=import-outside-toplevel
+  assert set(config_rules.REMAT) == {"none", *transformer.REMAT_POLICIES}

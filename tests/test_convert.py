@@ -108,6 +108,14 @@ def make_episodes(root):
   buffer = io.BytesIO()
   np.savez(buffer, frames=np.zeros((5, 16, 16, 3), np.uint8), actions=np.zeros((2, 3)))
   write(root / "episodes/short_actions.npz", buffer.getvalue())
+  episodes = []
+  for k in range(5):                                  # one file of episodes, frames as PNGs
+    names = [f"frames/{k}_{t}.png" for t in range(4)]
+    for name in names:
+      write(root / "episode_list" / name, image_bytes(k + 1))
+    episodes.append({"frames": names, "actions": ["left", "up", "right"], "mission": "go"})
+  episodes.append({"frames": ["frames/0_0.png", "frames/absent.png"], "actions": ["left"]})
+  write(root / "episode_list/episodes.jsonl", jsonl(episodes))
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +139,20 @@ def sources(root):
                   "validation": f"{root}/wds/shard-1.tar"}, 15, {"bad_image": 1}),
       ("my_image_parquet", {"format": "image_parquet", "train": f"{root}/image_parquet/*",
                             "image_field": "jpg", "caption_field": "alt",
-                            "validation_fraction": 0.3}, 8, {"bad_image": 1}),
+                            "validation_fraction": 0.5}, 8, {"bad_image": 1}),
       ("my_folder", {"format": "image_folder", "train": f"{root}/folder/captions.jsonl",
-                     "records_per_shard": 3, "validation_fraction": 0.3}, 8,
+                     "records_per_shard": 3, "validation_fraction": 0.5}, 8,
        {"missing_file": 1}),
       ("my_videos", {"format": "video_folder", "train": f"{root}/videos/captions.jsonl",
                      "records_per_shard": 2, "fps": 4.0, "frame_size": 16,
-                     "validation_fraction": 0.4}, 3, {"bad_video": 1}),
+                     "validation_fraction": 0.5}, 3, {"bad_video": 1}),
       ("my_episodes", {"format": "episodes", "train": f"{root}/episodes/*.npz",
                        "action_names": ("dx", "dy", "dyaw"), "action_seconds": 0.25,
-                       "validation_fraction": 0.4}, 6, {"bad_episode": 1}),
+                       "validation_fraction": 0.5}, 6, {"bad_episode": 1}),
+      ("my_episode_list", {"format": "episode_list",
+                           "train": f"{root}/episode_list/episodes.jsonl",
+                           "records_per_shard": 2, "validation_fraction": 0.5}, 5,
+       {"missing_file": 1}),
   ]
 
 
@@ -208,7 +220,7 @@ def test_an_object_store_destination_is_written_through_storage_only(corpus, tmp
                       lambda p, d: (written.append(str(p)), write_bytes(p, d))[1])
   monkeypatch.setattr(convert, "staging_dir", lambda d: str(tmp_path / "staging"))
   source = {"format": "webdataset", "train": f"{corpus}/wds/shard-0.tar",
-            "validation": f"{corpus}/wds/shard-1.tar", "workers": 1}
+            "validation": f"{corpus}/wds/shard-1.tar", "workers": 2}
   result = convert.convert(source, "remote_wds", str(destination))
   files = sorted(p.relative_to(destination).as_posix() for p in destination.rglob("*")
                  if p.is_file())
@@ -224,15 +236,18 @@ def test_a_source_with_an_unknown_key_or_format_is_refused():
     convert.options({"format": "csv", "train": "x"})
 
 
-def test_prepare_converts_what_the_config_names_and_a_run_trains_on_it(corpus, tmp_path):
+def test_prepare_converts_what_the_config_names_and_a_run_trains_on_it(corpus, tmp_path,
+                                                                       data_dir):
   config = tiny_config(str(tmp_path / "data"))
+  # This corpus is too small for a 512-piece tokenizer: use the test datasets' one.
+  config.data.tokenizer.path = os.path.join(data_dir, "tokenizer_512.model")
   config.data.image_channels, config.data.max_frames, config.data.seq_len = 3, 5, 512
   config.data.mixture = {"text": 0.25, "image_text": 0.25, "video": 0.25, "action_video": 0.25}
   fields = {"text": {"text": "text"}, "image_text": {"image": "image", "caption": "caption"},
             "video": {"frames": "frames", "fps": "fps"},
             "action_video": {"frames": "frames", "actions": "actions", "mission": "mission"}}
   streams = {"my_jsonl": "text", "my_wds": "image_text", "my_videos": "video",
-             "my_episodes": "action_video"}
+             "my_episode_list": "action_video"}
   by_name = {s[0]: s[1] for s in sources(corpus)}
   for name, stream in streams.items():
     config.data.datasets[name] = {"tfds_name": name, "data_dir": "", "version": "",

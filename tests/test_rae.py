@@ -129,6 +129,18 @@ def test_unified_model_trains_on_rae_latents_and_leaves_the_rae_alone(stages, da
   del state
 
 
+def test_training_on_cached_rae_latents_equals_training_with_the_live_encoder(
+    stages, data_dir, tokenizer):
+  """The paper's frozen encoder run once by `prepare` (visual.cached_latents): same frames'
+  latents, same losses and parameters after 3 steps as encoding every step."""
+  from test_latent_cache import assert_cached_training_equals_live  # pylint: disable=import-outside-toplevel
+  config = tiny_config(data_dir)
+  config.visual.representation, config.visual.checkpoint = "rae", stages[1]["representation"]
+  config.visual.patch_size = 1
+  config.data.mixture = {"image_text": 1.0}
+  assert_cached_training_equals_live(config, tokenizer, rtol=1e-4, frame_atol=1e-4)
+
+
 def test_an_rae_for_other_frames_is_refused_with_the_reason(stages, data_dir):
   config = tiny_config(data_dir)
   config.visual.representation, config.visual.checkpoint = "rae", stages[1]["representation"]

@@ -6,27 +6,20 @@ as PNG bytes (encoded with Pillow), text as UTF-8; every builder has `train` and
 `config.data.data_dir`; `open_split` reads any prepared TFDS dataset there — these or a
 user's own (e.g. an image–text set copied to a bucket in array_record).
 """
-import io
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from mmpretrain import storage
 from mmpretrain.data import sources
+from mmpretrain.pixels import png_bytes
 
 SPLITS = ("train", "validation")
 TEXT_CHUNK_CHARS = 1000          # play excerpts: one document each
 VIDEO_FPS, VIDEO_CLIP_FRAMES, VIDEO_SIZE = 4.0, 8, 64
 MINIGRID_EPISODES, MINIGRID_MAX_STEPS, MINIGRID_MIN_FRAMES = 600, 32, 12
 MOVES_EPISODES, MOVES_STEPS = 1000, 24
-
-
-def png(image: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, "PNG")
-  return buffer.getvalue()
 
 
 _BYTES = tfds.features.Tensor(shape=(), dtype=np.object_)
@@ -65,7 +58,7 @@ class MnistCaptions(_Builder):
   def _generate_examples(self, split):
     images, labels = sources.mnist_digits(split)
     for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": png(image), "caption": sources.digit_caption(int(label)),
+      yield i, {"image": png_bytes(image), "caption": sources.digit_caption(int(label)),
                 "label": int(label)}
 
 
@@ -78,7 +71,7 @@ class EmojiCaptions(_Builder):
 
   def _generate_examples(self, split):
     for i, (image, caption, category) in enumerate(sources.emoji_images(split)):
-      yield i, {"image": png(image), "caption": caption, "label": category}
+      yield i, {"image": png_bytes(image), "caption": caption, "label": category}
 
 
 class SkvideoClips(_Builder):
@@ -91,7 +84,7 @@ class SkvideoClips(_Builder):
       for clip in sources.decode_clips(path, VIDEO_FPS, VIDEO_CLIP_FRAMES, VIDEO_SIZE):
         index += 1
         if sources.in_split(index, split):
-          yield index, {"frames": [png(f) for f in clip], "fps": VIDEO_FPS,
+          yield index, {"frames": [png_bytes(f) for f in clip], "fps": VIDEO_FPS,
                         "source": os.path.basename(path)}
 
 
@@ -104,7 +97,7 @@ class MinigridEpisodes(_Builder):
     episodes = sources.minigrid_episodes(split, MINIGRID_EPISODES, MINIGRID_MAX_STEPS,
                                          MINIGRID_MIN_FRAMES)
     for i, (frames, actions, mission) in enumerate(episodes):
-      yield i, {"frames": [png(f) for f in frames], "actions": actions, "mission": mission}
+      yield i, {"frames": [png_bytes(f) for f in frames], "actions": actions, "mission": mission}
 
 
 class MinigridMoves(_Builder):
@@ -116,7 +109,7 @@ class MinigridMoves(_Builder):
   def _generate_examples(self, split):
     for i, (frames, actions, mission) in enumerate(
         sources.minigrid_moves(split, MOVES_EPISODES, MOVES_STEPS)):
-      yield i, {"frames": [png(f) for f in frames], "actions": actions, "mission": mission}
+      yield i, {"frames": [png_bytes(f) for f in frames], "actions": actions, "mission": mission}
 
 
 BUILDERS = {cls.name: cls for cls in

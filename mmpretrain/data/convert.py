@@ -1,10 +1,12 @@
 """A corpus in the formats it comes in -> a sharded TFDS array_record dataset.
 
 `mmpretrain prepare` converts every dataset of the config whose entry has a `source`
-(config.data.datasets.<name>.source, keys in `SOURCE_DEFAULTS`). `FORMATS` maps each format to its reader and the dataset's features: text (`jsonl`,
-`parquet`, `text_files`), image–text (`webdataset`, `image_parquet`, `image_folder`),
-video (`video_folder`: mp4 / webm listed with captions) and action-conditioned video
-(`episodes`: .npz files of frames and per-step actions); docs/data.md has the table.
+(config.data.datasets.<name>.source, keys in `SOURCE_DEFAULTS`). `FORMATS` maps each
+format to its reader and the dataset's features: text (`jsonl`, `parquet`, `text_files`),
+image–text (`webdataset`, `image_parquet`, `image_folder`), video (`video_folder`: mp4 /
+webm listed with captions) and action-conditioned video (`episodes`: .npz files of frames
+and per-step actions, or `episode_list`: JSON lines of episodes whose frames are image
+files); docs/data.md has the table.
 
 Continuous actions (NWM's Δx, Δy, Δyaw) become text with their time offset, e.g.
 `t+0.25s dx=+0.12 dy=-0.03 dyaw=+0.10` (`action_seconds` per step).
@@ -34,6 +36,7 @@ from PIL import Image
 
 from mmpretrain import storage
 from mmpretrain.data import sources
+from mmpretrain.pixels import png_bytes
 
 VERSION = "1.0.0"
 SPLITS = ("train", "validation")
@@ -90,12 +93,6 @@ def checked_image(data: bytes) -> bytes:
   except Exception as e:  # pylint: disable=broad-except  # any decoder failure: corrupt
     raise Corrupt("bad_image") from e
   return data
-
-
-def png(frame: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame).save(buffer, "PNG")
-  return buffer.getvalue()
 
 
 # Readers: (input path, options) -> records (dicts of the format's features), with a
@@ -241,7 +238,7 @@ def read_video_folder(unit, o):
     file, caption = item
     try:
       frames = video_frames(storage.read_bytes(file), o)
-      yield {"frames": [png(f) for f in frames], "fps": float(o["fps"]), "caption": caption}
+      yield {"frames": [png_bytes(f) for f in frames], "fps": float(o["fps"]), "caption": caption}
     except FileNotFoundError:
       yield Corrupt("missing_file")
     except Corrupt as e:
@@ -260,6 +257,27 @@ def action_texts(actions, o) -> list[str]:
   return [" ".join([offset] + [f"{n}={v:+.2f}" for n, v in zip(names, row)]) for row in actions]
 
 
+def read_episode_list(unit, o):
+  """JSON lines of episodes: `frames` (image paths relative to the list), `actions`
+  (names, or lists of numbers), optional `mission`."""
+  path, lines = unit
+  for line in lines:
+    try:
+      entry = _json(line)
+      frames = [checked_image(storage.read_bytes(storage.join(os.path.dirname(path), f)))
+                for f in entry["frames"]]
+      actions = action_texts(entry["actions"], o)
+      if len(actions) != len(frames) - 1:
+        raise Corrupt("bad_episode")
+      yield {"frames": frames, "actions": actions, "mission": str(entry.get("mission", ""))}
+    except (KeyError, TypeError, ValueError):
+      yield Corrupt("bad_episode")
+    except FileNotFoundError:
+      yield Corrupt("missing_file")
+    except Corrupt as e:
+      yield e
+
+
 def read_episodes(path, o):
   try:
     with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as episode:
@@ -272,7 +290,7 @@ def read_episodes(path, o):
     yield Corrupt("bad_episode")
     return
   try:
-    yield {"frames": [png(f) for f in frames], "actions": action_texts(actions, o),
+    yield {"frames": [png_bytes(f) for f in frames], "actions": action_texts(actions, o),
            "mission": mission}
   except Corrupt as e:
     yield e
@@ -288,6 +306,7 @@ FORMATS = {
     "image_folder": (read_image_folder, IMAGE_TEXT, True),
     "video_folder": (read_video_folder, VIDEO, True),
     "episodes": (read_episodes, EPISODES, False),
+    "episode_list": (read_episode_list, EPISODES, True),
 }
 
 
@@ -338,17 +357,25 @@ def held_out(unit_name: str, index: int, fraction: float) -> bool:
   return zlib.crc32(f"{unit_name}:{index}".encode()) % 100_000 < fraction * 100_000
 
 
+def array_record_writer(path: str):
+  """A writer of one local array_record file, a record at a time (random access)."""
+  # pylint: disable-next=import-outside-toplevel
+  from array_record.python.array_record_module import ArrayRecordWriter
+  return ArrayRecordWriter(path, "group_size:1")
+
+
 def convert_unit(job) -> dict:
   """One unit into `<staging>/<split>-<unit>.array_record` per split it feeds, and a JSON
   record of its counts written last (its presence marks the unit complete)."""
-  # pylint: disable-next=import-outside-toplevel
-  from array_record.python.array_record_module import ArrayRecordWriter
   o, unit, index, staging, splits = job
   reader, features, _ = FORMATS[o["format"]]
   features = tfds.features.FeaturesDict(features)
-  name = unit if isinstance(unit, str) else f"{unit[0]}:{unit[1][0][:64]!r}"
-  writers = {s: ArrayRecordWriter(os.path.join(staging, f"{s}-{index:06d}.array_record.tmp"),
-                                  "group_size:1") for s in splits}
+  # Hold-out keys name the input by its file name (and a list chunk by its first line), so
+  # the split does not depend on where the corpus is mounted.
+  name = (os.path.basename(unit) if isinstance(unit, str)
+          else f"{os.path.basename(unit[0])}:{unit[1][0][:64]!r}")
+  writers = {s: array_record_writer(os.path.join(staging, f"{s}-{index:06d}.array_record.tmp"))
+             for s in splits}
   counts = {"examples": dict.fromkeys(splits, 0), "corrupt": {}}
   for i, record in enumerate(reader(unit, o)):
     if isinstance(record, Corrupt):
@@ -409,52 +436,60 @@ def convert(source, tfds_name: str, data_dir: str, rebuild: bool = False) -> dic
 
 
 def publish(jobs, o, tfds_name: str, staging: str, destination: str) -> dict:
-  """Every unit's non-empty shards under their TFDS names, then the metadata."""
+  """Every unit's non-empty shards, then the metadata; the staging directory goes."""
   counts = [json.load(open(os.path.join(staging, f"unit-{j[2]:06d}.json"), encoding="utf-8"))
             for j in jobs]
   corrupt: dict[str, int] = {}
   for c in counts:
     for reason, n in c["corrupt"].items():
       corrupt[reason] = corrupt.get(reason, 0) + n
-  features = tfds.features.FeaturesDict(FORMATS[o["format"]][1])
-  metadata = os.path.join(staging, "metadata")
-  os.makedirs(metadata, exist_ok=True)
-  split_infos, examples = [], {}
-  storage.makedirs(destination)
+  shards = {}
   for split in SPLITS:
-    shards = [(j[2], c["examples"][split]) for j, c in zip(jobs, counts)
-              if c["examples"].get(split, 0) > 0]
-    examples[split] = sum(n for _, n in shards)
-    if not shards:
+    shards[split] = [(os.path.join(staging, f"{split}-{j[2]:06d}.array_record"),
+                      c["examples"][split]) for j, c in zip(jobs, counts)
+                     if c["examples"].get(split, 0) > 0]
+    if not shards[split]:
       raise ValueError(f"source {o[split] or o['train']!r} gave no {split} examples "
                        f"(corrupt: {corrupt or 'none'}); give `validation` inputs or raise "
                        "validation_fraction")
+  write_dataset(destination, tfds_name, FORMATS[o["format"]][1], shards,
+                f"converted by mmpretrain prepare ({o['format']})",
+                os.path.join(staging, "metadata"))
+  storage.rmtree(staging)
+  return {"path": destination, "corrupt": corrupt,
+          "examples": {split: sum(n for _, n in s) for split, s in shards.items()}}
+
+
+def write_dataset(destination: str, tfds_name: str, features: dict, shards: dict,
+                  description: str, metadata: str) -> None:
+  """Local array_record files {split: [(path, examples)]} -> the TFDS dataset at
+  `destination` (`<data_dir>/<name>/<version>`) through storage: the shards under their
+  TFDS names, features.json, then dataset_info.json (whose presence marks it complete).
+  `metadata`: a local directory for the metadata files."""
+  os.makedirs(metadata, exist_ok=True)
+  storage.makedirs(destination)
+  split_infos = []
+  for split, files in shards.items():
     template = tfds.core.ShardedFileTemplate(
         data_dir=metadata, template=TEMPLATE, dataset_name=tfds_name,
         filetype_suffix="array_record", split=split)
-    for shard, (index, _) in enumerate(shards):
+    for shard, (path, _) in enumerate(files):
       name = os.path.basename(template.sharded_filepath(shard_index=shard,
-                                                        num_shards=len(shards)))
-      source_path = os.path.join(staging, f"{split}-{index:06d}.array_record")
+                                                        num_shards=len(files)))
       if storage.is_local(destination):
-        os.replace(source_path, os.path.join(destination, name))
+        os.replace(path, os.path.join(destination, name))
       else:
-        with open(source_path, "rb") as f:
+        with open(path, "rb") as f:
           storage.write_bytes(storage.join(destination, name), f.read())
-    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n for _, n in shards],
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n for _, n in files],
                                            num_bytes=0, filename_template=template))
   info = tfds.core.DatasetInfo(
       builder=tfds.core.DatasetIdentity(name=tfds_name, version=tfds.core.Version(VERSION),
                                         data_dir=metadata, module_name=""),
-      features=features, description=f"converted by mmpretrain prepare ({o['format']})")
+      features=tfds.features.FeaturesDict(features), description=description)
   info.set_file_format(tfds.core.FileFormat.ARRAY_RECORD)
   info.set_splits(tfds.core.SplitDict(split_infos))
   info.write_to_directory(metadata)
-  for name in os.listdir(metadata):                    # dataset_info.json last: complete
-    if name != "dataset_info.json":
-      storage.write_bytes(storage.join(destination, name),
-                          open(os.path.join(metadata, name), "rb").read())
-  storage.write_bytes(storage.join(destination, "dataset_info.json"),
-                      open(os.path.join(metadata, "dataset_info.json"), "rb").read())
-  storage.rmtree(staging)
-  return {"path": destination, "examples": examples, "corrupt": corrupt}
+  for name in sorted(os.listdir(metadata), key=lambda n: n == "dataset_info.json"):
+    with open(os.path.join(metadata, name), "rb") as f:
+      storage.write_bytes(storage.join(destination, name), f.read())

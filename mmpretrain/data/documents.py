@@ -8,6 +8,8 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
+from mmpretrain.pixels import to_pil
+
 
 @dataclasses.dataclass
 class TextSegment:
@@ -42,16 +44,15 @@ def fit_frame(frame: np.ndarray, size: int, channels: int) -> np.ndarray:
     raise ValueError(f"frame must be [H, W, C], got shape {frame.shape}")
   if frame.shape[-1] != channels:
     mode = "L" if channels == 1 else "RGB"
-    frame = np.asarray(Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame)
-                       .convert(mode)).reshape(*frame.shape[:2], channels)
+    frame = np.asarray(to_pil(frame).convert(mode)).reshape(*frame.shape[:2], channels)
   h, w, _ = frame.shape
   if h <= size and w <= size:
     out = np.zeros((size, size, channels), np.uint8)
     top, left = (size - h) // 2, (size - w) // 2
     out[top:top + h, left:left + w] = frame
     return out
-  image = Image.fromarray(frame.squeeze(-1) if channels == 1 else frame)
-  return np.asarray(image.resize((size, size), Image.BICUBIC)).reshape(size, size, channels)
+  return np.asarray(to_pil(frame).resize((size, size), Image.BICUBIC)).reshape(size, size,
+                                                                             channels)
 
 
 def text_document(ids: list[int], bos: int, eos: int) -> Document:

@@ -9,6 +9,7 @@ streams are counted under their reason.
 import dataclasses
 
 import grain
+import ml_dtypes
 import numpy as np
 
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, SKIP_REASONS
@@ -22,7 +23,12 @@ class RowSpec:
   seq_len: int
   max_frames: int
   tokens_per_frame: int
-  frame_shape: tuple[int, int, int]   # (H, W, C)
+  frame_shape: tuple[int, int, int]   # (H, W, C): pixels, or a cached latent grid (h, w, c)
+  frame_dtype: str = "uint8"          # pixels; a cached latent's dtype (float32, bfloat16)
+
+
+# What a row's frames hold: pixels, or cached latents (ml_dtypes: numpy's bfloat16).
+FRAME_DTYPES = {"uint8": np.uint8, "float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
 class RowBuilder:
@@ -40,7 +46,7 @@ class RowBuilder:
         "text_loss_mask": np.zeros(L, bool),
         "visual_loss_mask": np.zeros(L, bool),
         "frame_slot": np.full(L, -1, np.int32),
-        "frames": np.zeros((F, *spec.frame_shape), np.uint8),
+        "frames": np.zeros((F, *spec.frame_shape), FRAME_DTYPES[spec.frame_dtype]),
         **{f"skipped_{reason}": np.zeros((), np.int32) for reason in SKIP_REASONS},
     }
     self.length = self.num_frames = self.num_segments = self.num_blocks = 0

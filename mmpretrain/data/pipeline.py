@@ -12,7 +12,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from mmpretrain.data import builders, documents, records, streams
+from mmpretrain.data import builders, documents, latent_cache, records, streams
 from mmpretrain.data.packing import PackIterDataset, RowSpec
 from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
 
@@ -34,10 +34,12 @@ def load_tokenizer(config) -> TextTokenizer:
   return tok
 
 
-def dataset_records(config, name: str, split: str) -> grain.MapDataset:
+def dataset_records(config, name: str, split: str,
+                    cached_latents: bool = False) -> grain.MapDataset:
   """One split of a configured dataset as a grain MapDataset of raw records; a record that
   cannot be read raises records.UnreadableRecordError or, under data.on_unreadable='skip',
-  arrives as a records.Unreadable marker."""
+  arrives as a records.Unreadable marker. `cached_latents`: frames come as the latents
+  `prepare` cached (data/latent_cache.py) instead of pixels."""
   spec, d = config.data.datasets[name], config.data
   tfds_split = spec.train_split if split == "train" else spec.eval_split
   data_dir = spec.data_dir or d.data_dir
@@ -45,9 +47,12 @@ def dataset_records(config, name: str, split: str) -> grain.MapDataset:
   mend = (f"Rebuild it: mmpretrain prepare --config=<your config> --datasets={name} --rebuild"
           if spec.tfds_name in builders.BUILDERS
           else f"Copy the prepared dataset {spec.tfds_name!r} into {data_dir} again")
-  return grain.MapDataset.source(records.CheckedRecords(
+  dataset = grain.MapDataset.source(records.CheckedRecords(
       source, name, tfds_split, mend, skip=d.on_unreadable == "skip",
       max_fraction=d.max_unreadable_fraction))
+  if cached_latents and latent_cache.visual_fields(config, name):
+    dataset = latent_cache.with_cached_latents(dataset, config, name, split)
+  return dataset
 
 
 def canonical(record: dict, fields, needed: tuple[str, ...], dataset: str) -> dict:
@@ -83,7 +88,8 @@ def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: 
         return make_document(ctx, canonical(record, fields, needed, name), rng)
       except streams.BadRecord as e:
         return documents.Skipped(e.reason)
-    shard_records = dataset_records(config, name, split)[shard[0]::shard[1]]
+    shard_records = dataset_records(config, name, split,
+                                    config.visual.cached_latents)[shard[0]::shard[1]]
     parts.append(shard_records.shuffle(seed=seed).repeat().random_map(to_document, seed=seed))
     weights.append(weight)
   return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)

@@ -7,7 +7,7 @@ datasets hold.
 """
 
 from mmpretrain import storage
-from mmpretrain.data import builders, convert, pipeline, records, streams
+from mmpretrain.data import builders, convert, latent_cache, pipeline, records, streams
 from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
 
 TEXT_FIELDS = ("text", "caption", "actions", "mission")
@@ -91,6 +91,17 @@ def check_prepared(config) -> list[str]:
       found.append(storage.join(data_dir, spec.tfds_name))
     except (builders.DatasetNotPrepared, ValueError) as e:
       missing.append(str(e))
+  if config.visual.cached_latents:
+    for name in datasets_in_use(config):
+      if latent_cache.visual_fields(config, name):
+        spec = config.data.datasets[name]
+        data_dir = spec.data_dir or config.data.data_dir
+        cache = latent_cache.cache_name(config, spec.tfds_name)
+        try:
+          builders.open_split(cache, spec.train_split, data_dir)
+          found.append(storage.join(data_dir, cache))
+        except (builders.DatasetNotPrepared, ValueError) as e:
+          missing.append(f"{e} (visual.cached_latents)")
   path = pipeline.tokenizer_path(config)
   if storage.exists(path):
     found.append(path)

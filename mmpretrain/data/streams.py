@@ -30,7 +30,11 @@ def as_text(value) -> str:
 
 
 def decode_frame(value, size: int, channels: int) -> np.ndarray:
-  """PNG/JPEG bytes or a uint8 array -> uint8 [size, size, channels]."""
+  """PNG/JPEG bytes or a uint8 array -> uint8 [size, size, channels]; a cached latent
+  grid (a float array, data/latent_cache.py) passes as it is."""
+  if isinstance(value, np.ndarray) and (value.dtype.kind == "f"
+                                        or value.dtype.name == "bfloat16"):
+    return value
   if isinstance(value, (bytes, np.bytes_)):
     try:
       with Image.open(io.BytesIO(value)) as image:

@@ -6,15 +6,14 @@ unconditional `<bos> <boi>`, what caption dropout trained), the clean image is w
 into the cache, `<eoi>` is appended and text continues — until `<eos>` or the cache is
 full. One document at a time; each token and each image is one jitted call.
 """
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from mmpretrain.generate import sample
+from mmpretrain import pixels, storage
 from mmpretrain.batch import MODALITY_VISUAL
+from mmpretrain.generate import sample
 from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.tokenizers.visual import patch_dim
 
@@ -125,8 +124,8 @@ def write_document(segments: list, output: str, name: str) -> str:
     if isinstance(segment, str):
       parts.append(segment)
       continue
-    path = os.path.join(output, f"{name}_image{images}.png")
-    Image.fromarray(segment.squeeze(-1) if segment.shape[-1] == 1 else segment).save(path)
+    path = storage.join(output, f"{name}_image{images}.png")
+    storage.save_image(path, pixels.to_pil(segment))
     parts.append(f" [image: {path}] ")
     images += 1
   return "".join(parts)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import diffusion, sharding
+from mmpretrain import diffusion, pixels, sharding
 from mmpretrain.batch import MODALITY_TEXT
 from mmpretrain.data.documents import (document_frames, document_length, fit_frame,
                                        generation_document, text_segment,
@@ -171,7 +171,7 @@ def image_grid(images: np.ndarray, columns: int, scale: int = 2) -> Image.Image:
   for i, img in enumerate(images):
     r, col = divmod(i, columns)
     grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
-  pil = Image.fromarray(grid.squeeze(-1) if c == 1 else grid)
+  pil = pixels.to_pil(grid)
   return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
 
 

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import pixels
-from mmpretrain.generate import sample
+from mmpretrain import pixels, storage
 from mmpretrain.data import documents as docs
 from mmpretrain.data import pipeline, records, streams
 from mmpretrain.data.sources import MINIGRID_CELLS
+from mmpretrain.generate import sample
 from mmpretrain.tokenizers.text import special_ids
 
 # The agent triangle as MiniGrid draws it in a unit cell pointing right (direction 0).
@@ -158,9 +158,10 @@ def held_out_episodes(config, tok, count: int, length: int):
 
 def save_gif(path: str, frames: np.ndarray, scale: int = 4, milliseconds: int = 300) -> None:
   """uint8 frames [T, H, W, C] -> an endlessly looping GIF, upscaled for viewing."""
-  images = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f) for f in frames]
+  images = [pixels.to_pil(f) for f in frames]
   images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
-  images[0].save(path, save_all=True, append_images=images[1:], duration=milliseconds, loop=0)
+  storage.save_image(path, images[0], save_all=True, append_images=images[1:],
+                     duration=milliseconds, loop=0)
 
 
 def comparison_strip(real: np.ndarray, predicted: np.ndarray) -> np.ndarray:

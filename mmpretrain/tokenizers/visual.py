@@ -41,8 +41,40 @@ class PixelRepresentation:
     return to_uint8(latents)
 
 
+@dataclasses.dataclass(frozen=True)
+class CachedLatents:
+  """A representation whose training frames arrive as its own latents, computed once by
+  `mmpretrain prepare` (data/latent_cache.py): float inputs pass through `encode`; uint8
+  frames (prompts, evaluations) are still encoded by `inner`."""
+  inner: object
+
+  @property
+  def latent_grid(self) -> tuple[int, int, int]:
+    return self.inner.latent_grid
+
+  def load_params(self):
+    return self.inner.load_params()
+
+  def abstract_params(self):
+    return self.inner.abstract_params()
+
+  def encode(self, params, frames: jnp.ndarray) -> jnp.ndarray:
+    if frames.dtype == jnp.uint8:
+      return self.inner.encode(params, frames)
+    return frames.astype(jnp.float32)
+
+  def decode(self, params, latents: jnp.ndarray) -> jnp.ndarray:
+    return self.inner.decode(params, latents)
+
+
 def make_representation(config):
-  """Builds the representation named by config.visual.representation."""
+  """Builds the representation named by config.visual.representation (wrapped in
+  CachedLatents under config.visual.cached_latents)."""
+  representation = _representation(config)
+  return CachedLatents(representation) if config.visual.cached_latents else representation
+
+
+def _representation(config):
   # rae and vae import this module's helpers, so they are imported here, on demand.
   # pylint: disable=import-outside-toplevel
   name, d = config.visual.representation, config.data

@@ -19,17 +19,16 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from mmpretrain import storage
-from mmpretrain.generate import sample, world_model
+from mmpretrain import pixels, storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.data.sources import DIGIT_WORDS
 from mmpretrain.encoders.judge import load_classifier
+from mmpretrain.generate import sample, world_model
+from mmpretrain.run import Run
 from mmpretrain.train import objective
 from mmpretrain.train.checkpoint import RunCheckpoints
-from mmpretrain.run import Run
 from mmpretrain.train.step import Objective
 
 
@@ -54,7 +53,7 @@ class HeldOut:
     self.loss, self.loss_config = loss, config.loss
     to_device = to_device or (lambda batch: batch)
     self.batches = {stream: [to_device(b) for b in
-                             stream_batches(config, tok, loss.run.spec, stream, rows)]
+                             stream_batches(config, tok, loss.run.data_spec, stream, rows)]
                     for stream, weight in sorted(config.data.mixture.items()) if weight > 0}
 
   def __call__(self, params) -> dict[str, float]:
@@ -268,8 +267,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   directory = storage.join(workdir, "eval")
   storage.makedirs(directory)
   for name, image in images.items():
-    storage.save_image(storage.join(directory, f"step_{step}_{name}.png"), Image.fromarray(
-        image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image))
+    storage.save_image(storage.join(directory, f"step_{step}_{name}.png"), pixels.to_pil(image))
   path = storage.join(directory, f"step_{step}.json")
   storage.write_json(path, result)
   return {**result, "path": path}

@@ -86,7 +86,7 @@ class TrainLoop:
     mesh = sharding.make_mesh(config.mesh)
     rows = sharding.process_rows(config.data.batch_size, mesh, config.mesh.rules)
     self.run = Run(config, mesh)
-    self.batches = pipeline.make_batches(config, self.tok, self.run.spec, rows=rows)
+    self.batches = pipeline.make_batches(config, self.tok, self.run.data_spec, rows=rows)
     self.trainer = Trainer(self.run, self.tok.byte_lengths())
     self.to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules,
                                                      config.data.batch_size)
