@@ -201,18 +201,24 @@ def listed_files(unit, o):
       yield e
 
 
-def read_image_folder(unit, o):
+def read_listed(unit, o, record_of):
+  """Records of a folder format: `record_of(file bytes, caption)` for each listed file."""
   for item in listed_files(unit, o):
     if isinstance(item, Corrupt):
       yield item
       continue
     file, caption = item
     try:
-      yield {"image": checked_image(storage.read_bytes(file)), "caption": caption}
+      yield record_of(storage.read_bytes(file), caption)
     except FileNotFoundError:
       yield Corrupt("missing_file")
     except Corrupt as e:
       yield e
+
+
+def read_image_folder(unit, o):
+  return read_listed(unit, o, lambda data, caption: {"image": checked_image(data),
+                                                     "caption": caption})
 
 
 def video_frames(data: bytes, o) -> np.ndarray:
@@ -231,18 +237,10 @@ def video_frames(data: bytes, o) -> np.ndarray:
 
 
 def read_video_folder(unit, o):
-  for item in listed_files(unit, o):
-    if isinstance(item, Corrupt):
-      yield item
-      continue
-    file, caption = item
-    try:
-      frames = video_frames(storage.read_bytes(file), o)
-      yield {"frames": [png_bytes(f) for f in frames], "fps": float(o["fps"]), "caption": caption}
-    except FileNotFoundError:
-      yield Corrupt("missing_file")
-    except Corrupt as e:
-      yield e
+  def record_of(data, caption):
+    return {"frames": [png_bytes(f) for f in video_frames(data, o)], "fps": float(o["fps"]),
+            "caption": caption}
+  return read_listed(unit, o, record_of)
 
 
 def action_texts(actions, o) -> list[str]:

@@ -153,13 +153,6 @@ class Trainer(Objective):
     (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), micro)
     return grads, sums
 
-  def _eval_sums(self, params, batch, frozen):
-    batch = {k: batch[k] for k in DEVICE_FIELDS}
-    # The same noise for every evaluation, so successive evaluations are comparable.
-    row_rngs = jax.random.split(jax.random.key(EVAL_NOISE_SEED), batch["tokens"].shape[0])
-    _, sums = self.loss(params, batch, row_rngs, objective.loss_normalizers(batch), frozen)
-    return {k: sums[k] for k in objective.ADDITIVE_SUMS}
-
   def _train_step(self, state: TrainState, batch, frozen):
     rng, step_rng = jax.random.split(state.rng)
     counts = {f: jnp.sum(batch[f]) for f in SKIP_FIELDS if f in batch}   # documents dropped
