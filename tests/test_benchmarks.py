@@ -50,7 +50,10 @@ def test_every_benchmark_script_has_a_smoke_run():
                      if f.endswith(".py") and f != "smoke.py"}
 
 
-@pytest.mark.parametrize("command", sorted(SCRIPTS))
+# The MoE overhead smoke (~25 s) runs with make test-slow; the MoE layer one stays here.
+@pytest.mark.parametrize("command", [
+    pytest.param(c, marks=pytest.mark.slow) if c == "moe_overhead.py" else c
+    for c in sorted(SCRIPTS)])
 def test_benchmark_prints_its_figures(command, tmp_path):
   figures = run_smoke(command, tmp_path)
   missing = SCRIPTS[command] - set(figures)

@@ -76,6 +76,7 @@ def test_cached_mask_rows_equal_the_full_mask():
     assert not cached[real][:, stop:].any()            # nothing unwritten is seen
 
 
+@pytest.mark.slow              # ~30 s; make test-slow
 def test_greedy_generation_with_the_cache_equals_recomputing_every_step(config, tokenizer):
   """Two prompts of different lengths (left-padded into one batch) continue exactly as
   the model run on the whole growing sequence of each alone, one token at a time."""

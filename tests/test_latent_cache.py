@@ -79,6 +79,7 @@ def test_four_streams_train_on_cached_pixels_as_on_live_ones(data_dir, tokenizer
   assert_cached_training_equals_live(config, tokenizer, rtol=1e-5)
 
 
+@pytest.mark.slow              # ~30 s; make test-slow
 def test_a_bfloat16_cache_is_close_and_a_changed_representation_has_its_own(data_dir, tokenizer):
   config = all_streams_config(data_dir)
   config.data.batch_size = 4

@@ -100,6 +100,7 @@ def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path, monkeypatch):
   assert "wrote" in out.stdout
 
 
+@pytest.mark.slow              # ~30 s; make test-slow
 def test_moe_run_trains_and_moves_router_bias_against_load(config, tokenizer, tmp_path):
   config.model.moe.update({"num_experts": 4, "router": "sigmoid", "bias_update_rate": 0.01,
                            "shared_experts": "per_modality"})

@@ -53,6 +53,7 @@ def test_autoencoder_kl_matches_diffusers(tmp_path, overrides):
   np.testing.assert_allclose(np.asarray(ours.from_diffusion(ours.to_diffusion(z))), z, atol=1e-6)
 
 
+@pytest.mark.slow              # ~30 s; make test-slow
 def test_vae_stage_trains_scales_latents_and_serves_the_unified_model(data_dir, tokenizer,
                                                                      tmp_path):
   config = tiny_config(data_dir)
