@@ -26,6 +26,15 @@ def build_model(config, seed: int, representation=None) -> Transfusion:
                      tokens_per_frame=tokens_per_frame(grid, patch))
 
 
+def abstract_arrays(shapes, shardings=None):
+  """ShapeDtypeStructs of `shapes` with `shardings` (default: jax's first device): the
+  target of a restore."""
+  shardings = shardings or jax.tree.map(
+      lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), shapes)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
+
+
 def time_shift(config, latent_grid: tuple[int, int, int]) -> float:
   """config.diffusion.time_shift, or the dimension-dependent default from the latent grid."""
   if config.diffusion.time_shift is not None:
@@ -76,10 +85,7 @@ class Run:
 
   def abstract_params(self):
     """Shapes, dtypes and shardings of the parameters: the target of a restore."""
-    shardings = self.param_sharding or jax.tree.map(
-        lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), self._abstract)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        self._abstract, shardings)
+    return abstract_arrays(self._abstract, self.param_sharding)
 
   def latent_tokens(self, frames):
     """uint8 frames [B, F, H, W, C] -> the model's latent tokens [B, F·T, patch_dim]."""

@@ -39,6 +39,11 @@ def visual_fields(config, name: str) -> list[str]:
   return [fields[f] for f in VISUAL_FIELDS if f in fields]
 
 
+def frame_list(value) -> bool:
+  """Whether a record's frame field holds several frames (a list or array of them)."""
+  return isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0
+
+
 def decode(entry: dict, dtype: str) -> list[np.ndarray]:
   """A cache record -> its frames' latent grids."""
   shape = tuple(int(n) for n in entry["shape"])
@@ -71,7 +76,6 @@ def with_cached_latents(dataset: grain.MapDataset, config, name: str,
     record = dict(record)
     for key in keys:
       if key in record:
-        many = isinstance(record[key], (list, tuple)) or getattr(record[key], "ndim", 0) > 0
-        record[key] = latents if many else latents[0]
+        record[key] = latents if frame_list(record[key]) else latents[0]
     return record
   return dataset.map_with_index(swap)

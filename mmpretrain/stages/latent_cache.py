@@ -29,7 +29,7 @@ def record_frames(record, keys, config) -> list[np.ndarray]:
   value = next((record[k] for k in keys if k in record), None)
   if value is None:
     return []
-  values = value if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) else [value]
+  values = value if latent_cache.frame_list(value) else [value]
   try:
     return [streams.decode_frame(v, config.data.image_size, config.data.image_channels)
             for v in values]

@@ -10,7 +10,7 @@ from flax import nnx
 
 from mmpretrain import sharding
 from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS
-from mmpretrain.run import Run
+from mmpretrain.run import Run, abstract_arrays
 from mmpretrain.tokenizers.visual import frame_latent_tokens
 from mmpretrain.train import objective
 from mmpretrain.train.optimizer import learning_rate_schedule, make_optimizer
@@ -108,11 +108,7 @@ class Trainer(Objective):
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, no arrays: the target of a restore."""
-    shapes = jax.eval_shape(lambda: self._initial_state(0))
-    shardings = self.state_sharding or jax.tree.map(
-        lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), shapes)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
+    return abstract_arrays(jax.eval_shape(lambda: self._initial_state(0)), self.state_sharding)
 
   def init_state(self, seed: int) -> TrainState:
     """The initial state, created directly in its shards (no host-side full copy)."""
