@@ -14,7 +14,10 @@ MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, im
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked")    # model/attention.py
 GENERATIVE_EVALS = ("caption_accuracy", "generation", "world_model")  # train/evaluate.py
-REMAT = ("none", "full", "dots", "dots_no_batch")       # none + model/transformer.REMAT_POLICIES
+# model.remat: which activations of a layer the backward pass keeps (the rest it
+# recomputes), as the jax.checkpoint_policies member that says so; "none" keeps everything.
+REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "checkpoint_dots",
+                  "dots_no_batch": "dots_with_no_batch_dims_saveable"}
 
 
 class ConfigError(ValueError):
@@ -164,7 +167,7 @@ RULES = {
     "model.tie_embeddings": Flag(),
     "model.init_std": Real(0.0, 10.0, open="lo"),
     "model.scan_layers": Flag(),
-    "model.remat": Choice(REMAT),
+    "model.remat": Choice(tuple(REMAT_POLICIES)),
     "model.dtype": Choice(("float32", "bfloat16")),
     "model.attention_impl": Choice(ATTENTION_IMPLS),
     "model.attention_chunk": Int(1, MAX_SIZE),

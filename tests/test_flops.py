@@ -1,16 +1,18 @@
 """FLOP accounting: active matmul parameters against the layer-by-layer formula, mask pairs
 against a brute-force loop, and executed FLOPs against XLA's cost analysis."""
 import pytest
+from flax import nnx
 
 import base
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.data.pipeline import make_batches
+from mmpretrain.model import layers
 from mmpretrain.model.moe import expert_count
 from mmpretrain.scaling.flops import (active_matmul_params, step_flops, token_counts,
                                       train_flops_per_token, xla_step_flops)
 from mmpretrain.tokenizers.visual import make_representation, patch_dim
 from mmpretrain.train.step import Trainer
-from mmpretrain.run import Run
+from mmpretrain.run import Run, build_model
 from mmpretrain.tokenizers.visual import row_spec
 
 
@@ -49,6 +51,39 @@ def test_moe_counts_k_experts_and_the_router():
   # (text or vision, never both) and the router's d × E.
   extra = moe_layers * (3 * m.d_model * 128 + m.d_model * expert_count(m.moe))
   assert active_matmul_params(c) == dense_formula(c) + extra
+
+
+def expected_used_by(path: tuple[str, ...]) -> str | None:
+  """Which tokens multiply a parameter of the model below, written from attribute names
+  (the code reads annotations; this is an independent statement of what they must say)."""
+  names = set(path)
+  if path[-1] == "embedding":
+    return layers.LOOKUP
+  if "experts" in names:
+    return layers.ROUTED
+  if names & {"vision_ffn", "shared_visual", "visual_in", "visual_out", "time_embed"}:
+    return layers.VISUAL
+  if names & {"lm_head", "shared"}:
+    return layers.TEXT
+  if "ffn" in names and path[path.index("ffn") + 1] in ("gate", "up", "down"):
+    return layers.TEXT                  # a dense layer's FFN, twinned with vision_ffn here
+  return None
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_every_parameter_says_which_tokens_multiply_it(scan):
+  c = base.get_config()
+  c.model.scan_layers, c.model.modality_ffn, c.model.flow_head.width = scan, True, 64
+  c.model.moe.update({"num_experts": 4, "experts_per_token": 1, "first_dense_layers": 1,
+                      "shared_experts": "per_modality", "router": "sigmoid"})
+  model = nnx.eval_shape(lambda: build_model(c, 0))
+  seen = set()
+  for path, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    path = tuple(map(str, path))
+    expected = expected_used_by(path)
+    assert param.get_metadata().get(layers.USED_BY) == expected, path
+    seen.add(expected)
+  assert seen == {None, layers.LOOKUP, layers.ROUTED, layers.TEXT, layers.VISUAL}
 
 
 def text_and_visual_split(c, counts):

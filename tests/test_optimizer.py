@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 import base
-from mmpretrain.train import optimizer as optimizer_lib
+from mmpretrain.model import layers
 from mmpretrain.train.optimizer import decay_mask, learning_rate_schedule, make_optimizer
 from mmpretrain.run import build_model
 
@@ -159,7 +159,7 @@ def test_layer_axis_name_matches_the_scanned_layers():
   state = model_state(small_model_config("dense"))
   variables = named_variables(state)
   scale = variables["['decoder']['runs'][0]['blocks']['attn_norm']['scale']"]
-  assert scale.get_metadata()["out_sharding"][0] == optimizer_lib.LAYER_AXIS
+  assert scale.get_metadata()["out_sharding"][0] == layers.LAYER_AXIS
 
 
 def test_stage_optimizer_decays_kernels_not_biases(tmp_path):

@@ -18,6 +18,34 @@ def dense_init(std: float, axes: tuple[str, ...]):
   return nnx.with_partitioning(nnx.initializers.normal(std), axes, eager_sharding=False)
 
 
+# The axis nnx.vmap puts in front of a scanned layer stack's parameters (one per layer).
+LAYER_AXIS = "layers"
+
+# Which tokens multiply a parameter, read by FLOP counts (scaling/flops.py). Unset: every
+# token. TEXT / VISUAL: only tokens of that modality (the LM head; the flow head and
+# modality twins). ROUTED: a stack of experts of which a token multiplies the k it is
+# routed to. LOOKUP: a table read by index, never multiplied (embeddings).
+USED_BY = "used_by"
+TEXT, VISUAL, ROUTED, LOOKUP = "text", "visual", "routed", "lookup"
+
+
+def mark_used_by(module: nnx.Module, tokens: str) -> nnx.Module:
+  """Annotates every parameter of `module` with which tokens multiply it; returns it."""
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, nnx.Param):
+      node.set_metadata(USED_BY, tokens)
+  return module
+
+
+def logical_axes(variable) -> tuple:
+  return tuple(variable.get_metadata().get("out_sharding") or ())
+
+
+def unstacked_ndim(variable) -> int:
+  """The rank of one layer's parameter: a scanned stack's layer axis is not counted."""
+  return variable.get_value().ndim - logical_axes(variable).count(LAYER_AXIS)
+
+
 def linear(in_features, out_features, *, dtype, std: float, axes: tuple[str, ...], rngs,
            use_bias: bool = False, out_dtype=None, **kwargs) -> nnx.LinearGeneral:
   """A dense layer: logical-axis normal init and f32-accumulating matmuls.

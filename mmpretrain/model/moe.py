@@ -269,12 +269,17 @@ class MoE(nnx.Module):
     num_experts, k = expert_count(moe), experts_per_token(moe)
     hidden = expert_hidden(moe, cfg.mlp_dim)
     self.router = Router(cfg.d_model, num_experts, k, moe, cfg.init_std, rngs=rngs)
-    self.experts = Experts(num_experts, cfg.d_model, hidden, cfg, rngs=rngs)
+    self.experts = layers.mark_used_by(
+        Experts(num_experts, cfg.d_model, hidden, cfg, rngs=rngs), layers.ROUTED)
     shared_hidden = moe.shared_mlp_dim or hidden
     has_shared = moe.shared_experts in ("global", "per_modality")
     self.shared = layers.SwiGLU(cfg, rngs=rngs, mlp_dim=shared_hidden) if has_shared else None
-    self.shared_visual = (layers.SwiGLU(cfg, rngs=rngs, mlp_dim=shared_hidden)
-                          if moe.shared_experts == "per_modality" else None)
+    per_modality = moe.shared_experts == "per_modality"
+    self.shared_visual = (layers.mark_used_by(
+        layers.SwiGLU(cfg, rngs=rngs, mlp_dim=shared_hidden), layers.VISUAL)
+                          if per_modality else None)
+    if per_modality:
+      layers.mark_used_by(self.shared, layers.TEXT)
     self.dispatch, self.capacity_factor = moe.dispatch, moe.capacity_factor
     self.group_rows = moe.capacity_group_rows
     self.dtype = jnp.dtype(cfg.dtype)

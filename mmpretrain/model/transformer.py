@@ -15,17 +15,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmpretrain import sharding
+from mmpretrain.config_rules import REMAT_POLICIES
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model import attention, layers
 from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
 from mmpretrain.model.moe import TOKEN_KINDS, MoE, RouterBias
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+def remat_policy(name: str):
+  """The jax.checkpoint policy `model.remat` names, or None for no rematerialisation."""
+  policy = REMAT_POLICIES[name]
+  return None if policy is None else getattr(jax.checkpoint_policies, policy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +91,11 @@ class DecoderBlock(nnx.Module):
     self.ffn_norm = layers.RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
     self.ffn = MoE(cfg, rngs=rngs) if moe else layers.SwiGLU(cfg, rngs=rngs)
     # The paper's improved dense baseline: visual tokens use their own FFN weights.
-    self.vision_ffn = (layers.SwiGLU(cfg, rngs=rngs) if cfg.modality_ffn and not moe
-                       else None)
+    twins = cfg.modality_ffn and not moe
+    self.vision_ffn = (layers.mark_used_by(layers.SwiGLU(cfg, rngs=rngs), layers.VISUAL)
+                       if twins else None)
+    if twins:
+      layers.mark_used_by(self.ffn, layers.TEXT)
 
   def __call__(self, x, positions, mask, token_kind):
     x = x + self.attn(self.attn_norm(x), positions, mask)
@@ -144,10 +147,11 @@ class LayerRun(nnx.Module):
 
   def __init__(self, cfg, count: int, moe: bool, *, rngs: nnx.Rngs):
     self.count, self.moe, self.scan_layers = count, moe, cfg.scan_layers
-    self.remat_policy = REMAT_POLICIES.get(cfg.remat)
+    self.remat_policy = remat_policy(cfg.remat)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=count)
-      @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      @nnx.vmap(in_axes=0, out_axes=0,
+                transform_metadata={nnx.PARTITION_NAME: layers.LAYER_AXIS})
       def make_blocks(rngs):
         return DecoderBlock(cfg, moe=moe, rngs=rngs)
       self.blocks = make_blocks(rngs)
@@ -266,6 +270,13 @@ class Transfusion(nnx.Module):
     self.visual_out = FlowHead(cfg, patch_dim, rngs=rngs) if cfg.flow_head.width else (
         layers.linear(d, patch_dim, dtype=self.dtype, std=std, axes=("embed", "latent"),
                       use_bias=True, rngs=rngs, out_dtype=jnp.float32))
+    for table in (self.embed, self.frame_positions):
+      if table is not None:
+        layers.mark_used_by(table, layers.LOOKUP)
+    for head in (self.visual_in, self.time_embed, self.visual_out):
+      layers.mark_used_by(head, layers.VISUAL)
+    if self.lm_head is not None:
+      layers.mark_used_by(self.lm_head, layers.TEXT)
 
   def __call__(self, inputs: ModelInputs):
     """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the

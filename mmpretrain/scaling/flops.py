@@ -19,54 +19,61 @@ import numpy as np
 from flax import nnx
 
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.model import layers
 from mmpretrain.model.masks import attention_mask
 from mmpretrain.model.moe import experts_per_token, resolve_dispatch
 from mmpretrain.run import build_model
 
-EXPERT_WEIGHTS = ("gate", "up", "down")     # stacked [..., E, in, out] routed-expert weights
-FLOW_HEAD = ("visual_in", "visual_out", "time_embed")
-VISUAL_TWINS = ("vision_ffn", "shared_visual")  # a token runs these or their text twins
-
-
 @dataclasses.dataclass(frozen=True)
 class MatmulParams:
   """Matmul parameters one token multiplies, by where they sit."""
-  decoder: int            # active: k of E routed experts, one FFN of a modality pair
+  text_decoder: int       # active for a text token: k of E routed experts, its FFN twin
+  visual_decoder: int     # the same for a visual token
   decoder_executed: int   # what the step runs for every slot (see module docstring)
   lm_head: int
-  flow_head: int
+  flow_head: int          # latent in/out projections, timestep MLP, the wide head
+
+  @property
+  def decoder(self) -> int:
+    """Decoder parameters per token (the modality twins are the same size)."""
+    return max(self.text_decoder, self.visual_decoder)
 
 
 def matmul_params(config) -> MatmulParams:
-  """Counts kernels of the model built from `config` (shapes only, nothing allocated).
-  The input embedding is a gather, not a matmul, so it is left out unless tied (then it
-  is the LM head)."""
+  """Counts the matmul parameters of the model built from `config` (shapes only, nothing
+  allocated), by each parameter's annotations: which tokens multiply it
+  (`layers.USED_BY`) and its logical axes. Embedding tables are gathers, not matmuls, so
+  they count only when tied (then the table is the LM head)."""
   moe = config.model.moe
   k = experts_per_token(moe)
   routed_executed = k * (moe.capacity_factor if resolve_dispatch(moe.dispatch) == "capacity"
                          else 1.0)
-  state = nnx.state(nnx.eval_shape(lambda: build_model(config, 0)))
-  counts = dict.fromkeys(("decoder", "decoder_executed", "lm_head", "flow_head"), 0.0)
-  for path, value in nnx.to_flat_state(state):
-    size = int(np.prod(value.shape))
-    names = set(map(str, path))
-    if path[-1] in EXPERT_WEIGHTS and "experts" in names:
-      per_expert = size // value.shape[-3]
-      counts["decoder"] += per_expert * k
-      counts["decoder_executed"] += per_expert * routed_executed
-    elif path[-1] != "kernel":
-      continue
-    elif names & set(FLOW_HEAD):
-      counts["flow_head"] += size
-    elif "lm_head" in names:
-      counts["lm_head"] += size
-    else:
-      counts["decoder_executed"] += size
-      if not names & set(VISUAL_TWINS):
-        counts["decoder"] += size
-  if config.model.tie_embeddings:
-    counts["lm_head"] += config.model.vocab_size * config.model.d_model
-  return MatmulParams(**{name: int(round(v)) for name, v in counts.items()})
+  model = nnx.eval_shape(lambda: build_model(config, 0))
+  counts = {}
+  for part, module in (("decoder", model.decoder), ("whole", model)):
+    active = {layers.TEXT: 0.0, layers.VISUAL: 0.0, "executed": 0.0}
+    for _, param in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+      used_by = param.get_metadata().get(layers.USED_BY)
+      if used_by == layers.LOOKUP or layers.unstacked_ndim(param) < 2:
+        continue                                        # tables, biases, norm scales
+      size = float(np.prod(param.shape))
+      multiplied = executed = size
+      if used_by == layers.ROUTED:
+        multiplied = size / param.shape[layers.logical_axes(param).index("expert")] * k
+        executed = multiplied / k * routed_executed
+      for modality in (layers.TEXT, layers.VISUAL):
+        if used_by in (None, layers.ROUTED, modality):
+          active[modality] += multiplied
+      active["executed"] += executed
+    counts[part] = active
+  decoder, whole = counts["decoder"], counts["whole"]
+  tied = config.model.vocab_size * config.model.d_model if config.model.tie_embeddings else 0
+  return MatmulParams(
+      text_decoder=int(round(decoder[layers.TEXT])),
+      visual_decoder=int(round(decoder[layers.VISUAL])),
+      decoder_executed=int(round(decoder["executed"])),
+      lm_head=int(round(whole[layers.TEXT] - decoder[layers.TEXT])) + tied,
+      flow_head=int(round(whole[layers.VISUAL] - decoder[layers.VISUAL])))
 
 
 def active_matmul_params(config) -> int:
@@ -133,8 +140,9 @@ def step_flops(config, counts: TokenCounts, params: MatmulParams | None = None) 
   m = config.model
   params = params or matmul_params(config)
   per_pair = 12 * m.num_layers * m.num_heads * m.head_dim
-  text = 6 * counts.text * (params.decoder + params.lm_head) + per_pair * counts.text_pairs
-  visual = (6 * counts.visual * (params.decoder + params.flow_head)
+  text = (6 * counts.text * (params.text_decoder + params.lm_head)
+          + per_pair * counts.text_pairs)
+  visual = (6 * counts.visual * (params.visual_decoder + params.flow_head)
             + per_pair * counts.visual_pairs)
   slots = counts.rows * counts.seq_len
   # Remat recomputes the decoder's forward (2 of the 6) unless matmul outputs are saved.

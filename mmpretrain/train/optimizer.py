@@ -3,6 +3,8 @@ import jax
 import optax
 from flax import nnx
 
+from mmpretrain.model import layers
+
 
 def learning_rate_schedule(ocfg, num_steps: int) -> optax.Schedule:
   peak, warmup = ocfg.learning_rate, ocfg.warmup_steps
@@ -21,11 +23,6 @@ def learning_rate_schedule(ocfg, num_steps: int) -> optax.Schedule:
   raise ValueError(f"unknown optimizer.schedule {ocfg.schedule!r}")
 
 
-# The axis nnx.scan / nnx.vmap put in front of a stacked layer's parameters (one per layer):
-# a stack of norm scales is a vector per layer, not a matrix.
-LAYER_AXIS = "layers"
-
-
 def is_decayed(variable) -> bool:
   """Weight decay applies to trained matrices (and stacks of them: experts, convolutions)
   and embeddings, never to vectors: norm scales, biases, the sigmoid router's bias.
@@ -33,10 +30,7 @@ def is_decayed(variable) -> bool:
   The rank is read from the parameter itself, less the stacking axis of scanned layers
   (named by its logical-axis annotation), so no list of attribute names has to be kept.
   """
-  if not isinstance(variable, nnx.Param):
-    return False
-  axes = variable.get_metadata().get("out_sharding") or ()
-  return variable.get_value().ndim - sum(a == LAYER_AXIS for a in axes) >= 2
+  return isinstance(variable, nnx.Param) and layers.unstacked_ndim(variable) >= 2
 
 
 def decay_mask(params):
