@@ -131,6 +131,8 @@ def get_config(arg=None):
   c.model.moe.capacity_factor = 1.25     # capacity dispatch: slots = factor·tokens·k / experts
   c.model.moe.capacity_group_rows = 1    # rows that share expert slots; groups never span
                                          # devices, so up to rows per device (more = fewer drops)
+  c.model.moe.dropless_buffer_factor = 0.0   # dropless over expert shards: receive buffer in
+                                              # balanced loads (T·k rows); 0 = never drop
   c.model.moe.first_dense_layers = 0     # these first layers keep a dense FFN
   c.model.moe.every_n_layers = 1         # then every n-th layer is MoE (1 = all)
   c.model.moe.bias_update_rate = 1e-3    # sigmoid router: bias step per train step

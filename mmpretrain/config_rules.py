@@ -185,6 +185,7 @@ RULES = {
     "model.moe.dispatch": Choice(("auto", "dropless", "capacity")),
     "model.moe.capacity_factor": Real(0.0, 64.0, open="lo"),
     "model.moe.capacity_group_rows": WIDTH,
+    "model.moe.dropless_buffer_factor": Real(0.0, 1024.0),
     "model.moe.first_dense_layers": Int(0, MAX_COUNT),
     "model.moe.every_n_layers": COUNT,
     "model.moe.bias_update_rate": PROBABILITY,

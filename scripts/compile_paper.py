@@ -11,14 +11,17 @@ import subprocess
 import sys
 import time
 
+from mmpretrain.scaling.sweep import model_shape
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(ROOT, "configs", "paper")
 OUT = os.path.join(ROOT, "docs", "paper_compile.md")
 GB = 1e9
 
 
-def paper_configs() -> list[tuple[str, str]]:
-  """(config path, topology) of every configs/paper/*.py that names a TOPOLOGY."""
+def paper_configs() -> list[tuple[str, str, dict]]:
+  """(config path, topology, overrides) of every configs/paper/*.py that names a TOPOLOGY;
+  an IsoFLOP grid (a config with a `scaling` section) is compiled at its widest model."""
   found = []
   sys.path.insert(0, PAPER)                     # the configs import their common module
   for name in sorted(os.listdir(PAPER)):
@@ -28,16 +31,23 @@ def paper_configs() -> list[tuple[str, str]]:
     spec = importlib.util.spec_from_file_location(name[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if hasattr(module, "TOPOLOGY"):
-      found.append((os.path.relpath(path, ROOT), module.TOPOLOGY))
+    if not hasattr(module, "TOPOLOGY"):
+      continue
+    config = module.get_config()
+    overrides = (model_shape(config.scaling, max(config.scaling.widths))
+                 if "scaling" in config else {})
+    found.append((os.path.relpath(path, ROOT), module.TOPOLOGY, overrides))
   return found
 
 
-def compile_one(config: str, topology: str) -> dict:
+def compile_one(config: str, topology: str, overrides: dict) -> dict:
   start = time.perf_counter()
+  flags = [f"--config.{key}={value}" for key, value in overrides.items()]
   out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mmpretrain"), "compile",
-                        f"--config={config}", f"--topology={topology}"], cwd=ROOT,
+                        f"--config={config}", f"--topology={topology}", *flags], cwd=ROOT,
                        capture_output=True, text=True, check=False)
+  if overrides:
+    config += f" (width {overrides['model.d_model']})"
   lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
   if not lines:
     return {"config": config, "topology": topology, "error": out.stderr.strip()[-400:]}
@@ -79,9 +89,9 @@ attention, so the time errs high and the MFU low.
 
 def main():
   results = []
-  for config, topology in paper_configs():
+  for config, topology, overrides in paper_configs():
     print(f"compiling {config} for {topology} ...", flush=True)
-    results.append(compile_one(config, topology))
+    results.append(compile_one(config, topology, overrides))
     print(json.dumps(results[-1]), flush=True)
   write_table(results)
 

@@ -6,9 +6,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mmpretrain.config import load_config, validate
+from mmpretrain.model.masks import attention_mask
+from mmpretrain.scaling.sweep import with_overrides
+from mmpretrain.tokenizers.visual import row_spec
 from mmpretrain.train import aot
 
 from conftest import ROOT
@@ -46,6 +50,24 @@ def test_chunked_attention_compiles_for_tpu_at_8k_tokens_in_a_tenth_of_the_dense
   figures = json.loads(out.stdout.strip().splitlines()[-1])
   assert figures["xla_temp_bytes"] > 2 * 8 * 8192 ** 2     # the bf16 [heads, L, L] scores
   assert figures["chunked_over_xla_temp"] <= 0.1, figures
+
+
+@pytest.mark.parametrize("chunk", [64, 100, 512])
+def test_chunk_pairs_are_the_blocks_the_mask_spans(chunk):
+  """Brute force over the mask: a query chunk's loop runs from the first key chunk any of
+  its queries sees to the last."""
+  config = small_config()
+  config.data.seq_len, config.data.max_frames = 1024, 4
+  spec = row_spec(validate(config), latent_grid=(8, 8, 4))
+  row = aot.typical_row(config, spec)
+  allowed = np.asarray(attention_mask(row["segment_ids"], row["block_ids"]))[0, 0]
+  want = 0
+  for q in range(0, spec.seq_len, chunk):
+    keys = np.flatnonzero(allowed[q:q + chunk].any(0))
+    want += keys.max() // chunk - keys.min() // chunk + 1
+  assert aot.chunk_pairs(row, chunk) == want
+  chunks = -(-spec.seq_len // chunk)
+  assert want < chunks ** 2 or chunks == 1       # blocks no query sees are skipped
 
 
 def small_config(**model):
@@ -126,9 +148,10 @@ def test_every_paper_config_is_sized_for_the_topology_it_names():
   sys.path.insert(0, f"{ROOT}/scripts")
   from compile_paper import paper_configs  # pylint: disable=import-outside-toplevel
   configs = paper_configs()
-  assert len(configs) >= 4
-  for path, topology in configs:
-    config = validate(load_config(f"{ROOT}/{path}"))
+  assert len(configs) >= 10
+  tokens_per_image = set()
+  for path, topology, overrides in configs:
+    config = with_overrides(validate(load_config(f"{ROOT}/{path}")), overrides)
     generation, shape = aot.parse_topology(topology)
     chips = 1
     for n in shape.split("x"):
@@ -136,5 +159,9 @@ def test_every_paper_config_is_sized_for_the_topology_it_names():
     mesh = config.mesh
     assert mesh.data * mesh.fsdp * mesh.expert * mesh.tensor == chips, path
     assert config.data.batch_size % chips == 0, path
-    assert (config.visual.representation, config.data.image_size) == ("rae", 224), path
     assert generation in aot.CHIPS
+    tokens_per_image.add(row_spec(config).tokens_per_frame)
+    if "scaling" in config:           # the grid is compiled at its widest model
+      assert overrides["model.d_model"] == max(config.scaling.widths)
+  # The representation arms (RAE, VAE, pixels) put the same number of tokens in an image.
+  assert tokens_per_image == {256}

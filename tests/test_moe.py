@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 import base
+from mmpretrain import sharding
 from mmpretrain.model import moe as moe_lib
 
 ROWS, LENGTH, D = 2, 12, 16
@@ -76,6 +77,11 @@ def dense_reference(layer, x, kind, capacity=None, group=LENGTH):
   """Per token: Σ over its kept experts (reference_routing) of weight · expert(x), + shared
   experts. Returns the output and the drop rate."""
   chosen, weights, kept = reference_routing(layer, x, kind, capacity, group)
+  return expert_sum(layer, x, chosen, weights, kept, kind), 1 - kept.sum() / kept.size
+
+
+def expert_sum(layer, x, chosen, weights, kept, kind):
+  """Σ over the kept (token, choice) pairs of weight · expert(x), + shared experts."""
   x = f64(x)
   gate, up, down = (f64(w[...]) for w in (layer.experts.gate, layer.experts.up,
                                           layer.experts.down))
@@ -91,7 +97,7 @@ def dense_reference(layer, x, kind, capacity=None, group=LENGTH):
                     shared(layer.shared, x))
   elif layer.shared is not None:
     out += shared(layer.shared, x)
-  return out, 1 - kept.sum() / kept.size
+  return out
 
 
 @pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
@@ -208,3 +214,67 @@ def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_t
   got = jax.grad(layer_loss, argnums=(0, 1))(state, x)
   want = jax.grad(reference_loss, argnums=(0, 1))(state, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, want)
+
+
+def test_padded_ragged_all_to_all_moves_what_the_ragged_op_would():
+  """XLA:CPU has no ragged all-to-all; its stand-in must write what the op specifies:
+  device i's operand[send_from[i, j]:][:sizes[i, j]] lands in device j's output at
+  lands_at[i, j], everything else in the output left as it was."""
+  peers, rows = 4, 6
+  rng = np.random.default_rng(0)
+  sizes = rng.integers(0, 3, (peers, peers)).astype(np.int32)       # [source, destination]
+  send_from = np.cumsum(sizes, 1) - sizes
+  lands_at = np.cumsum(sizes, 0) - sizes
+  operand = rng.normal(size=(peers, rows, 2)).astype(np.float32)
+  output = np.full((peers, peers * rows, 2), -1.0, np.float32)
+  want = output.copy()
+  for i in range(peers):
+    for j in range(peers):
+      want[j, lands_at[i, j]:lands_at[i, j] + sizes[i, j]] = (
+          operand[i, send_from[i, j]:send_from[i, j] + sizes[i, j]])
+
+  mesh = jax.make_mesh((peers,), ("x",), devices=jax.devices()[:peers],
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  split = jax.sharding.PartitionSpec("x")
+  def local(operand, output, send_from, sizes, lands_at, received):
+    return moe_lib.padded_ragged_all_to_all(operand[0], output[0], send_from[0], sizes[0],
+                                            lands_at[0], received[0], "x")[None]
+  moved = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(split,) * 6, out_specs=split))(
+      *(jax.device_put(a, jax.sharding.NamedSharding(mesh, split))
+        for a in (operand, output, send_from, sizes, lands_at, np.ascontiguousarray(sizes.T))))
+  np.testing.assert_array_equal(np.asarray(moved), want)
+
+
+@pytest.mark.parametrize("buffer_factor", [0.0, 0.5])
+def test_dropless_over_expert_shards_drops_only_what_overflows_a_buffer(buffer_factor):
+  """Two devices, each holding one row and 4 of the 8 experts. Sources fill a
+  destination's receive buffer of buffer_factor · (its T·k) rows in device order, each
+  with its (token, choice) pairs sorted by expert; a pair that finds no room adds
+  nothing. 0 means room for everything: the one-device result."""
+  cfg = moe_config(dispatch="dropless", num_experts=8, dropless_buffer_factor=buffer_factor)
+  layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(3))
+  x, kind = inputs(3)
+  chosen, weights, kept = reference_routing(layer, x, kind)
+  shards, local, pairs = 2, 4, LENGTH * 2
+  room = np.full(shards, shards * pairs if not buffer_factor else int(buffer_factor * pairs))
+  for source in range(shards):                     # row `source` lives on device `source`
+    rows = range(source * LENGTH, (source + 1) * LENGTH)
+    sorted_pairs = sorted(((t, c) for t in rows for c in range(2)),
+                          key=lambda p: chosen[p[0], p[1]])
+    for t, c in sorted_pairs:
+      destination = chosen[t, c] // local
+      kept[t, c] = room[destination] > 0
+      room[destination] -= 1
+  want = expert_sum(layer, x, chosen, weights, kept, kind)
+
+  mesh_config = base.get_config("runlocal").mesh
+  mesh_config.update({"data": 1, "fsdp": 1, "expert": shards, "tensor": 1})
+  mesh = sharding.make_mesh(mesh_config, jax.devices()[:shards])
+  @nnx.jit
+  def run(layer, x, kind):
+    with sharding.activation_rules(mesh, mesh_config.rules):
+      return layer(x, kind, rows=ROWS)
+  out, stats = run(layer, x, kind)
+  np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
+  assert float(stats["drop_rate"]) == pytest.approx(1 - kept.sum() / kept.size)
+  assert (float(stats["drop_rate"]) > 0) == bool(buffer_factor)

@@ -1,5 +1,7 @@
 """The (data, fsdp, expert, tensor) mesh: global batches, parameter layout, and a sharded
 train step that equals the one-device step."""
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -19,10 +21,10 @@ def mesh_config(config, data, fsdp, expert, tensor):
   return config.mesh
 
 
-def moe_config(config):
+def moe_config(config, dispatch: str = "capacity"):
   """An MoE layer then a dense one; 8 experts so a 4-way expert axis holds 2 each."""
   config.model.moe.update({"num_experts": 8, "experts_per_token": 2, "every_n_layers": 2,
-                           "shared_experts": "per_modality", "dispatch": "capacity"})
+                           "shared_experts": "per_modality", "dispatch": dispatch})
   return config
 
 
@@ -82,21 +84,28 @@ def test_parameters_and_optimizer_state_follow_the_rules(config, tokenizer):
 
 @pytest.fixture(scope="module")
 def one_device_moe_step(data_dir, tokenizer):
-  """The MoE config's batch and its train step on one device (no mesh)."""
-  config = moe_config(tiny_config(data_dir))
-  batch = host_batch(config, tokenizer)
-  trainer = Trainer(Run(config), tokenizer.byte_lengths())
-  state, metrics = trainer.step(trainer.init_state(0), batch)
-  return batch, jax.device_get(state.params), jax.device_get(metrics)
+  """dispatch -> the MoE config's batch and its train step on one device (no mesh)."""
+  @functools.cache
+  def step(dispatch):
+    config = moe_config(tiny_config(data_dir), dispatch)
+    batch = host_batch(config, tokenizer)
+    trainer = Trainer(Run(config), tokenizer.byte_lengths())
+    state, metrics = trainer.step(trainer.init_state(0), batch)
+    return batch, jax.device_get(state.params), jax.device_get(metrics)
+  return step
 
 
-@pytest.mark.parametrize("sizes", [(8, 1, 1, 1), (2, 2, 2, 1), (1, 2, 4, 1), (2, 1, 2, 2)])
-def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_moe_step, sizes):
+@pytest.mark.parametrize("dispatch, sizes", [
+    ("capacity", (8, 1, 1, 1)), ("capacity", (2, 2, 2, 1)), ("capacity", (1, 2, 4, 1)),
+    ("capacity", (2, 1, 2, 2)), ("dropless", (1, 2, 4, 1)), ("dropless", (2, 1, 2, 2))])
+def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_moe_step,
+                                                 dispatch, sizes):
   """Loss, gradient norm and updated parameters agree to float32 reduction-order noise
   (rtol 1e-5 on metrics; rtol 1e-4 / atol 1e-6 on parameters after one AdamW step).
-  Capacity drops are decided per row, so they are the same on every mesh."""
-  moe_config(config)
-  batch, ref_params, ref_metrics = one_device_moe_step
+  Capacity drops are decided per row, so they are the same on every mesh; dropless
+  dispatch moves rows between expert shards with a ragged all-to-all."""
+  batch, ref_params, ref_metrics = one_device_moe_step(dispatch)
+  moe_config(config, dispatch)
 
   mesh = sharding.make_mesh(mesh_config(config, *sizes))
   trainer = Trainer(Run(config, mesh), tokenizer.byte_lengths())

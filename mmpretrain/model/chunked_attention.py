@@ -38,15 +38,24 @@ def chunked_attention(q, k, v, ranges: KeyRanges, chunk: int):
   length = q.shape[1]
   chunk = min(chunk, length)
   pad = -length % chunk
-  if pad:  # padded keys lie past every real query's range; padded queries see key 0
+  if pad:
     widen = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0)))
     q, k, v = widen(q), widen(k), widen(v)
-    ranges = KeyRanges(jnp.pad(ranges.start, ((0, 0), (0, pad))),
-                       jnp.pad(ranges.end, ((0, 0), (0, pad)), constant_values=1))
-  return _attention(q, k, v, ranges.start, ranges.end, chunk)[:, :length]
+  start, end = pad_ranges(ranges, chunk)
+  return _attention(q, k, v, start, end, chunk)[:, :length]
 
 
-def _chunk_bounds(start, end, chunk):
+def pad_ranges(ranges: KeyRanges, chunk: int) -> KeyRanges:
+  """`ranges` for a length padded to a multiple of `chunk`: padded keys lie past every
+  real query's range; a padded query sees only itself, so the last chunk's loop is no
+  longer than its real queries need."""
+  rows, length = ranges.start.shape
+  padded = jnp.broadcast_to(jnp.arange(length, length + -length % chunk), (rows, -length % chunk))
+  return KeyRanges(jnp.concatenate([ranges.start, padded], 1).astype(jnp.int32),
+                   jnp.concatenate([ranges.end, padded + 1], 1).astype(jnp.int32))
+
+
+def chunk_bounds(start, end, chunk):
   """Per query chunk, the first key chunk and one past the last that any of its queries
   (in any row) can see: [n] int32 each."""
   n = start.shape[1] // chunk
@@ -85,7 +94,7 @@ def _attention(q, k, v, start, end, chunk):
 
 
 def _forward(q, k, v, start, end, chunk):
-  first, last = _chunk_bounds(start, end, chunk)
+  first, last = chunk_bounds(start, end, chunk)
   batch, _, heads, dim = q.shape
 
   def query_chunk(_, xs):
@@ -114,7 +123,7 @@ def _forward(q, k, v, start, end, chunk):
 
 def _backward(chunk, residuals, d_out):
   q, k, v, start, end, out, logsumexp = residuals
-  first, last = _chunk_bounds(start, end, chunk)
+  first, last = chunk_bounds(start, end, chunk)
   scale = q.shape[-1] ** -0.5
   d_out = d_out.astype(q.dtype)
   # Softmax backward: dS = P ∘ (dP − rowsum(dP ∘ P)), and rowsum(dP ∘ P) = rowsum(dO ∘ O).

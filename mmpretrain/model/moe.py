@@ -9,7 +9,9 @@ Config (`config.model.moe`):
       the optimizer: aux-loss-free balancing).
   shared_experts — "none", "global" (one always-on expert), or "per_modality" (an always-on
       text expert for text tokens and a vision expert for visual tokens).
-  dispatch — "dropless" (tokens sorted by expert, grouped matmuls with jax.lax.ragged_dot),
+  dispatch — "dropless" (tokens sorted by expert, grouped matmuls with jax.lax.ragged_dot;
+      across expert shards a ragged all-to-all into buffers of dropless_buffer_factor
+      times the balanced load, 0 = room for the worst case),
       "capacity" (GShard-style per-expert buffers of capacity_factor·n·k/E slots for each
       group of `capacity_group_rows` rows holding n tokens; batched einsum; overflow is
       dropped and the token keeps only its residual), or "auto"
@@ -115,23 +117,27 @@ class Experts(nnx.Module):
   def weights(self):
     return tuple(w[...].astype(self.dtype) for w in (self.gate, self.up, self.down))
 
-  def dropless(self, x, experts, weights, token_mask):
-    """Sort (token, choice) pairs by expert and run grouped matmuls over the groups."""
-    tokens, k = experts.shape
-    flat = experts.reshape(-1)
-    order = jnp.argsort(flat)
-    token_of = order // k
-    group_sizes = jnp.bincount(flat, length=self.gate.shape[0]).astype(jnp.int32)
-    gate, up, down = self.weights()
-    def dot(a, w):
-      return jax.lax.ragged_dot(a, w, group_sizes,
-                                preferred_element_type=jnp.float32).astype(self.dtype)
-    pairs = x[token_of].astype(self.dtype)
-    y = dot(layers.swiglu(dot(pairs, gate), dot(pairs, up)), down)
-    combine = (weights.reshape(-1)[order] * token_mask[token_of]).astype(jnp.float32)
-    out = jnp.zeros((tokens, x.shape[-1]), jnp.float32).at[token_of].add(
-        y.astype(jnp.float32) * combine[:, None])
-    return out, jnp.zeros((), jnp.float32)
+  def dropless(self, x, experts, weights, token_mask, buffer_factor: float = 0.0):
+    """Every (token, choice) pair runs: pairs sorted by expert, grouped matmuls
+    (jax.lax.ragged_dot) over the groups.
+
+    Under a mesh each device sorts its own tokens, and a ragged all-to-all over the
+    `expert` rule's axes sends each expert's rows to the device holding it and the results
+    back (expert parallelism without a capacity). `buffer_factor` sizes each device's
+    receive buffer in multiples of its own T·k rows (the balanced load); 0 sizes it for the
+    worst case, every row to one device, and nothing is ever dropped. Rows that find no
+    room keep only their residual and count as dropped, as with capacity dispatch.
+    """
+    num_experts = self.gate.shape[0]
+    def run(exchange, x, experts, weights, token_mask, gate, up, down):
+      return _dropless_local(x, experts, weights, token_mask, (gate, up, down), num_experts,
+                             buffer_factor, self.dtype, exchange)
+    active = sharding.active_rules()
+    if active is None:
+      out, kept = run(_Exchange(), x, experts, weights, token_mask, *self.weights())
+    else:
+      out, kept = _sharded(run, active, x, experts, weights, token_mask, *self.weights())
+    return out, 1.0 - kept / jnp.maximum(experts.shape[1] * jnp.sum(token_mask), 1)
 
   def capacity(self, x, experts, weights, token_mask, groups: int, capacity_factor: float):
     """GShard-style dispatch into per-group expert buffers of C slots.
@@ -154,17 +160,23 @@ class Experts(nnx.Module):
     if active is None:
       out, kept = run(_Exchange(), x, experts, weights, token_mask, *self.weights())
     else:
-      out, kept = _sharded(run, active, groups, x, experts, weights, token_mask,
-                           *self.weights())
+      ways = _batch_ways(*active)
+      if groups % ways:
+        raise sharding.ShardingError(
+            f"{groups} capacity groups do not split {ways} ways over the batch axes: "
+            "lower config.model.moe.capacity_group_rows")
+      out, kept = _sharded(run, active, x, experts, weights, token_mask, *self.weights())
     drop_rate = 1.0 - kept / jnp.maximum(k * jnp.sum(token_mask), 1)
     return out, drop_rate
 
 
 class _Exchange:
-  """The collectives of expert parallelism; on one device, none of them does anything."""
+  """The collectives of expert parallelism; on one device, none of them does anything.
+  `platform`: the devices', for the one collective XLA:CPU lacks (ragged all-to-all)."""
 
-  def __init__(self, expert=(), embed=(), mlp=(), batch=()):
+  def __init__(self, expert=(), embed=(), mlp=(), batch=(), platform: str = "cpu"):
     self.expert, self.embed, self.mlp, self.batch = expert, embed, mlp, batch
+    self.platform = platform
 
   def to_experts(self, buffers):      # [E, g·C, d] -> [E/ep, ep·g·C, d]
     return (jax.lax.all_to_all(buffers, self.expert, 0, 1, tiled=True)
@@ -182,6 +194,125 @@ class _Exchange:
 
   def total(self, count):                    # over the devices holding other groups
     return jax.lax.psum(count, self.batch) if self.batch else count
+
+  def to_expert_rows(self, rows, sizes, local_experts: int, buffer_rows: int):
+    """Rows [n, d] sorted by expert with `sizes` [E] rows per expert -> (the rows of this
+    device's `local_experts` experts from every device, grouped by expert, in a buffer of
+    `buffer_rows`; their group sizes; which of `rows` found room there [n] bool; a
+    function that returns results for the buffer to `rows`' order here, zero for the rows
+    that found no room)."""
+    if not self.expert:
+      return rows, sizes, jnp.ones(rows.shape[0], bool), lambda y: y
+    shards = sizes.shape[0] // local_experts
+    me = jax.lax.axis_index(self.expert)
+    counts = jax.lax.all_gather(sizes.reshape(shards, local_experts), self.expert)
+    wanted = counts.sum(-1)                          # [source, destination] rows
+    # Sources fill a destination's buffer in order; what does not fit is dropped, from
+    # each source's last experts first (rows are sorted by expert).
+    fit = jnp.clip(buffer_rows - _exclusive_cumsum(wanted, axis=0), 0, wanted)
+    fit_by_expert = jnp.clip(fit[..., None] - _exclusive_cumsum(counts, axis=-1), 0, counts)
+    sent_from = _exclusive_cumsum(wanted[me])        # my rows for each destination
+    received = fit[:, me]
+    buffer = jnp.zeros((buffer_rows, rows.shape[1]), rows.dtype)
+    arrived = self._ragged_all_to_all(rows, buffer, sent_from, fit[me],
+                                      _exclusive_cumsum(fit, axis=0)[me], received)
+    # Rows arrive by source, then expert: regroup them by expert for the grouped matmuls.
+    mine = fit_by_expert[:, me].reshape(-1)          # [source · local expert]
+    run = jnp.searchsorted(jnp.cumsum(mine), jnp.arange(buffer_rows), side="right")
+    by_expert = jnp.argsort(jnp.where(run < mine.shape[0], run % local_experts,
+                                      local_experts), stable=True)
+    from_expert = jnp.argsort(by_expert)
+    position = jnp.arange(rows.shape[0])
+    destination = jnp.searchsorted(jnp.cumsum(wanted[me]), position, side="right")
+    found_room = position - sent_from[jnp.minimum(destination, shards - 1)] < fit[me][
+        jnp.minimum(destination, shards - 1)]
+
+    def send_back(y):
+      return self._ragged_all_to_all(
+          _permute(y, from_expert, by_expert), jnp.zeros((rows.shape[0], y.shape[1]), y.dtype),
+          _exclusive_cumsum(received), received, _exclusive_cumsum(wanted, axis=1)[:, me],
+          fit[me])
+    return (_permute(arrived, by_expert, from_expert), fit_by_expert[:, me].sum(0),
+            found_room, send_back)
+
+  def _ragged_all_to_all(self, operand, output, send_from, send_sizes, lands_at, recv_sizes):
+    if self.platform != "cpu":
+      return jax.lax.ragged_all_to_all(operand, output, send_from, send_sizes, lands_at,
+                                       recv_sizes, axis_name=self.expert)
+    return padded_ragged_all_to_all(operand, output, send_from, send_sizes, lands_at,
+                                    recv_sizes, self.expert)
+
+
+def _exclusive_cumsum(x, axis: int = 0):
+  return jnp.cumsum(x, axis=axis) - x
+
+
+@jax.custom_vjp
+def _permute(x, perm, inverse):
+  """x[perm] for a permutation whose inverse is `inverse`. Its gradient is the gather by
+  `inverse`, where autodiff would scatter-add: slower on TPU, and costed as negative time
+  by the TPU cost model."""
+  return x[perm]
+
+
+def _permute_forward(x, perm, inverse):
+  return x[perm], inverse
+
+
+def _permute_backward(inverse, g):
+  return g[inverse], None, None
+
+
+_permute.defvjp(_permute_forward, _permute_backward)
+
+
+def padded_ragged_all_to_all(operand, output, send_from, send_sizes, lands_at, recv_sizes,
+                             axis_name):
+  """jax.lax.ragged_all_to_all's result from a plain all_to_all of worst-case chunks
+  (XLA:CPU has no ragged all-to-all): device i sends operand[send_from[j]:][:send_sizes[j]]
+  to device j, where it is written at output[lands_at[j]:]."""
+  n = operand.shape[0]
+  slot = jnp.arange(n)
+  take = jnp.minimum(send_from[:, None] + slot, n - 1)                  # [peers, n]
+  chunks = jnp.where((slot < send_sizes[:, None])[..., None], operand[take], 0)
+  arrived = jax.lax.all_to_all(chunks, axis_name, 0, 0, tiled=True)     # [sources, n, d]
+  offsets = jax.lax.all_to_all(lands_at, axis_name, 0, 0, tiled=True)  # where each lands
+  where = jnp.where(slot < recv_sizes[:, None], offsets[:, None] + slot, output.shape[0])
+  return output.at[where.reshape(-1)].set(arrived.reshape(-1, operand.shape[1]), mode="drop")
+
+
+def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts: int,
+                    buffer_factor: float, dtype, exchange: _Exchange):
+  """Dropless dispatch of this device's tokens x [T, d] onto expert_weights (gate, up,
+  down) of this device's experts (all of them without a mesh). Each device receives
+  into a buffer of buffer_factor · T·k rows (0: room for every row of every device).
+  Returns (output [T, d] f32, number of real-token assignments run)."""
+  tokens, k = experts.shape
+  flat = experts.reshape(-1)                         # (token, choice) pairs, token-major
+  order = jnp.argsort(flat, stable=True)             # ... sorted by expert
+  by_pair = jnp.argsort(order)
+  sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+  gate, up, down = expert_weights
+  shards = num_experts // gate.shape[0]
+  buffer_rows = shards * tokens * k
+  if buffer_factor:
+    buffer_rows = min(buffer_rows, math.ceil(buffer_factor * tokens * k))
+  pairs = _permute(jnp.repeat(x.astype(dtype), k, axis=0), order, by_pair)
+  rows, group_sizes, found_room, send_back = exchange.to_expert_rows(
+      pairs, sizes, gate.shape[0], buffer_rows)
+  def grouped(a, w, out_dtype):
+    return jax.lax.ragged_dot(a, w, group_sizes,
+                              preferred_element_type=jnp.float32).astype(out_dtype)
+  gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
+  h = grouped(rows, gate_up, dtype)
+  hidden = gate.shape[-1]
+  y = grouped(layers.swiglu(h[:, :hidden], h[:, hidden:]), exchange.full_width(down, 2),
+              jnp.float32)
+  y = send_back(exchange.sum_mlp_parts(y).astype(dtype))
+  by_token = _permute(y, by_pair, order).reshape(tokens, k, -1).astype(jnp.float32)
+  out = jnp.einsum("tkd,tk->td", by_token, weights * token_mask[:, None])
+  ran = jnp.sum(found_room & jnp.repeat(token_mask, k)[order])
+  return out, exchange.total(ran)
 
 
 def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts: int,
@@ -234,8 +365,13 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   return out, exchange.total(jnp.sum(kept))
 
 
-def _sharded(run, active, groups: int, x, experts, weights, token_mask, gate, up, down):
-  """`run` under shard_map: groups split like the batch, experts over the expert axes."""
+def _batch_ways(mesh, rules) -> int:
+  return math.prod(mesh.shape[a] for a in sharding.mesh_axes(rules, "batch")
+                   if mesh.shape[a] > 1)
+
+
+def _sharded(run, active, x, experts, weights, token_mask, gate, up, down):
+  """`run` under shard_map: tokens split like the batch, experts over the expert axes."""
   mesh, rules = active
   def axes(name):
     return tuple(a for a in sharding.mesh_axes(rules, name) if mesh.shape[a] > 1)
@@ -244,12 +380,8 @@ def _sharded(run, active, groups: int, x, experts, weights, token_mask, gate, up
     raise sharding.ShardingError(
         f"config.mesh.rules: the expert axes {expert} must also split the batch "
         f"(rules.batch = {batch}) so each expert shard holds its own tokens")
-  ways = math.prod(mesh.shape[a] for a in batch)
-  if groups % ways:
-    raise sharding.ShardingError(
-        f"{groups} capacity groups do not split {ways} ways over the batch axes {batch}: "
-        "lower config.model.moe.capacity_group_rows")
-  exchange = _Exchange(expert, axes("embed"), axes("mlp"), batch)
+  exchange = _Exchange(expert, axes("embed"), axes("mlp"), batch,
+                       platform=mesh.devices.flat[0].platform)
   def spec(*names):
     return sharding.partition_spec(names, rules, mesh)
   token_spec = spec("batch")
@@ -282,6 +414,7 @@ class MoE(nnx.Module):
       layers.mark_used_by(self.shared, layers.TEXT)
     self.dispatch, self.capacity_factor = moe.dispatch, moe.capacity_factor
     self.group_rows = moe.capacity_group_rows
+    self.buffer_factor = moe.dropless_buffer_factor
     self.dtype = jnp.dtype(cfg.dtype)
 
   def __call__(self, x, token_kind, rows: int):
@@ -291,7 +424,8 @@ class MoE(nnx.Module):
     experts, weights, stats = self.router(x, token_kind)
     dispatch = resolve_dispatch(self.dispatch)
     if dispatch == "dropless":
-      out, drop_rate = self.experts.dropless(x, experts, weights, token_mask)
+      out, drop_rate = self.experts.dropless(x, experts, weights, token_mask,
+                                             self.buffer_factor)
     else:
       if rows % self.group_rows:
         raise ValueError(f"model.moe.capacity_group_rows={self.group_rows} does not divide "

@@ -19,16 +19,21 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from mmpretrain import sharding
 from mmpretrain.hardware import CHIPS
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.synthetic import interleaved_batch
 from mmpretrain.model import attention, moe
-from mmpretrain.model.transformer import is_moe_layer
+from mmpretrain.model.chunked_attention import chunk_bounds, pad_ranges
+from mmpretrain.model.masks import key_ranges
+from mmpretrain.model.transformer import is_moe_layer, remat_policy
 from mmpretrain.run import Run
 from mmpretrain.scaling.flops import train_flops_per_token
+from mmpretrain.tokenizers.visual import row_spec
 from mmpretrain.train.step import Trainer
 
 def parse_topology(name: str) -> tuple[str, str]:
@@ -90,12 +95,18 @@ def for_platform(config, platform: str):
   return config
 
 
+def typical_row(config, spec) -> dict:
+  """One packed row of the shape the step is compiled for: a document of text with half
+  of `max_frames` images spread through it."""
+  images = max(1, spec.max_frames // 2) if spec.max_frames else 0
+  text = max(1, spec.seq_len - images * (spec.tokens_per_frame + 2)) // 2
+  return interleaved_batch(spec, 1, text, images, config.model.vocab_size)
+
+
 def abstract_batch(config, spec, mesh) -> dict:
   """ShapeDtypeStructs of a global batch laid out by `spec`, sharded like the training
   batches."""
-  images = max(1, spec.max_frames // 2) if spec.max_frames else 0
-  text = max(1, spec.seq_len - images * (spec.tokens_per_frame + 2)) // 2
-  row = interleaved_batch(spec, 1, text, images, config.model.vocab_size)
+  row = typical_row(config, spec)
   where = sharding.batch_sharding(mesh, config.mesh.rules)
   return {k: jax.ShapeDtypeStruct((config.data.batch_size, *row[k].shape[1:]), row[k].dtype,
                                   sharding=where) for k in DEVICE_FIELDS}
@@ -110,8 +121,8 @@ def compile_step(config, devices):
   frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                         run.frozen)
   start = time.perf_counter()
-  lowered = trainer.lower_step(trainer.abstract_state(), abstract_batch(config, run.spec, mesh),
-                               frozen)
+  batch = abstract_batch(config, run.data_spec, mesh)
+  lowered = trainer.lower_step(trainer.abstract_state(), batch, frozen)
   try:
     return lowered.compile(), time.perf_counter() - start
   except jax.errors.JaxRuntimeError as e:
@@ -130,9 +141,8 @@ def _cost(executable) -> dict:
 def unrolled_cost(config, devices, layers: int, dense_layers: int | None = None) -> dict:
   """Cost analysis of the step with `layers` unrolled layers (else the same config; with
   `dense_layers`, that many dense layers and then only MoE ones). The chunked attention's
-  loop over key chunks would be counted once as well: the estimate uses the dense
-  attention, whose cost counts every score (the chunked kernel skips only key chunks that
-  no query sees, so this errs towards more time)."""
+  loops would be counted once as well, so these compiles hold the dense attention, and
+  estimated_cost swaps its cost for the chunked kernel's."""
   small = copy.deepcopy(config)
   small.model.num_layers, small.model.scan_layers = layers, False
   if dense_layers is None:
@@ -144,10 +154,57 @@ def unrolled_cost(config, devices, layers: int, dense_layers: int | None = None)
   return _cost(compile_step(small, devices)[0])
 
 
+def dense_attention_cost(config, devices, length: int) -> dict:
+  """Cost analysis of one layer's dense (`xla`) attention at `length` tokens, forward and
+  backward under the config's remat policy, on one chip's share of the rows and heads."""
+  m = config.model
+  mesh = sharding.make_mesh(config.mesh, devices)
+  def local(heads: int) -> tuple:
+    shape = (config.data.batch_size, length, heads, m.head_dim)
+    where = NamedSharding(mesh, sharding.partition_spec(("batch", None, "heads", None),
+                                                        config.mesh.rules, mesh, shape))
+    return where.shard_shape(shape)
+  q_shape, kv_shape = local(m.num_heads), local(m.num_kv_heads)
+  dtype = jnp.dtype(m.dtype)
+  def loss(q, k, v, mask):
+    out = attention.attend(q, k, v, mask, "xla")
+    return jnp.sum(out.astype(jnp.float32))
+  policy = remat_policy(m.remat)
+  if policy is not None:
+    loss = jax.checkpoint(loss, policy=policy)
+  one_chip = SingleDeviceSharding(devices[0])
+  args = [jax.ShapeDtypeStruct(shape, dtype, sharding=one_chip)
+          for shape in (q_shape, kv_shape, kv_shape)]
+  args.append(jax.ShapeDtypeStruct((q_shape[0], 1, length, length), jnp.bool_,
+                                   sharding=one_chip))
+  return _cost(jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile())
+
+
+def chunk_pairs(row: dict, chunk: int) -> int:
+  """The (query chunk, key chunk) blocks the chunked kernel computes for packed `row`s."""
+  ranges = key_ranges(jnp.asarray(row["segment_ids"]), jnp.asarray(row["block_ids"]))
+  first, last = chunk_bounds(*pad_ranges(ranges, chunk), chunk)
+  return int(np.sum(np.asarray(last) - np.asarray(first)))
+
+
+def chunked_attention_correction(config, devices) -> dict:
+  """Per layer, what the chunked kernel costs beyond the dense attention the unrolled
+  compiles hold. Its loops run one c×c block of scores for each (query chunk, key chunk)
+  pair that some query of the chunk can see (c = model.attention_chunk); the pairs are
+  counted on the typical row, and each is costed as a dense attention of c tokens."""
+  spec = row_spec(config)
+  chunk = min(config.model.attention_chunk, spec.seq_len)
+  pairs = chunk_pairs(typical_row(config, spec), chunk)
+  dense = dense_attention_cost(config, devices, spec.seq_len)
+  block = dense_attention_cost(config, devices, chunk)
+  return {key: pairs * block[key] - dense[key] for key in ("flops", "optimal_seconds")}
+
+
 def estimated_cost(config, devices) -> dict:
   """FLOPs and optimal_seconds of the whole step from small unrolled compiles: one and two
   layers of one kind give the step outside the layers and that kind's layer; with dense
-  and MoE layers both in the stack, a dense + MoE pair gives the other kind's."""
+  and MoE layers both in the stack, a dense + MoE pair gives the other kind's. The chunked
+  attention is costed apart (chunked_attention_correction)."""
   m = config.model
   moe = sum(is_moe_layer(m, i) for i in range(m.num_layers))
   dense = m.num_layers - moe
@@ -162,7 +219,11 @@ def estimated_cost(config, devices) -> dict:
     other = pair[key] - one[key]                  # a dense layer beside it (MoE stacks)
     outside = one[key] - layer
     return (outside + moe * layer + dense * other) if moe else outside + dense * layer
-  return {"flops": total("flops"), "optimal_seconds": total("optimal_seconds")}
+  cost = {"flops": total("flops"), "optimal_seconds": total("optimal_seconds")}
+  if m.attention_impl == "chunked":
+    correction = chunked_attention_correction(config, devices)
+    cost = {key: value + m.num_layers * correction[key] for key, value in cost.items()}
+  return cost
 
 
 def report(config, topology: str, num_slices: int = 1) -> dict:
@@ -189,7 +250,8 @@ def report(config, topology: str, num_slices: int = 1) -> dict:
       **where, "argument_bytes": memory.argument_size_in_bytes,
       "output_bytes": memory.output_size_in_bytes,
       "temp_bytes": memory.temp_size_in_bytes, "alias_bytes": memory.alias_size_in_bytes,
-      "per_device_bytes": per_device, "hbm_headroom": 1.0 - per_device / chip.hbm_bytes, "fits": per_device <= chip.hbm_bytes,
+      "per_device_bytes": per_device, "hbm_headroom": 1.0 - per_device / chip.hbm_bytes,
+      "fits": per_device <= chip.hbm_bytes,
       "model_flops": model_flops, "xla_flops": xla_flops, "optimal_seconds": optimal_seconds,
       # xla_flops is per device: the executable is one device's program.
       # None where the small compiles' times do not add up to a positive step time (seen

@@ -1,0 +1,19 @@
+"""The widest arm of the paper's expert-count sweep on the 1B model: 1,008 experts of 352
+hidden (63 × granularity 16), 16 active per token, so the active compute equals the
+64-expert arm's (configs/paper/moe_1b.py) and only the parameters grow, here to ~35B.
+
+  mmpretrain compile --config=configs/paper/moe_1b_1008.py --topology=v5p-64
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moe_1b  # pylint: disable=wrong-import-position
+
+TOPOLOGY = moe_1b.TOPOLOGY
+
+
+def get_config(arg=None):
+  c = moe_1b.get_config(arg)
+  c.model.moe.num_experts = 63
+  return c
