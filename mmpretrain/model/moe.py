@@ -248,22 +248,28 @@ def _exclusive_cumsum(x, axis: int = 0):
 
 
 @jax.custom_vjp
+def _gather_rows(x, index, readers):
+  """x[index] for x [N, d] (an index past the end reads zeros), where `readers` [N, r]
+  lists the result rows that read each row of x (past the end: none). The gradient is
+  then a gather too, Σ_j g[readers[i, j]], where autodiff would scatter-add: slower on
+  TPU, and costed as negative time by its cost model."""
+  return jnp.take(x, index, axis=0, mode="fill", fill_value=0)
+
+
+def _gather_rows_forward(x, index, readers):
+  return _gather_rows(x, index, readers), readers
+
+
+def _gather_rows_backward(readers, g):
+  return jnp.take(g, readers, axis=0, mode="fill", fill_value=0).sum(1), None, None
+
+
+_gather_rows.defvjp(_gather_rows_forward, _gather_rows_backward)
+
+
 def _permute(x, perm, inverse):
-  """x[perm] for a permutation whose inverse is `inverse`. Its gradient is the gather by
-  `inverse`, where autodiff would scatter-add: slower on TPU, and costed as negative time
-  by the TPU cost model."""
-  return x[perm]
-
-
-def _permute_forward(x, perm, inverse):
-  return x[perm], inverse
-
-
-def _permute_backward(inverse, g):
-  return g[inverse], None, None
-
-
-_permute.defvjp(_permute_forward, _permute_backward)
+  """x[perm] for a permutation whose inverse is `inverse`."""
+  return _gather_rows(x, perm, inverse[:, None])
 
 
 def padded_ragged_all_to_all(operand, output, send_from, send_sizes, lands_at, recv_sizes,
@@ -297,7 +303,7 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
   buffer_rows = shards * tokens * k
   if buffer_factor:
     buffer_rows = min(buffer_rows, math.ceil(buffer_factor * tokens * k))
-  pairs = _permute(jnp.repeat(x.astype(dtype), k, axis=0), order, by_pair)
+  pairs = _gather_rows(x.astype(dtype), order // k, by_pair.reshape(tokens, k))
   rows, group_sizes, found_room, send_back = exchange.to_expert_rows(
       pairs, sizes, gate.shape[0], buffer_rows)
   def grouped(a, w, out_dtype):
@@ -337,13 +343,22 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
 
   expert_of, position, kept = jax.vmap(claim_slots)(experts.reshape(groups, length, k),
                                                     token_mask.reshape(groups, length))
-  # Buffer column of each kept (token, choice) pair; `groups·slots` (out of range) if dropped.
-  column = jnp.where(kept, jnp.arange(groups)[:, None] * slots + position, groups * slots)
-  token = jnp.arange(groups)[:, None] * length + jnp.tile(jnp.arange(length), k)[None]
-  source = jnp.full((num_experts, groups * slots), tokens, jnp.int32).at[
-      expert_of.reshape(-1), column.reshape(-1)].set(token.reshape(-1), mode="drop")
-  padded = jnp.concatenate([x.astype(dtype), jnp.zeros((1, d), dtype)])   # row T: empty slot
-  buffers = exchange.to_experts(padded[source])                # [E(/ep), g·C(·ep), d]
+  def token_major(a):                                           # [g, k·n] -> [T, k]
+    return a.reshape(groups, k, length).transpose(0, 2, 1).reshape(tokens, k)
+  # The buffer slot of each (token, choice) pair [T, k]; `num_slots` if it was dropped.
+  num_slots = num_experts * groups * slots
+  slot_of = token_major(jnp.where(
+      kept, expert_of * (groups * slots) + jnp.arange(groups)[:, None] * slots + position,
+      num_slots))
+  # ... and the pair in each slot (tokens·k if empty), found by sorting: no scatter.
+  flat_slots = slot_of.reshape(-1)
+  by_slot = jnp.argsort(flat_slots)
+  found = jnp.minimum(jnp.searchsorted(flat_slots[by_slot], jnp.arange(num_slots)),
+                      tokens * k - 1)
+  pair_in = jnp.where(flat_slots[by_slot][found] == jnp.arange(num_slots), by_slot[found],
+                      tokens * k)
+  buffers = _gather_rows(x.astype(dtype), pair_in // k, slot_of)   # empty slots read zeros
+  buffers = exchange.to_experts(buffers.reshape(num_experts, groups * slots, d))
 
   gate, up, down = expert_weights
   # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
@@ -356,12 +371,9 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
                            out_dtype=jnp.float32)
   y = exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))      # [E, g·C, d]
 
-  flat_y = jnp.concatenate([y.reshape(-1, d), jnp.zeros((1, d), dtype)])  # last row: dropped
-  slot_of = jnp.where(kept, expert_of * (groups * slots) + column, flat_y.shape[0] - 1)
-  def token_major(a):                                           # [g, k·n] -> [T, k]
-    return a.reshape(groups, k, length).transpose(0, 2, 1).reshape(tokens, k)
-  combine = weights * token_major(kept)
-  out = jnp.einsum("tkd,tk->td", flat_y[token_major(slot_of)].astype(jnp.float32), combine)
+  by_pair = _gather_rows(y.reshape(-1, d), flat_slots, pair_in[:, None])   # dropped: zeros
+  out = jnp.einsum("tkd,tk->td", by_pair.reshape(tokens, k, d).astype(jnp.float32),
+                   weights * token_major(kept))
   return out, exchange.total(jnp.sum(kept))
 
 
