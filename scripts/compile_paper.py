@@ -77,8 +77,10 @@ Written by `make compile-paper` (scripts/compile_paper.py): each configs/paper/ 
 with `mmpretrain compile` for the topology it names, on a CPU machine with libtpu (no TPU).
 Memory is the compiled step's per-chip total (arguments + outputs + temporaries − donated)
 against the chip's HBM (v5p: 95 GiB); the step time and MFU are the TPU cost model's
-(docs/tpu.md says how they are estimated). The chunked attention's loop is costed as dense
-attention, so the time errs high and the MFU low.
+(docs/tpu.md says how they are estimated: the chunked attention's loops are costed as
+their (query chunk, key chunk) blocks of dense attention). MFU counts model FLOPs as
+6·N_active per token plus 12·layers·heads·head_dim·seq_len for attention (PaLM's
+convention). An IsoFLOP grid's row is its widest model.
 
 | config | topology | per chip | HBM left | cost-model MFU | step (cost model) | compile + estimate |
 | --- | --- | ---: | ---: | ---: | ---: | ---: |

@@ -15,4 +15,5 @@ TOPOLOGY = dense_1b.TOPOLOGY
 def get_config(arg=None):
   c = dense_1b.get_config(arg)
   c.visual.representation, c.visual.checkpoint, c.visual.patch_size = "pixels", "", 14
+  c.visual.cached_latents = False        # pixels are their own latents
   return c

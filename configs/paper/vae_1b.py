@@ -1,7 +1,7 @@
 """The VAE arm of the representation ablation on the 1B dense model: an 8×-downsampling
 VAE with 16 latent channels (FLUX's autoencoder's shapes) at 256 px, 2×2 latent patches,
 so each image is 256 tokens of 64 channels, as many tokens as the RAE arm's 224-px
-So400m grid. The frozen VAE encoder runs inside the step.
+So400m grid. Its latents are precomputed like the RAE arm's.
 
 `configs/paper/vae_f8c16/vae.json` gives the VAE's shapes, which is all a compile reads;
 to train, point `visual.checkpoint` at a `train-vae` output or a diffusers AutoencoderKL.

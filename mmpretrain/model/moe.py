@@ -64,6 +64,27 @@ def expert_hidden(moe, mlp_dim: int) -> int:
 TOKEN_KINDS = ("text", "visual_understanding", "visual_generation")
 
 
+@jax.custom_vjp
+def _pick(probs, experts):
+  """probs [T, E] at the chosen experts [T, k]. Its gradient is written as a masked sum
+  over the k choices; autodiff's would be a scatter-add, which the TPU cost model prices
+  at minus two seconds."""
+  return jnp.take_along_axis(probs, experts, axis=-1)
+
+
+def _pick_forward(probs, experts):
+  return _pick(probs, experts), (experts, probs.shape[-1])
+
+
+def _pick_backward(residuals, g):
+  experts, num_experts = residuals
+  chosen = experts[..., None] == jnp.arange(num_experts)           # [T, k, E]
+  return jnp.sum(jnp.where(chosen, g[..., None], 0.0), axis=-2), None
+
+
+_pick.defvjp(_pick_forward, _pick_backward)
+
+
 class Router(nnx.Module):
   """Token -> (k expert ids, k combine weights) plus the auxiliary statistics."""
 
@@ -81,11 +102,11 @@ class Router(nnx.Module):
     logits = jnp.dot(x.astype(jnp.float32), self.kernel[...].astype(jnp.float32))
     if self.kind == "softmax":
       probs = jax.nn.softmax(logits, axis=-1)
-      weights, experts = jax.lax.top_k(probs, self.k)
+      _, experts = jax.lax.top_k(jax.lax.stop_gradient(probs), self.k)
     else:
       probs = jax.nn.sigmoid(logits)
-      _, experts = jax.lax.top_k(probs + self.bias[...], self.k)   # bias picks, never weighs
-      weights = jnp.take_along_axis(probs, experts, axis=-1)
+      _, experts = jax.lax.top_k(jax.lax.stop_gradient(probs) + self.bias[...], self.k)
+    weights = _pick(probs, experts)                  # the sigmoid bias picks, never weighs
     if self.renormalize:
       weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
     valid = (token_kind >= 0).astype(jnp.float32)
@@ -297,7 +318,9 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
   flat = experts.reshape(-1)                         # (token, choice) pairs, token-major
   order = jnp.argsort(flat, stable=True)             # ... sorted by expert
   by_pair = jnp.argsort(order)
-  sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+  # Rows per expert from the sorted ids (a bincount is a scatter-add, which the TPU cost
+  # model prices at minus two seconds).
+  sizes = jnp.diff(jnp.searchsorted(flat[order], jnp.arange(num_experts + 1))).astype(jnp.int32)
   gate, up, down = expert_weights
   shards = num_experts // gate.shape[0]
   buffer_rows = shards * tokens * k
