@@ -1,6 +1,7 @@
 """Compiling the train step for TPU topologies on this CPU machine (libtpu, no TPU):
 topology names, `auto` choices made for the target, the layer-extrapolated cost model
 against a fully unrolled compile, and `mmpretrain compile`'s report and refusal."""
+import functools
 import importlib.util
 import json
 import subprocess
@@ -9,10 +10,12 @@ import sys
 import numpy as np
 import pytest
 
+import base
+
 from mmpretrain.config import load_config, validate
 from mmpretrain.model.masks import attention_mask
 from mmpretrain.scaling.sweep import with_overrides
-from mmpretrain.tokenizers.visual import row_spec
+from mmpretrain.tokenizers.visual import make_representation, row_spec
 from mmpretrain.train import aot
 
 from conftest import ROOT
@@ -144,6 +147,21 @@ def test_compile_prints_its_report_and_refuses_a_step_that_does_not_fit():
   assert "GiB per chip" in out.stderr and "--config.model.remat=full" in out.stderr
 
 
+def latent_grid(config):
+  """The representation's latent grid, built once per representation (a So400m RAE is
+  seconds to build, even abstract)."""
+  v, d = config.visual, config.data
+  return _latent_grid(v.representation, v.checkpoint, d.image_size, d.image_channels)
+
+
+@functools.cache
+def _latent_grid(representation, checkpoint, image_size, channels):
+  c = base.get_config()
+  c.visual.representation, c.visual.checkpoint = representation, checkpoint
+  c.data.image_size, c.data.image_channels = image_size, channels
+  return make_representation(c).latent_grid
+
+
 def test_every_paper_config_is_sized_for_the_topology_it_names():
   sys.path.insert(0, f"{ROOT}/scripts")
   from compile_paper import paper_configs  # pylint: disable=import-outside-toplevel
@@ -160,7 +178,7 @@ def test_every_paper_config_is_sized_for_the_topology_it_names():
     assert mesh.data * mesh.fsdp * mesh.expert * mesh.tensor == chips, path
     assert config.data.batch_size % chips == 0, path
     assert generation in aot.CHIPS
-    tokens_per_image.add(row_spec(config).tokens_per_frame)
+    tokens_per_image.add(row_spec(config, latent_grid(config)).tokens_per_frame)
     if "scaling" in config:           # the grid is compiled at its widest model
       assert overrides["model.d_model"] == max(config.scaling.widths)
   # The representation arms (RAE, VAE, pixels) put the same number of tokens in an image.
