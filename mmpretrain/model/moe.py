@@ -245,9 +245,9 @@ class _Exchange:
                                       local_experts), stable=True)
     from_expert = jnp.argsort(by_expert)
     position = jnp.arange(rows.shape[0])
-    destination = jnp.searchsorted(jnp.cumsum(wanted[me]), position, side="right")
-    found_room = position - sent_from[jnp.minimum(destination, shards - 1)] < fit[me][
-        jnp.minimum(destination, shards - 1)]
+    destination = jnp.minimum(
+        jnp.searchsorted(jnp.cumsum(wanted[me]), position, side="right"), shards - 1)
+    found_room = position - sent_from[destination] < fit[me][destination]
 
     def send_back(y):
       return self._ragged_all_to_all(
@@ -321,7 +321,7 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
   by_pair = jnp.argsort(order)
   # Rows per expert from the sorted ids (a bincount is a scatter-add, which the TPU cost
   # model prices at minus two seconds).
-  sizes = jnp.diff(jnp.searchsorted(flat[order], jnp.arange(num_experts + 1))).astype(jnp.int32)
+  sizes = jnp.diff(jnp.searchsorted(flat[order], jnp.arange(num_experts + 1)))
   gate, up, down = expert_weights
   shards = num_experts // gate.shape[0]
   buffer_rows = shards * tokens * k
