@@ -10,8 +10,9 @@ bytes each chip holds, its cost analysis the FLOPs and the cost model's time.
 XLA's cost analysis counts a loop body once, so a scanned step under-reports. The time
 comes from two small unrolled compiles instead: one and two layers give the cost of the
 step outside the layers and of one layer, and the estimate is outside + layers × one; a
-stack of dense and MoE layers adds a dense + MoE pair for the other kind (estimated_cost;
-dense attention stands in for the chunked kernel's loop, see unrolled_cost).
+stack of dense and MoE layers adds a dense + MoE pair for the other kind (estimated_cost).
+The chunked attention's loops are costed apart, as the blocks of dense attention they
+compute (chunked_attention_correction).
 """
 import copy
 import importlib.util
