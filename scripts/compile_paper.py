@@ -1,5 +1,7 @@
 """`make compile-paper`: every configs/paper/ run compiled for the TPU topology it names
 (its TOPOLOGY), on this machine (libtpu, no TPU); writes docs/paper_compile.md.
+`python scripts/compile_paper.py configs/paper/X.py …` recompiles only those runs and
+replaces their rows.
 
 Each compile runs as its own `mmpretrain compile` process; one that does not fit is a row
 that says so, not an error of the whole table.
@@ -68,8 +70,8 @@ def row(r: dict) -> str:
           f"| {100 * r['hbm_headroom']:.0f}% | {timing} {r['seconds']:.0f} s |")
 
 
-def write_table(results: list[dict]) -> None:
-  table = "\n".join(row(r) for r in results)
+def write_table(rows: list[str]) -> None:
+  table = "\n".join(rows)
   with open(OUT, "w", encoding="utf-8") as f:
     f.write(f"""# The paper's runs, compiled for their TPU slices
 
@@ -89,14 +91,23 @@ convention). An IsoFLOP grid's row is its widest model.
   print(f"wrote {os.path.relpath(OUT, ROOT)}")
 
 
-def main():
-  results = []
+def main(only: list[str]):
+  """Compiles every paper config, or with paths given only those, whose rows then replace
+  theirs in the existing table."""
+  rows = {}
+  if only and os.path.exists(OUT):
+    with open(OUT, encoding="utf-8") as f:
+      rows = {line.split(" | ")[0][2:]: line for line in f.read().splitlines()
+              if line.startswith("| configs/paper/")}
   for config, topology, overrides in paper_configs():
+    if only and config not in only:
+      continue
     print(f"compiling {config} for {topology} ...", flush=True)
-    results.append(compile_one(config, topology, overrides))
-    print(json.dumps(results[-1]), flush=True)
-  write_table(results)
+    result = compile_one(config, topology, overrides)
+    print(json.dumps(result), flush=True)
+    rows[result["config"]] = row(result)
+  write_table(sorted(rows.values()))
 
 
 if __name__ == "__main__":
-  main()
+  main([os.path.relpath(os.path.abspath(path), ROOT) for path in sys.argv[1:]])
