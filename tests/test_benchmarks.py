@@ -50,9 +50,12 @@ def test_every_benchmark_script_has_a_smoke_run():
                      if f.endswith(".py") and f != "smoke.py"}
 
 
-# The MoE overhead smoke (~25 s) runs with make test-slow; the MoE layer one stays here.
+# The MoE overhead and encoder smokes (~25 s each) run with make test-slow.
+SLOW_SMOKES = ("moe_overhead.py", "encoder.py --config=configs/demo.py")
+
+
 @pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.slow) if c == "moe_overhead.py" else c
+    pytest.param(c, marks=pytest.mark.slow) if c in SLOW_SMOKES else c
     for c in sorted(SCRIPTS)])
 def test_benchmark_prints_its_figures(command, tmp_path):
   figures = run_smoke(command, tmp_path)

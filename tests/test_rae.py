@@ -129,6 +129,7 @@ def test_unified_model_trains_on_rae_latents_and_leaves_the_rae_alone(stages, da
   del state
 
 
+@pytest.mark.slow        # ~22 s; tests/test_latent_cache.py checks the same on pixels
 def test_training_on_cached_rae_latents_equals_training_with_the_live_encoder(
     stages, data_dir, tokenizer):
   """The paper's frozen encoder run once by `prepare` (visual.cached_latents): same frames'
