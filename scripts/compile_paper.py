@@ -58,16 +58,21 @@ def compile_one(config: str, topology: str, overrides: dict) -> dict:
 
 def row(r: dict) -> str:
   if "error" in r:
-    return f"| {r['config']} | {r['topology']} | failed: {r['error'][-120:]} | | | | |"
+    return f"| {r['config']} | {r['topology']} | failed: {r['error'][-120:]} | | | | | | |"
   if not r["fits"]:
     return (f"| {r['config']} | {r['topology']} | does not fit: {r.get('compiler', '')[:80]} "
-            f"| | | | {r['seconds']:.0f} s |")
+            f"| | | | | | {r['seconds']:.0f} s |")
   if r["cost_model_mfu"] is None:
     timing = "not estimated (the layer compiles' times do not add up) | |"
   else:
     timing = f"{r['cost_model_mfu']:.2f} | {r['optimal_seconds']:.2f} s |"
+  if r.get("sampler_fits"):
+    sampler = (f"{r['sampler_per_device_bytes'] / GB:.1f} GB | "
+               f"{1e3 * r['sampler_step_seconds']:.0f} ms |")
+  else:
+    sampler = f"does not fit: {r.get('sampler_compiler', '')[:80]} | |"
   return (f"| {r['config']} | {r['topology']} | {r['per_device_bytes'] / GB:.1f} GB "
-          f"| {100 * r['hbm_headroom']:.0f}% | {timing} {r['seconds']:.0f} s |")
+          f"| {100 * r['hbm_headroom']:.0f}% | {timing} {sampler} {r['seconds']:.0f} s |")
 
 
 def write_table(rows: list[str]) -> None:
@@ -84,8 +89,14 @@ their (query chunk, key chunk) blocks of dense attention). MFU counts model FLOP
 6·N_active per token plus 12·layers·heads·head_dim·seq_len for attention (PaLM's
 convention). An IsoFLOP grid's row is its widest model.
 
-| config | topology | per chip | HBM left | cost-model MFU | step (cost model) | compile + estimate |
-| --- | --- | ---: | ---: | ---: | ---: | ---: |
+The sampler columns are one denoising step of the image sampler (generate/sample.py:
+`diffusion.sample_steps` of them draw an image): a frame's block of latent tokens against
+a KV cache of a full row (`data.seq_len` slots), for `data.batch_size` rows, half of them
+classifier-free guidance's unconditional twins.
+
+| config | topology | per chip | HBM left | cost-model MFU | step (cost model) \
+| sampler per chip | denoising step | compile + estimate |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {table}
 """)
   print(f"wrote {os.path.relpath(OUT, ROOT)}")

@@ -2,6 +2,11 @@
 hidden (63 × granularity 16), 16 active per token, so the active compute equals the
 64-expert arm's (configs/paper/moe_1b.py) and only the parameters grow, here to ~35B.
 
+Experts sharded over an expert axis of 8 (fsdp 4 × expert 8): gathering 4.4 GB of expert
+weights a layer on every chip costs as much as the all-to-alls of expert parallelism
+(the cost model: 218 against 226 ms a layer), and the expert axis keeps that traffic
+flat as the expert count grows.
+
   mmpretrain compile --config=configs/paper/moe_1b_1008.py --topology=v5p-64
 """
 import os
@@ -16,4 +21,5 @@ TOPOLOGY = moe_1b.TOPOLOGY
 def get_config(arg=None):
   c = moe_1b.get_config(arg)
   c.model.moe.num_experts = 63
+  c.mesh.fsdp, c.mesh.expert = 4, 8
   return c

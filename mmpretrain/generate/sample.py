@@ -73,26 +73,31 @@ def block_prompt(documents: list, spec) -> BlockPrompt:
   return BlockPrompt(prefix, block, rows["frames"])
 
 
-def denoise_block(run, params, cache, block: dict, index, z1, guided: bool):
-  """Integrates the flow of a visual block (ID_FIELDS [rows, T]) at cache slots
-  index..index+T-1 from noise z1 [n, T, D] to clean latent tokens, every step reading the
-  cache (never writing it). Guided: rows = 2n, the second half unconditional twins, mixed
-  by config.diffusion.cfg_scale."""
+def block_velocity(run, params, cache, block: dict, index, z, t, guided: bool):
+  """The ODE velocity of a visual block's latent tokens z [n, T, D] at time t: one model
+  call on the block (ID_FIELDS [rows, T]) at cache slots index..index+T-1 reading the
+  cache (never writing it) — one denoising step. Guided: rows = 2n, the second half
+  unconditional twins, mixed by config.diffusion.cfg_scale."""
   cfg = run.config.diffusion
   rows, length = block["tokens"].shape
-  n = z1.shape[0]
+  n = z.shape[0]
+  both = jnp.concatenate([z, z]) if guided else z
+  t_block = jnp.full((rows, length), t)
+  inputs = ModelInputs(**{k: block[k] for k in ID_FIELDS}, visual_latents=both,
+                       timesteps=t_block)
+  # merged per call: NNX graphs can't cross the sampler's scan
+  _, raw, _ = run.model(params).decode(inputs, cache, index)
+  prediction = diffusion.head_prediction(raw, both, t_block, cfg)
+  v = diffusion.velocity(prediction, both, t_block, cfg.prediction, cfg.min_t)
+  return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.cfg_scale) if guided else v
 
+
+def denoise_block(run, params, cache, block: dict, index, z1, guided: bool):
+  """Integrates the flow of a visual block from noise z1 [n, T, D] to clean latent
+  tokens, every step a block_velocity call."""
   def velocity(z, t):
-    both = jnp.concatenate([z, z]) if guided else z
-    t_block = jnp.full((rows, length), t)
-    inputs = ModelInputs(**{k: block[k] for k in ID_FIELDS}, visual_latents=both,
-                         timesteps=t_block)
-    # merged per call: NNX graphs can't cross the sampler's scan
-    _, raw, _ = run.model(params).decode(inputs, cache, index)
-    prediction = diffusion.head_prediction(raw, both, t_block, cfg)
-    v = diffusion.velocity(prediction, both, t_block, cfg.prediction, cfg.min_t)
-    return diffusion.classifier_free_guidance(v[:n], v[n:], cfg.cfg_scale) if guided else v
-
+    return block_velocity(run, params, cache, block, index, z, t, guided)
+  cfg = run.config.diffusion
   times = diffusion.sampling_times(cfg.sample_steps, run.time_shift)
   return diffusion.SAMPLERS[cfg.sampler](velocity, z1, times)
 

@@ -65,25 +65,12 @@ def expert_hidden(moe, mlp_dim: int) -> int:
 TOKEN_KINDS = ("text", "visual_understanding", "visual_generation")
 
 
-@jax.custom_vjp
 def _pick(probs, experts):
-  """probs [T, E] at the chosen experts [T, k]. Its gradient is written as a masked sum
-  over the k choices; autodiff's would be a scatter-add, which the TPU cost model prices
-  at minus two seconds."""
-  return jnp.take_along_axis(probs, experts, axis=-1)
-
-
-def _pick_forward(probs, experts):
-  return _pick(probs, experts), (experts, probs.shape[-1])
-
-
-def _pick_backward(residuals, g):
-  experts, num_experts = residuals
-  chosen = experts[..., None] == jnp.arange(num_experts)           # [T, k, E]
-  return jnp.sum(jnp.where(chosen, g[..., None], 0.0), axis=-2), None
-
-
-_pick.defvjp(_pick_forward, _pick_backward)
+  """probs [T, E] at the chosen experts [T, k], as a masked sum over E: TPU gathers read
+  a whole tile per element (take_along_axis costs 30× this on the TPU cost model), and
+  its gradient would be a scatter-add."""
+  chosen = experts[..., None] == jnp.arange(probs.shape[-1])               # [T, k, E]
+  return jnp.sum(jnp.where(chosen, probs[:, None, :], 0.0), axis=-1)
 
 
 class Router(nnx.Module):
@@ -275,7 +262,21 @@ def _gather_rows(x, index, readers):
   lists the result rows that read each row of x (past the end: none). The gradient is
   then a gather too, Σ_j g[readers[i, j]], where autodiff would scatter-add: slower on
   TPU, and costed as negative time by its cost model."""
-  return jnp.take(x, index, axis=0, mode="fill", fill_value=0)
+  return _take_rows(x, index)
+
+
+# TPU tiles an array's last two dims (e.g. 16×128 for bf16), so a gather of [N, d] rows
+# reads whole tiles, 16 rows for each row it wants; rows seen as [N, d/128, 128] are
+# tiles of their own (the TPU cost model prices a 2048-wide row gather 2.7× cheaper).
+_LANES = 128
+
+
+def _take_rows(x, index):
+  """x[index] over the first axis of x [N, d], reading zeros past the end."""
+  n, d = x.shape[0], x.shape[-1]
+  tiled = x.reshape(n, d // _LANES, _LANES) if d % _LANES == 0 else x
+  rows = jnp.take(tiled, index, axis=0, mode="fill", fill_value=0)
+  return rows.reshape(*index.shape, d)
 
 
 def _gather_rows_forward(x, index, readers):
@@ -283,7 +284,7 @@ def _gather_rows_forward(x, index, readers):
 
 
 def _gather_rows_backward(readers, g):
-  return jnp.take(g, readers, axis=0, mode="fill", fill_value=0).sum(1), None, None
+  return _take_rows(g, readers).sum(1), None, None
 
 
 _gather_rows.defvjp(_gather_rows_forward, _gather_rows_backward)
@@ -361,12 +362,13 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
     choice_major = group_experts.T.reshape(-1)                   # [k·n]
     valid = jnp.tile(group_mask, k)
     one_hot = jax.nn.one_hot(choice_major, num_experts, dtype=jnp.int32) * valid[:, None]
-    position = jnp.sum((jnp.cumsum(one_hot, axis=0) - 1) * one_hot, axis=-1)
+    claimed = jnp.cumsum(one_hot, axis=0)
+    position = jnp.sum((claimed - 1) * one_hot, axis=-1)
     kept = valid & (position < slots)
-    return choice_major, position, kept
+    return choice_major, position, kept, jnp.minimum(claimed[-1], slots)
 
-  expert_of, position, kept = jax.vmap(claim_slots)(experts.reshape(groups, length, k),
-                                                    token_mask.reshape(groups, length))
+  expert_of, position, kept, filled = jax.vmap(claim_slots)(
+      experts.reshape(groups, length, k), token_mask.reshape(groups, length))
   def token_major(a):                                           # [g, k·n] -> [T, k]
     return a.reshape(groups, k, length).transpose(0, 2, 1).reshape(tokens, k)
   # The buffer slot of each (token, choice) pair [T, k]; `num_slots` if it was dropped.
@@ -374,13 +376,17 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   slot_of = token_major(jnp.where(
       kept, expert_of * (groups * slots) + jnp.arange(groups)[:, None] * slots + position,
       num_slots))
-  # ... and the pair in each slot (tokens·k if empty), found by sorting: no scatter.
+  # ... and the pair in each slot (tokens·k if empty), by sorting: no scatter. Sorted by
+  # slot, the kept pairs come expert by expert, group by group, in slot order, so slot p
+  # of (expert, group) holds the sorted pair at that run's start + p.
   flat_slots = slot_of.reshape(-1)
   by_slot = jnp.argsort(flat_slots)
-  found = jnp.minimum(jnp.searchsorted(flat_slots[by_slot], jnp.arange(num_slots)),
-                      tokens * k - 1)
-  pair_in = jnp.where(flat_slots[by_slot][found] == jnp.arange(num_slots), by_slot[found],
-                      tokens * k)
+  filled = filled.T                                              # [E, g] kept pairs
+  start = _exclusive_cumsum(filled.reshape(-1)).reshape(num_experts, groups, 1)
+  slot = jnp.arange(slots)
+  pair_in = jnp.where(slot < filled[..., None],
+                      by_slot[jnp.minimum(start + slot, tokens * k - 1)], tokens * k)
+  pair_in = pair_in.reshape(-1)
   buffers = _gather_rows(x.astype(dtype), pair_in // k, slot_of)   # empty slots read zeros
   buffers = exchange.to_experts(buffers.reshape(num_experts, groups * slots, d))
 

@@ -28,13 +28,14 @@ from mmpretrain import sharding
 from mmpretrain.hardware import CHIPS
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.synthetic import interleaved_batch
+from mmpretrain.generate import sample
 from mmpretrain.model import attention, moe
 from mmpretrain.model.chunked_attention import chunk_bounds, pad_ranges
 from mmpretrain.model.masks import key_ranges
 from mmpretrain.model.transformer import is_moe_layer, remat_policy
 from mmpretrain.run import Run
 from mmpretrain.scaling.flops import train_flops_per_token
-from mmpretrain.tokenizers.visual import row_spec
+from mmpretrain.tokenizers.visual import patch_dim, row_spec
 from mmpretrain.train.step import Trainer
 
 def parse_topology(name: str) -> tuple[str, str]:
@@ -124,12 +125,61 @@ def compile_step(config, devices):
   start = time.perf_counter()
   batch = abstract_batch(config, run.data_spec, mesh)
   lowered = trainer.lower_step(trainer.abstract_state(), batch, frozen)
+  return _compile(lowered), time.perf_counter() - start
+
+
+def _compile(lowered):
   try:
-    return lowered.compile(), time.perf_counter() - start
+    return lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     raise DoesNotFit(str(e).split("RESOURCE_EXHAUSTED: ")[-1].split("\n")[0]) from e
+
+
+def compile_denoising_step(config, devices):
+  """One denoising step of the image sampler compiled over `devices`: (executable,
+  seconds). It is the sampler's inner loop (generate/sample.block_velocity, run
+  diffusion.sample_steps times per image): a guided visual block of one frame's tokens at
+  the end of a full row of cached context, for data.batch_size rows (half conditional,
+  half their unconditional twins), with the train state's parameter shardings."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  run = Run(config, mesh, abstract_frozen=True)
+  spec, rows = run.spec, config.data.batch_size
+  length = spec.tokens_per_frame
+  dim = patch_dim(run.representation.latent_grid, config.visual.patch_size)
+  row = typical_row(config, spec)
+  start = int(np.argmax(row["visual_loss_mask"][0]))
+  block = {k: np.repeat(row[k][:, start:start + length], rows, axis=0)
+           for k in sample.ID_FIELDS}
+  params = run.abstract_params()
+  cache = jax.eval_shape(lambda p: run.model(p).init_cache(rows, spec.seq_len), params)
+  def by_rows(x, axis):           # the rows split like a training batch
+    names = [None] * x.ndim
+    names[axis] = "batch"
+    where = NamedSharding(mesh, sharding.partition_spec(tuple(names), config.mesh.rules,
+                                                        mesh, x.shape))
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where)
+  cache = cache.replace(
+      layers=jax.tree.map(lambda x: by_rows(x, 1), cache.layers),
+      segment_ids=by_rows(cache.segment_ids, 0), block_ids=by_rows(cache.block_ids, 0))
+  block = {k: by_rows(jax.ShapeDtypeStruct(v.shape, v.dtype), 0) for k, v in block.items()}
+  z = by_rows(jax.ShapeDtypeStruct((rows // 2, length, dim), jnp.float32), 0)
+  def step(params, cache, block, z):
+    return sample.block_velocity(run, params, cache, block, spec.seq_len - length, z,
+                                 jnp.float32(0.5), guided=True)
+  start_s = time.perf_counter()
+  lowered = jax.jit(step).lower(params, cache, block, z)
+  return _compile(lowered), time.perf_counter() - start_s
+
+
+def step_cost(config, devices) -> dict:
+  """Cost analysis of the train step of `config` compiled over `devices`."""
+  return _cost(compile_step(config, devices)[0])
+
+
+def denoising_step_cost(config, devices) -> dict:
+  return _cost(compile_denoising_step(config, devices)[0])
 
 
 def _cost(executable) -> dict:
@@ -139,11 +189,11 @@ def _cost(executable) -> dict:
   return analysis
 
 
-def unrolled_cost(config, devices, layers: int, dense_layers: int | None = None) -> dict:
-  """Cost analysis of the step with `layers` unrolled layers (else the same config; with
-  `dense_layers`, that many dense layers and then only MoE ones). The chunked attention's
-  loops would be counted once as well, so these compiles hold the dense attention, and
-  estimated_cost swaps its cost for the chunked kernel's."""
+def unrolled(config, layers: int, dense_layers: int | None = None):
+  """`config` with `layers` unrolled layers (with `dense_layers`, that many dense layers
+  and then only MoE ones). The chunked attention's loops would be counted once as well,
+  so these hold the dense attention, and estimated_cost swaps its cost for the chunked
+  kernel's."""
   small = copy.deepcopy(config)
   small.model.num_layers, small.model.scan_layers = layers, False
   if dense_layers is None:
@@ -152,7 +202,7 @@ def unrolled_cost(config, devices, layers: int, dense_layers: int | None = None)
     small.model.moe.first_dense_layers, small.model.moe.every_n_layers = dense_layers, 1
   if small.model.attention_impl == "chunked":
     small.model.attention_impl = "xla"
-  return _cost(compile_step(small, devices)[0])
+  return small
 
 
 def dense_attention_cost(config, devices, length: int) -> dict:
@@ -201,34 +251,61 @@ def chunked_attention_correction(config, devices) -> dict:
   return {key: pairs * block[key] - dense[key] for key in ("flops", "optimal_seconds")}
 
 
-def estimated_cost(config, devices) -> dict:
-  """FLOPs and optimal_seconds of the whole step from small unrolled compiles: one and two
-  layers of one kind give the step outside the layers and that kind's layer; with dense
-  and MoE layers both in the stack, a dense + MoE pair gives the other kind's. The chunked
-  attention is costed apart (chunked_attention_correction)."""
+def layer_extrapolation(config, cost_of) -> dict:
+  """FLOPs and optimal_seconds of a program over all of config's layers from small
+  unrolled compiles (`cost_of(config)` -> cost analysis): one and two layers of one kind
+  give the program outside the layers and that kind's layer; with dense and MoE layers
+  both in the stack, a dense + MoE pair gives the other kind's."""
   m = config.model
   moe = sum(is_moe_layer(m, i) for i in range(m.num_layers))
   dense = m.num_layers - moe
   if moe:
-    one, two = unrolled_cost(config, devices, 1, 0), unrolled_cost(config, devices, 2, 0)
-    pair = unrolled_cost(config, devices, 2, 1) if dense else one
+    one, two = cost_of(unrolled(config, 1, 0)), cost_of(unrolled(config, 2, 0))
+    pair = cost_of(unrolled(config, 2, 1)) if dense else one
   else:
-    one, two = unrolled_cost(config, devices, 1), unrolled_cost(config, devices, 2)
+    one, two = cost_of(unrolled(config, 1)), cost_of(unrolled(config, 2))
     pair = one
   def total(key):
     layer = two[key] - one[key]                   # a layer of the kind `one` holds
     other = pair[key] - one[key]                  # a dense layer beside it (MoE stacks)
     outside = one[key] - layer
     return (outside + moe * layer + dense * other) if moe else outside + dense * layer
-  cost = {"flops": total("flops"), "optimal_seconds": total("optimal_seconds")}
-  if m.attention_impl == "chunked":
+  return {"flops": total("flops"), "optimal_seconds": total("optimal_seconds")}
+
+
+def estimated_cost(config, devices) -> dict:
+  """FLOPs and optimal_seconds of the whole train step (layer_extrapolation), the chunked
+  attention costed apart (chunked_attention_correction)."""
+  cost = layer_extrapolation(config, lambda c: step_cost(c, devices))
+  if config.model.attention_impl == "chunked":
     correction = chunked_attention_correction(config, devices)
-    cost = {key: value + m.num_layers * correction[key] for key, value in cost.items()}
+    cost = {key: value + config.model.num_layers * correction[key]
+            for key, value in cost.items()}
   return cost
 
 
-def report(config, topology: str, num_slices: int = 1) -> dict:
-  """Memory per device (the config's own step) and the cost model's time and MFU."""
+def sampler_report(config, devices, chip) -> dict:
+  """Memory per device and the cost model's time of one denoising step (the sampler's
+  per-step cost; an image takes diffusion.sample_steps of them)."""
+  try:
+    executable, compile_s = compile_denoising_step(config, devices)
+  except DoesNotFit as e:
+    return {"sampler_fits": False, "sampler_compiler": str(e)}
+  per_device = _per_device_bytes(executable.memory_analysis())
+  cost = layer_extrapolation(config, lambda c: denoising_step_cost(c, devices))
+  return {"sampler_rows": config.data.batch_size, "sampler_per_device_bytes": per_device,
+          "sampler_fits": per_device <= chip.hbm_bytes,
+          "sampler_step_seconds": cost["optimal_seconds"], "sampler_compile_s": compile_s}
+
+
+def _per_device_bytes(memory) -> int:
+  return (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+
+
+def report(config, topology: str, num_slices: int = 1, sampler: bool = True) -> dict:
+  """Memory per device (the config's own step) and the cost model's time and MFU; with
+  `sampler`, the same for one denoising step of the image sampler (sampler_report)."""
   generation, devices = abstract_devices(topology, num_slices)
   chip = CHIPS[generation]
   config = for_platform(config, "tpu")
@@ -241,8 +318,7 @@ def report(config, topology: str, num_slices: int = 1) -> dict:
     return {**where, "fits": False, "compiler": str(e),
             "compile_s": time.perf_counter() - start}
   memory = executable.memory_analysis()
-  per_device = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-                + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  per_device = _per_device_bytes(memory)
   cost = estimated_cost(config, devices)
   optimal_seconds, xla_flops = cost["optimal_seconds"], cost["flops"]
   tokens = config.data.batch_size * config.data.seq_len
@@ -259,7 +335,8 @@ def report(config, topology: str, num_slices: int = 1) -> dict:
       # for capacity-dispatch MoE layers at scale): no MFU rather than a wrong one.
       "cost_model_mfu": (model_flops / (optimal_seconds * len(devices) * chip.peak_bf16_flops)
                          if optimal_seconds > 0 else None),
-      "tokens_per_step": tokens, "compile_s": compile_s}
+      "tokens_per_step": tokens, "compile_s": compile_s,
+      **(sampler_report(config, devices, chip) if sampler else {})}
 
 
 def advice(config) -> str:
