@@ -66,7 +66,9 @@ def row(r: dict) -> str:
     timing = "not estimated (the layer compiles' times do not add up) | |"
   else:
     timing = f"{r['cost_model_mfu']:.2f} | {r['optimal_seconds']:.2f} s |"
-  if r.get("sampler_fits"):
+  if "sampler_fits" not in r:                   # a text-only config draws no images
+    sampler = "| |"
+  elif r["sampler_fits"]:
     sampler = (f"{r['sampler_per_device_bytes'] / GB:.1f} GB | "
                f"{1e3 * r['sampler_step_seconds']:.0f} ms |")
   else:

@@ -1,6 +1,7 @@
 """Every benchmark script runs (`--smoke`: tiny shapes, one step) and prints its one JSON
 line with the figures docs/benchmarks.md quotes, so a refactor cannot silently break
 `make bench`."""
+import importlib.util
 import json
 import math
 import os
@@ -21,6 +22,8 @@ SCRIPTS = {
     "attention.py": {"xla_temp_bytes", "chunked_temp_bytes", "chunked_over_xla_temp", "xla_ms",
                      "chunked_ms"},
     "moe_layer.py": {"dense_ms", "moe_ms", "moe_vs_dense", "moe_fine_vs_dense"},
+    "moe_tpu.py": {"capacity_ms", "capacity_expert_axis_ms", "dropless_expert_axis_ms",
+                   "dense_ms", "routed_matmul_ms", "capacity_vs_dense"},
     "checkpoint.py": {
         "state_mb", "save_mb_per_s", "restore_mb_per_s", "save_vs_file_write",
         "async_block_fraction"},
@@ -50,13 +53,20 @@ def test_every_benchmark_script_has_a_smoke_run():
                      if f.endswith(".py") and f != "smoke.py"}
 
 
-# The MoE overhead and encoder smokes (~25 s each) run with make test-slow.
+# The MoE overhead and encoder smokes (~25 s each) run with make test-slow, and so does
+# the TPU compile of moe_tpu.py (skipped without libtpu: make install-tpu).
 SLOW_SMOKES = ("moe_overhead.py", "encoder.py --config=configs/demo.py")
+NEEDS_LIBTPU = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="no libtpu: make install-tpu")
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.slow) if c in SLOW_SMOKES else c
-    for c in sorted(SCRIPTS)])
+def marks(command: str) -> list:
+  if command == "moe_tpu.py":
+    return [pytest.mark.slow, NEEDS_LIBTPU]
+  return [pytest.mark.slow] if command in SLOW_SMOKES else []
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, marks=marks(c)) for c in sorted(SCRIPTS)])
 def test_benchmark_prints_its_figures(command, tmp_path):
   figures = run_smoke(command, tmp_path)
   missing = SCRIPTS[command] - set(figures)

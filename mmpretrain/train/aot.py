@@ -336,7 +336,8 @@ def report(config, topology: str, num_slices: int = 1, sampler: bool = True) -> 
       "cost_model_mfu": (model_flops / (optimal_seconds * len(devices) * chip.peak_bf16_flops)
                          if optimal_seconds > 0 else None),
       "tokens_per_step": tokens, "compile_s": compile_s,
-      **(sampler_report(config, devices, chip) if sampler else {})}
+      # A text-only config (no frames in a row) draws no images.
+      **(sampler_report(config, devices, chip) if sampler and config.data.max_frames else {})}
 
 
 def advice(config) -> str:
