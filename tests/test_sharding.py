@@ -97,7 +97,7 @@ def one_device_moe_step(data_dir, tokenizer):
 
 @pytest.mark.parametrize("dispatch, sizes", [
     pytest.param("capacity", (8, 1, 1, 1), marks=pytest.mark.slow),   # data parallel only
-    ("capacity", (2, 2, 2, 1)), ("capacity", (1, 2, 4, 1)),
+    pytest.param("capacity", (2, 2, 2, 1), marks=pytest.mark.slow), ("capacity", (1, 2, 4, 1)),
     ("capacity", (2, 1, 2, 2)), ("dropless", (1, 2, 4, 1)),
     pytest.param("dropless", (2, 1, 2, 2), marks=pytest.mark.slow)])
 def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_moe_step,

@@ -34,6 +34,9 @@ def evaluated_config(data_dir: str):
   return c
 
 
+# ~50 s: make test-slow. The default suite trains a model end to end in
+# tests/test_evaluation.py (a model trained on one digit draws that digit).
+@pytest.mark.slow
 def test_thirty_steps_lower_text_and_flow_loss(data_dir, tmp_path, monkeypatch):
   config = evaluated_config(data_dir)
   summary = train(config, str(tmp_path / "run"))
