@@ -303,9 +303,9 @@ def _per_device_bytes(memory) -> int:
           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
 
 
-def report(config, topology: str, num_slices: int = 1, sampler: bool = True) -> dict:
-  """Memory per device (the config's own step) and the cost model's time and MFU; with
-  `sampler`, the same for one denoising step of the image sampler (sampler_report)."""
+def report(config, topology: str, num_slices: int = 1) -> dict:
+  """Memory per device (the config's own step) and the cost model's time and MFU, and the
+  same for one denoising step of the image sampler (sampler_report)."""
   generation, devices = abstract_devices(topology, num_slices)
   chip = CHIPS[generation]
   config = for_platform(config, "tpu")
@@ -337,7 +337,7 @@ def report(config, topology: str, num_slices: int = 1, sampler: bool = True) -> 
                          if optimal_seconds > 0 else None),
       "tokens_per_step": tokens, "compile_s": compile_s,
       # A text-only config (no frames in a row) draws no images.
-      **(sampler_report(config, devices, chip) if sampler and config.data.max_frames else {})}
+      **(sampler_report(config, devices, chip) if config.data.max_frames else {})}
 
 
 def advice(config) -> str:
