@@ -59,8 +59,11 @@ world-model: install
 	$(BIN)/mmpretrain sample --config=configs/world_model.py --workdir=runs/world_model \
 	    --rollouts=4 --horizon=8
 
+# pytest workers for `make test` (pytest-xdist); the slow tests run one at a time.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=10 tests
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow --durations=10 tests
