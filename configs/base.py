@@ -131,6 +131,10 @@ def get_config(arg=None):
   c.model.moe.capacity_factor = 1.25     # capacity dispatch: slots = factor·tokens·k / experts
   c.model.moe.capacity_group_rows = 1    # rows that share expert slots; groups never span
                                          # devices, so up to rows per device (more = fewer drops)
+  c.model.moe.capacity_group_tokens = 0  # >0: groups of this many consecutive tokens of a
+                                         # row instead (a divisor of the row length)
+  c.model.moe.capacity_impl = "gather"   # gather | einsum: slots filled by row gathers, or by
+                                         # one-hot matmuls costing ∝ group size (TPU: 128)
   c.model.moe.dropless_buffer_factor = 0.0   # dropless over expert shards: receive buffer in
                                               # balanced loads (T·k rows); 0 = never drop
   c.model.moe.first_dense_layers = 0     # these first layers keep a dense FFN

@@ -112,6 +112,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"{o.grad_accum_steps} does not divide data.batch_size={d.batch_size}",
            "Make the batch size a multiple of the number of microbatches")
   microbatch = d.batch_size // o.grad_accum_steps
+  _require(m.moe.num_experts == 0 or d.seq_len % max(m.moe.capacity_group_tokens, 1) == 0,
+           "model.moe.capacity_group_tokens",
+           f"{m.moe.capacity_group_tokens} does not divide data.seq_len={d.seq_len}",
+           "Use a divisor of the row length (or 0 for groups of whole rows)")
   _require(m.moe.num_experts == 0 or microbatch % m.moe.capacity_group_rows == 0,
            "model.moe.capacity_group_rows",
            f"{m.moe.capacity_group_rows} does not divide the {microbatch} rows of a microbatch",

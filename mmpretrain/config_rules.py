@@ -185,6 +185,8 @@ RULES = {
     "model.moe.dispatch": Choice(("auto", "dropless", "capacity")),
     "model.moe.capacity_factor": Real(0.0, 64.0, open="lo"),
     "model.moe.capacity_group_rows": WIDTH,
+    "model.moe.capacity_group_tokens": Int(0, MAX_SIZE),
+    "model.moe.capacity_impl": Choice(("gather", "einsum")),
     "model.moe.dropless_buffer_factor": Real(0.0, 1024.0),
     "model.moe.first_dense_layers": Int(0, MAX_COUNT),
     "model.moe.every_n_layers": COUNT,

@@ -100,13 +100,20 @@ def expert_sum(layer, x, chosen, weights, kept, kind):
   return out
 
 
-@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+# The dispatches, as moe config overrides: dropless, and capacity with each way of
+# filling the slots.
+DISPATCHES = {"dropless": {"dispatch": "dropless"},
+              "capacity": {"dispatch": "capacity", "capacity_impl": "gather"},
+              "capacity_einsum": {"dispatch": "capacity", "capacity_impl": "einsum"}}
+
+
+@pytest.mark.parametrize("dispatch", list(DISPATCHES))
 @pytest.mark.parametrize("overrides", [
     {}, {"granularity": 2}, {"shared_experts": "global"}, {"shared_experts": "per_modality"},
     {"router": "sigmoid"}, {"renormalize": False}])
 def test_dispatch_matches_dense_loop(dispatch, overrides):
   # Capacity for every assignment on one expert: nothing can drop.
-  cfg = moe_config(dispatch=dispatch, capacity_factor=4.0 * 2, **overrides)
+  cfg = moe_config(**DISPATCHES[dispatch], capacity_factor=4.0 * 2, **overrides)
   layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(0))
   x, kind = inputs()
   out, stats = layer(x, kind, rows=ROWS)
@@ -115,13 +122,16 @@ def test_dispatch_matches_dense_loop(dispatch, overrides):
   assert float(stats["drop_rate"]) == 0.0
 
 
-@pytest.mark.parametrize("group_rows", [1, ROWS])
-def test_capacity_drops_overflow_per_group_in_choice_major_order(group_rows):
-  cfg = moe_config(dispatch="capacity", capacity_factor=0.5, capacity_group_rows=group_rows)
+@pytest.mark.parametrize("impl", ["gather", "einsum"])
+@pytest.mark.parametrize("group_rows, group_tokens", [(1, 0), (ROWS, 0), (1, LENGTH // 2)])
+def test_capacity_drops_overflow_per_group_in_choice_major_order(impl, group_rows,
+                                                                 group_tokens):
+  cfg = moe_config(dispatch="capacity", capacity_factor=0.5, capacity_group_rows=group_rows,
+                   capacity_group_tokens=group_tokens, capacity_impl=impl)
   layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(1))
   x, kind = inputs(1)
   out, stats = layer(x, kind, rows=ROWS)
-  group = group_rows * LENGTH
+  group = group_tokens or group_rows * LENGTH
   capacity = int(np.ceil(0.5 * group * 2 / 4))
   want, drop_rate = dense_reference(layer, x, kind, capacity=capacity, group=group)
   assert drop_rate > 0.1
@@ -185,11 +195,13 @@ def test_capacity_gradients_equal_dropless_gradients(overrides):
                grads["capacity"], grads["dropless"])
 
 
-def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_token():
+@pytest.mark.parametrize("impl", ["gather", "einsum"])
+def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_token(impl):
   """Where assignments drop, gradients flow only through the kept (token, choice) pairs.
   Reference: autodiff of a gather-free layer that runs every expert on every token and
   keeps the pairs the float64 loop kept."""
-  layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_factor=0.5), rngs=nnx.Rngs(5))
+  layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_factor=0.5, capacity_impl=impl),
+                      rngs=nnx.Rngs(5))
   x, kind = inputs(5, masked=3)
   chosen, _, kept = reference_routing(layer, x, kind, capacity=int(np.ceil(0.5 * LENGTH * 2 / 4)))
   chosen, kept = jnp.asarray(chosen), jnp.asarray(kept)
@@ -214,6 +226,16 @@ def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_t
   got = jax.grad(layer_loss, argnums=(0, 1))(state, x)
   want = jax.grad(reference_loss, argnums=(0, 1))(state, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, want)
+
+
+def test_capacity_groups_of_tokens_must_divide_the_row():
+  layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_group_tokens=5),
+                      rngs=nnx.Rngs(0))
+  x, kind = inputs()
+  with pytest.raises(ValueError, match="capacity_group_tokens=5 does not divide rows of 12"):
+    layer(x, kind, rows=ROWS)
+  # A row shorter than a group (a sampler's block, a decoded token) is one group.
+  assert layer.capacity_groups(tokens=ROWS * 4, rows=ROWS) == ROWS
 
 
 def test_padded_ragged_all_to_all_moves_what_the_ragged_op_would():

@@ -22,9 +22,14 @@ def mesh_config(config, data, fsdp, expert, tensor):
 
 
 def moe_config(config, dispatch: str = "capacity"):
-  """An MoE layer then a dense one; 8 experts so a 4-way expert axis holds 2 each."""
+  """An MoE layer then a dense one; 8 experts so a 4-way expert axis holds 2 each.
+  `dispatch` "capacity_einsum": capacity slots filled by one-hot matmuls, in groups of
+  half a row."""
   config.model.moe.update({"num_experts": 8, "experts_per_token": 2, "every_n_layers": 2,
                            "shared_experts": "per_modality", "dispatch": dispatch})
+  if dispatch == "capacity_einsum":
+    config.model.moe.update({"dispatch": "capacity", "capacity_impl": "einsum",
+                             "capacity_group_tokens": config.data.seq_len // 2})
   return config
 
 
@@ -98,7 +103,7 @@ def one_device_moe_step(data_dir, tokenizer):
 @pytest.mark.parametrize("dispatch, sizes", [
     pytest.param("capacity", (8, 1, 1, 1), marks=pytest.mark.slow),   # data parallel only
     pytest.param("capacity", (2, 2, 2, 1), marks=pytest.mark.slow), ("capacity", (1, 2, 4, 1)),
-    ("capacity", (2, 1, 2, 2)), ("dropless", (1, 2, 4, 1)),
+    ("capacity", (2, 1, 2, 2)), ("capacity_einsum", (1, 2, 4, 1)), ("dropless", (1, 2, 4, 1)),
     pytest.param("dropless", (2, 1, 2, 2), marks=pytest.mark.slow)])
 def test_sharded_moe_step_equals_one_device_step(config, tokenizer, one_device_moe_step,
                                                  dispatch, sizes):

@@ -13,9 +13,14 @@ Config (`config.model.moe`):
       across expert shards a ragged all-to-all into buffers of dropless_buffer_factor
       times the balanced load, 0 = room for the worst case),
       "capacity" (GShard-style per-expert buffers of capacity_factor·n·k/E slots for each
-      group of `capacity_group_rows` rows holding n tokens; batched einsum; overflow is
-      dropped and the token keeps only its residual), or "auto"
-      (capacity on CPU, where ragged_dot is ~10× slower than the einsum; dropless elsewhere).
+      group of n tokens — `capacity_group_rows` whole rows, or `capacity_group_tokens`
+      consecutive tokens of a row; batched einsum; overflow is dropped and the token keeps
+      only its residual), or "auto" (capacity on CPU, where ragged_dot is ~10× slower than
+      the einsum; dropless elsewhere).
+  capacity_impl — how tokens reach their slots and come back: "gather" (row gathers) or
+      "einsum" (one-hot dispatch and combine matmuls, 2·n·k·capacity_factor·d FLOPs a
+      token each, so for small groups: on TPU, groups of 128 tokens run a fine-grained
+      MoE layer well ahead of row gathers, which the TPU reads a tile at a time).
 """
 import functools
 import math
@@ -148,10 +153,11 @@ class Experts(nnx.Module):
       out, kept = _sharded(run, active, x, experts, weights, token_mask, *self.weights())
     return out, 1.0 - kept / jnp.maximum(experts.shape[1] * jnp.sum(token_mask), 1)
 
-  def capacity(self, x, experts, weights, token_mask, groups: int, capacity_factor: float):
+  def capacity(self, x, experts, weights, token_mask, groups: int, capacity_factor: float,
+               impl: str = "gather"):
     """GShard-style dispatch into per-group expert buffers of C slots.
 
-    Each group of n consecutive tokens (whole rows) routes on its own, with
+    Each group of n consecutive tokens (within a row, or whole rows) routes on its own, with
     C = capacity_factor·n·k/E slots per expert, so which tokens are dropped never depends
     on how the batch is sharded. Under a mesh the groups are split like the batch and the
     experts over the `expert` rule's axes: a shard_map runs the local dispatch on each
@@ -162,9 +168,10 @@ class Experts(nnx.Module):
     tokens, k = experts.shape
     length, num_experts = tokens // groups, self.gate.shape[0]
     slots = max(k, math.ceil(capacity_factor * length * k / num_experts))
+    local = {"gather": _capacity_local, "einsum": _capacity_einsum_local}[impl]
     def run(exchange, x, experts, weights, token_mask, gate, up, down):
-      return _capacity_local(x, experts, weights, token_mask, (gate, up, down), num_experts,
-                             length, slots, self.dtype, exchange)
+      return local(x, experts, weights, token_mask, (gate, up, down), num_experts, length,
+                   slots, self.dtype, exchange)
     active = sharding.active_rules()
     if active is None:
       out, kept = run(_Exchange(), x, experts, weights, token_mask, *self.weights())
@@ -346,65 +353,96 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
   return out, exchange.total(ran)
 
 
+def _claim_slots(experts, token_mask, length: int, num_experts: int):
+  """Each (token, choice) pair's place in its expert's queue within its group of `length`
+  tokens: first choices before second choices, earlier tokens before later ones.
+  experts [T, k] -> (chosen [g, n, k, E] bool: the pair's expert, none for padding;
+  position [g, n, k] int32)."""
+  tokens, k = experts.shape
+  groups = tokens // length
+  chosen = ((experts.reshape(groups, length, k, 1) == jnp.arange(num_experts))
+            & token_mask.reshape(groups, length, 1, 1))
+  choice_major = chosen.transpose(0, 2, 1, 3).reshape(groups, k * length, num_experts)
+  claimed = jnp.cumsum(choice_major.astype(jnp.int32), axis=1)
+  claimed = claimed.reshape(groups, k, length, num_experts).transpose(0, 2, 1, 3)
+  return chosen, jnp.sum(jnp.where(chosen, claimed - 1, 0), axis=-1)
+
+
+def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange):
+  """Buffers [E, rows, d] of every expert here -> the experts' outputs [E, rows, d] in
+  `dtype`, through this device's experts (an exchange there and back under a mesh)."""
+  gate, up, down = expert_weights
+  # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
+  # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
+  gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
+  h = layers.expert_matmul(exchange.to_experts(buffers), gate_up)
+  hidden = gate.shape[-1]
+  y = layers.expert_matmul(layers.swiglu(h[..., :hidden], h[..., hidden:]),
+                           exchange.full_width(down, 2), out_dtype=jnp.float32)
+  return exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))
+
+
 def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts: int,
                     length: int, slots: int, dtype, exchange: _Exchange):
-  """Dispatch, expert FFN and combine for the groups of n = `length` tokens in x;
-  expert_weights (gate, up, down) hold this device's experts (all of them without a mesh).
+  """Dispatch by row gathers, expert FFN and combine for the groups of n = `length`
+  tokens in x; expert_weights (gate, up, down) hold this device's experts (all of them
+  without a mesh).
 
   Indices are flat over this device's groups: XLA:CPU runs flat gathers markedly faster
   than group-batched ones. Returns (output [T, d] f32, number of kept assignments).
   """
   tokens, k = experts.shape
   groups, d = tokens // length, x.shape[-1]
-
-  def claim_slots(group_experts, group_mask):
-    """First choices claim slots before second choices; earlier tokens before later."""
-    choice_major = group_experts.T.reshape(-1)                   # [k·n]
-    valid = jnp.tile(group_mask, k)
-    one_hot = jax.nn.one_hot(choice_major, num_experts, dtype=jnp.int32) * valid[:, None]
-    claimed = jnp.cumsum(one_hot, axis=0)
-    position = jnp.sum((claimed - 1) * one_hot, axis=-1)
-    kept = valid & (position < slots)
-    return choice_major, position, kept, jnp.minimum(claimed[-1], slots)
-
-  expert_of, position, kept, filled = jax.vmap(claim_slots)(
-      experts.reshape(groups, length, k), token_mask.reshape(groups, length))
-  def token_major(a):                                           # [g, k·n] -> [T, k]
-    return a.reshape(groups, k, length).transpose(0, 2, 1).reshape(tokens, k)
+  chosen, position = _claim_slots(experts, token_mask, length, num_experts)
+  kept = token_mask.reshape(groups, length, 1) & (position < slots)         # [g, n, k]
+  filled = jnp.minimum(jnp.sum(chosen, axis=(1, 2)), slots).T              # [E, g] kept
   # The buffer slot of each (token, choice) pair [T, k]; `num_slots` if it was dropped.
   num_slots = num_experts * groups * slots
-  slot_of = token_major(jnp.where(
-      kept, expert_of * (groups * slots) + jnp.arange(groups)[:, None] * slots + position,
-      num_slots))
+  group = jnp.arange(groups)[:, None, None]
+  slot_of = jnp.where(kept, experts.reshape(groups, length, k) * (groups * slots)
+                      + group * slots + position, num_slots).reshape(tokens, k)
   # ... and the pair in each slot (tokens·k if empty), by sorting: no scatter. Sorted by
   # slot, the kept pairs come expert by expert, group by group, in slot order, so slot p
   # of (expert, group) holds the sorted pair at that run's start + p.
   flat_slots = slot_of.reshape(-1)
   by_slot = jnp.argsort(flat_slots)
-  filled = filled.T                                              # [E, g] kept pairs
   start = _exclusive_cumsum(filled.reshape(-1)).reshape(num_experts, groups, 1)
   slot = jnp.arange(slots)
   pair_in = jnp.where(slot < filled[..., None],
                       by_slot[jnp.minimum(start + slot, tokens * k - 1)], tokens * k)
   pair_in = pair_in.reshape(-1)
   buffers = _gather_rows(x.astype(dtype), pair_in // k, slot_of)   # empty slots read zeros
-  buffers = exchange.to_experts(buffers.reshape(num_experts, groups * slots, d))
-
-  gate, up, down = expert_weights
-  # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
-  # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
-  gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
-  down = exchange.full_width(down, 2)
-  h = layers.expert_matmul(buffers, gate_up)
-  hidden = gate.shape[-1]
-  y = layers.expert_matmul(layers.swiglu(h[..., :hidden], h[..., hidden:]), down,
-                           out_dtype=jnp.float32)
-  y = exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))      # [E, g·C, d]
-
+  y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
+                  exchange)
   by_pair = _gather_rows(y.reshape(-1, d), flat_slots, pair_in[:, None])   # dropped: zeros
   out = jnp.einsum("tkd,tk->td", by_pair.reshape(tokens, k, d).astype(jnp.float32),
-                   weights * token_major(kept))
+                   weights * kept.reshape(tokens, k))
   return out, exchange.total(jnp.sum(kept))
+
+
+def _capacity_einsum_local(x, experts, weights, token_mask, expert_weights,
+                           num_experts: int, length: int, slots: int, dtype,
+                           exchange: _Exchange):
+  """_capacity_local's function with the gathers as matmuls: a one-hot dispatch tensor
+  [g, n, E, C] moves each group's tokens into its expert slots, and the same tensor
+  scaled by the combine weights brings the results back (the combine weights are cast to
+  `dtype` for that matmul). Autodiff needs no scatter here either."""
+  tokens, k = experts.shape
+  groups, d = tokens // length, x.shape[-1]
+  chosen, position = _claim_slots(experts, token_mask, length, num_experts)
+  kept = chosen & (position < slots)[..., None]                            # [g, n, k, E]
+  # A token picks an expert at most once, so summing over its choices selects that one.
+  slot_at = jnp.sum(jnp.where(kept, position[..., None], 0), axis=2)        # [g, n, E]
+  dispatch = jnp.any(kept, axis=2)[..., None] & (slot_at[..., None] == jnp.arange(slots))
+  buffers = jnp.einsum("gnd,gnec->egcd", x.astype(dtype).reshape(groups, length, d),
+                       dispatch.astype(dtype))
+  y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
+                  exchange)
+  weight_at = jnp.sum(jnp.where(kept, weights.reshape(groups, length, k, 1), 0.0), axis=2)
+  combine = jnp.where(dispatch, weight_at[..., None], 0.0).astype(dtype)   # [g, n, E, C]
+  out = jnp.einsum("egcd,gnec->gnd", y.reshape(num_experts, groups, slots, d), combine,
+                   preferred_element_type=jnp.float32)
+  return out.reshape(tokens, d), exchange.total(jnp.sum(kept))
 
 
 def _batch_ways(mesh, rules) -> int:
@@ -455,13 +493,14 @@ class MoE(nnx.Module):
     if per_modality:
       layers.mark_used_by(self.shared, layers.TEXT)
     self.dispatch, self.capacity_factor = moe.dispatch, moe.capacity_factor
-    self.group_rows = moe.capacity_group_rows
+    self.group_rows, self.group_tokens = moe.capacity_group_rows, moe.capacity_group_tokens
+    self.capacity_impl = moe.capacity_impl
     self.buffer_factor = moe.dropless_buffer_factor
     self.dtype = jnp.dtype(cfg.dtype)
 
   def __call__(self, x, token_kind, rows: int):
     """x [T, d] (T = rows · length, row-major); token_kind int [T] (TOKEN_KINDS index,
-    -1 = padding). Capacity groups are `capacity_group_rows` consecutive rows."""
+    -1 = padding)."""
     token_mask = token_kind >= 0
     experts, weights, stats = self.router(x, token_kind)
     dispatch = resolve_dispatch(self.dispatch)
@@ -469,11 +508,9 @@ class MoE(nnx.Module):
       out, drop_rate = self.experts.dropless(x, experts, weights, token_mask,
                                              self.buffer_factor)
     else:
-      if rows % self.group_rows:
-        raise ValueError(f"model.moe.capacity_group_rows={self.group_rows} does not divide "
-                         f"the {rows} rows of a (micro)batch")
       out, drop_rate = self.experts.capacity(x, experts, weights, token_mask,
-                                             rows // self.group_rows, self.capacity_factor)
+                                             self.capacity_groups(x.shape[0], rows),
+                                             self.capacity_factor, self.capacity_impl)
     if self.shared_visual is not None:
       is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
       out = out + jnp.where(is_visual[:, None], self.shared_visual(x), self.shared(x))
@@ -481,3 +518,19 @@ class MoE(nnx.Module):
       out = out + self.shared(x)
     stats["drop_rate"] = drop_rate
     return out.astype(self.dtype), stats
+
+  def capacity_groups(self, tokens: int, rows: int) -> int:
+    """How many capacity groups `rows` rows of `tokens` tokens in all make: groups of
+    `capacity_group_tokens` consecutive tokens of a row (a row shorter than that, as in
+    the sampler's blocks, is one group), else of `capacity_group_rows` whole rows."""
+    length = tokens // rows
+    if self.group_tokens:
+      group = min(self.group_tokens, length)
+      if length % group:
+        raise ValueError(f"model.moe.capacity_group_tokens={self.group_tokens} does not "
+                         f"divide rows of {length} tokens: use a divisor of the row length")
+      return tokens // group
+    if rows % self.group_rows:
+      raise ValueError(f"model.moe.capacity_group_rows={self.group_rows} does not divide "
+                       f"the {rows} rows of a (micro)batch")
+    return rows // self.group_rows
