@@ -9,6 +9,13 @@ all-to-alls of expert parallelism would move 16 copies of every token each way, 
 forward and backward on an expert axis of 8 and on none; `--config.mesh.fsdp=4
 --config.mesh.expert=8` compiles the former).
 
+Capacity slots are filled by one-hot matmuls in groups of 128 consecutive tokens
+(`capacity_impl=einsum`): on the cost model a layer takes 126 ms that way against 183 ms
+with row gathers over whole rows, which a TPU reads a tile at a time. Smaller groups drop
+more: with balanced routing 0.4% of assignments at 128 tokens, none over a whole row
+(`moe_drop_rate` in the metrics shows it; `--config.model.moe.capacity_impl=gather
+--config.model.moe.capacity_group_tokens=0` is the row-group layout).
+
   mmpretrain compile --config=configs/paper/moe_1b.py --topology=v5p-64
 """
 import os
@@ -26,5 +33,6 @@ def get_config(arg=None):
   m.num_experts, m.experts_per_token, m.granularity = 4, 1, 16
   m.shared_experts, m.router = "per_modality", "sigmoid"
   m.first_dense_layers = 1
+  m.capacity_impl, m.capacity_group_tokens = "einsum", 128
   c.mesh.fsdp, c.mesh.expert = 32, 1
   return c

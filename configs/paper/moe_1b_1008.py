@@ -7,6 +7,10 @@ weights a layer on every chip costs as much as the all-to-alls of expert paralle
 (the cost model: 218 against 226 ms a layer), and the expert axis keeps that traffic
 flat as the expert count grows.
 
+Slots are filled by row gathers over whole rows: with 1,008 experts every expert keeps
+at least k = 16 slots per group, so one-hot dispatch matmuls (the 64-expert arm's) would
+cost 2·1008·16·d FLOPs a token each, more than the experts themselves.
+
   mmpretrain compile --config=configs/paper/moe_1b_1008.py --topology=v5p-64
 """
 import os
@@ -21,5 +25,6 @@ TOPOLOGY = moe_1b.TOPOLOGY
 def get_config(arg=None):
   c = moe_1b.get_config(arg)
   c.model.moe.num_experts = 63
+  c.model.moe.capacity_impl, c.model.moe.capacity_group_tokens = "gather", 0
   c.mesh.fsdp, c.mesh.expert = 4, 8
   return c
