@@ -4,10 +4,13 @@ dispatch and mesh, against the dense SwiGLU it stands in for.
 
   python benchmarks/moe_tpu.py [--topology=v5p-64]
 
-Prints one JSON line: `capacity_ms` (no expert axis: every chip runs all experts on its
-own tokens, weights gathered like the dense layers'), `capacity_expert_axis_ms` and
-`dropless_expert_axis_ms` (experts over an expert axis of 8, tokens exchanged by
-all-to-all; dropless receives into buffers of twice the balanced load), `dense_ms`
+Prints one JSON line: `capacity_einsum_ms` (the config's layout: no expert axis, every
+chip runs all experts on its own tokens with weights gathered like the dense layers',
+slots filled by one-hot matmuls in groups of 128 tokens), `capacity_ms` (the same with
+row gathers over groups of whole rows), `capacity_expert_axis_ms` and
+`dropless_expert_axis_ms` (row gathers, experts over an expert axis of 8, tokens
+exchanged by all-to-all; dropless receives into buffers of twice the balanced load),
+`dense_ms`
 (configs/paper/dense_1b.py's SwiGLU on the same tokens), `routed_matmul_ms` (the routed
 experts' model FLOPs at the chip's peak: what a dispatch that cost nothing would take) and
 the ratios to dense. Each is one layer with no remat; a train step adds the forward's
@@ -33,9 +36,14 @@ from mmpretrain.model import layers, moe  # pylint: disable=wrong-import-positio
 from mmpretrain.train import aot  # pylint: disable=wrong-import-position
 import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 
-# name: (dispatch, expert axis); fsdp takes the rest of the slice's chips
-VARIANTS = {"capacity": ("capacity", 1), "capacity_expert_axis": ("capacity", 8),
-            "dropless_expert_axis": ("dropless", 8)}
+# name: (model.moe overrides, expert axis); fsdp takes the rest of the slice's chips
+ROW_GATHERS = {"capacity_impl": "gather", "capacity_group_tokens": 0}
+VARIANTS = {
+    "capacity_einsum": ({"dispatch": "capacity", "capacity_impl": "einsum",
+                         "capacity_group_tokens": 128}, 1),
+    "capacity": ({"dispatch": "capacity", **ROW_GATHERS}, 1),
+    "capacity_expert_axis": ({"dispatch": "capacity", **ROW_GATHERS}, 8),
+    "dropless_expert_axis": ({"dispatch": "dropless", "dropless_buffer_factor": 2.0}, 8)}
 
 
 def layer_cost(config, devices, dense: bool) -> float:
@@ -76,11 +84,10 @@ def main():
   generation, devices = aot.abstract_devices(topology)
   chips = len(devices)
   out = {"topology": topology}
-  for name, (dispatch, expert_ways) in VARIANTS.items():
+  for name, (overrides, expert_ways) in VARIANTS.items():
     c = config.copy_and_resolve_references()
     expert_ways = min(expert_ways, chips)
-    c.model.moe.dispatch = dispatch
-    c.model.moe.dropless_buffer_factor = 2.0
+    c.model.moe.update(overrides)
     c.mesh.fsdp, c.mesh.expert = chips // expert_ways, expert_ways
     out[f"{name}_ms"] = 1e3 * layer_cost(c, devices, dense=False)
   dense = config.copy_and_resolve_references()

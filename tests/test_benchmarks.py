@@ -22,8 +22,9 @@ SCRIPTS = {
     "attention.py": {"xla_temp_bytes", "chunked_temp_bytes", "chunked_over_xla_temp", "xla_ms",
                      "chunked_ms"},
     "moe_layer.py": {"dense_ms", "moe_ms", "moe_vs_dense", "moe_fine_vs_dense"},
-    "moe_tpu.py": {"capacity_ms", "capacity_expert_axis_ms", "dropless_expert_axis_ms",
-                   "dense_ms", "routed_matmul_ms", "capacity_vs_dense"},
+    "moe_tpu.py": {"capacity_einsum_ms", "capacity_ms", "capacity_expert_axis_ms",
+                   "dropless_expert_axis_ms", "dense_ms", "routed_matmul_ms",
+                   "capacity_einsum_vs_dense"},
     "checkpoint.py": {
         "state_mb", "save_mb_per_s", "restore_mb_per_s", "save_vs_file_write",
         "async_block_fraction"},
