@@ -2,19 +2,18 @@
 this machine (libtpu, no TPU): the TPU cost model's milliseconds per chip for each
 dispatch and mesh, against the dense SwiGLU it stands in for.
 
-  python benchmarks/moe_tpu.py [--topology=v5p-64]
+  python benchmarks/moe_tpu.py [--topology=v5p-64] [--group_tokens=128]
 
 Prints one JSON line: `capacity_einsum_ms` (the config's layout: no expert axis, every
 chip runs all experts on its own tokens with weights gathered like the dense layers',
-slots filled by one-hot matmuls in groups of 128 tokens), `capacity_ms` (the same with
-row gathers over groups of whole rows), `capacity_expert_axis_ms` and
+slots filled by one-hot matmuls in groups of `--group_tokens` tokens), `capacity_ms`
+(the same with row gathers over groups of whole rows), `capacity_expert_axis_ms` and
 `dropless_expert_axis_ms` (row gathers, experts over an expert axis of 8, tokens
 exchanged by all-to-all; dropless receives into buffers of twice the balanced load),
-`dense_ms`
-(configs/paper/dense_1b.py's SwiGLU on the same tokens), `routed_matmul_ms` (the routed
-experts' model FLOPs at the chip's peak: what a dispatch that cost nothing would take) and
-the ratios to dense. Each is one layer with no remat; a train step adds the forward's
-recompute (docs/tpu.md).
+`dense_ms` (configs/paper/dense_1b.py's SwiGLU on the same tokens), `routed_matmul_ms`
+(the routed experts' model FLOPs at the chip's peak: what a dispatch that cost nothing
+would take) and the ratios to dense. Each is one layer with no remat; a train step adds
+the forward's recompute (docs/tpu.md).
 """
 import argparse
 import json
@@ -39,8 +38,7 @@ import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 # name: (model.moe overrides, expert axis); fsdp takes the rest of the slice's chips
 ROW_GATHERS = {"capacity_impl": "gather", "capacity_group_tokens": 0}
 VARIANTS = {
-    "capacity_einsum": ({"dispatch": "capacity", "capacity_impl": "einsum",
-                         "capacity_group_tokens": 128}, 1),
+    "capacity_einsum": ({"dispatch": "capacity", "capacity_impl": "einsum"}, 1),
     "capacity": ({"dispatch": "capacity", **ROW_GATHERS}, 1),
     "capacity_expert_axis": ({"dispatch": "capacity", **ROW_GATHERS}, 8),
     "dropless_expert_axis": ({"dispatch": "dropless", "dropless_buffer_factor": 2.0}, 8)}
@@ -74,6 +72,8 @@ def layer_cost(config, devices, dense: bool) -> float:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--topology", default="v5p-64", help="the TPU slice (libtpu)")
+  parser.add_argument("--group_tokens", type=int, default=128,
+                      help="capacity group of the one-hot (einsum) layout, in tokens")
   smoke.add_flag(parser)
   args = parser.parse_args()
   config = aot.for_platform(load_config(os.path.join(ROOT, "configs/paper/moe_1b.py")), "tpu")
@@ -87,7 +87,7 @@ def main():
   for name, (overrides, expert_ways) in VARIANTS.items():
     c = config.copy_and_resolve_references()
     expert_ways = min(expert_ways, chips)
-    c.model.moe.update(overrides)
+    c.model.moe.update({"capacity_group_tokens": args.group_tokens, **overrides})
     c.mesh.fsdp, c.mesh.expert = chips // expert_ways, expert_ways
     out[f"{name}_ms"] = 1e3 * layer_cost(c, devices, dense=False)
   dense = config.copy_and_resolve_references()
