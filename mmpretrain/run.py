@@ -69,6 +69,9 @@ class Run:
         lambda: build_model(config, 0, self.representation)))
     self.param_sharding = (None if mesh is None else
                            sharding.state_shardings(abstract, mesh, config.mesh.rules))
+    # How the samplers hold the parameters through their loops (generate/sample.py).
+    self.sampling_param_sharding = (None if mesh is None else sharding.gathered_over_batch(
+        self.param_sharding, config.mesh.rules))
     self._abstract = abstract
 
   def new_model(self, seed: int) -> Transfusion:
@@ -83,9 +86,10 @@ class Run:
     """The model with these parameters (inside jit: no copy)."""
     return nnx.merge(self.graphdef, params)
 
-  def abstract_params(self):
-    """Shapes, dtypes and shardings of the parameters: the target of a restore."""
-    return abstract_arrays(self._abstract, self.param_sharding)
+  def abstract_params(self, shardings=None):
+    """Shapes, dtypes and shardings (default: training's) of the parameters: the target
+    of a restore."""
+    return abstract_arrays(self._abstract, shardings or self.param_sharding)
 
   def latent_tokens(self, frames):
     """uint8 frames [B, F, H, W, C] -> the model's latent tokens [B, F·T, patch_dim]."""

@@ -124,6 +124,22 @@ def state_shardings(abstract_state, mesh, rules):
   return jax.tree.map(leaf_sharding, logical, abstract_state)
 
 
+def gathered_over_batch(shardings, rules):
+  """Parameter shardings with the mesh axes that only split the batch (data, fsdp)
+  removed: whole weights on every chip of a batch split, still divided over the expert and
+  tensor axes. A sampler's loop reads them so, instead of gathering every layer's fsdp
+  shards again on each of its steps."""
+  drop = set(mesh_axes(rules, "batch")) - set(mesh_axes(rules, "expert"))
+  def strip(where):
+    spec = []
+    for axes in where.spec:
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      kept = tuple(a for a in axes if a not in drop)
+      spec.append(kept if len(kept) > 1 else (kept[0] if kept else None))
+    return NamedSharding(where.mesh, PartitionSpec(*spec))
+  return jax.tree.map(strip, shardings)
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

@@ -94,7 +94,8 @@ convention). An IsoFLOP grid's row is its widest model.
 The sampler columns are one denoising step of the image sampler (generate/sample.py:
 `diffusion.sample_steps` of them draw an image): a frame's block of latent tokens against
 a KV cache of a full row (`data.seq_len` slots), for `data.batch_size` rows, half of them
-classifier-free guidance's unconditional twins.
+classifier-free guidance's unconditional twins, with the weights gathered over the batch
+axes once per image rather than on every step.
 
 | config | topology | per chip | HBM left | cost-model MFU | step (cost model) \
 | sampler per chip | denoising step | compile + estimate |

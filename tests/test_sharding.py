@@ -85,6 +85,12 @@ def test_parameters_and_optimizer_state_follow_the_rules(config, tokenizer):
   assert mu_gate.sharding.spec == experts["gate"].sharding.spec
   assert state.params["embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
   assert state.rng.sharding.is_fully_replicated
+  # The samplers hold the weights whole over the batch's fsdp split, still split over the
+  # expert and tensor axes.
+  sampling = trainer.run.sampling_param_sharding
+  assert (sampling["decoder"]["runs"][0]["blocks"]["ffn"]["experts"]["gate"].spec
+          == P(None, "expert", None, "tensor"))
+  assert sampling["embed"]["embedding"].spec == P("tensor", None)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ class InterleavedSampler:
       """tokens/positions [2, 2] end with <boi> at slot index + 1: the conditional row
       rewrites its own last two tokens, the unconditional row forgets its past and becomes
       <bos> <boi>. Then the block at index + 2.. is denoised with CFG and written clean."""
+      params = sample.gathered_params(run, params)
       cache = cache.replace(segment_ids=cache.segment_ids.at[UNCOND].set(0))
       inputs = sample.text_inputs(tokens, positions, jnp.ones_like(tokens), self.patch)
       _, _, cache = run.model(params).decode(inputs, cache, index)

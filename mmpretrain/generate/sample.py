@@ -102,6 +102,14 @@ def denoise_block(run, params, cache, block: dict, index, z1, guided: bool):
   return diffusion.SAMPLERS[cfg.sampler](velocity, z1, times)
 
 
+def gathered_params(run, params):
+  """params as the samplers hold them through their loops: each weight gathered over the
+  batch axes once (run.sampling_param_sharding), not again for every tiny step."""
+  if run.mesh is None:
+    return params
+  return jax.lax.with_sharding_constraint(params, run.sampling_param_sharding)
+
+
 def replicated_jit(run, fn):
   """jax.jit with outputs replicated over the run's mesh (every process reads them)."""
   if run.mesh is None:
@@ -120,6 +128,7 @@ def make_block_sampler(run, guided: bool):
   def sample(params, prefix, block, context, rng):
     rows, width = prefix["tokens"].shape
     length = block["tokens"].shape[1]
+    params = gathered_params(run, params)
     model = run.model(params)
     cache = model.init_cache(rows, width + length)
     _, _, cache = model.decode(ModelInputs(
@@ -215,6 +224,7 @@ def make_generator(run, max_new_tokens: int, temperature: float = 0.0, top_p: fl
   patch = patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
 
   def generate(params, prompt, rng):
+    params = gathered_params(run, params)
     inputs = ModelInputs(**prompt)
     batch, prompt_len = inputs.tokens.shape
     model = run.model(params)

@@ -142,7 +142,8 @@ def compile_denoising_step(config, devices):
   seconds). It is the sampler's inner loop (generate/sample.block_velocity, run
   diffusion.sample_steps times per image): a guided visual block of one frame's tokens at
   the end of a full row of cached context, for data.batch_size rows (half conditional,
-  half their unconditional twins), with the train state's parameter shardings."""
+  half their unconditional twins), with the parameters as the sampler holds them through
+  its loop (gathered over the batch axes once per image: run.sampling_param_sharding)."""
   mesh = sharding.make_mesh(config.mesh, devices)
   run = Run(config, mesh, abstract_frozen=True)
   spec, rows = run.spec, config.data.batch_size
@@ -152,7 +153,7 @@ def compile_denoising_step(config, devices):
   start = int(np.argmax(row["visual_loss_mask"][0]))
   block = {k: np.repeat(row[k][:, start:start + length], rows, axis=0)
            for k in sample.ID_FIELDS}
-  params = run.abstract_params()
+  params = run.abstract_params(run.sampling_param_sharding)
   cache = jax.eval_shape(lambda p: run.model(p).init_cache(rows, spec.seq_len), params)
   def by_rows(x, axis):           # the rows split like a training batch
     names = [None] * x.ndim
