@@ -228,14 +228,19 @@ def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_t
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, want)
 
 
-def test_capacity_groups_of_tokens_must_divide_the_row():
-  layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_group_tokens=5),
-                      rngs=nnx.Rngs(0))
-  x, kind = inputs()
-  with pytest.raises(ValueError, match="capacity_group_tokens=5 does not divide rows of 12"):
-    layer(x, kind, rows=ROWS)
-  # A row shorter than a group (a sampler's block, a decoded token) is one group.
+def test_capacity_groups_of_tokens_fall_back_to_a_divisor_of_the_row():
+  """Rows of 12 tokens with groups of 5: groups of 4, the largest divisor of 12 below 5,
+  so a sampler's prompt of any length runs; a row shorter than a group is one group."""
+  layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_group_tokens=5,
+                                 capacity_factor=0.5), rngs=nnx.Rngs(1))
+  assert layer.capacity_groups(tokens=T, rows=ROWS) == T // 4
   assert layer.capacity_groups(tokens=ROWS * 4, rows=ROWS) == ROWS
+  x, kind = inputs(1)
+  out, stats = layer(x, kind, rows=ROWS)
+  # C = max(k, ⌈0.5 · 4 tokens · k / E⌉) = 2 slots per expert and group
+  want, drop_rate = dense_reference(layer, x, kind, capacity=2, group=4)
+  np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
+  assert float(stats["drop_rate"]) == pytest.approx(drop_rate)
 
 
 def test_padded_ragged_all_to_all_moves_what_the_ragged_op_would():

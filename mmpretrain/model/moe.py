@@ -521,14 +521,13 @@ class MoE(nnx.Module):
 
   def capacity_groups(self, tokens: int, rows: int) -> int:
     """How many capacity groups `rows` rows of `tokens` tokens in all make: groups of
-    `capacity_group_tokens` consecutive tokens of a row (a row shorter than that, as in
-    the sampler's blocks, is one group), else of `capacity_group_rows` whole rows."""
+    `capacity_group_tokens` consecutive tokens of a row, else of `capacity_group_rows`
+    whole rows. A row that `capacity_group_tokens` does not divide (a sampler's prompt or
+    block; training rows are checked by the config) is grouped by the largest divisor of
+    its length below it."""
     length = tokens // rows
     if self.group_tokens:
-      group = min(self.group_tokens, length)
-      if length % group:
-        raise ValueError(f"model.moe.capacity_group_tokens={self.group_tokens} does not "
-                         f"divide rows of {length} tokens: use a divisor of the row length")
+      group = max(n for n in range(1, min(self.group_tokens, length) + 1) if length % n == 0)
       return tokens // group
     if rows % self.group_rows:
       raise ValueError(f"model.moe.capacity_group_rows={self.group_rows} does not divide "
