@@ -368,17 +368,22 @@ def _claim_slots(experts, token_mask, length: int, num_experts: int):
   return chosen, jnp.sum(jnp.where(chosen, claimed - 1, 0), axis=-1)
 
 
-def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange):
+def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange, slot_weights=None):
   """Buffers [E, rows, d] of every expert here -> the experts' outputs [E, rows, d] in
-  `dtype`, through this device's experts (an exchange there and back under a mesh)."""
+  `dtype`, through this device's experts (an exchange there and back under a mesh); with
+  `slot_weights` [E, rows], each row's output scaled by its weight."""
   gate, up, down = expert_weights
   # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
   # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
   gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
   h = layers.expert_matmul(exchange.to_experts(buffers), gate_up)
   hidden = gate.shape[-1]
-  y = layers.expert_matmul(layers.swiglu(h[..., :hidden], h[..., hidden:]),
-                           exchange.full_width(down, 2), out_dtype=jnp.float32)
+  act = layers.swiglu(h[..., :hidden], h[..., hidden:])
+  if slot_weights is not None:
+    # Scaled before the (linear) down projection: the weights' gradient is then a sum
+    # over the f hidden units rather than the d outputs.
+    act = act * exchange.to_experts(slot_weights[..., None]).astype(act.dtype)
+  y = layers.expert_matmul(act, exchange.full_width(down, 2), out_dtype=jnp.float32)
   return exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))
 
 
@@ -424,9 +429,9 @@ def _capacity_einsum_local(x, experts, weights, token_mask, expert_weights,
                            num_experts: int, length: int, slots: int, dtype,
                            exchange: _Exchange):
   """_capacity_local's function with the gathers as matmuls: a one-hot dispatch tensor
-  [g, n, E, C] moves each group's tokens into its expert slots, and the same tensor
-  scaled by the combine weights brings the results back (the combine weights are cast to
-  `dtype` for that matmul). Autodiff needs no scatter here either."""
+  [g, n, E, C] moves each group's tokens into its expert slots and, transposed, brings
+  the results back; the combine weights scale each slot inside the expert FFN. Autodiff
+  needs no scatter here either."""
   tokens, k = experts.shape
   groups, d = tokens // length, x.shape[-1]
   chosen, position = _claim_slots(experts, token_mask, length, num_experts)
@@ -436,12 +441,12 @@ def _capacity_einsum_local(x, experts, weights, token_mask, expert_weights,
   dispatch = jnp.any(kept, axis=2)[..., None] & (slot_at[..., None] == jnp.arange(slots))
   buffers = jnp.einsum("gnd,gnec->egcd", x.astype(dtype).reshape(groups, length, d),
                        dispatch.astype(dtype))
-  y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
-                  exchange)
   weight_at = jnp.sum(jnp.where(kept, weights.reshape(groups, length, k, 1), 0.0), axis=2)
-  combine = jnp.where(dispatch, weight_at[..., None], 0.0).astype(dtype)   # [g, n, E, C]
-  out = jnp.einsum("egcd,gnec->gnd", y.reshape(num_experts, groups, slots, d), combine,
-                   preferred_element_type=jnp.float32)
+  slot_weights = jnp.sum(jnp.where(dispatch, weight_at[..., None], 0.0), axis=1)  # [g, E, C]
+  y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
+                  exchange, slot_weights.transpose(1, 0, 2).reshape(num_experts, -1))
+  out = jnp.einsum("egcd,gnec->gnd", y.reshape(num_experts, groups, slots, d),
+                   dispatch.astype(dtype), preferred_element_type=jnp.float32)
   return out.reshape(tokens, d), exchange.total(jnp.sum(kept))
 
 
