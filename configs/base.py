@@ -135,6 +135,8 @@ def get_config(arg=None):
                                          # row instead (a divisor of the row length)
   c.model.moe.capacity_impl = "gather"   # gather | einsum: slots filled by row gathers, or by
                                          # one-hot matmuls costing ∝ group size (TPU: 128)
+  c.model.moe.remat_keep_hidden = False  # remat: also keep the experts' gate/up outputs
+                                         # (tokens·k·capacity_factor·2f a layer) for backward
   c.model.moe.dropless_buffer_factor = 0.0   # dropless over expert shards: receive buffer in
                                               # balanced loads (T·k rows); 0 = never drop
   c.model.moe.first_dense_layers = 0     # these first layers keep a dense FFN

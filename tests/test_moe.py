@@ -8,6 +8,7 @@ from flax import nnx
 import base
 from mmpretrain import sharding
 from mmpretrain.model import moe as moe_lib
+from mmpretrain.model import transformer
 
 ROWS, LENGTH, D = 2, 12, 16
 T = ROWS * LENGTH
@@ -241,6 +242,20 @@ def test_capacity_groups_of_tokens_fall_back_to_a_divisor_of_the_row():
   want, drop_rate = dense_reference(layer, x, kind, capacity=2, group=4)
   np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
   assert float(stats["drop_rate"]) == pytest.approx(drop_rate)
+
+
+@pytest.mark.parametrize("dispatch", list(DISPATCHES))
+@pytest.mark.parametrize("keep", [False, True])
+def test_remat_keeps_the_experts_hidden_activations_only_when_asked(dispatch, keep, capsys):
+  cfg = moe_config(**DISPATCHES[dispatch], remat_keep_hidden=keep)
+  cfg.remat = "dots_no_batch"
+  graphdef, state = nnx.split(moe_lib.MoE(cfg, rngs=nnx.Rngs(0)))
+  x, kind = inputs()
+  def loss(state, x):
+    return jnp.sum(nnx.merge(graphdef, state)(x, kind, rows=ROWS)[0])
+  jax.ad_checkpoint.print_saved_residuals(
+      jax.checkpoint(loss, policy=transformer.model_remat_policy(cfg)), state, x)
+  assert (moe_lib.EXPERT_HIDDEN in capsys.readouterr().out) == keep
 
 
 def test_padded_ragged_all_to_all_moves_what_the_ragged_op_would():

@@ -28,9 +28,15 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from mmpretrain import sharding
 from mmpretrain.model import layers
+
+
+# The routed experts' gate/up outputs, by name for the remat policy
+# (model.moe.remat_keep_hidden).
+EXPERT_HIDDEN = "moe_expert_hidden"
 
 
 class RouterBias(nnx.Variable):
@@ -342,7 +348,7 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
     return jax.lax.ragged_dot(a, w, group_sizes,
                               preferred_element_type=jnp.float32).astype(out_dtype)
   gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
-  h = grouped(rows, gate_up, dtype)
+  h = checkpoint_name(grouped(rows, gate_up, dtype), EXPERT_HIDDEN)
   hidden = gate.shape[-1]
   y = grouped(layers.swiglu(h[:, :hidden], h[:, hidden:]), exchange.full_width(down, 2),
               jnp.float32)
@@ -376,7 +382,8 @@ def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange, slot_weight
   # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
   # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
   gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
-  h = layers.expert_matmul(exchange.to_experts(buffers), gate_up)
+  h = checkpoint_name(layers.expert_matmul(exchange.to_experts(buffers), gate_up),
+                      EXPERT_HIDDEN)
   hidden = gate.shape[-1]
   act = layers.swiglu(h[..., :hidden], h[..., hidden:])
   if slot_weights is not None:

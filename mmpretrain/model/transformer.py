@@ -20,12 +20,26 @@ from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model import attention, layers
 from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
-from mmpretrain.model.moe import TOKEN_KINDS, MoE, RouterBias
+from mmpretrain.model.moe import EXPERT_HIDDEN, TOKEN_KINDS, MoE, RouterBias
 
-def remat_policy(name: str):
-  """The jax.checkpoint policy `model.remat` names, or None for no rematerialisation."""
+def remat_policy(name: str, keep: tuple[str, ...] = ()):
+  """The jax.checkpoint policy `model.remat` names, or None for no rematerialisation;
+  `keep`: names of checkpoint_name'd intermediates it also saves."""
   policy = REMAT_POLICIES[name]
-  return None if policy is None else getattr(jax.checkpoint_policies, policy)
+  if policy is None:
+    return None
+  policy = getattr(jax.checkpoint_policies, policy)
+  if keep:
+    policy = jax.checkpoint_policies.save_from_both_policies(
+        policy, jax.checkpoint_policies.save_only_these_names(*keep))
+  return policy
+
+
+def model_remat_policy(cfg):
+  """model.remat's policy, keeping the routed experts' hidden activations where
+  model.moe.remat_keep_hidden asks."""
+  keep = (EXPERT_HIDDEN,) if cfg.moe.num_experts and cfg.moe.remat_keep_hidden else ()
+  return remat_policy(cfg.remat, keep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +161,7 @@ class LayerRun(nnx.Module):
 
   def __init__(self, cfg, count: int, moe: bool, *, rngs: nnx.Rngs):
     self.count, self.moe, self.scan_layers = count, moe, cfg.scan_layers
-    self.remat_policy = remat_policy(cfg.remat)
+    self.remat_policy = model_remat_policy(cfg)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=count)
       @nnx.vmap(in_axes=0, out_axes=0,
