@@ -14,7 +14,9 @@ Capacity slots are filled by one-hot matmuls in groups of 128 consecutive tokens
 with row gathers over whole rows, which a TPU reads a tile at a time. Smaller groups drop
 more: with balanced routing 0.4% of assignments at 128 tokens, none over a whole row
 (`moe_drop_rate` in the metrics shows it; `--config.model.moe.capacity_impl=gather
---config.model.moe.capacity_group_tokens=0` is the row-group layout).
+--config.model.moe.capacity_group_tokens=0` is the row-group layout). The remat keeps
+the experts' gate/up outputs (`remat_keep_hidden`: 1.66 s a step against 1.74 s, 61 GB a
+chip against 43 GB).
 
   mmpretrain compile --config=configs/paper/moe_1b.py --topology=v5p-64
 """
@@ -34,5 +36,6 @@ def get_config(arg=None):
   m.shared_experts, m.router = "per_modality", "sigmoid"
   m.first_dense_layers = 1
   m.capacity_impl, m.capacity_group_tokens = "einsum", 128
+  m.remat_keep_hidden = True
   c.mesh.fsdp, c.mesh.expert = 32, 1
   return c

@@ -26,5 +26,6 @@ def get_config(arg=None):
   c = moe_1b.get_config(arg)
   c.model.moe.num_experts = 63
   c.model.moe.capacity_impl, c.model.moe.capacity_group_tokens = "gather", 0
+  c.model.moe.remat_keep_hidden = False
   c.mesh.fsdp, c.mesh.expert = 4, 8
   return c
