@@ -178,3 +178,19 @@ def test_multislice_data_axis_crosses_slices_only_between_its_halves():
   mesh.dcn_data = 3
   with pytest.raises(sharding.ShardingError, match="dcn_data=3 must divide"):
     sharding.device_grid(mesh, devices)
+
+
+def test_fsdp_step_embeds_each_row_on_its_own_devices(config, tokenizer):
+  """Under fsdp the embeddings (text, latent and the timestep MLP) are computed on the
+  devices holding their rows: no collective carries a [B·L, d] activation of the whole
+  batch (left to follow the fsdp-split weights, XLA ran the timestep MLP on every
+  device's copy of the batch and all-reduced it)."""
+  mesh = sharding.make_mesh(mesh_config(config, 1, 8, 1, 1))
+  trainer = Trainer(Run(config, mesh), tokenizer.byte_lengths())
+  batch = sharding.global_batch(host_batch(config, tokenizer), mesh, config.mesh.rules,
+                                config.data.batch_size)
+  hlo = trainer.lower_step(trainer.init_state(0), batch).compile().as_text()
+  whole_batch = f"[{config.data.batch_size * config.data.seq_len},{config.model.d_model}]"
+  collectives = [line for line in hlo.splitlines()
+                 if whole_batch in line and ("all-reduce(" in line or "all-gather(" in line)]
+  assert not collectives, collectives[:3]

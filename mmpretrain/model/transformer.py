@@ -145,15 +145,22 @@ def timestep_features(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) ->
 
 
 class TimestepEmbedding(nnx.Module):
+  """Flow time t [T] -> [T, d] by an MLP on its sinusoidal features, in model.dtype."""
+
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     self.freq_dim = 256
+    dtype = jnp.dtype(cfg.dtype)
     init = layers.dense_init(cfg.init_std, (None, "embed"))
-    self.fc1 = nnx.Linear(self.freq_dim, cfg.d_model, kernel_init=init, rngs=rngs)
+    self.fc1 = nnx.Linear(self.freq_dim, cfg.d_model, kernel_init=init, dtype=dtype, rngs=rngs)
     init = layers.dense_init(cfg.init_std, ("embed", "embed_out"))
-    self.fc2 = nnx.Linear(cfg.d_model, cfg.d_model, kernel_init=init, rngs=rngs)
+    self.fc2 = nnx.Linear(cfg.d_model, cfg.d_model, kernel_init=init, dtype=dtype, rngs=rngs)
 
   def __call__(self, t):
-    return self.fc2(jax.nn.silu(self.fc1(timestep_features(t, self.freq_dim))))
+    # Kept on the chips holding each token's row: left to follow the fsdp-split weights,
+    # XLA runs this MLP on the whole batch on every chip and all-reduces the result.
+    by_token = lambda h: sharding.constrain(h, ("batch", None))
+    hidden = by_token(jax.nn.silu(self.fc1(by_token(timestep_features(t, self.freq_dim)))))
+    return by_token(self.fc2(hidden))
 
 
 class LayerRun(nnx.Module):
