@@ -71,18 +71,23 @@ def test_long_sums_accumulate_in_float32():
   np.testing.assert_array_equal(np.asarray(out, np.float32), 4096.0)
 
 
-def test_expert_matmul_bf16_matches_float64_per_expert():
+@pytest.mark.parametrize("tokens", [(5,), (2, 5)])   # [E, C, a] and [E, groups, C, a]
+def test_expert_matmul_bf16_matches_float64_per_expert(tokens):
   rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.bfloat16)          # [E, C, a]
+  x = jnp.asarray(rng.normal(size=(3, *tokens, 8)), jnp.bfloat16)
   w = jnp.asarray(rng.normal(size=(3, 8, 6)), jnp.float32)           # [E, a, b]
   out, vjp = jax.vjp(expert_matmul, x, w)
   d_out = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
   d_x, d_w = vjp(d_out)
   assert out.dtype == d_x.dtype == jnp.bfloat16 and d_w.dtype == jnp.float32
-  x64, w64, g64 = _as_f64(x), _as_f64(w.astype(jnp.bfloat16)), _as_f64(d_out)
+  # float64 references on the token axes flattened to one: [E, T, ·]
+  x64, w64 = _as_f64(x).reshape(3, -1, 8), _as_f64(w.astype(jnp.bfloat16))
+  g64 = _as_f64(d_out).reshape(3, -1, 6)
   for got, want in [(out, x64 @ w64), (d_x, g64 @ w64.transpose(0, 2, 1))]:
-    np.testing.assert_allclose(_as_f64(got), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+    np.testing.assert_allclose(_as_f64(got).reshape(want.shape), want, rtol=1e-2,
+                               atol=1e-2 * np.abs(want).max())
   np.testing.assert_allclose(np.asarray(d_w, np.float64), x64.transpose(0, 2, 1) @ g64,
                              rtol=1e-5, atol=1e-5)
   f32 = expert_matmul(x.astype(jnp.float32), w)
-  np.testing.assert_allclose(np.asarray(f32, np.float64), x64 @ _as_f64(w), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(f32, np.float64).reshape(x64.shape[0], -1, 6),
+                             x64 @ _as_f64(w), rtol=1e-5, atol=1e-5)

@@ -92,18 +92,19 @@ def mixed_precision_dot_general(lhs, rhs, dimension_numbers, precision=None,
 
 
 def expert_matmul(x, w, out_dtype=None):
-  """Per-expert matmuls x [E, C, a] @ w [E, a, b] -> [E, C, b], summed in f32, with the
-  same bf16 backward as the dense layers. The result has `out_dtype`, or else x's dtype."""
+  """Per-expert matmuls x [E, ..., a] @ w [E, a, b] -> [E, ..., b] (one or more token axes
+  after the expert axis), summed in f32, with the same bf16 backward as the dense layers.
+  The result has `out_dtype`, or else x's dtype."""
   out_dtype = jnp.dtype(out_dtype or x.dtype)
   if x.dtype == jnp.float32:
-    return jnp.einsum("ecd,edf->ecf", x, w.astype(x.dtype)).astype(out_dtype)
+    return jnp.einsum("e...d,edf->e...f", x, w.astype(x.dtype)).astype(out_dtype)
   return _mixed_matmul(x, w, out_dtype)
 
 
-# x [(E,) M, K] @ w [(E,) K, N]: matrices, or a stack of them sharing a leading expert axis.
-def _matmul_dims(x, contract_x, contract_w):
-  batch = (0,) if x.ndim == 3 else ()
-  return ((contract_x, contract_w), (batch, batch))
+# x [(E,) tokens..., K] @ w [(E,) K, N]: matrices, or stacks of them sharing a leading
+# expert axis; `batch` is that axis where w has it.
+def _batch_axis(w):
+  return (0,) if w.ndim == 3 else ()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -112,8 +113,9 @@ def _mixed_matmul(x, w, out_dtype):
 
 
 def _mixed_matmul_forward(x, w, out_dtype):
-  k = x.ndim - 1
-  out = jax.lax.dot_general(x, w.astype(x.dtype), _matmul_dims(x, (k,), (k - 1,)),
+  batch = _batch_axis(w)
+  out = jax.lax.dot_general(x, w.astype(x.dtype),
+                            (((x.ndim - 1,), (w.ndim - 2,)), (batch, batch)),
                             preferred_element_type=jnp.float32)
   return out.astype(out_dtype), (x, w)
 
@@ -121,16 +123,19 @@ def _mixed_matmul_forward(x, w, out_dtype):
 def _mixed_matmul_backward(out_dtype, residuals, d_out):
   del out_dtype
   x, w = residuals
-  k = x.ndim - 1
+  batch, k = _batch_axis(w), x.ndim - 1
   d_out = d_out.astype(x.dtype)
-  d_x = jax.lax.dot_general(d_out, w.astype(x.dtype), _matmul_dims(x, (k,), (k,)),
+  d_x = jax.lax.dot_general(d_out, w.astype(x.dtype), (((k,), (w.ndim - 1,)), (batch, batch)),
                             preferred_element_type=jnp.float32)
-  # xᵀ·g contracts the token axis of two row-major operands, a layout XLA:CPU runs below
-  # the f32 rate (210–370 GFLOP/s). Contracting it as two axes ([1, T, ·]) makes XLA copy
-  # xᵀ into row-major form and take its bf16 kernel (520–870 GFLOP/s, docs/benchmarks.md).
-  m = k - 1
-  d_w = jax.lax.dot_general(jnp.expand_dims(x, m), jnp.expand_dims(d_out, m),
-                            _matmul_dims(x, (m, m + 1), (m, m + 1)),
+  tokens = tuple(range(len(batch), k))
+  if len(tokens) == 1:
+    # xᵀ·g contracts the token axis of two row-major operands, a layout XLA:CPU runs below
+    # the f32 rate (210–370 GFLOP/s). Contracting it as two axes ([1, T, ·]) makes XLA
+    # copy xᵀ into row-major form and take its bf16 kernel (520–870 GFLOP/s,
+    # docs/benchmarks.md).
+    x, d_out = jnp.expand_dims(x, k - 1), jnp.expand_dims(d_out, k - 1)
+    tokens = (k - 1, k)
+  d_w = jax.lax.dot_general(x, d_out, ((tokens, tokens), (batch, batch)),
                             preferred_element_type=jnp.float32)
   return d_x.astype(x.dtype), d_w.astype(w.dtype)
 

@@ -375,9 +375,10 @@ def _claim_slots(experts, token_mask, length: int, num_experts: int):
 
 
 def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange, slot_weights=None):
-  """Buffers [E, rows, d] of every expert here -> the experts' outputs [E, rows, d] in
-  `dtype`, through this device's experts (an exchange there and back under a mesh); with
-  `slot_weights` [E, rows], each row's output scaled by its weight."""
+  """Buffers [E, rows..., d] of every expert here (one or more row axes) -> the experts'
+  outputs [E, rows..., d] in `dtype`, through this device's experts (an exchange there and
+  back under a mesh); with `slot_weights` [E, rows...], each row's output scaled by its
+  weight."""
   gate, up, down = expert_weights
   # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
   # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
@@ -446,14 +447,15 @@ def _capacity_einsum_local(x, experts, weights, token_mask, expert_weights,
   # A token picks an expert at most once, so summing over its choices selects that one.
   slot_at = jnp.sum(jnp.where(kept, position[..., None], 0), axis=2)        # [g, n, E]
   dispatch = jnp.any(kept, axis=2)[..., None] & (slot_at[..., None] == jnp.arange(slots))
+  # The buffers stay [E, g, C, d]: merging g and C would copy them whenever XLA lays them
+  # out group-major (as the group-batched dispatch matmul writes them).
   buffers = jnp.einsum("gnd,gnec->egcd", x.astype(dtype).reshape(groups, length, d),
                        dispatch.astype(dtype))
   weight_at = jnp.sum(jnp.where(kept, weights.reshape(groups, length, k, 1), 0.0), axis=2)
   slot_weights = jnp.sum(jnp.where(dispatch, weight_at[..., None], 0.0), axis=1)  # [g, E, C]
-  y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
-                  exchange, slot_weights.transpose(1, 0, 2).reshape(num_experts, -1))
-  out = jnp.einsum("egcd,gnec->gnd", y.reshape(num_experts, groups, slots, d),
-                   dispatch.astype(dtype), preferred_element_type=jnp.float32)
+  y = _expert_ffn(buffers, expert_weights, dtype, exchange, slot_weights.transpose(1, 0, 2))
+  out = jnp.einsum("egcd,gnec->gnd", y, dispatch.astype(dtype),
+                   preferred_element_type=jnp.float32)
   return out.reshape(tokens, d), exchange.total(jnp.sum(kept))
 
 
