@@ -1,10 +1,14 @@
 """Mixed-precision matmuls: bf16 operands, f32 sums, gradients checked in float64."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from mmpretrain.model.layers import expert_matmul, mixed_precision_dot_general
+from mmpretrain.model.layers import (SwiGLU, expert_matmul, mixed_precision_dot_general,
+                                     paired_swiglu)
 
 # (x shape, w shape, contracted axes): a Linear, a head projection, an output projection.
 CASES = [((6, 16), (16, 24), 1), ((6, 16), (16, 3, 8), 1), ((2, 5, 3, 8), (3, 8, 16), 2)]
@@ -91,3 +95,29 @@ def test_expert_matmul_bf16_matches_float64_per_expert(tokens):
   f32 = expert_matmul(x.astype(jnp.float32), w)
   np.testing.assert_allclose(np.asarray(f32, np.float64).reshape(x64.shape[0], -1, 6),
                              x64 @ _as_f64(w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_paired_swiglu_is_each_tokens_own_ffn(dtype):
+  """Values and gradients (input and both FFNs' weights) of the side-by-side form equal
+  running both SwiGLUs and selecting per token."""
+  cfg = types.SimpleNamespace(d_model=8, mlp_dim=12, dtype=dtype, init_std=0.5, num_layers=2)
+  graphdef, state = nnx.split((SwiGLU(cfg, rngs=nnx.Rngs(0)), SwiGLU(cfg, rngs=nnx.Rngs(1))))
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(10, 8)), dtype)
+  is_visual = jnp.asarray(rng.random(10) < 0.5)
+  d_out = jnp.asarray(rng.normal(size=(10, 8)), jnp.float32)
+
+  def selected(state, x):
+    text, visual = nnx.merge(graphdef, state)
+    return jnp.where(is_visual[:, None], visual(x), text(x))
+  def paired(state, x):
+    return paired_swiglu(*nnx.merge(graphdef, state), x, is_visual)
+  def value_and_grads(apply):
+    loss = lambda state, x: jnp.sum(apply(state, x).astype(jnp.float32) * d_out)
+    return apply(state, x), jax.grad(loss, argnums=(0, 1))(state, x)
+  tol = {"float32": 1e-5, "bfloat16": 2e-2}[dtype]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32),
+                                                       np.asarray(b, np.float32),
+                                                       rtol=tol, atol=tol),
+               value_and_grads(paired), value_and_grads(selected))

@@ -235,6 +235,22 @@ class SwiGLU(nnx.Module):
     return self.down(swiglu(self.gate(x), self.up(x)))
 
 
+def paired_swiglu(first: SwiGLU, second: SwiGLU, x, use_second):
+  """Per token, second(x) where `use_second` [T] else first(x), for x [T, d]: the two
+  SwiGLUs run as one with both hidden layers side by side, the one a token does not use
+  zeroed. The FLOPs of running both, but one matmul each way and no select over [T, d]:
+  the cheaper form for narrow FFNs such as an MoE's per-modality shared experts (on the
+  TPU cost model, 1.1 ms less a layer at 352 hidden; at 5,632 the select was cheaper)."""
+  def stacked(name: str, axis: int):
+    return jnp.stack([getattr(ffn, name).kernel[...] for ffn in (first, second)], axis)
+  x = x.astype(first.gate.dtype)
+  gate = mixed_precision_dot_general(x, stacked("gate", 1), (((1,), (0,)), ((), ())))
+  up = mixed_precision_dot_general(x, stacked("up", 1), (((1,), (0,)), ((), ())))
+  keep = jax.nn.one_hot(use_second.astype(jnp.int32), 2, dtype=gate.dtype)[..., None]
+  act = swiglu(gate, up) * keep
+  return mixed_precision_dot_general(act, stacked("down", 0), (((1, 2), (0, 1)), ((), ())))
+
+
 def swiglu(gate, up):
   """silu(gate) · up, computed in f32 and returned in the inputs' dtype: CPUs without bf16
   arithmetic emulate it (the bf16 backward of this product was 54 ms of a 235 ms

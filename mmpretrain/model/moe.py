@@ -527,7 +527,7 @@ class MoE(nnx.Module):
                                              self.capacity_factor, self.capacity_impl)
     if self.shared_visual is not None:
       is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
-      out = out + jnp.where(is_visual[:, None], self.shared_visual(x), self.shared(x))
+      out = out + layers.paired_swiglu(self.shared, self.shared_visual, x, is_visual)
     elif self.shared is not None:
       out = out + self.shared(x)
     stats["drop_rate"] = drop_rate
