@@ -303,6 +303,26 @@ def _gather_rows_backward(readers, g):
 _gather_rows.defvjp(_gather_rows_forward, _gather_rows_backward)
 
 
+@jax.custom_vjp
+def _sum_rows(y, readers, index):
+  """Σ_j y[readers[t, j]] for y [S, d] and readers [T, r], summed in f32 (past the end:
+  zeros), where `index` [S] is the one t whose readers hold each row of y (past the end:
+  none): the transpose of _gather_rows, and its gradient is a gather by `index`."""
+  return _take_rows(y, readers).sum(1, dtype=jnp.float32)
+
+
+def _sum_rows_forward(y, readers, index):
+  return _sum_rows(y, readers, index), (index, jnp.zeros((0,), y.dtype))
+
+
+def _sum_rows_backward(residuals, g):
+  index, like_y = residuals
+  return _take_rows(g.astype(like_y.dtype), index), None, None
+
+
+_sum_rows.defvjp(_sum_rows_forward, _sum_rows_backward)
+
+
 def _permute(x, perm, inverse):
   """x[perm] for a permutation whose inverse is `inverse`."""
   return _gather_rows(x, perm, inverse[:, None])
@@ -425,11 +445,12 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
                       by_slot[jnp.minimum(start + slot, tokens * k - 1)], tokens * k)
   pair_in = pair_in.reshape(-1)
   buffers = _gather_rows(x.astype(dtype), pair_in // k, slot_of)   # empty slots read zeros
+  # Each slot's combine weight scales it inside the expert FFN (empty slots: 0), so the
+  # combine is a plain sum that stays in the compute dtype until its f32 accumulator.
+  slot_weights = _gather_rows(weights.reshape(-1, 1), pair_in, flat_slots[:, None])
   y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
-                  exchange)
-  by_pair = _gather_rows(y.reshape(-1, d), flat_slots, pair_in[:, None])   # dropped: zeros
-  out = jnp.einsum("tkd,tk->td", by_pair.reshape(tokens, k, d).astype(jnp.float32),
-                   weights * kept.reshape(tokens, k))
+                  exchange, slot_weights.reshape(num_experts, groups * slots))
+  out = _sum_rows(y.reshape(-1, d), slot_of, pair_in // k)      # dropped pairs add zeros
   return out, exchange.total(jnp.sum(kept))
 
 
