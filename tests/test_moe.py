@@ -354,3 +354,19 @@ def test_picked_router_weights_equal_take_along_axis_in_value_and_gradient():
   np.testing.assert_array_equal(pick(probs, experts), take(probs, experts))
   np.testing.assert_allclose(jax.grad(loss(pick))(probs), jax.grad(loss(take))(probs),
                              rtol=1e-6)
+
+
+def test_slot_claims_by_sorting_equal_the_one_hot_claims():
+  """The row-gather dispatch's sort-based slot positions and per-expert claims equal the
+  one-hot cumulative count's, with padding tokens claiming nothing."""
+  rng = np.random.default_rng(7)
+  groups, length, k, num_experts = 3, 24, 4, 10
+  experts = jnp.asarray(np.stack([rng.choice(num_experts, k, replace=False)
+                                  for _ in range(groups * length)]), jnp.int32)
+  token_mask = jnp.asarray(rng.random(groups * length) < 0.8)
+  chosen, want = moe_lib._claim_slots(experts, token_mask, length, num_experts)  # pylint: disable=protected-access
+  position, claims = moe_lib._claim_slots_by_sorting(experts, token_mask, length,  # pylint: disable=protected-access
+                                                     num_experts)
+  real = np.asarray(token_mask).reshape(groups, length, 1).repeat(k, 2)
+  np.testing.assert_array_equal(np.asarray(position)[real], np.asarray(want)[real])
+  np.testing.assert_array_equal(claims, np.asarray(chosen).sum(axis=(1, 2)))

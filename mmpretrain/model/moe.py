@@ -394,6 +394,29 @@ def _claim_slots(experts, token_mask, length: int, num_experts: int):
   return chosen, jnp.sum(jnp.where(chosen, claimed - 1, 0), axis=-1)
 
 
+def _claim_slots_by_sorting(experts, token_mask, length: int, num_experts: int):
+  """_claim_slots' positions without its [g, n, k, E] tensor, which grows with the expert
+  count: a stable sort of each group's pairs (choice-major) by expert puts every expert's
+  queue in order, and a pair's position is its distance from the start of its expert's
+  run. experts [T, k] -> (position [g, n, k] int32, claims [g, E] int32: pairs per
+  expert, padding excluded)."""
+  tokens, k = experts.shape
+  groups = tokens // length
+  ids = jnp.where(token_mask[:, None], experts, num_experts)      # padding sorts last
+  ids = ids.reshape(groups, length, k).transpose(0, 2, 1).reshape(groups, k * length)
+  rank = jnp.broadcast_to(jnp.arange(k * length, dtype=jnp.int32), ids.shape)
+  sorted_ids, pair = jax.lax.sort((ids, rank), dimension=1, is_stable=True, num_keys=1)
+  starts_run = jnp.concatenate(
+      [jnp.ones((groups, 1), bool), sorted_ids[:, 1:] != sorted_ids[:, :-1]], axis=1)
+  run_start = jax.lax.cummax(jnp.where(starts_run, rank, 0), axis=1)
+  # Back to pair order by sorting on the pair index: a permutation without a scatter.
+  _, position = jax.lax.sort((pair, rank - run_start), dimension=1, num_keys=1)
+  position = position.reshape(groups, k, length).transpose(0, 2, 1)
+  bounds = jax.vmap(functools.partial(jnp.searchsorted, side="left"), (0, None))(
+      sorted_ids, jnp.arange(num_experts + 1))
+  return position, jnp.diff(bounds, axis=1).astype(jnp.int32)
+
+
 def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange, slot_weights=None):
   """Buffers [E, rows..., d] of every expert here (one or more row axes) -> the experts'
   outputs [E, rows..., d] in `dtype`, through this device's experts (an exchange there and
@@ -426,9 +449,9 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   """
   tokens, k = experts.shape
   groups, d = tokens // length, x.shape[-1]
-  chosen, position = _claim_slots(experts, token_mask, length, num_experts)
+  position, claims = _claim_slots_by_sorting(experts, token_mask, length, num_experts)
   kept = token_mask.reshape(groups, length, 1) & (position < slots)         # [g, n, k]
-  filled = jnp.minimum(jnp.sum(chosen, axis=(1, 2)), slots).T              # [E, g] kept
+  filled = jnp.minimum(claims, slots).T                                    # [E, g] kept
   # The buffer slot of each (token, choice) pair [T, k]; `num_slots` if it was dropped.
   num_slots = num_experts * groups * slots
   group = jnp.arange(groups)[:, None, None]
