@@ -110,6 +110,8 @@ def get_config(arg=None):
   c.model.init_std = 0.02
   c.model.scan_layers = True             # nnx.scan over layers: compile time O(1) in depth
   c.model.remat = "none"                 # none | full | dots | dots_no_batch
+  c.model.remat_keep_attention = True    # remat: keep the chunked attention's output and
+                                         # log-sum-exp ([B, L, d] a layer) for its backward
   c.model.dtype = "float32"              # compute dtype; bfloat16 = mixed precision
   c.model.attention_impl = "auto"        # auto | xla | cudnn | einsum | chunked (model/attention.py)
   c.model.attention_chunk = 512          # chunked: query and key chunk (memory O(L · chunk))

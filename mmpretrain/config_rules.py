@@ -188,6 +188,7 @@ RULES = {
     "model.moe.capacity_group_tokens": Int(0, MAX_SIZE),
     "model.moe.capacity_impl": Choice(("gather", "einsum")),
     "model.moe.remat_keep_hidden": Flag(),
+    "model.remat_keep_attention": Flag(),
     "model.moe.dropless_buffer_factor": Real(0.0, 1024.0),
     "model.moe.first_dense_layers": Int(0, MAX_COUNT),
     "model.moe.every_n_layers": COUNT,

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmpretrain.model import attention
+from mmpretrain.model import attention, chunked_attention
 from mmpretrain.model.masks import attention_mask, key_ranges
+from mmpretrain.model.transformer import remat_policy
 
 B, L, HEADS, DIM = 2, 24, 4, 8
 
@@ -115,4 +116,25 @@ def test_chunked_skips_key_chunks_no_query_sees_and_stays_exact_on_long_packed_r
   want = _reference(*(np.asarray(a, np.float64) for a in (q, k, v)),
                     np.asarray(attention_mask(segment, block)), np.asarray(d_out, np.float64))
   for name, g, w in zip(["out", "d_q", "d_k", "d_v"], [out, *vjp(d_out)], want):
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_remat_keeps_the_chunked_kernels_residuals_rather_than_running_it_again(keep):
+  """Under a remat policy the kernel's backward needs its forward's output and
+  log-sum-exp: kept by name (model.remat_keep_attention), the backward pass runs no second
+  forward (the forward's two loops and the backward's one, not five), with the same
+  gradients against float64."""
+  q, k, v, _ = _inputs(2, jnp.float32, seed=4)
+  names = (chunked_attention.RESIDUALS,) if keep else ()
+  attend = jax.checkpoint(lambda *a: attention.attend(*a, _visible("chunked"), "chunked", 8),
+                          policy=remat_policy("dots_no_batch", names))
+  # Squared, so the backward reads the output, as the rest of a layer does.
+  grads = jax.grad(lambda *a: jnp.sum(jnp.square(attend(*a))) / 2, argnums=(0, 1, 2))
+  assert str(jax.make_jaxpr(grads)(q, k, v)).count("while[") == (3 if keep else 5)
+  q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
+  mask = np.asarray(attention_mask(*_ids()))
+  out = _reference(q64, k64, v64, mask, np.zeros(q.shape))[0]
+  want = _reference(q64, k64, v64, mask, out)[1:]
+  for name, g, w in zip(["d_q", "d_k", "d_v"], grads(q, k, v), want):
     np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-4, atol=1e-5, err_msg=name)

@@ -17,7 +17,7 @@ from flax import nnx
 from mmpretrain import sharding
 from mmpretrain.config_rules import REMAT_POLICIES
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
-from mmpretrain.model import attention, layers
+from mmpretrain.model import attention, chunked_attention, layers
 from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
 from mmpretrain.model.moe import EXPERT_HIDDEN, TOKEN_KINDS, MoE, RouterBias
@@ -36,9 +36,12 @@ def remat_policy(name: str, keep: tuple[str, ...] = ()):
 
 
 def model_remat_policy(cfg):
-  """model.remat's policy, keeping the routed experts' hidden activations where
-  model.moe.remat_keep_hidden asks."""
+  """model.remat's policy, keeping the chunked attention's residuals and the routed
+  experts' hidden activations where model.remat_keep_attention and
+  model.moe.remat_keep_hidden ask."""
   keep = (EXPERT_HIDDEN,) if cfg.moe.num_experts and cfg.moe.remat_keep_hidden else ()
+  if cfg.remat_keep_attention:
+    keep += (chunked_attention.RESIDUALS,)
   return remat_policy(cfg.remat, keep)
 
 

@@ -11,8 +11,8 @@ XLA's cost analysis counts a loop body once, so a scanned step under-reports. Th
 comes from two small unrolled compiles instead: one and two layers give the cost of the
 step outside the layers and of one layer, and the estimate is outside + layers × one; a
 stack of dense and MoE layers adds a dense + MoE pair for the other kind (estimated_cost).
-The chunked attention's loops are costed apart, as the blocks of dense attention they
-compute (chunked_attention_correction).
+The chunked attention's loops are costed apart, as the kernel's blocks they run
+(chunked_attention_correction).
 """
 import copy
 import importlib.util
@@ -30,9 +30,9 @@ from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.synthetic import interleaved_batch
 from mmpretrain.generate import sample
 from mmpretrain.model import attention, moe
-from mmpretrain.model.chunked_attention import chunk_bounds, pad_ranges
+from mmpretrain.model.chunked_attention import KeyRanges, chunk_bounds, pad_ranges
 from mmpretrain.model.masks import key_ranges
-from mmpretrain.model.transformer import is_moe_layer, remat_policy
+from mmpretrain.model.transformer import is_moe_layer, model_remat_policy
 from mmpretrain.run import Run
 from mmpretrain.scaling.flops import train_flops_per_token
 from mmpretrain.tokenizers.visual import patch_dim, row_spec
@@ -206,9 +206,11 @@ def unrolled(config, layers: int, dense_layers: int | None = None):
   return small
 
 
-def dense_attention_cost(config, devices, length: int) -> dict:
-  """Cost analysis of one layer's dense (`xla`) attention at `length` tokens, forward and
-  backward under the config's remat policy, on one chip's share of the rows and heads."""
+def attention_cost(config, devices, impl: str, length: int, chunk: int | None = None) -> dict:
+  """Cost analysis of one layer's attention at `length` tokens (`impl`: `xla`, or `chunked`
+  in chunks of `chunk`, whose loops the analysis counts once) on one chip's share of the
+  rows and heads, run as a layer runs it: its output read by the rest of the step, its
+  backward under the layer's remat policy (which may run its forward again)."""
   m = config.model
   mesh = sharding.make_mesh(config.mesh, devices)
   def local(heads: int) -> tuple:
@@ -217,18 +219,21 @@ def dense_attention_cost(config, devices, length: int) -> dict:
                                                         config.mesh.rules, mesh, shape))
     return where.shard_shape(shape)
   q_shape, kv_shape = local(m.num_heads), local(m.num_kv_heads)
-  dtype = jnp.dtype(m.dtype)
-  def loss(q, k, v, mask):
-    out = attention.attend(q, k, v, mask, "xla")
-    return jnp.sum(out.astype(jnp.float32))
-  policy = remat_policy(m.remat)
+  rows = q_shape[0]
+  def attend(q, k, v, start, end, mask):
+    visible = KeyRanges(start, end) if impl == "chunked" else mask
+    return attention.attend(q, k, v, visible, impl, chunk or length)
+  policy = model_remat_policy(m)
   if policy is not None:
-    loss = jax.checkpoint(loss, policy=policy)
+    attend = jax.checkpoint(attend, policy=policy)
+  def loss(*args):            # squared, so the backward needs the forward's output
+    return jnp.sum(jnp.square(attend(*args).astype(jnp.float32)))
   one_chip = SingleDeviceSharding(devices[0])
-  args = [jax.ShapeDtypeStruct(shape, dtype, sharding=one_chip)
-          for shape in (q_shape, kv_shape, kv_shape)]
-  args.append(jax.ShapeDtypeStruct((q_shape[0], 1, length, length), jnp.bool_,
-                                   sharding=one_chip))
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one_chip)
+  dtype = jnp.dtype(m.dtype)
+  args = [spec(q_shape, dtype), spec(kv_shape, dtype), spec(kv_shape, dtype),
+          spec((rows, length), jnp.int32), spec((rows, length), jnp.int32),
+          spec((rows, 1, length, length) if impl == "xla" else (), jnp.bool_)]
   return _cost(jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile())
 
 
@@ -242,14 +247,23 @@ def chunk_pairs(row: dict, chunk: int) -> int:
 def chunked_attention_correction(config, devices) -> dict:
   """Per layer, what the chunked kernel costs beyond the dense attention the unrolled
   compiles hold. Its loops run one c×c block of scores for each (query chunk, key chunk)
-  pair that some query of the chunk can see (c = model.attention_chunk); the pairs are
-  counted on the typical row, and each is costed as a dense attention of c tokens."""
+  pair that some query of the chunk can see (c = model.attention_chunk; the pairs counted
+  on the typical row), around work in proportion to the row's length (layouts, the
+  softmax backward's row sums). The analysis counts a loop body once: the kernel over a
+  whole row holds all of the latter and one block, the kernel over one chunk a chunk's
+  share of the latter and one block, and the difference splits them."""
   spec = row_spec(config)
   chunk = min(config.model.attention_chunk, spec.seq_len)
   pairs = chunk_pairs(typical_row(config, spec), chunk)
-  dense = dense_attention_cost(config, devices, spec.seq_len)
-  block = dense_attention_cost(config, devices, chunk)
-  return {key: pairs * block[key] - dense[key] for key in ("flops", "optimal_seconds")}
+  dense = attention_cost(config, devices, "xla", spec.seq_len)
+  row = attention_cost(config, devices, "chunked", spec.seq_len, chunk)
+  if chunk == spec.seq_len:                   # one block: each loop runs once
+    return {key: row[key] - dense[key] for key in ("flops", "optimal_seconds")}
+  one = attention_cost(config, devices, "chunked", chunk, chunk)
+  def kernel(key):
+    per_chunk = (row[key] - one[key]) / (spec.seq_len / chunk - 1)
+    return row[key] + (pairs - 1) * (one[key] - per_chunk)
+  return {key: kernel(key) - dense[key] for key in ("flops", "optimal_seconds")}
 
 
 def layer_extrapolation(config, cost_of) -> dict:
