@@ -159,14 +159,16 @@ def _backward(chunk, residuals, d_out):
       j, d_q, d_k, d_v = state
       k_j, v_j = _key_chunk(k, j, chunk), _key_chunk(v, j, chunk)
       scores = _dot(_SCORES, q_i, k_j) * scale
+      # In the compute dtype as the scores' matmul writes them: the two passes below read
+      # half the bytes (dS is rounded to it as well before its matmuls).
       probs = jnp.where(_visible(start_i, end_i, j, chunk),
-                        jnp.exp(scores - lse_i[..., None]), 0.0)
+                        jnp.exp(scores - lse_i[..., None]), 0.0).astype(q.dtype)
       d_probs = _dot(_SCORES, d_out_i, v_j)
       d_scores = (probs * (d_probs - row_i[..., None]) * scale).astype(q.dtype)
       add = lambda acc, g: jax.lax.dynamic_update_slice_in_dim(
           acc, _key_chunk(acc, j, chunk) + g, j * chunk, axis=2)
       d_k = add(d_k, _dot("bnts,bntd->bnsd", d_scores, q_i))
-      d_v = add(d_v, _dot("bnts,bntd->bnsd", probs.astype(q.dtype), d_out_i))
+      d_v = add(d_v, _dot("bnts,bntd->bnsd", probs, d_out_i))
       return j + 1, d_q + _dot(_MIX, d_scores, k_j), d_k, d_v
     init = (j0, jnp.zeros(q_i.shape, jnp.float32), *grads)
     _, d_q, d_k, d_v = jax.lax.while_loop(lambda s: s[0] < j1, key_step, init)
