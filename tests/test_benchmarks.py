@@ -21,6 +21,8 @@ SCRIPTS = {
         "moe_fine_max_load_over_mean"},
     "attention.py": {"xla_temp_bytes", "chunked_temp_bytes", "chunked_over_xla_temp", "xla_ms",
                      "chunked_ms"},
+    "attention_tpu.py": {"pairs", "block_ms", "kernel_ms", "dense_ms", "matmul_ms",
+                         "kernel_vs_dense", "kernel_vs_matmul"},
     "moe_layer.py": {"dense_ms", "moe_ms", "moe_vs_dense", "moe_fine_vs_dense"},
     "moe_tpu.py": {"capacity_einsum_ms", "capacity_ms", "capacity_expert_axis_ms",
                    "dropless_expert_axis_ms", "dense_ms", "routed_matmul_ms",
@@ -55,14 +57,15 @@ def test_every_benchmark_script_has_a_smoke_run():
 
 
 # The MoE overhead and encoder smokes (~25 s each) run with make test-slow, and so does
-# the TPU compile of moe_tpu.py (skipped without libtpu: make install-tpu).
+# the TPU compiles of moe_tpu.py and attention_tpu.py (skipped without libtpu: make
+# install-tpu).
 SLOW_SMOKES = ("moe_overhead.py", "encoder.py --config=configs/demo.py")
 NEEDS_LIBTPU = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="no libtpu: make install-tpu")
 
 
 def marks(command: str) -> list:
-  if command == "moe_tpu.py":
+  if command in ("moe_tpu.py", "attention_tpu.py"):
     return [pytest.mark.slow, NEEDS_LIBTPU]
   return [pytest.mark.slow] if command in SLOW_SMOKES else []
 

@@ -206,19 +206,23 @@ def unrolled(config, layers: int, dense_layers: int | None = None):
   return small
 
 
+def attention_shard_shape(config, devices, length: int, heads: int) -> tuple:
+  """One chip's share [rows, length, heads, head_dim] of a layer's queries (or keys)."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  shape = (config.data.batch_size, length, heads, config.model.head_dim)
+  where = NamedSharding(mesh, sharding.partition_spec(("batch", None, "heads", None),
+                                                      config.mesh.rules, mesh, shape))
+  return where.shard_shape(shape)
+
+
 def attention_cost(config, devices, impl: str, length: int, chunk: int | None = None) -> dict:
   """Cost analysis of one layer's attention at `length` tokens (`impl`: `xla`, or `chunked`
   in chunks of `chunk`, whose loops the analysis counts once) on one chip's share of the
   rows and heads, run as a layer runs it: its output read by the rest of the step, its
   backward under the layer's remat policy (which may run its forward again)."""
   m = config.model
-  mesh = sharding.make_mesh(config.mesh, devices)
-  def local(heads: int) -> tuple:
-    shape = (config.data.batch_size, length, heads, m.head_dim)
-    where = NamedSharding(mesh, sharding.partition_spec(("batch", None, "heads", None),
-                                                        config.mesh.rules, mesh, shape))
-    return where.shard_shape(shape)
-  q_shape, kv_shape = local(m.num_heads), local(m.num_kv_heads)
+  q_shape = attention_shard_shape(config, devices, length, m.num_heads)
+  kv_shape = attention_shard_shape(config, devices, length, m.num_kv_heads)
   rows = q_shape[0]
   def attend(q, k, v, start, end, mask):
     visible = KeyRanges(start, end) if impl == "chunked" else mask
@@ -244,26 +248,37 @@ def chunk_pairs(row: dict, chunk: int) -> int:
   return int(np.sum(np.asarray(last) - np.asarray(first)))
 
 
-def chunked_attention_correction(config, devices) -> dict:
-  """Per layer, what the chunked kernel costs beyond the dense attention the unrolled
-  compiles hold. Its loops run one c×c block of scores for each (query chunk, key chunk)
-  pair that some query of the chunk can see (c = model.attention_chunk; the pairs counted
-  on the typical row), around work in proportion to the row's length (layouts, the
-  softmax backward's row sums). The analysis counts a loop body once: the kernel over a
-  whole row holds all of the latter and one block, the kernel over one chunk a chunk's
-  share of the latter and one block, and the difference splits them."""
+def chunked_attention_kernel_cost(config, devices) -> dict:
+  """Per layer and chip, what the chunked kernel costs (`flops`, `optimal_seconds`) on the
+  config's typical row, with the `pairs` of chunks it computes and its `block`'s cost.
+  Its loops run one c×c block of scores for each (query chunk, key chunk) pair that some
+  query of the chunk can see (c = model.attention_chunk), around work in proportion to
+  the row's length (layouts, the softmax backward's row sums). The analysis counts a loop
+  body once: the kernel over a whole row holds all of the latter and one block, the
+  kernel over one chunk a chunk's share of the latter and one block, and the difference
+  splits them."""
   spec = row_spec(config)
   chunk = min(config.model.attention_chunk, spec.seq_len)
   pairs = chunk_pairs(typical_row(config, spec), chunk)
-  dense = attention_cost(config, devices, "xla", spec.seq_len)
   row = attention_cost(config, devices, "chunked", spec.seq_len, chunk)
   if chunk == spec.seq_len:                   # one block: each loop runs once
-    return {key: row[key] - dense[key] for key in ("flops", "optimal_seconds")}
+    return {"flops": row["flops"], "optimal_seconds": row["optimal_seconds"], "pairs": 1,
+            "block_seconds": row["optimal_seconds"]}
   one = attention_cost(config, devices, "chunked", chunk, chunk)
-  def kernel(key):
-    per_chunk = (row[key] - one[key]) / (spec.seq_len / chunk - 1)
-    return row[key] + (pairs - 1) * (one[key] - per_chunk)
-  return {key: kernel(key) - dense[key] for key in ("flops", "optimal_seconds")}
+  per_chunk = {key: (row[key] - one[key]) / (spec.seq_len / chunk - 1)
+               for key in ("flops", "optimal_seconds")}
+  cost = {key: row[key] + (pairs - 1) * (one[key] - per_chunk[key])
+          for key in ("flops", "optimal_seconds")}
+  return {**cost, "pairs": pairs,
+          "block_seconds": one["optimal_seconds"] - per_chunk["optimal_seconds"]}
+
+
+def chunked_attention_correction(config, devices) -> dict:
+  """Per layer, what the chunked kernel costs beyond the dense attention the unrolled
+  compiles hold."""
+  kernel = chunked_attention_kernel_cost(config, devices)
+  dense = attention_cost(config, devices, "xla", row_spec(config).seq_len)
+  return {key: kernel[key] - dense[key] for key in ("flops", "optimal_seconds")}
 
 
 def layer_extrapolation(config, cost_of) -> dict:
