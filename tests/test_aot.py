@@ -138,6 +138,25 @@ def test_the_layer_extrapolated_cost_equals_the_fully_unrolled_compile():
   assert report["sampler_fits"] and report["sampler_rows"] == config.data.batch_size
 
 
+@tpu_compile
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_chunked_kernels_cost_swaps_in_like_the_kernel_compiled_in_the_layers(keep):
+  # With one chunk a row each of the kernel's loops runs once, so a step that holds it
+  # unrolled is costed right. The estimate holds dense attention in the layers and swaps
+  # in the kernel's cost apart, both compiled as a layer runs them (under remat, with its
+  # residuals kept or its forward run again): the two must agree.
+  config = aot.for_platform(small_config(scan_layers=True, remat="dots_no_batch",
+                                         remat_keep_attention=keep), "tpu")
+  config.model.attention_chunk = config.data.seq_len
+  _, devices = aot.abstract_devices("v5p-8")
+  estimate = aot.estimated_cost(config, devices)
+  whole = config.copy_and_resolve_references()
+  whole.model.scan_layers = False
+  unrolled = aot.step_cost(whole, devices)
+  assert estimate["optimal_seconds"] == pytest.approx(unrolled["optimal_seconds"], rel=0.03)
+  assert estimate["flops"] == pytest.approx(unrolled["flops"], rel=0.02)
+
+
 def run_compile(*args):
   return subprocess.run([sys.executable, "-m", "mmpretrain.cli", "compile", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600, check=False)
