@@ -65,7 +65,8 @@ def layer_cost(config, devices, dense: bool) -> float:
       module = nnx.merge(graphdef, state)
       out = module(x) if dense else module(x, kinds, rows)[0]
     return jnp.sum(out.astype(jnp.float32))
-  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(state, x, kinds).compile()
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(state, x, kinds).compile(
+      compiler_options=aot.cost_options(devices))
   return aot._cost(compiled)["optimal_seconds"]   # pylint: disable=protected-access
 
 
