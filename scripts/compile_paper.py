@@ -87,7 +87,7 @@ with `mmpretrain compile` for the topology it names, on a CPU machine with libtp
 Memory is the compiled step's per-chip total (arguments + outputs + temporaries − donated)
 against the chip's HBM (v5p: 95 GiB); the step time and MFU are the TPU cost model's
 (docs/tpu.md says how they are estimated: the chunked attention's loops are costed as
-their (query chunk, key chunk) blocks of dense attention). MFU counts model FLOPs as
+the kernel's blocks, and every matmul whole, not as XLA's windowed loops). MFU counts model FLOPs as
 6·N_active per token plus 12·layers·heads·head_dim·seq_len for attention (PaLM's
 convention). An IsoFLOP grid's row is its widest model.
 
