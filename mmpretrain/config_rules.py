@@ -13,6 +13,7 @@ MAX_SIZE = 2**24             # tokens in a row, rows in a batch, hidden units, v
 MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, images in an eval
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked")    # model/attention.py
+MODALITY_FFN_IMPLS = ("auto", "select", "grouped")                  # model/modality_ffn.py
 GENERATIVE_EVALS = ("caption_accuracy", "generation", "world_model")  # train/evaluate.py
 # model.remat: which activations of a layer the backward pass keeps (the rest it
 # recomputes), as the jax.checkpoint_policies member that says so; "none" keeps everything.
@@ -161,6 +162,7 @@ RULES = {
     "model.head_dim": Int(2, MAX_COUNT),
     "model.mlp_dim": WIDTH,
     "model.modality_ffn": Flag(),
+    "model.modality_ffn_impl": Choice(MODALITY_FFN_IMPLS),
     "model.qk_norm": Flag(),
     "model.rope_theta": Real(1.0, 1e9, open="lo"),
     "model.norm_eps": Real(0.0, 1.0, open="lo"),

@@ -31,7 +31,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from mmpretrain import sharding
-from mmpretrain.model import layers
+from mmpretrain.model import layers, row_ops
 
 
 # The routed experts' gate/up outputs, by name for the remat policy
@@ -251,10 +251,11 @@ class _Exchange:
 
     def send_back(y):
       return self._ragged_all_to_all(
-          _permute(y, from_expert, by_expert), jnp.zeros((rows.shape[0], y.shape[1]), y.dtype),
+          row_ops.permute(y, from_expert, by_expert),
+          jnp.zeros((rows.shape[0], y.shape[1]), y.dtype),
           _exclusive_cumsum(received), received, _exclusive_cumsum(wanted, axis=1)[:, me],
           fit[me])
-    return (_permute(arrived, by_expert, from_expert), fit_by_expert[:, me].sum(0),
+    return (row_ops.permute(arrived, by_expert, from_expert), fit_by_expert[:, me].sum(0),
             found_room, send_back)
 
   def _ragged_all_to_all(self, operand, output, send_from, send_sizes, lands_at, recv_sizes):
@@ -267,65 +268,6 @@ class _Exchange:
 
 def _exclusive_cumsum(x, axis: int = 0):
   return jnp.cumsum(x, axis=axis) - x
-
-
-@jax.custom_vjp
-def _gather_rows(x, index, readers):
-  """x[index] for x [N, d] (an index past the end reads zeros), where `readers` [N, r]
-  lists the result rows that read each row of x (past the end: none). The gradient is
-  then a gather too, Σ_j g[readers[i, j]], where autodiff would scatter-add: slower on
-  TPU, and costed as negative time by its cost model."""
-  return _take_rows(x, index)
-
-
-# TPU tiles an array's last two dims (e.g. 16×128 for bf16), so a gather of [N, d] rows
-# reads whole tiles, 16 rows for each row it wants; rows seen as [N, d/128, 128] are
-# tiles of their own (the TPU cost model prices a 2048-wide row gather 2.7× cheaper).
-_LANES = 128
-
-
-def _take_rows(x, index):
-  """x[index] over the first axis of x [N, d], reading zeros past the end."""
-  n, d = x.shape[0], x.shape[-1]
-  tiled = x.reshape(n, d // _LANES, _LANES) if d % _LANES == 0 else x
-  rows = jnp.take(tiled, index, axis=0, mode="fill", fill_value=0)
-  return rows.reshape(*index.shape, d)
-
-
-def _gather_rows_forward(x, index, readers):
-  return _gather_rows(x, index, readers), readers
-
-
-def _gather_rows_backward(readers, g):
-  return _take_rows(g, readers).sum(1), None, None
-
-
-_gather_rows.defvjp(_gather_rows_forward, _gather_rows_backward)
-
-
-@jax.custom_vjp
-def _sum_rows(y, readers, index):
-  """Σ_j y[readers[t, j]] for y [S, d] and readers [T, r], summed in f32 (past the end:
-  zeros), where `index` [S] is the one t whose readers hold each row of y (past the end:
-  none): the transpose of _gather_rows, and its gradient is a gather by `index`."""
-  return _take_rows(y, readers).sum(1, dtype=jnp.float32)
-
-
-def _sum_rows_forward(y, readers, index):
-  return _sum_rows(y, readers, index), (index, jnp.zeros((0,), y.dtype))
-
-
-def _sum_rows_backward(residuals, g):
-  index, like_y = residuals
-  return _take_rows(g.astype(like_y.dtype), index), None, None
-
-
-_sum_rows.defvjp(_sum_rows_forward, _sum_rows_backward)
-
-
-def _permute(x, perm, inverse):
-  """x[perm] for a permutation whose inverse is `inverse`."""
-  return _gather_rows(x, perm, inverse[:, None])
 
 
 def padded_ragged_all_to_all(operand, output, send_from, send_sizes, lands_at, recv_sizes,
@@ -361,7 +303,7 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
   buffer_rows = shards * tokens * k
   if buffer_factor:
     buffer_rows = min(buffer_rows, math.ceil(buffer_factor * tokens * k))
-  pairs = _gather_rows(x.astype(dtype), order // k, by_pair.reshape(tokens, k))
+  pairs = row_ops.gather_rows(x.astype(dtype), order // k, by_pair.reshape(tokens, k))
   rows, group_sizes, found_room, send_back = exchange.to_expert_rows(
       pairs, sizes, gate.shape[0], buffer_rows)
   def grouped(a, w, out_dtype):
@@ -373,7 +315,7 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
   y = grouped(layers.swiglu(h[:, :hidden], h[:, hidden:]), exchange.full_width(down, 2),
               jnp.float32)
   y = send_back(exchange.sum_mlp_parts(y).astype(dtype))
-  by_token = _permute(y, by_pair, order).reshape(tokens, k, -1).astype(jnp.float32)
+  by_token = row_ops.permute(y, by_pair, order).reshape(tokens, k, -1).astype(jnp.float32)
   out = jnp.einsum("tkd,tk->td", by_token, weights * token_mask[:, None])
   ran = jnp.sum(found_room & jnp.repeat(token_mask, k)[order])
   return out, exchange.total(ran)
@@ -467,13 +409,13 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   pair_in = jnp.where(slot < filled[..., None],
                       by_slot[jnp.minimum(start + slot, tokens * k - 1)], tokens * k)
   pair_in = pair_in.reshape(-1)
-  buffers = _gather_rows(x.astype(dtype), pair_in // k, slot_of)   # empty slots read zeros
+  buffers = row_ops.gather_rows(x.astype(dtype), pair_in // k, slot_of)   # empty slots read zeros
   # Each slot's combine weight scales it inside the expert FFN (empty slots: 0), so the
   # combine is a plain sum that stays in the compute dtype until its f32 accumulator.
-  slot_weights = _gather_rows(weights.reshape(-1, 1), pair_in, flat_slots[:, None])
+  slot_weights = row_ops.gather_rows(weights.reshape(-1, 1), pair_in, flat_slots[:, None])
   y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
                   exchange, slot_weights.reshape(num_experts, groups * slots))
-  out = _sum_rows(y.reshape(-1, d), slot_of, pair_in // k)      # dropped pairs add zeros
+  out = row_ops.sum_rows(y.reshape(-1, d), slot_of, pair_in // k)      # dropped pairs add zeros
   return out, exchange.total(jnp.sum(kept))
 
 

@@ -17,7 +17,7 @@ from flax import nnx
 from mmpretrain import sharding
 from mmpretrain.config_rules import REMAT_POLICIES
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
-from mmpretrain.model import attention, chunked_attention, layers
+from mmpretrain.model import attention, chunked_attention, layers, modality_ffn
 from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
 from mmpretrain.model.moe import EXPERT_HIDDEN, TOKEN_KINDS, MoE, RouterBias
@@ -38,8 +38,11 @@ def remat_policy(name: str, keep: tuple[str, ...] = ()):
 def model_remat_policy(cfg):
   """model.remat's policy, keeping the chunked attention's residuals and the routed
   experts' hidden activations where model.remat_keep_attention and
-  model.moe.remat_keep_hidden ask."""
+  model.moe.remat_keep_hidden ask, and the grouped modality FFNs' matmul outputs where
+  it keeps other matmuls' outputs."""
   keep = (EXPERT_HIDDEN,) if cfg.moe.num_experts and cfg.moe.remat_keep_hidden else ()
+  if cfg.remat in ("dots", "dots_no_batch"):
+    keep += (modality_ffn.GROUPED_HIDDEN,)
   if cfg.remat_keep_attention:
     keep += (chunked_attention.RESIDUALS,)
   return remat_policy(cfg.remat, keep)
@@ -113,6 +116,7 @@ class DecoderBlock(nnx.Module):
                        if twins else None)
     if twins:
       layers.mark_used_by(self.ffn, layers.TEXT)
+    self.modality_ffn_impl = cfg.modality_ffn_impl
 
   def __call__(self, x, positions, mask, token_kind):
     x = x + self.attn(self.attn_norm(x), positions, mask)
@@ -121,10 +125,13 @@ class DecoderBlock(nnx.Module):
   def decode(self, x, positions, mask, token_kind, cache, index):
     """The block on a chunk of new tokens with a KV cache (see Attention.decode)."""
     attended, cache = self.attn.decode(self.attn_norm(x), positions, mask, cache, index)
-    x, _ = self._ffn(x + attended, token_kind, rows=positions.shape[0])
+    # A sampler's steps hold the weights whole and split their rows over the chips outside
+    # any activation rules: sorting tokens by modality would gather them across chips.
+    x, _ = self._ffn(x + attended, token_kind, rows=positions.shape[0],
+                     modality_ffn_impl="select")
     return x, cache
 
-  def _ffn(self, x, token_kind, rows: int):
+  def _ffn(self, x, token_kind, rows: int, modality_ffn_impl: str | None = None):
     h = self.ffn_norm(x)
     stats = {}
     if isinstance(self.ffn, MoE):
@@ -132,10 +139,9 @@ class DecoderBlock(nnx.Module):
     elif self.vision_ffn is None:
       out = self.ffn(h)
     else:
-      # Both FFNs run on every token and the result is selected: simple and exact; an
-      # ablation-only cost (2× FFN FLOPs) that MoE dispatch replaces at scale.
       is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
-      out = jnp.where(is_visual[..., None], self.vision_ffn(h), self.ffn(h))
+      out = modality_ffn.apply(self.ffn, self.vision_ffn, h, is_visual,
+                               modality_ffn_impl or self.modality_ffn_impl)
     return sharding.constrain(x + out, ("batch", None)), stats
 
 

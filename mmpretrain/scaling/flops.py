@@ -8,10 +8,11 @@ one of the two FFNs of a modality-FFN layer, the LM head for text tokens and the
 per (query, key) pair that the block-causal mask lets a query attend.
 
 Executed FLOPs are what this implementation's train step runs, to check the count against
-XLA's cost analysis of the compiled step: every slot (padding too) goes through both heads,
-both FFNs of a modality-FFN layer and both shared experts of a per-modality MoE, capacity
-dispatch runs capacity_factor·k expert slots per token, attention is the dense L×L kernel,
-and remat recomputes the forward of the layers it wraps.
+XLA's cost analysis of the compiled step on CPU: every slot (padding too) goes through both
+heads, both FFNs of a modality-FFN layer (its CPU form, `model.modality_ffn_impl=select`)
+and both shared experts of a per-modality MoE, capacity dispatch runs capacity_factor·k
+expert slots per token, attention is the dense L×L kernel, and remat recomputes the
+forward of the layers it wraps.
 """
 import dataclasses
 

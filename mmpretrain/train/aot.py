@@ -29,7 +29,7 @@ from mmpretrain.hardware import CHIPS
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.synthetic import interleaved_batch
 from mmpretrain.generate import sample
-from mmpretrain.model import attention, moe
+from mmpretrain.model import attention, modality_ffn, moe
 from mmpretrain.model.chunked_attention import KeyRanges, chunk_bounds, pad_ranges
 from mmpretrain.model.masks import key_ranges
 from mmpretrain.model.transformer import is_moe_layer, model_remat_policy
@@ -89,11 +89,13 @@ def abstract_devices(topology: str, num_slices: int = 1) -> tuple[str, list]:
 
 
 def for_platform(config, platform: str):
-  """A copy of `config` whose `auto` choices (attention kernel, MoE dispatch) are those of
-  `platform`, not of the machine compiling it."""
+  """A copy of `config` whose `auto` choices (attention kernel, MoE dispatch, modality
+  FFNs) are those of `platform`, not of the machine compiling it."""
   config = copy.deepcopy(config)
   config.model.attention_impl = attention.resolve(config.model.attention_impl, platform)
   config.model.moe.dispatch = moe.resolve_dispatch(config.model.moe.dispatch, platform)
+  config.model.modality_ffn_impl = modality_ffn.resolve(config.model.modality_ffn_impl,
+                                                        platform)
   return config
 
 
