@@ -89,8 +89,10 @@ def test_auto_choices_follow_the_target_platform():
   c = small_config(attention_impl="auto")
   c.model.moe.dispatch = "auto"
   tpu = aot.for_platform(c, "tpu")
-  assert (tpu.model.attention_impl, tpu.model.moe.dispatch) == ("chunked", "capacity")
-  assert aot.for_platform(c, "cpu").model.attention_impl == "einsum"
+  assert (tpu.model.attention_impl, tpu.model.moe.dispatch, tpu.model.modality_ffn_impl) == (
+      "chunked", "capacity", "grouped")
+  cpu = aot.for_platform(c, "cpu")
+  assert (cpu.model.attention_impl, cpu.model.modality_ffn_impl) == ("einsum", "select")
 
 
 @tpu_compile
