@@ -87,9 +87,9 @@ def test_grouped_over_an_fsdp_and_tensor_mesh_equals_one_device():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_groups_on_accelerators_and_selects_on_cpu():
+def test_auto_groups_on_tpu_and_selects_elsewhere():
   assert modality_ffn.resolve("auto", "tpu") == "grouped"
-  assert modality_ffn.resolve("auto", "gpu") == "grouped"
+  assert modality_ffn.resolve("auto", "gpu") == "select"
   assert modality_ffn.resolve("auto", "cpu") == "select"
   with pytest.raises(ValueError, match="modality_ffn_impl"):
     modality_ffn.resolve("both")

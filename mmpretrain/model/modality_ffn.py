@@ -2,13 +2,14 @@
 SwiGLU, each token through the one of its modality.
 
 `model.modality_ffn_impl` says how:
-  select — both FFNs on every token and the token's own output picked: twice the FFN FLOPs,
-      and the fastest form where grouped matmuls run as a loop (CPU).
+  select — both FFNs on every token and the token's own output picked: twice the FFN
+      FLOPs, but no sort and no grouped matmuls.
   grouped — each device's tokens sorted by modality (text first, each run in token order),
       both FFNs as grouped matmuls (jax.lax.ragged_dot) over the two runs, and the rows put
       back in order. One FFN's FLOPs forward and for the input gradient; XLA's TPU lowering
       of the weights' gradient still runs every token against both FFNs' weights.
-  auto — grouped on TPU and GPU, select on CPU.
+  auto — grouped on TPU; select elsewhere (XLA:CPU runs a grouped matmul as a loop, and
+      XLA:GPU by default as a dense matmul over every group, zero-padded).
 Both are exact: they differ only in floating-point summation order.
 """
 import math
@@ -31,7 +32,7 @@ def resolve(impl: str, platform: str | None = None) -> str:
   if impl not in MODALITY_FFN_IMPLS:
     raise ValueError(f"model.modality_ffn_impl={impl!r}: pick one of {MODALITY_FFN_IMPLS}")
   if impl == "auto":
-    return "select" if (platform or jax.default_backend()) == "cpu" else "grouped"
+    return "grouped" if (platform or jax.default_backend()) == "tpu" else "select"
   return impl
 
 
