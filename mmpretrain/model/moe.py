@@ -200,13 +200,22 @@ class _Exchange:
     self.expert, self.embed, self.mlp, self.batch = expert, embed, mlp, batch
     self.platform = platform
 
-  def to_experts(self, buffers):      # [E, g·C, d] -> [E/ep, ep·g·C, d]
-    return (jax.lax.all_to_all(buffers, self.expert, 0, 1, tiled=True)
-            if self.expert else buffers)
+  def to_experts(self, buffers):      # [E, rows..., d] -> [E/ep, ep, rows..., d]
+    # Received source-major (the all-to-all splits and concatenates the leading axis) and
+    # read as [E/ep, ep, rows] by the expert matmuls: received along the expert axis
+    # ([E/ep, ep·rows]), XLA copies the buffers into that order and back.
+    if not self.expert:
+      return buffers
+    ep = jax.lax.axis_size(self.expert)
+    by_source = jax.lax.all_to_all(buffers.reshape(ep, -1, *buffers.shape[1:]), self.expert,
+                                   0, 0, tiled=True)
+    return jnp.moveaxis(by_source, 0, 1)
 
   def from_experts(self, buffers):    # inverse of to_experts
-    return (jax.lax.all_to_all(buffers, self.expert, 1, 0, tiled=True)
-            if self.expert else buffers)
+    if not self.expert:
+      return buffers
+    back = jax.lax.all_to_all(jnp.moveaxis(buffers, 1, 0), self.expert, 0, 0, tiled=True)
+    return back.reshape(-1, *back.shape[2:])
 
   def full_width(self, weight, axis: int):   # gather the `embed` (fsdp) split of a weight
     return jax.lax.all_gather(weight, self.embed, axis=axis, tiled=True) if self.embed else weight
