@@ -124,6 +124,16 @@ def state_shardings(abstract_state, mesh, rules):
   return jax.tree.map(leaf_sharding, logical, abstract_state)
 
 
+def spec_axes(entry) -> tuple:
+  """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def batch_ways(mesh, rules) -> int:
+  """How many ways the batch axes split a batch's rows (and their tokens) on `mesh`."""
+  return math.prod(mesh.shape[a] for a in spec_axes(partition_spec(("batch",), rules, mesh)[0]))
+
+
 def gathered_over_batch(shardings, rules):
   """Parameter shardings with the mesh axes that only split the batch (data, fsdp)
   removed: whole weights on every chip of a batch split, still divided over the expert and
@@ -133,8 +143,7 @@ def gathered_over_batch(shardings, rules):
   def strip(where):
     spec = []
     for axes in where.spec:
-      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-      kept = tuple(a for a in axes if a not in drop)
+      kept = tuple(a for a in spec_axes(axes) if a not in drop)
       spec.append(kept if len(kept) > 1 else (kept[0] if kept else None))
     return NamedSharding(where.mesh, PartitionSpec(*spec))
   return jax.tree.map(strip, shardings)

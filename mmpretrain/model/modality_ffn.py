@@ -12,8 +12,6 @@ SwiGLU, each token through the one of its modality.
       XLA:GPU by default as a dense matmul over every group, zero-padded).
 Both are exact: they differ only in floating-point summation order.
 """
-import math
-
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
@@ -40,7 +38,7 @@ def apply(text: layers.SwiGLU, visual: layers.SwiGLU, x, is_visual, impl: str):
   """Per token of x [T, d], visual(x) where `is_visual` [T] else text(x)."""
   impl = resolve(impl)
   active = sharding.active_rules()
-  if impl == "grouped" and active is not None and x.shape[0] % _batch_ways(*active):
+  if impl == "grouped" and active is not None and x.shape[0] % sharding.batch_ways(*active):
     impl = "select"        # shard_map needs equal shares of the tokens on every chip
   if impl == "select":
     return jnp.where(is_visual[:, None], visual(x), text(x))
@@ -60,7 +58,8 @@ def apply(text: layers.SwiGLU, visual: layers.SwiGLU, x, is_visual, impl: str):
 
   def local(x, is_visual, gate, up, down):
     return _grouped(x, is_visual, gate, up, down,
-                    embed=_mesh_axes(in_model[1]), mlp=_mesh_axes(in_model[2]))
+                    embed=sharding.spec_axes(in_model[1]),
+                    mlp=sharding.spec_axes(in_model[2]))
   return jax.shard_map(local, mesh=mesh, in_specs=(tokens, tokens, in_model, in_model,
                                                    out_model),
                        out_specs=tokens)(x, is_visual, *weights)
@@ -87,16 +86,3 @@ def _grouped(x, is_visual, gate, up, down, embed: tuple, mlp: tuple):
   if mlp:
     out = jax.lax.psum(out, mlp)
   return row_ops.permute(out, position, order)
-
-
-def _batch_ways(mesh, rules) -> int:
-  """How many ways the batch axes split the tokens."""
-  batch = _mesh_axes(sharding.partition_spec(("batch",), rules, mesh)[0])
-  return math.prod(mesh.shape[axis] for axis in batch)
-
-
-def _mesh_axes(entry) -> tuple:
-  """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
-  if entry is None:
-    return ()
-  return tuple(entry) if isinstance(entry, tuple) else (entry,)

@@ -182,7 +182,7 @@ class Experts(nnx.Module):
     if active is None:
       out, kept = run(_Exchange(), x, experts, weights, token_mask, *self.weights())
     else:
-      ways = _batch_ways(*active)
+      ways = sharding.batch_ways(*active)
       if groups % ways:
         raise sharding.ShardingError(
             f"{groups} capacity groups do not split {ways} ways over the batch axes: "
@@ -452,11 +452,6 @@ def _capacity_einsum_local(x, experts, weights, token_mask, expert_weights,
   out = jnp.einsum("egcd,gnec->gnd", y, dispatch.astype(dtype),
                    preferred_element_type=jnp.float32)
   return out.reshape(tokens, d), exchange.total(jnp.sum(kept))
-
-
-def _batch_ways(mesh, rules) -> int:
-  return math.prod(mesh.shape[a] for a in sharding.mesh_axes(rules, "batch")
-                   if mesh.shape[a] > 1)
 
 
 def _sharded(run, active, x, experts, weights, token_mask, gate, up, down):
