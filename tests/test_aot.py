@@ -91,8 +91,12 @@ def test_auto_choices_follow_the_target_platform():
   tpu = aot.for_platform(c, "tpu")
   assert (tpu.model.attention_impl, tpu.model.moe.dispatch, tpu.model.modality_ffn_impl) == (
       "chunked", "capacity", "grouped")
+  gpu = aot.for_platform(c, "gpu")
+  assert (gpu.model.attention_impl, gpu.model.moe.dispatch, gpu.model.modality_ffn_impl) == (
+      "chunked", "capacity", "select")
   cpu = aot.for_platform(c, "cpu")
-  assert (cpu.model.attention_impl, cpu.model.modality_ffn_impl) == ("einsum", "select")
+  assert (cpu.model.attention_impl, cpu.model.moe.dispatch, cpu.model.modality_ffn_impl) == (
+      "einsum", "capacity", "select")
 
 
 @tpu_compile

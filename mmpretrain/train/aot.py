@@ -93,7 +93,7 @@ def for_platform(config, platform: str):
   FFNs) are those of `platform`, not of the machine compiling it."""
   config = copy.deepcopy(config)
   config.model.attention_impl = attention.resolve(config.model.attention_impl, platform)
-  config.model.moe.dispatch = moe.resolve_dispatch(config.model.moe.dispatch, platform)
+  config.model.moe.dispatch = moe.resolve_dispatch(config.model.moe.dispatch)
   config.model.modality_ffn_impl = modality_ffn.resolve(config.model.modality_ffn_impl,
                                                         platform)
   return config
