@@ -98,6 +98,28 @@ def test_expert_matmul_bf16_matches_float64_per_expert(tokens):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_expert_matmul_on_rows_of_tiles_equals_it_on_flat_rows(dtype):
+  """Rows kept as tiles [E, C, 2, 4] contract against w [E, 2, 4, b], and outputs come
+  out as tiles from w [E, a, 2, 4]: the same values and gradients as on flat rows."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), dtype)
+  w_in = jnp.asarray(rng.normal(size=(3, 8, 6)), jnp.float32)
+  w_out = jnp.asarray(rng.normal(size=(3, 6, 8)), jnp.float32)
+  def flat(x, w_in, w_out):
+    return expert_matmul(expert_matmul(x, w_in), w_out, jnp.float32)
+  def tiled(x, w_in, w_out):
+    h = expert_matmul(x.reshape(3, 5, 2, 4), w_in.reshape(3, 2, 4, 6), contract=2)
+    return expert_matmul(h, w_out.reshape(3, 6, 2, 4), jnp.float32).reshape(3, 5, 8)
+  def loss(f):
+    return lambda *args: jnp.sum(jnp.sin(f(*args)))
+  np.testing.assert_allclose(tiled(x, w_in, w_out), flat(x, w_in, w_out), rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.grad(loss(tiled), argnums=(0, 1, 2))(x, w_in, w_out),
+                       jax.grad(loss(flat), argnums=(0, 1, 2))(x, w_in, w_out)):
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_paired_swiglu_is_each_tokens_own_ffn(dtype):
   """Values and gradients (input and both FFNs' weights) of the side-by-side form equal
   running both SwiGLUs and selecting per token."""

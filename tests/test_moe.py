@@ -13,22 +13,23 @@ from mmpretrain.model import transformer
 
 ROWS, LENGTH, D = 2, 12, 16
 T = ROWS * LENGTH
+TILED = 2 * 128        # a width whose rows the row-gather dispatch keeps as [2, 128] tiles
 
 
-def moe_config(**overrides):
+def moe_config(d=D, **overrides):
   c = base.get_config("runlocal").model
-  c.d_model, c.mlp_dim, c.num_layers = D, 32, 2
+  c.d_model, c.mlp_dim, c.num_layers = d, 32, 2
   c.moe.num_experts, c.moe.experts_per_token = 4, 2
   for key, value in overrides.items():
     c.moe[key] = value
   return c
 
 
-def inputs(seed=0, masked=0):
+def inputs(seed=0, masked=0, d=D):
   """x [T, d] and token kinds (0 text, 1 clean visual, 2 noisy visual); the last `masked`
   tokens are padding (-1)."""
   rng = np.random.default_rng(seed)
-  x = jnp.asarray(rng.normal(size=(T, D)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(T, d)), jnp.float32)
   kind = np.where(np.arange(T) < T - masked, rng.integers(0, 3, T), -1)
   return x, jnp.asarray(kind, jnp.int32)
 
@@ -112,12 +113,12 @@ DISPATCHES = {"dropless": {"dispatch": "dropless"},
 @pytest.mark.parametrize("dispatch", list(DISPATCHES))
 @pytest.mark.parametrize("overrides", [
     {}, {"granularity": 2}, {"shared_experts": "global"}, {"shared_experts": "per_modality"},
-    {"router": "sigmoid"}, {"renormalize": False}])
+    {"router": "sigmoid"}, {"renormalize": False}, {"d": TILED}])
 def test_dispatch_matches_dense_loop(dispatch, overrides):
   # Capacity for every assignment on one expert: nothing can drop.
   cfg = moe_config(**DISPATCHES[dispatch], capacity_factor=4.0 * 2, **overrides)
   layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(0))
-  x, kind = inputs()
+  x, kind = inputs(d=cfg.d_model)
   out, stats = layer(x, kind, rows=ROWS)
   want, _ = dense_reference(layer, x, kind)
   np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
@@ -197,14 +198,14 @@ def test_capacity_gradients_equal_dropless_gradients(overrides):
                grads["capacity"], grads["dropless"])
 
 
-@pytest.mark.parametrize("impl", ["gather", "einsum"])
-def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_token(impl):
+@pytest.mark.parametrize("impl, d", [("gather", D), ("gather", TILED), ("einsum", D)])
+def test_capacity_gradients_with_drops_equal_autodiff_of_every_expert_on_every_token(impl, d):
   """Where assignments drop, gradients flow only through the kept (token, choice) pairs.
   Reference: autodiff of a gather-free layer that runs every expert on every token and
   keeps the pairs the float64 loop kept."""
-  layer = moe_lib.MoE(moe_config(dispatch="capacity", capacity_factor=0.5, capacity_impl=impl),
-                      rngs=nnx.Rngs(5))
-  x, kind = inputs(5, masked=3)
+  layer = moe_lib.MoE(moe_config(d, dispatch="capacity", capacity_factor=0.5,
+                                 capacity_impl=impl), rngs=nnx.Rngs(5))
+  x, kind = inputs(5, masked=3, d=d)
   chosen, _, kept = reference_routing(layer, x, kind, capacity=int(np.ceil(0.5 * LENGTH * 2 / 4)))
   chosen, kept = jnp.asarray(chosen), jnp.asarray(kept)
   assert 0.1 < 1 - float(kept.mean()) < 0.9
@@ -323,23 +324,54 @@ def test_dropless_over_expert_shards_drops_only_what_overflows_a_buffer(buffer_f
   assert (float(stats["drop_rate"]) > 0) == bool(buffer_factor)
 
 
-def test_gathered_rows_have_the_gradient_autodiff_gives():
+def test_capacity_over_an_fsdp_expert_tensor_mesh_keeps_tiled_rows_exact():
+  """Rows kept as tiles through a mesh: expert weights gathered over fsdp and read as
+  tiles, the buffers exchanged over the expert axis, partial sums added over tensor.
+  Four rows of 6 tokens, one per batch shard, room for every assignment."""
+  cfg = moe_config(TILED, dispatch="capacity", capacity_impl="gather", capacity_factor=8.0)
+  layer = moe_lib.MoE(cfg, rngs=nnx.Rngs(6))
+  x, kind = inputs(6, d=TILED)
+  want, _ = dense_reference(layer, x, kind)
+  mesh_config = base.get_config("runlocal").mesh
+  mesh_config.update({"data": 1, "fsdp": 2, "expert": 2, "tensor": 2})
+  mesh = sharding.make_mesh(mesh_config, jax.devices()[:8])
+  @nnx.jit
+  def run(layer, x, kind):
+    with sharding.activation_rules(mesh, mesh_config.rules):
+      return layer(x, kind, rows=4)
+  out, stats = run(layer, x, kind)
+  np.testing.assert_allclose(f64(out), want, rtol=2e-5, atol=2e-5)
+  assert float(stats["drop_rate"]) == 0.0
+
+
+@pytest.mark.parametrize("row", [(3,), (2, 4)])      # [N, d] rows, or rows of tiles
+def test_gathered_rows_have_the_gradient_autodiff_gives(row):
   """The dispatch gathers carry their own gradient (a gather by the rows' readers); it
   must equal autodiff's scatter-add, empty reads (past the end) included."""
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(5, *row)), jnp.float32)
   index = jnp.asarray([4, 0, 5, 2, 0, 5, 1, 4], jnp.int32)           # 5: past the end
   readers = np.full((5, 2), len(index))
-  for row in range(5):
-    hits = np.flatnonzero(np.asarray(index) == row)
-    readers[row, :len(hits)] = hits
-  weights = jnp.asarray(rng.normal(size=(len(index), 3)), jnp.float32)
+  for source in range(5):
+    hits = np.flatnonzero(np.asarray(index) == source)
+    readers[source, :len(hits)] = hits
+  readers = jnp.asarray(readers)
+  weights = jnp.asarray(rng.normal(size=(len(index), *row)), jnp.float32)
   def loss(gather):
     return lambda x: jnp.sum(gather(x) * weights)
   plain = jax.grad(loss(lambda x: jnp.take(x, index, axis=0, mode="fill", fill_value=0)))(x)
-  custom = jax.grad(loss(lambda x: row_ops.gather_rows(
-      x, index, jnp.asarray(readers))))(x)
+  custom = jax.grad(loss(lambda x: row_ops.gather_rows(x, index, readers)))(x)
   np.testing.assert_allclose(custom, plain, rtol=1e-6)
+  # ... and its transpose, the combine's sum over each row's readers
+  def summed(y):
+    return jnp.take(y, readers, axis=0, mode="fill", fill_value=0).sum(1)
+  np.testing.assert_allclose(row_ops.sum_rows(weights, readers, index), summed(weights),
+                             rtol=1e-6)
+  def sum_loss(total):
+    return lambda y: jnp.sum(total(y) * x)
+  np.testing.assert_allclose(
+      jax.grad(sum_loss(lambda y: row_ops.sum_rows(y, readers, index)))(weights),
+      jax.grad(sum_loss(summed))(weights), rtol=1e-6)
 
 
 def test_picked_router_weights_equal_take_along_axis_in_value_and_gradient():

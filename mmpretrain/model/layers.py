@@ -87,54 +87,61 @@ def mixed_precision_dot_general(lhs, rhs, dimension_numbers, precision=None,
   if lhs.dtype == jnp.float32:
     return jax.lax.dot_general(lhs, rhs.astype(lhs.dtype), dimension_numbers).astype(out_dtype)
   contract = math.prod(rhs.shape[:num_contract])
-  out = _mixed_matmul(lhs.reshape(-1, contract), rhs.reshape(contract, -1), out_dtype)
+  out = _mixed_matmul(lhs.reshape(-1, contract), rhs.reshape(contract, -1), out_dtype, 1, False)
   return out.reshape(*lhs.shape[:lhs.ndim - num_contract], *rhs.shape[num_contract:])
 
 
-def expert_matmul(x, w, out_dtype=None):
-  """Per-expert matmuls x [E, ..., a] @ w [E, a, b] -> [E, ..., b] (one or more token axes
-  after the expert axis), summed in f32, with the same bf16 backward as the dense layers.
-  The result has `out_dtype`, or else x's dtype."""
+def expert_matmul(x, w, out_dtype=None, contract: int = 1):
+  """Per-expert matmuls x [E, tokens..., K...] @ w [E, K..., N...] -> [E, tokens..., N...]
+  (one or more token axes after the expert axis; x's last `contract` axes K are
+  contracted, so rows kept as tiles [.., d/128, 128] go in without a relayout), summed in
+  f32, with the same bf16 backward as the dense layers. The result has `out_dtype`, or
+  else x's dtype."""
   out_dtype = jnp.dtype(out_dtype or x.dtype)
   if x.dtype == jnp.float32:
-    return jnp.einsum("e...d,edf->e...f", x, w.astype(x.dtype)).astype(out_dtype)
-  return _mixed_matmul(x, w, out_dtype)
+    return jax.lax.dot_general(x, w.astype(x.dtype),
+                               _forward_dims(x.ndim, contract, batched=True)).astype(out_dtype)
+  return _mixed_matmul(x, w, out_dtype, contract, True)
 
 
-# x [(E,) tokens..., K] @ w [(E,) K, N]: matrices, or stacks of them sharing a leading
-# expert axis; `batch` is that axis where w has it.
-def _batch_axis(w):
-  return (0,) if w.ndim == 3 else ()
+def _forward_dims(x_ndim: int, contract: int, batched: bool):
+  """x [(E,) tokens..., K...] · w [(E,) K..., N...]: the dot_general dimension numbers."""
+  b = int(batched)
+  batch = tuple(range(b))
+  return ((tuple(range(x_ndim - contract, x_ndim)), tuple(range(b, b + contract))),
+          (batch, batch))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _mixed_matmul(x, w, out_dtype):
-  return _mixed_matmul_forward(x, w, out_dtype)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _mixed_matmul(x, w, out_dtype, contract: int, batched: bool):
+  return _mixed_matmul_forward(x, w, out_dtype, contract, batched)[0]
 
 
-def _mixed_matmul_forward(x, w, out_dtype):
-  batch = _batch_axis(w)
-  out = jax.lax.dot_general(x, w.astype(x.dtype),
-                            (((x.ndim - 1,), (w.ndim - 2,)), (batch, batch)),
+def _mixed_matmul_forward(x, w, out_dtype, contract: int, batched: bool):
+  out = jax.lax.dot_general(x, w.astype(x.dtype), _forward_dims(x.ndim, contract, batched),
                             preferred_element_type=jnp.float32)
   return out.astype(out_dtype), (x, w)
 
 
-def _mixed_matmul_backward(out_dtype, residuals, d_out):
+def _mixed_matmul_backward(out_dtype, contract, batched, residuals, d_out):
   del out_dtype
   x, w = residuals
-  batch, k = _batch_axis(w), x.ndim - 1
+  b = int(batched)
+  batch = tuple(range(b))
+  outputs = w.ndim - b - contract                    # the N axes, last in w and in d_out
   d_out = d_out.astype(x.dtype)
-  d_x = jax.lax.dot_general(d_out, w.astype(x.dtype), (((k,), (w.ndim - 1,)), (batch, batch)),
-                            preferred_element_type=jnp.float32)
-  tokens = tuple(range(len(batch), k))
+  d_x = jax.lax.dot_general(
+      d_out, w.astype(x.dtype),
+      ((tuple(range(d_out.ndim - outputs, d_out.ndim)), tuple(range(w.ndim - outputs, w.ndim))),
+       (batch, batch)), preferred_element_type=jnp.float32)
+  tokens = tuple(range(b, x.ndim - contract))
   if len(tokens) == 1:
     # xᵀ·g contracts the token axis of two row-major operands, a layout XLA:CPU runs below
     # the f32 rate (210–370 GFLOP/s). Contracting it as two axes ([1, T, ·]) makes XLA
     # copy xᵀ into row-major form and take its bf16 kernel (520–870 GFLOP/s,
     # docs/benchmarks.md).
-    x, d_out = jnp.expand_dims(x, k - 1), jnp.expand_dims(d_out, k - 1)
-    tokens = (k - 1, k)
+    x, d_out = jnp.expand_dims(x, b), jnp.expand_dims(d_out, b)
+    tokens = (b, b + 1)
   d_w = jax.lax.dot_general(x, d_out, ((tokens, tokens), (batch, batch)),
                             preferred_element_type=jnp.float32)
   return d_x.astype(x.dtype), d_w.astype(w.dtype)

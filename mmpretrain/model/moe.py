@@ -369,24 +369,29 @@ def _claim_slots_by_sorting(experts, token_mask, length: int, num_experts: int):
   return position, jnp.diff(bounds, axis=1).astype(jnp.int32)
 
 
-def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange, slot_weights=None):
-  """Buffers [E, rows..., d] of every expert here (one or more row axes) -> the experts'
-  outputs [E, rows..., d] in `dtype`, through this device's experts (an exchange there and
-  back under a mesh); with `slot_weights` [E, rows...], each row's output scaled by its
-  weight."""
+def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange, slot_weights=None,
+                row_dims: int = 1):
+  """Buffers [E, rows..., *row] of every expert here (one or more row axes; each row's d
+  values as its last `row_dims` axes: [d], or tiles [d/128, 128] as gathered) -> the
+  experts' outputs in the same shape, in `dtype`, through this device's experts (an
+  exchange there and back under a mesh); with `slot_weights` [E, rows...], each row's
+  output scaled by its weight."""
   gate, up, down = expert_weights
+  row = buffers.shape[buffers.ndim - row_dims:]
   # gate and up as one matmul twice as wide: fine-grained experts are narrow, and XLA:CPU
   # runs [C, d] @ [d, 2f] well ahead of two [C, d] @ [d, f].
   gate_up = exchange.full_width(jnp.concatenate([gate, up], axis=-1), 1)
-  h = checkpoint_name(layers.expert_matmul(exchange.to_experts(buffers), gate_up),
-                      EXPERT_HIDDEN)
+  gate_up = gate_up.reshape(gate_up.shape[0], *row, gate_up.shape[-1])
+  h = checkpoint_name(layers.expert_matmul(exchange.to_experts(buffers), gate_up,
+                                           contract=row_dims), EXPERT_HIDDEN)
   hidden = gate.shape[-1]
   act = layers.swiglu(h[..., :hidden], h[..., hidden:])
   if slot_weights is not None:
     # Scaled before the (linear) down projection: the weights' gradient is then a sum
     # over the f hidden units rather than the d outputs.
     act = act * exchange.to_experts(slot_weights[..., None]).astype(act.dtype)
-  y = layers.expert_matmul(act, exchange.full_width(down, 2), out_dtype=jnp.float32)
+  down = exchange.full_width(down, 2)
+  y = layers.expert_matmul(act, down.reshape(*down.shape[:2], *row), out_dtype=jnp.float32)
   return exchange.from_experts(exchange.sum_mlp_parts(y).astype(dtype))
 
 
@@ -419,14 +424,17 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   pair_in = jnp.where(slot < filled[..., None],
                       by_slot[jnp.minimum(start + slot, tokens * k - 1)], tokens * k)
   pair_in = pair_in.reshape(-1)
-  buffers = row_ops.gather_rows(x.astype(dtype), pair_in // k, slot_of)   # empty slots read zeros
+  # Rows stay tiles from the gather through the expert matmuls back to the combine.
+  row = row_ops.row_shape(d)
+  buffers = row_ops.gather_rows(row_ops.as_tiles(x.astype(dtype)), pair_in // k,
+                                slot_of)                                 # empty slots read zeros
   # Each slot's combine weight scales it inside the expert FFN (empty slots: 0), so the
   # combine is a plain sum that stays in the compute dtype until its f32 accumulator.
   slot_weights = row_ops.gather_rows(weights.reshape(-1, 1), pair_in, flat_slots[:, None])
-  y = _expert_ffn(buffers.reshape(num_experts, groups * slots, d), expert_weights, dtype,
-                  exchange, slot_weights.reshape(num_experts, groups * slots))
-  out = row_ops.sum_rows(y.reshape(-1, d), slot_of, pair_in // k)      # dropped pairs add zeros
-  return out, exchange.total(jnp.sum(kept))
+  y = _expert_ffn(buffers.reshape(num_experts, groups * slots, *row), expert_weights, dtype,
+                  exchange, slot_weights.reshape(num_experts, groups * slots), len(row))
+  out = row_ops.sum_rows(y.reshape(-1, *row), slot_of, pair_in // k)   # dropped pairs add zeros
+  return row_ops.from_tiles(out, d), exchange.total(jnp.sum(kept))
 
 
 def _capacity_einsum_local(x, experts, weights, token_mask, expert_weights,
