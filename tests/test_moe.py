@@ -257,7 +257,30 @@ def test_remat_keeps_the_experts_hidden_activations_only_when_asked(dispatch, ke
     return jnp.sum(nnx.merge(graphdef, state)(x, kind, rows=ROWS)[0])
   jax.ad_checkpoint.print_saved_residuals(
       jax.checkpoint(loss, policy=transformer.model_remat_policy(cfg)), state, x)
-  assert (moe_lib.EXPERT_HIDDEN in capsys.readouterr().out) == keep
+  saved = capsys.readouterr().out
+  assert (moe_lib.EXPERT_HIDDEN in saved) == keep
+  assert moe_lib.DISPATCH_INDICES in saved           # the router's choices, at least
+  # ... and not its f32 logits, which the backward recomputes
+  assert all(moe_lib.DISPATCH_INDICES in line for line in saved.splitlines()
+             if "Router" in line), saved
+
+
+def test_the_backward_of_a_rematerialised_row_gather_dispatch_sorts_nothing():
+  """The remat policy keeps the dispatch's slot indices, so the compiled gradient runs the
+  slot claims' two sorts once, in the forward, rather than again for the backward."""
+  cfg = moe_config(**DISPATCHES["capacity"])
+  cfg.remat = "dots_no_batch"
+  graphdef, state = nnx.split(moe_lib.MoE(cfg, rngs=nnx.Rngs(0)))
+  x, kind = inputs()
+  def sorts(policy):
+    """Sorts in the compiled gradient of two layers scanned like the decoder's."""
+    layer = jax.checkpoint(lambda x: nnx.merge(graphdef, state)(x, kind, rows=ROWS)[0],
+                           policy=policy)
+    def loss(x):
+      return jnp.sum(jax.lax.scan(lambda x, _: (layer(x), None), x, length=2)[0])
+    return jax.jit(jax.grad(loss)).lower(x).compile().as_text().count(" sort(")
+  assert sorts(transformer.model_remat_policy(cfg)) == 2
+  assert sorts(jax.checkpoint_policies.dots_with_no_batch_dims_saveable) == 4
 
 
 def test_padded_ragged_all_to_all_moves_what_the_ragged_op_would():
@@ -398,8 +421,19 @@ def test_slot_claims_by_sorting_equal_the_one_hot_claims():
                                   for _ in range(groups * length)]), jnp.int32)
   token_mask = jnp.asarray(rng.random(groups * length) < 0.8)
   chosen, want = moe_lib._claim_slots(experts, token_mask, length, num_experts)  # pylint: disable=protected-access
-  position, claims = moe_lib._claim_slots_by_sorting(experts, token_mask, length,  # pylint: disable=protected-access
-                                                     num_experts)
+  position, claims, queues = moe_lib._claim_slots_by_sorting(  # pylint: disable=protected-access
+      experts, token_mask, length, num_experts)
   real = np.asarray(token_mask).reshape(groups, length, 1).repeat(k, 2)
   np.testing.assert_array_equal(np.asarray(position)[real], np.asarray(want)[real])
   np.testing.assert_array_equal(claims, np.asarray(chosen).sum(axis=(1, 2)))
+  # The slots read off the queues: each expert's pairs of a group in claim order
+  # (choice-major), token-major ids, the first `slots` of them; the rest empty.
+  slots = 3
+  got = np.asarray(moe_lib._slot_pairs(queues, claims, slots, k))  # pylint: disable=protected-access
+  ids, mask = np.asarray(experts), np.asarray(token_mask)
+  empty = groups * length * k
+  for g in range(groups):
+    for e in range(num_experts):
+      queue = [t * k + c for c in range(k) for t in range(g * length, (g + 1) * length)
+               if mask[t] and ids[t, c] == e][:slots]
+      np.testing.assert_array_equal(got[e, g], queue + [empty] * (slots - len(queue)))

@@ -37,6 +37,10 @@ from mmpretrain.model import layers, row_ops
 # The routed experts' gate/up outputs, by name for the remat policy
 # (model.moe.remat_keep_hidden).
 EXPERT_HIDDEN = "moe_expert_hidden"
+# The router's expert choices and the row-gather dispatch's slot indices and combine
+# weights (a few MB a layer), which the remat policy always keeps: recomputing them would
+# run the top-k and the slot claims' sorts again for the backward.
+DISPATCH_INDICES = "moe_dispatch_indices"
 
 
 class RouterBias(nnx.Variable):
@@ -85,6 +89,15 @@ def _pick(probs, experts):
   return jnp.sum(jnp.where(chosen, probs[:, None, :], 0.0), axis=-1)
 
 
+def _router_logits(x, kernel):
+  """x [T, d] @ kernel [d, E] in f32, written as a batched matmul over a unit axis so that
+  the dots_no_batch remat policy recomputes it for the backward rather than keep [T, E]
+  in f32 (2 GB a chip over the 1,008-expert arm's layers, against a matmul of d·E a token
+  to recompute)."""
+  return jnp.einsum("btd,bde->bte", x[None].astype(jnp.float32),
+                    kernel[None].astype(jnp.float32))[0]
+
+
 class Router(nnx.Module):
   """Token -> (k expert ids, k combine weights) plus the auxiliary statistics."""
 
@@ -99,13 +112,14 @@ class Router(nnx.Module):
 
   def __call__(self, x, token_kind):
     """x [T, d], token_kind int [T] -> experts int32 [T, k], weights f32 [T, k], stats."""
-    logits = jnp.dot(x.astype(jnp.float32), self.kernel[...].astype(jnp.float32))
+    logits = _router_logits(x, self.kernel[...])
     if self.kind == "softmax":
       probs = jax.nn.softmax(logits, axis=-1)
       _, experts = jax.lax.top_k(jax.lax.stop_gradient(probs), self.k)
     else:
       probs = jax.nn.sigmoid(logits)
       _, experts = jax.lax.top_k(jax.lax.stop_gradient(probs) + self.bias[...], self.k)
+    experts = checkpoint_name(experts, DISPATCH_INDICES)
     weights = _pick(probs, experts)                  # the sigmoid bias picks, never weighs
     if self.renormalize:
       weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
@@ -351,7 +365,8 @@ def _claim_slots_by_sorting(experts, token_mask, length: int, num_experts: int):
   count: a stable sort of each group's pairs (choice-major) by expert puts every expert's
   queue in order, and a pair's position is its distance from the start of its expert's
   run. experts [T, k] -> (position [g, n, k] int32, claims [g, E] int32: pairs per
-  expert, padding excluded)."""
+  expert, padding excluded, queues [g, k·n] int32: each group's pairs, by their
+  choice-major rank choice·n + token, expert by expert in claim order)."""
   tokens, k = experts.shape
   groups = tokens // length
   ids = jnp.where(token_mask[:, None], experts, num_experts)      # padding sorts last
@@ -366,7 +381,25 @@ def _claim_slots_by_sorting(experts, token_mask, length: int, num_experts: int):
   position = position.reshape(groups, k, length).transpose(0, 2, 1)
   bounds = jax.vmap(functools.partial(jnp.searchsorted, side="left"), (0, None))(
       sorted_ids, jnp.arange(num_experts + 1))
-  return position, jnp.diff(bounds, axis=1).astype(jnp.int32)
+  return position, jnp.diff(bounds, axis=1).astype(jnp.int32), pair
+
+
+def _slot_pairs(queues, claims, slots: int, k: int):
+  """The pair in each capacity slot, read off the claim queues of _claim_slots_by_sorting:
+  slot p of (expert e, group g) holds the p-th pair of e's queue in g. queues [g, k·n],
+  claims [g, E] -> [E, g, slots] int32 token-major pair ids (token·k + choice), g·k·n
+  where the slot is empty. Each queue is read as one slice of `slots`, not element by
+  element."""
+  groups, pairs = queues.shape
+  length = pairs // k
+  token = jnp.arange(groups, dtype=jnp.int32)[:, None] * length + queues % length
+  pair_ids = jnp.pad(token * k + queues // length, ((0, 0), (0, slots)))  # every slice fits
+  starts = jnp.cumsum(claims, axis=1) - claims
+  def heads(queue, start):
+    return jax.lax.dynamic_slice(queue, (start,), (slots,))
+  in_slots = jax.vmap(jax.vmap(heads, (None, 0)))(pair_ids, starts)        # [g, E, slots]
+  filled = jnp.arange(slots) < jnp.minimum(claims, slots)[..., None]
+  return jnp.where(filled, in_slots, groups * pairs).transpose(1, 0, 2)
 
 
 def _expert_ffn(buffers, expert_weights, dtype, exchange: _Exchange, slot_weights=None,
@@ -406,31 +439,26 @@ def _capacity_local(x, experts, weights, token_mask, expert_weights, num_experts
   """
   tokens, k = experts.shape
   groups, d = tokens // length, x.shape[-1]
-  position, claims = _claim_slots_by_sorting(experts, token_mask, length, num_experts)
+  position, claims, queues = _claim_slots_by_sorting(experts, token_mask, length,
+                                                     num_experts)
   kept = token_mask.reshape(groups, length, 1) & (position < slots)         # [g, n, k]
-  filled = jnp.minimum(claims, slots).T                                    # [E, g] kept
-  # The buffer slot of each (token, choice) pair [T, k]; `num_slots` if it was dropped.
+  # The buffer slot of each (token, choice) pair [T, k]; `num_slots` if it was dropped ...
   num_slots = num_experts * groups * slots
   group = jnp.arange(groups)[:, None, None]
   slot_of = jnp.where(kept, experts.reshape(groups, length, k) * (groups * slots)
                       + group * slots + position, num_slots).reshape(tokens, k)
-  # ... and the pair in each slot (tokens·k if empty), by sorting: no scatter. Sorted by
-  # slot, the kept pairs come expert by expert, group by group, in slot order, so slot p
-  # of (expert, group) holds the sorted pair at that run's start + p.
-  flat_slots = slot_of.reshape(-1)
-  by_slot = jnp.argsort(flat_slots)
-  start = _exclusive_cumsum(filled.reshape(-1)).reshape(num_experts, groups, 1)
-  slot = jnp.arange(slots)
-  pair_in = jnp.where(slot < filled[..., None],
-                      by_slot[jnp.minimum(start + slot, tokens * k - 1)], tokens * k)
-  pair_in = pair_in.reshape(-1)
+  # ... and the pair in each slot (tokens·k if empty): no scatter, no further sort.
+  pair_in = _slot_pairs(queues, claims, slots, k).reshape(-1)
+  # Named before anything keeps them for its backward, so the backward reads them saved.
+  slot_of, pair_in = checkpoint_name((slot_of, pair_in), DISPATCH_INDICES)
+  # Each slot's combine weight scales it inside the expert FFN (empty slots: 0), so the
+  # combine is a plain sum that stays in the compute dtype until its f32 accumulator.
+  slot_weights = checkpoint_name(row_ops.gather_rows(weights.reshape(-1, 1), pair_in,
+                                                     slot_of.reshape(-1, 1)), DISPATCH_INDICES)
   # Rows stay tiles from the gather through the expert matmuls back to the combine.
   row = row_ops.row_shape(d)
   buffers = row_ops.gather_rows(row_ops.as_tiles(x.astype(dtype)), pair_in // k,
                                 slot_of)                                 # empty slots read zeros
-  # Each slot's combine weight scales it inside the expert FFN (empty slots: 0), so the
-  # combine is a plain sum that stays in the compute dtype until its f32 accumulator.
-  slot_weights = row_ops.gather_rows(weights.reshape(-1, 1), pair_in, flat_slots[:, None])
   y = _expert_ffn(buffers.reshape(num_experts, groups * slots, *row), expert_weights, dtype,
                   exchange, slot_weights.reshape(num_experts, groups * slots), len(row))
   out = row_ops.sum_rows(y.reshape(-1, *row), slot_of, pair_in // k)   # dropped pairs add zeros

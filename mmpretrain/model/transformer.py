@@ -20,7 +20,7 @@ from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
 from mmpretrain.model import attention, chunked_attention, layers, modality_ffn
 from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
-from mmpretrain.model.moe import EXPERT_HIDDEN, TOKEN_KINDS, MoE, RouterBias
+from mmpretrain.model.moe import DISPATCH_INDICES, EXPERT_HIDDEN, TOKEN_KINDS, MoE, RouterBias
 
 def remat_policy(name: str, keep: tuple[str, ...] = ()):
   """The jax.checkpoint policy `model.remat` names, or None for no rematerialisation;
@@ -38,9 +38,12 @@ def remat_policy(name: str, keep: tuple[str, ...] = ()):
 def model_remat_policy(cfg):
   """model.remat's policy, keeping the chunked attention's residuals and the routed
   experts' hidden activations where model.remat_keep_attention and
-  model.moe.remat_keep_hidden ask, and the grouped modality FFNs' matmul outputs where
-  it keeps other matmuls' outputs."""
-  keep = (EXPERT_HIDDEN,) if cfg.moe.num_experts and cfg.moe.remat_keep_hidden else ()
+  model.moe.remat_keep_hidden ask, the grouped modality FFNs' matmul outputs where it
+  keeps other matmuls' outputs, and always the MoE dispatch's slot indices (a few MB a
+  layer, whose sorts the backward would otherwise run again)."""
+  keep = (DISPATCH_INDICES,) if cfg.moe.num_experts else ()
+  if cfg.moe.num_experts and cfg.moe.remat_keep_hidden:
+    keep += (EXPERT_HIDDEN,)
   if cfg.remat in ("dots", "dots_no_batch"):
     keep += (modality_ffn.GROUPED_HIDDEN,)
   if cfg.remat_keep_attention:
