@@ -394,7 +394,7 @@ def _slot_pairs(queues, claims, slots: int, k: int):
   length = pairs // k
   token = jnp.arange(groups, dtype=jnp.int32)[:, None] * length + queues % length
   pair_ids = jnp.pad(token * k + queues // length, ((0, 0), (0, slots)))  # every slice fits
-  starts = jnp.cumsum(claims, axis=1) - claims
+  starts = _exclusive_cumsum(claims, axis=1)
   def heads(queue, start):
     return jax.lax.dynamic_slice(queue, (start,), (slots,))
   in_slots = jax.vmap(jax.vmap(heads, (None, 0)))(pair_ids, starts)        # [g, E, slots]
