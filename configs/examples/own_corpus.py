@@ -36,6 +36,8 @@ SOURCES = {
 def get_config(arg=None):
   c = base.get_config(arg)
   c.data.image_channels = 3
+  # A row holds a whole action document: its context frames and the frame they predict.
+  c.data.max_frames = c.data.streams.action_video.context_frames + 1
   c.data.mixture = {"text": 0.4, "image_text": 0.4, "video": 0.1, "action_video": 0.1}
   for stream, (name, source) in SOURCES.items():
     c.data.datasets[name] = {"tfds_name": name, "data_dir": "", "version": "",
