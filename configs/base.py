@@ -81,7 +81,8 @@ def get_config(arg=None):
                              "fields": fields}
   c.data.tokenizer = ml_collections.ConfigDict()
   c.data.tokenizer.vocab_size = 8192
-  c.data.tokenizer.path = ""             # '' = <data_dir>/tokenizer_<vocab>.model (prepare)
+  c.data.tokenizer.path = ""             # '' = the one prepare trains on the datasets in use:
+                                         # <data_dir>/tokenizer_<vocab>_<corpus digest>.model
 
   # --- Visual representation (frames -> continuous latent grid -> tokens) ---
   c.visual = ml_collections.ConfigDict()

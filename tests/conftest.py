@@ -8,6 +8,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER = "tokenizer_512.model"        # the session's tokenizer, in data_dir
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 
@@ -26,6 +27,9 @@ def tiny_config(data_dir: str):
   c.data.image_size = 16
   c.data.mixture.text, c.data.mixture.image_text = 0.25, 0.75
   c.data.tokenizer.vocab_size = 512
+  # Every test config reads the session's one tokenizer, whatever datasets it mixes (an
+  # explicit path wins over the name `prepare` keys by the corpus).
+  c.data.tokenizer.path = os.path.join(data_dir, TOKENIZER)
   c.model.d_model, c.model.mlp_dim, c.model.head_dim = 64, 128, 32
   c.optimizer.warmup_steps = 2
   c.optimizer.learning_rate = 3e-3
@@ -80,9 +84,15 @@ def all_streams_config(data_dir: str):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """Every built-in dataset and a small tokenizer, made by `prepare` as a user would."""
-  from mmpretrain.data.prepare import datasets_in_use, prepare  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import shutil
+  from mmpretrain.data.pipeline import tokenizer_path
+  from mmpretrain.data.prepare import datasets_in_use, prepare
   path = str(tmp_path_factory.mktemp("data"))
-  prepare(tiny_config(path), datasets_in_use(all_streams_config(path)))
+  config = tiny_config(path)
+  config.data.tokenizer.path = ""        # trained under its corpus's name, as for a user
+  prepare(config, datasets_in_use(all_streams_config(path)))
+  shutil.copy(tokenizer_path(config), os.path.join(path, TOKENIZER))
   return path
 
 

@@ -89,6 +89,6 @@ def test_check_prepared_lists_what_a_run_reads_or_names_everything_missing(confi
   assert ready[-1].endswith(".model") and len(ready) == 1 + len(
       {n for s, w in config.data.mixture.items() if w > 0
        for n, v in config.data.streams[s].datasets.items() if v > 0})
-  config.data.data_dir = str(tmp_path)
+  config.data.data_dir, config.data.tokenizer.path = str(tmp_path), ""
   with pytest.raises(NotReady, match=r"(?s)mnist_captions.*tokenizer .* is missing"):
     check_prepared(config)

@@ -112,11 +112,14 @@ def test_command_line_overrides_reach_the_config(tmp_path, data_dir):
   # The override of data_dir and tokenizer.vocab_size decides where prepare looks and what
   # size it checks; the session tokenizer (512 ids) copied there is accepted as is.
   import shutil  # pylint: disable=import-outside-toplevel
-  shutil.copy(os.path.join(data_dir, "tokenizer_512.model"), tmp_path / "tokenizer_512.model")
+  from mmpretrain.data.pipeline import tokenizer_path  # pylint: disable=import-outside-toplevel
+  c = demo.get_config()
+  c.data.data_dir, c.data.tokenizer.vocab_size = str(tmp_path), 512
+  shutil.copy(os.path.join(data_dir, "tokenizer_512.model"), tokenizer_path(c))
   out = run_cli("prepare", "--config=configs/demo.py", f"--config.data.data_dir={tmp_path}",
                 "--config.data.tokenizer.vocab_size=512")
   assert out.returncode == 0, out.stderr
-  assert f"tokenizer ready: {tmp_path}/tokenizer_512.model (512 ids)" in out.stdout
+  assert f"tokenizer ready: {tokenizer_path(c)} (512 ids)" in out.stdout
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -6,6 +6,8 @@ config's weights, split into `config.data.shards` data shards (disjoint records)
 packed into rows and batched, optionally in worker processes. A process iterates the shards
 its devices need; the iterator's state is checkpointable per shard.
 """
+import hashlib
+import json
 import os
 
 import grain
@@ -17,11 +19,23 @@ from mmpretrain.data.packing import PackIterDataset, RowSpec
 from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
 
 
+def datasets_in_use(config) -> list[str]:
+  """Datasets with a positive weight in a stream with a positive mixture weight."""
+  return sorted({name for stream, weight in config.data.mixture.items() if weight > 0
+                 for name, w in config.data.streams[stream].datasets.items() if w > 0})
+
+
 def tokenizer_path(config) -> str:
-  """The configured tokenizer, or the one `prepare` trains: one file per vocabulary size."""
+  """The configured tokenizer, or the one `prepare` trains on the datasets in use. Its name
+  carries a digest of that corpus and the vocabulary size, so that another corpus of the
+  same size trains its own instead of reading this one's."""
+  if config.data.tokenizer.path:
+    return config.data.tokenizer.path
   vocab_size = config.data.tokenizer.vocab_size
-  return config.data.tokenizer.path or os.path.join(config.data.data_dir,
-                                                    f"tokenizer_{vocab_size}.model")
+  corpus = [(name, config.data.datasets[name].tfds_name, config.data.datasets[name].version)
+            for name in datasets_in_use(config)]
+  digest = hashlib.sha256(json.dumps([corpus, vocab_size]).encode()).hexdigest()[:10]
+  return os.path.join(config.data.data_dir, f"tokenizer_{vocab_size}_{digest}.model")
 
 
 def load_tokenizer(config) -> TextTokenizer:

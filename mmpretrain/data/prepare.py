@@ -8,16 +8,11 @@ datasets hold.
 
 from mmpretrain import storage
 from mmpretrain.data import builders, convert, latent_cache, pipeline, records, streams
+from mmpretrain.data.pipeline import datasets_in_use
 from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
 
 TEXT_FIELDS = ("text", "caption", "actions", "mission")
 CORPUS_RECORDS = 20_000      # per dataset: plenty for an 8k BPE, bounded for huge sets
-
-
-def datasets_in_use(config) -> list[str]:
-  """Datasets with a positive weight in a stream with a positive mixture weight."""
-  return sorted({name for stream, weight in config.data.mixture.items() if weight > 0
-                 for name, w in config.data.streams[stream].datasets.items() if w > 0})
 
 
 def prepare_datasets(config, names, rebuild: bool = False) -> None:
@@ -60,8 +55,9 @@ def tokenizer_corpus(config, names) -> list[str]:
   return [t for t in texts if t]
 
 
-def prepare_tokenizer(config, names) -> str:
-  """Trains the SentencePiece tokenizer unless one with the right size already exists."""
+def prepare_tokenizer(config) -> str:
+  """Trains the SentencePiece tokenizer on the datasets in use (those its path is keyed by)
+  unless one with the right size already exists."""
   path = pipeline.tokenizer_path(config)
   vocab_size = config.data.tokenizer.vocab_size
   if storage.exists(path) and load_text_tokenizer(path).vocab_size == vocab_size:
@@ -70,7 +66,7 @@ def prepare_tokenizer(config, names) -> str:
   if config.data.tokenizer.path:
     raise FileNotFoundError(f"data.tokenizer.path={path!r} is missing or has the wrong size; "
                             "point it at an existing model or leave it empty to train one")
-  train_tokenizer(tokenizer_corpus(config, names), path, vocab_size)
+  train_tokenizer(tokenizer_corpus(config, datasets_in_use(config)), path, vocab_size)
   print(f"trained tokenizer: {path} ({vocab_size} ids)")
   return path
 
@@ -118,4 +114,4 @@ def prepare(config, datasets: list[str] | None = None, rebuild: bool = False) ->
   then the tokenizer if missing."""
   names = datasets or datasets_in_use(config)
   prepare_datasets(config, names, rebuild)
-  prepare_tokenizer(config, datasets_in_use(config) if datasets else names)
+  prepare_tokenizer(config)
