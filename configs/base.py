@@ -298,7 +298,9 @@ def get_config(arg=None):
   # i-th asks for class i) are scored by a classifier trained on real images
   # (`mmpretrain train-classifier`), against images drawn without a caption. '' disables.
   c.eval.classifier = ""
-  c.eval.generation_prompts = [digit_caption(k) for k in range(10)]
+  # Sequences are tuples: config_flags overrides a tuple from the command line
+  # (--config.sample.captions='("a cat", "a dog")'), never a list.
+  c.eval.generation_prompts = tuple(digit_caption(k) for k in range(10))
   c.eval.generation_images_per_prompt = 4
   c.eval.frechet_real_images = 500       # held-out real images the drawn ones are compared to
 
@@ -310,7 +312,7 @@ def get_config(arg=None):
 
   # --- Samples written at the end of training ---
   c.sample = ml_collections.ConfigDict()
-  c.sample.captions = [digit_caption(k) for k in range(10)]
+  c.sample.captions = tuple(digit_caption(k) for k in range(10))
   c.sample.images_per_caption = 4
 
   if arg == "runlocal":

@@ -24,6 +24,6 @@ def get_config(arg=None):
   c.visual.representation, c.visual.checkpoint, c.visual.patch_size = "pixels", "", 4
   c.data.mixture = {"text": 0.25, "image_text": 0.35, "video": 0.2, "action_video": 0.2}
   c.data.streams.image_text.datasets = {"mnist_captions": 1.0, "emoji_captions": 1.0}
-  c.sample.captions = ["a handwritten digit three", "grinning face", "red apple", "rocket"]
+  c.sample.captions = ("a handwritten digit three", "grinning face", "red apple", "rocket")
   c.eval.classifier = ""                 # the demo's judge knows gray 32² digits only
   return c

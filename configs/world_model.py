@@ -38,5 +38,5 @@ def get_config(arg=None):
   c.eval.classifier = ""
   c.eval.world_model_episodes = 32
   c.eval.world_model_horizons = (1, 4, 8)
-  c.sample.captions = []                 # nothing to draw from captions
+  c.sample.captions = ()                 # nothing to draw from captions
   return c

@@ -16,6 +16,23 @@ from ml_collections import config_flags
 from mmpretrain import config as config_lib
 from mmpretrain import distributed, hostalloc, storage
 
+
+class _NoneOr(flags.ArgumentParser):
+  """`parser`, and `None` for None: a number whose None means "automatic" (such as
+  diffusion.time_shift) can be set back to it with --config.<key>=None."""
+
+  def __init__(self, parser: flags.ArgumentParser):
+    self._parser = parser
+
+  def parse(self, argument):
+    return None if argument == "None" else self._parser.parse(argument)
+
+  def flag_type(self):
+    return self._parser.flag_type()
+
+
+config_flags.register_flag_parser_for_type(int, _NoneOr(flags.IntegerParser()))
+config_flags.register_flag_parser_for_type(float, _NoneOr(flags.FloatParser()))
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, samples, checkpoints).")

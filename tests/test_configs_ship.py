@@ -1,5 +1,6 @@
 """Every config file under configs/ loads and validates as shipped, the way `mmpretrain`
-reads it (config_flags, then config.validate), with each argument it is documented with."""
+reads it (config_flags, then config.validate), with each argument it is documented with,
+and every key of a config can be set with --config.<key>=value."""
 import glob
 import importlib.util
 import os
@@ -8,7 +9,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+# The CLI's module registers the config_flags parsers it reads overrides with.
+from mmpretrain import cli  # pylint: disable=unused-import
 from mmpretrain import config as config_lib
+from mmpretrain import config_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -63,3 +67,47 @@ def test_every_config_file_is_found():
 def test_shipped_config_validates(relative, arg):
   path = os.path.join(CONFIGS, relative)
   config_lib.validate(parse_config_flags(f"{path}:{arg}" if arg else path))
+
+
+def rendered(value) -> str:
+  """`value` as written after --config.<key>= (a string as is, the rest as literals)."""
+  return value if isinstance(value, str) else repr(value)
+
+
+def changed(value):
+  """Another value of the same type, to tell an override that took from one ignored."""
+  if isinstance(value, bool):
+    return not value
+  if isinstance(value, (int, float)):
+    return value + 1
+  if isinstance(value, str):
+    return value + "_x"
+  if isinstance(value, tuple):
+    return value + value[:1] if value else ("x",)
+  if value is None:               # an automatic number (diffusion.time_shift)
+    return 1.5
+  raise AssertionError(f"no command-line form for {value!r}")
+
+
+def assert_overrides_take(config: str, want: dict) -> None:
+  overrides = [f"--config.{key}={rendered(value)}" for key, value in want.items()]
+  got = dict(config_rules.leaves(parse_config_flags(config, *overrides)))
+  wrong = {key: got[key] for key, value in want.items()
+           if got[key] != value or type(got[key]) is not type(value)}
+  assert not wrong, f"overrides that did not take: {wrong}"
+
+
+@pytest.mark.parametrize("relative", ["base.py", "demo.py"])
+@pytest.mark.parametrize("change", [False, True], ids=["same", "changed"])
+def test_every_key_is_set_by_its_command_line_override(relative, change):
+  path = os.path.join(CONFIGS, relative)
+  want = dict(config_rules.leaves(config_lib.load_config(path)))
+  assert_overrides_take(path, {k: changed(v) for k, v in want.items()} if change else want)
+
+
+@pytest.mark.parametrize("relative, arg", SHIPPED,
+                         ids=[f"{r}:{a}" if a else r for r, a in SHIPPED])
+def test_every_key_of_a_shipped_config_takes_its_own_value_back(relative, arg):
+  path = os.path.join(CONFIGS, relative)
+  config = f"{path}:{arg}" if arg else path
+  assert_overrides_take(config, dict(config_rules.leaves(parse_config_flags(config))))
