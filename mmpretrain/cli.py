@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from mmpretrain import config as config_lib
 from mmpretrain import distributed, hostalloc, storage
+from mmpretrain.data import records
 
 
 class _NoneOr(flags.ArgumentParser):
@@ -474,7 +475,10 @@ def _run(command):
       logging.set_verbosity(logging.WARNING)
     try:
       VERBS[command].run()
-    except (config_lib.ConfigError, FileNotFoundError, ValueError, ArithmeticError) as e:
+    # A grain worker's error reaches this process as itself, its worker traceback attached
+    # and grain's notes added, which str() leaves out: the message alone is the line.
+    except (config_lib.ConfigError, FileNotFoundError, ValueError, ArithmeticError,
+            records.UnreadableRecordError) as e:
       print(f"mmpretrain {command}: error: {e}", file=sys.stderr)
       sys.exit(2)
   return main

@@ -3,13 +3,15 @@ by default; with data.on_unreadable='skip', skipped, counted, and resumed identi
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import assert_resumes_identically, tiny_config
+from conftest import ROOT, assert_resumes_identically, config_file, tiny_config
 from mmpretrain.data import pipeline
-from mmpretrain.data.records import UnreadableRecordError
+from mmpretrain.data.records import CheckedRecords, UnreadableRecordError
 from mmpretrain.train.loop import train
 from mmpretrain.tokenizers.visual import row_spec
 
@@ -85,3 +87,50 @@ def test_a_run_over_a_corrupt_shard_finishes_and_logs_the_count(corrupt_data_dir
     logged = [json.loads(line) for line in f]
   assert sum(m.get("data/skipped_unreadable", 0) for m in logged) > 0
   assert all(np.isfinite(m["train/loss"]) for m in logged if "train/loss" in m)
+
+
+def short_run(data_dir, num_workers: int):
+  c = corrupt_config(data_dir)
+  c.data.num_workers = num_workers
+  c.train.num_steps, c.checkpoint.every_steps = 3, 0
+  return c
+
+
+def one_worker_run(data_dir):
+  return short_run(data_dir, 1)
+
+
+def in_process_run(data_dir):
+  return short_run(data_dir, 0)
+
+
+@pytest.mark.parametrize("make_config", [in_process_run, one_worker_run])
+def test_the_cli_names_an_unreadable_record_in_one_line(corrupt_data_dir, tmp_path, make_config):
+  """Also when a grain worker met it (it reaches the parent with the worker's traceback)."""
+  path = config_file(tmp_path, make_config, corrupt_data_dir)
+  out = subprocess.run([sys.executable, "-m", "mmpretrain.cli", "train", f"--config={path}",
+                        f"--workdir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-4000:]
+  errors = [line for line in out.stderr.splitlines() if "error:" in line]
+  assert len(errors) == 1 and errors[0].startswith(
+      "mmpretrain train: error: dataset 'mnist_captions': record "), out.stderr[-4000:]
+  assert "mmpretrain prepare --config=<your config> --datasets=mnist_captions --rebuild" in \
+      errors[0] and errors[0].endswith("(counted in data/skipped_unreadable)")
+
+
+class MultiLineFailures:
+  def __len__(self):
+    return 10
+
+  def __getitem__(self, index):
+    raise ValueError(f"bad chunk\n  at record {index}")
+
+
+def test_the_message_is_one_line_whatever_the_reader_says():
+  checked = CheckedRecords(MultiLineFailures(), "d", "train", "Mend it.", skip=False,
+                           max_fraction=0.5)
+  with pytest.raises(UnreadableRecordError) as error:
+    checked[3]  # pylint: disable=pointless-statement
+  assert "\n" not in str(error.value)
+  assert "(ValueError: bad chunk at record 3). Mend it." in str(error.value)

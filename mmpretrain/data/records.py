@@ -51,9 +51,10 @@ class CheckedRecords:
       raise UnreadableRecordError(self.describe(index, e, over)) from e
 
   def describe(self, index: int, error: Exception, over: bool) -> str:
+    detail = " ".join(str(error).split())[:200]   # one line: the CLI's error line
     where = (f"dataset {self.dataset!r}: record {index} of split {self.split!r} in "
              f"{record_file(self.source, index)} cannot be read ({type(error).__name__}: "
-             f"{str(error)[:200]})")
+             f"{detail})")
     if over:
       where += (f"; {len(self.failed)} of its {len(self.source)} records have failed, more "
                 f"than data.max_unreadable_fraction={self.max_fraction}")
