@@ -17,6 +17,11 @@ setup(
         "tensorflow-datasets>=4.9.10,<5",
         "importlib-resources>=6,<8",     # tensorflow-datasets needs it without TensorFlow
         "array-record>=0.8.6,<0.9",
+        # `prepare` converts corpora with Beam: its local runner here, a cluster's at scale.
+        "apache-beam>=2.77,<3",
+        "zstandard>=0.22,<1",            # .zst inputs (DCLM-style corpora)
+        "pyarrow>=14",                   # Parquet inputs
+        "tokenizers>=0.20,<1",           # a Hugging Face tokenizer.json as the text tokenizer
         "ml-collections>=1.1,<2",
         "einops>=0.8,<0.9",
         "absl-py>=2.1,<3",
@@ -42,6 +47,8 @@ setup(
     # the debugging notebook headless.
     # tensorboard: the viewer for the logs every run writes (tensorboardX writes them).
     extras_require={"gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10,<4"],  # gs:// paths
+                    # `prepare --runner=DataflowRunner`: Beam's Google Cloud runner and I/O.
+                    "dataflow": ["apache-beam[gcp]>=2.77,<3"],
                     "tensorboard": ["tensorboard>=2.18,<3"],
                     # libtpu: TPU hosts, and `mmpretrain compile` for TPU topologies anywhere.
                     "tpu": ["jax[tpu]>=0.10.2,<0.11"],

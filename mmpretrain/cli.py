@@ -89,6 +89,11 @@ _REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare: write the datasets a
                                 "they exist (mends a copy whose records cannot be read).")
 _CHECK = flags.DEFINE_boolean("check", False, "prepare: write nothing; exit 1 unless every "
                               "dataset and the tokenizer the config reads are there.")
+_RUNNER = flags.DEFINE_string("runner", "local", "prepare: the Beam runner that converts "
+                               "datasets with a `source`: local (this machine, "
+                               "source.workers processes), DataflowRunner, FlinkRunner, "
+                               "SparkRunner or PortableRunner; its pipeline options follow "
+                               "`--` (docs/data.md).")
 
 
 def _config(of_run: bool = False):
@@ -104,6 +109,15 @@ def _config(of_run: bool = False):
   raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
 
 
+# `mmpretrain prepare … -- OPTIONS`: the Beam pipeline options after `--`, untouched.
+_PIPELINE_ARGS: list[str] = []
+
+
+def _beam_runner():
+  from mmpretrain.data.convert import Runner  # pylint: disable=import-outside-toplevel
+  return Runner(_RUNNER.value, tuple(_PIPELINE_ARGS))
+
+
 def cmd_prepare():
   # pylint: disable-next=import-outside-toplevel
   from mmpretrain.data.prepare import NotReady, check_prepared, prepare
@@ -116,7 +130,7 @@ def cmd_prepare():
       sys.exit(1)
     return
   config = _config()
-  prepare(config, _DATASETS.value, _REBUILD.value)
+  prepare(config, _DATASETS.value, _REBUILD.value, _beam_runner())
   if config.visual.cached_latents:
     from mmpretrain.stages.latent_cache import build_latent_caches  # pylint: disable=import-outside-toplevel
     for path in build_latent_caches(config, _REBUILD.value):
@@ -367,7 +381,7 @@ _SAMPLE = ("config", "workdir", "step", "output", "prompt", "max_new_tokens", "t
 VERBS = {
     "prepare": Verb(cmd_prepare, "write the config's datasets (TFDS array_record) and "
                     "train its tokenizer", "mmpretrain prepare --config=configs/demo.py",
-                    ("config", "datasets", "rebuild", "check")),
+                    ("config", "datasets", "rebuild", "check", "runner")),
     "train": Verb(cmd_train, "train the unified model (re-running resumes from the newest "
                   "checkpoint)", "mmpretrain train --config=configs/demo.py --workdir="
                   "runs/demo --config.train.num_steps=100",
@@ -506,6 +520,13 @@ def main(argv=None):
     print(overview(), file=sys.stdout if len(argv) >= 2 else sys.stderr)
     sys.exit(0 if len(argv) >= 2 else 2)
   command, args = argv[1], argv[2:]
+  if "--" in args:
+    if command != "prepare":
+      print(f"mmpretrain {command}: error: only `mmpretrain prepare` takes options after "
+            "`--` (Beam pipeline options)", file=sys.stderr)
+      sys.exit(2)
+    cut = args.index("--")
+    args, _PIPELINE_ARGS[:] = args[:cut], args[cut + 1:]
   distributed.skip_tpu_probe_on_a_host_only_libtpu()
   if command not in VERBS:
     print(f"mmpretrain: no verb {command!r}\n\n{overview()}", file=sys.stderr)

@@ -56,6 +56,10 @@ def rmtree(path) -> None:
     epath.Path(path).rmtree()
 
 
+def remove(path) -> None:
+  epath.Path(path).unlink(missing_ok=True)
+
+
 def write_bytes(path, data: bytes) -> None:
   if not is_local(path):
     epath.Path(path).write_bytes(data)
@@ -68,6 +72,32 @@ def write_bytes(path, data: bytes) -> None:
 
 def read_bytes(path) -> bytes:
   return epath.Path(path).read_bytes()
+
+
+def open_read(path):
+  """A binary file object that streams `path` (seekable; an object store reads ranges)."""
+  return epath.Path(path).open("rb")
+
+
+def size(path) -> int:
+  return epath.Path(path).stat().length
+
+
+def rename(source, destination) -> None:
+  """Moves a file; on an object store a copy and a delete (no reader sees half of it)."""
+  if is_local(source) and is_local(destination):
+    os.replace(source, destination)
+  else:
+    epath.Path(source).rename(destination)
+
+
+def upload(local_path, destination) -> None:
+  """A local file to `destination`, streamed (never read whole into memory)."""
+  if is_local(destination):
+    shutil.copyfile(local_path, destination)
+    return
+  with open(local_path, "rb") as source, epath.Path(destination).open("wb") as target:
+    shutil.copyfileobj(source, target, length=16 * 2**20)
 
 
 def write_text(path, text: str) -> None:

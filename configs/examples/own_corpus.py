@@ -1,22 +1,26 @@
 """Train on your own files: `mmpretrain prepare` converts them into sharded TFDS datasets
-(array_record) under data_dir, with 2 worker processes, counting corrupt records.
+(array_record) under data_dir with an Apache Beam pipeline, counting corrupt records: on
+this machine by Beam's local runner (`source.workers` processes), on a cluster with
+`--runner=DataflowRunner` (or Flink, Spark) and its options after `--` (docs/data.md).
 
-Each dataset below has a `source` (data/convert.py lists every format and key): JSON-lines
-text, webdataset tar shards of captioned images, mp4/webm clips listed with captions, and
-.npz episodes of frames and continuous actions (written as text, e.g.
-`t+0.25s dx=+0.12 dy=-0.03 dyaw=+0.10`). Point the globs at your files:
+Each dataset below has a `source` (every key of data/convert/options.py, so any of them
+can be overridden): JSON-lines text (plain, .gz, .zst or .bz2), webdataset tar shards of
+captioned images, mp4/webm clips listed with captions, and .npz episodes of frames and
+continuous actions (written as text, e.g. `t+0.25s dx=+0.12 dy=-0.03 dyaw=+0.10`). Point
+the globs at your files:
 
   mmpretrain prepare --config=configs/examples/own_corpus.py \\
-      --config.data.datasets.my_text.source.train='/corpus/text/*.jsonl'
+      --config.data.datasets.my_text.source.train='/corpus/text/*.jsonl.gz'
   mmpretrain train --config=configs/examples/own_corpus.py --workdir=runs/own_corpus
 
-A gs:// data_dir works the same (the shards are published through storage).
+A gs:// data_dir works the same (workers write the shards there directly).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import base  # pylint: disable=wrong-import-position
+from mmpretrain.data.convert import SOURCE_DEFAULTS  # pylint: disable=wrong-import-position
 
 FIELDS = {"text": {"text": "text"}, "image_text": {"image": "image", "caption": "caption"},
           "video": {"frames": "frames", "fps": "fps"},
@@ -43,7 +47,7 @@ def get_config(arg=None):
     c.data.datasets[name] = {"tfds_name": name, "data_dir": "", "version": "",
                              "train_split": "train", "eval_split": "validation",
                              "fields": FIELDS[stream],
-                             "source": {"validation_fraction": 0.01, "workers": 2, **source}}
+                             "source": {**SOURCE_DEFAULTS, **source}}
     c.data.streams[stream].datasets = {name: 1.0}
   c.eval.classifier = ""                 # the MNIST judge does not know your images
   return c

@@ -1,13 +1,15 @@
 """`mmpretrain prepare`: builds what a config needs into config.data.data_dir, idempotently.
 
 The TFDS datasets its streams read — the built-in ones, and a user's own corpus converted
-from the files it comes in (a dataset entry with a `source`: data/convert.py); any other
+from the files it comes in (a dataset entry with a `source`: data/convert/); any other
 dataset must already be there — and the SentencePiece tokenizer, trained on the text those
 datasets hold.
 """
 
 from mmpretrain import storage
-from mmpretrain.data import builders, convert, latent_cache, pipeline, records, streams
+from mmpretrain.data import builders, latent_cache, pipeline, records, streams
+from mmpretrain.data.convert import Runner
+from mmpretrain.data.convert.build import build_dataset
 from mmpretrain.data.pipeline import datasets_in_use
 from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
 
@@ -15,7 +17,10 @@ TEXT_FIELDS = ("text", "caption", "actions", "mission")
 CORPUS_RECORDS = 20_000      # per dataset: plenty for an 8k BPE, bounded for huge sets
 
 
-def prepare_datasets(config, names, rebuild: bool = False) -> None:
+def prepare_datasets(config, names, rebuild: bool = False,
+                     runner: Runner = Runner()) -> None:
+  """Builds each dataset of `names`: a built-in one here, a `source` by a Beam pipeline on
+  `runner`; any other must be there already."""
   for name in names:
     if name not in config.data.datasets:
       raise ValueError(f"unknown dataset {name!r}; config.data.datasets has "
@@ -25,12 +30,13 @@ def prepare_datasets(config, names, rebuild: bool = False) -> None:
     if spec.tfds_name in builders.BUILDERS:
       print(f"dataset ready: {builders.prepare_dataset(spec.tfds_name, data_dir, rebuild)}")
     elif spec.get("source") and spec.source.get("format"):
-      result = convert.convert(spec.source, spec.tfds_name, data_dir, rebuild)
+      result = build_dataset(spec.source, spec.tfds_name, data_dir, rebuild, runner)
       if result["examples"] is None:
         print(f"dataset ready: {result['path']}")
       else:
         print(f"converted {name}: {result['examples']} examples, corrupt records skipped: "
-              f"{result['corrupt'] or 'none'} -> {result['path']}")
+              f"{result['corrupt'] or 'none'}, {result['records_per_s']:,.0f} records/s "
+              f"-> {result['path']}")
     else:   # a user's own TFDS dataset: check it is readable, never build it
       builders.open_split(spec.tfds_name, spec.train_split, data_dir, spec.version)
       print(f"dataset found: {spec.tfds_name} in {data_dir}")
@@ -109,9 +115,10 @@ def check_prepared(config) -> list[str]:
   return found
 
 
-def prepare(config, datasets: list[str] | None = None, rebuild: bool = False) -> None:
+def prepare(config, datasets: list[str] | None = None, rebuild: bool = False,
+            runner: Runner = Runner()) -> None:
   """Builds `datasets` (default: all the config reads; `rebuild`: anew, even where present),
   then the tokenizer if missing."""
   names = datasets or datasets_in_use(config)
-  prepare_datasets(config, names, rebuild)
+  prepare_datasets(config, names, rebuild, runner)
   prepare_tokenizer(config)

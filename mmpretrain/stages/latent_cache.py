@@ -14,7 +14,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmpretrain import storage
-from mmpretrain.data import convert, latent_cache, pipeline, records, streams
+from mmpretrain.data import latent_cache, pipeline, records, streams
+from mmpretrain.data.convert import VERSION
+from mmpretrain.data.convert.publish import write_dataset
+from mmpretrain.data.convert.shards import array_record_writer
 from mmpretrain.data.prepare import datasets_in_use
 from mmpretrain.tokenizers.visual import make_representation
 
@@ -90,7 +93,7 @@ def build_latent_caches(config, rebuild: bool = False) -> list[str]:
       continue
     spec = config.data.datasets[name]
     cache = latent_cache.cache_name(config, spec.tfds_name)
-    destination = storage.join(spec.data_dir or config.data.data_dir, cache, convert.VERSION)
+    destination = storage.join(spec.data_dir or config.data.data_dir, cache, VERSION)
     paths.append(destination)
     if storage.exists(storage.join(destination, "dataset_info.json")) and not rebuild:
       continue
@@ -99,7 +102,7 @@ def build_latent_caches(config, rebuild: bool = False) -> list[str]:
     shards = {}
     for split, tfds_split in (("train", spec.train_split), ("validation", spec.eval_split)):
       path = os.path.join(staging, f"{tfds_split}.array_record")
-      writer = convert.array_record_writer(path)
+      writer = array_record_writer(path)
       count = 0
       for entry in encoded_records(pipeline.dataset_records(config, name, split), keys,
                                    config, encoder):
@@ -107,8 +110,7 @@ def build_latent_caches(config, rebuild: bool = False) -> list[str]:
         count += 1
       writer.close()
       shards[tfds_split] = [(path, count)]
-    convert.write_dataset(destination, cache, latent_cache.FEATURES, shards,
-                          f"latents of {spec.tfds_name} ({config.visual.representation})",
-                          os.path.join(staging, "metadata"))
+    write_dataset(destination, cache, latent_cache.FEATURES, shards,
+                  f"latents of {spec.tfds_name} ({config.visual.representation})", {})
     storage.rmtree(staging)
   return paths
