@@ -30,6 +30,10 @@ SCRIPTS = {
     "moe_tpu.py": {"capacity_einsum_ms", "capacity_ms", "capacity_expert_axis_ms",
                    "dropless_expert_axis_ms", "dense_ms", "routed_matmul_ms",
                    "capacity_einsum_vs_dense"},
+    "prepare.py": {
+        "text_records_per_s_1_worker", "text_records_per_s_2_workers", "text_scaling",
+        "text_beam_over_loop", "images_records_per_s_1_worker", "images_scaling",
+        "images_beam_over_loop"},
     "checkpoint.py": {
         "state_mb", "save_mb_per_s", "restore_mb_per_s", "save_vs_file_write",
         "async_block_fraction"},

@@ -361,6 +361,10 @@ def test_bad_sources_are_refused_by_name(tmp_path):
   write(tmp_path / "in/a.jsonl.xz", b"\xfd7zXZ")
   with pytest.raises(ValueError, match="unknown compression '.xz'"):
     build_dataset({"format": "jsonl", "train": f"{tmp_path}/in/*.xz"}, "xz", str(tmp_path))
+  write(tmp_path / "in/one.jsonl", b'{"text": "a lone document"}\n')
+  with pytest.raises(ValueError, match="gave no validation examples"):
+    build_dataset({"format": "jsonl", "train": f"{tmp_path}/in/one.jsonl", "workers": 1},
+                  "lone", str(tmp_path))
   with pytest.raises(FileNotFoundError, match="no input file matches"):
     build_dataset({"format": "jsonl", "train": f"{tmp_path}/none/*.jsonl"}, "none",
                     str(tmp_path))

@@ -37,7 +37,8 @@ def fingerprint(o: SourceOptions, pieces: list[inputs.Piece]) -> str:
 
 def _drop_stale_work(destination: str, keep: str) -> None:
   for name in storage.listdir(destination):
-    if name.startswith(shards.INCOMPLETE) and storage.join(destination, name) != keep:
+    if name.startswith(shards.INCOMPLETE) and storage.join(destination, name) not in (
+        keep, pipeline.outcome_path(keep)):
       storage.rmtree(storage.join(destination, name))
 
 
@@ -65,8 +66,10 @@ def build_dataset(source, tfds_name: str, data_dir: str, rebuild: bool = False,
   with beam.Pipeline(options=options) as root:
     pipeline.build(root, pieces, o, tfds_name, destination, work)
   seconds = time.perf_counter() - started
-  metadata = storage.read_json(storage.join(destination, "metadata.json"))
-  records = sum(metadata["examples"].values())
-  return {"path": destination, "examples": metadata["examples"],
-          "corrupt": metadata["corrupt"], "pieces": len(pieces),
-          "records_per_s": records / max(seconds, 1e-9)}
+  outcome = storage.read_json(pipeline.outcome_path(work))
+  storage.remove(pipeline.outcome_path(work))
+  if "refused" in outcome:
+    raise ValueError(outcome["refused"])
+  records = sum(outcome["examples"].values())
+  return {"path": destination, "examples": outcome["examples"], "corrupt": outcome["corrupt"],
+          "pieces": len(pieces), "records_per_s": records / max(seconds, 1e-9)}

@@ -6,12 +6,14 @@ Each piece is converted by one worker, which writes its shards straight to the
 destination's work directory and returns its counts; publishing runs once, after every
 piece, so a failed or interrupted pipeline never leaves a dataset that loads.
 """
+import sys
 import time
 
 import apache_beam as beam
 import tensorflow_datasets as tfds
 from apache_beam.metrics import Metrics
 
+from mmpretrain import storage
 from mmpretrain.data.convert import formats, inputs, publish, shards
 from mmpretrain.data.convert.options import SourceOptions
 
@@ -55,13 +57,14 @@ class ConvertPiece(beam.DoFn):
     seconds = time.perf_counter() - started
     n = sum(summary["examples"].values())
     print(f"  piece {piece.index} ({piece.origin}): {n} records in {seconds:.1f} s "
-          f"({n / max(seconds, 1e-9):,.0f} records/s)", flush=True)
+          f"({n / max(seconds, 1e-9):,.0f} records/s)", file=sys.stderr, flush=True)
     yield summary
 
 
 def build(root: beam.Pipeline, pieces: list[inputs.Piece], o: SourceOptions, tfds_name: str,
           destination: str, work: str) -> beam.PCollection:
-  """Adds the conversion of `pieces` to the pipeline `root`; its output is the totals."""
+  """Adds the conversion of `pieces` to the pipeline `root`; its output is the totals,
+  also written to `<work>.json` for the launcher."""
   description = f"converted by mmpretrain prepare ({o.format})"
   features = formats.FORMATS[o.format].features
   return (root
@@ -70,4 +73,13 @@ def build(root: beam.Pipeline, pieces: list[inputs.Piece], o: SourceOptions, tfd
           | f"{tfds_name}/convert" >> beam.ParDo(ConvertPiece(o, work))
           | f"{tfds_name}/gather" >> beam.combiners.ToList()
           | f"{tfds_name}/publish" >> beam.Map(publish.publish, tfds_name, features,
-                                               description, destination, work))
+                                               description, destination, work)
+          | f"{tfds_name}/report" >> beam.Map(_write_outcome, outcome_path(work)))
+
+
+def outcome_path(work: str) -> str:
+  return work + ".json"
+
+
+def _write_outcome(outcome: dict, path: str) -> None:
+  storage.write_json(path, outcome)

@@ -67,14 +67,17 @@ def write_dataset(destination: str, tfds_name: str, features: dict,
 def publish(summaries: list[dict], tfds_name: str, features: dict, description: str,
             destination: str, work: str) -> dict:
   """Every piece's non-empty shards and the metadata; the work directory goes. Returns
-  the totals. A split with no example is refused (nothing is published)."""
+  the totals, with `refused` naming why when a split has no example (then nothing is
+  published, and the launcher raises it: an error inside a pipeline reaches the user as
+  a worker's traceback)."""
   summaries = sorted(summaries, key=lambda s: s["piece"])
   counts = totals(summaries)
-  for split in shards.SPLITS:
-    if not counts["examples"][split]:
-      raise ValueError(f"{tfds_name}: the inputs gave no {split} examples (corrupt: "
-                       f"{counts['corrupt'] or 'none'}); give `validation` inputs or raise "
-                       "validation_fraction")
+  empty = [split for split in shards.SPLITS if not counts["examples"][split]]
+  if empty:
+    return {**counts, "refused": (
+        f"{tfds_name}: the inputs gave no {empty[0]} examples (corrupt: "
+        f"{counts['corrupt'] or 'none'}); give `validation` inputs or raise "
+        "validation_fraction")}
   split_shards, origins = {}, {}
   for split in shards.SPLITS:
     kept = [s for s in summaries if s["examples"].get(split, 0)]
