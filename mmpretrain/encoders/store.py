@@ -2,6 +2,7 @@
 or a Hugging Face checkpoint (config.json + safetensors). `load_encoder` reads either."""
 import dataclasses
 
+import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -23,6 +24,11 @@ def save_module(directory: str, module: nnx.Module) -> None:
 def restore_module(directory: str, abstract: nnx.Module) -> nnx.Module:
   """A module shaped like `abstract` (from nnx.eval_shape) with the state saved there."""
   graphdef, state = nnx.split(abstract)
+  # Onto this process's first device: the sharding saved with the state names a device of
+  # the process that saved it, which another process of a multi-host job cannot restore to.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                       state)
   with ocp.StandardCheckpointer() as checkpointer:
     state = checkpointer.restore(storage.join(storage.absolute(directory), PARAMS), state)
   return nnx.merge(graphdef, state)
