@@ -43,13 +43,14 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.8, "analyze-experts: text (vision
                                 "text affinity at least (at most 1 minus) this.")
 _STEP = flags.DEFINE_integer("step", None, "eval, export-params: checkpoint step (default: "
                              "newest).")
-_MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train: 'auto' joins a "
-                               "multi-process run from the coordinator flags, or on a TPU VM "
-                               "from the pod itself; 'off' runs one process.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train: HOST:PORT of process 0 "
-                                   "of a multi-process run (not needed on TPU VMs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train: processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train: this process's index.")
+_MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train, prepare: 'auto' "
+                               "joins a multi-process run from the coordinator flags, or on a "
+                               "TPU VM from the pod itself; 'off' runs one process.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train, prepare: HOST:PORT of "
+                                   "process 0 of a multi-process run (not needed on TPU VMs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train, prepare: processes in the "
+                                     "run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, prepare: this process's index.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "sample: text to continue (repeatable).")
 _CAPTIONS = flags.DEFINE_multi_string("caption", None, "sample: draw images of this caption "
                                       "(repeatable).")
@@ -89,6 +90,9 @@ _REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare: write the datasets a
                                 "they exist (mends a copy whose records cannot be read).")
 _CHECK = flags.DEFINE_boolean("check", False, "prepare: write nothing; exit 1 unless every "
                               "dataset and the tokenizer the config reads are there.")
+_LATENTS = flags.DEFINE_boolean("latents", True, "prepare: with visual.cached_latents, also "
+                                "encode the latent cache on every process of the job "
+                                "(--nolatents: datasets and tokenizer only, one process).")
 _RUNNER = flags.DEFINE_string("runner", "local", "prepare: the Beam runner that converts "
                                "datasets with a `source`: local (this machine, "
                                "source.workers processes), DataflowRunner, FlinkRunner, "
@@ -130,10 +134,17 @@ def cmd_prepare():
       sys.exit(1)
     return
   config = _config()
-  prepare(config, _DATASETS.value, _REBUILD.value, _beam_runner())
-  if config.visual.cached_latents:
-    from mmpretrain.stages.latent_cache import build_latent_caches  # pylint: disable=import-outside-toplevel
-    for path in build_latent_caches(config, _REBUILD.value):
+  if not (config.visual.cached_latents and _LATENTS.value):
+    prepare(config, _DATASETS.value, _REBUILD.value, _beam_runner())
+    return
+  # Every process of a multi-host job encodes its share of the latent cache.
+  distributed.initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.stages.latent_cache import prepare_with_latents
+  result = prepare_with_latents(config, _DATASETS.value, _REBUILD.value, _beam_runner())
+  if result["process"] == 0:
+    for path in result["caches"]:
       print(f"latents ready: {path}")
 
 
@@ -381,7 +392,8 @@ _SAMPLE = ("config", "workdir", "step", "output", "prompt", "max_new_tokens", "t
 VERBS = {
     "prepare": Verb(cmd_prepare, "write the config's datasets (TFDS array_record) and "
                     "train its tokenizer", "mmpretrain prepare --config=configs/demo.py",
-                    ("config", "datasets", "rebuild", "check", "runner")),
+                    ("config", "datasets", "rebuild", "check", "runner", "latents", "multihost",
+                     "coordinator_address", "num_processes", "process_id")),
     "train": Verb(cmd_train, "train the unified model (re-running resumes from the newest "
                   "checkpoint)", "mmpretrain train --config=configs/demo.py --workdir="
                   "runs/demo --config.train.num_steps=100",

@@ -131,8 +131,9 @@ def prepare_dataset(name: str, data_dir: str, rebuild: bool = False) -> str:
   return str(builder.data_path)
 
 
-def open_split(name: str, split: str, data_dir: str, version: str = ""):
-  """A random-access source (len, __getitem__ -> dict of numpy/bytes) over one split."""
+def dataset_dir(name: str, data_dir: str, version: str = "") -> str:
+  """`<data_dir>/<name>/<version>` of a prepared TFDS dataset (the newest version unless
+  `version`); DatasetNotPrepared, naming the command, where there is none."""
   root = storage.join(data_dir, name)
   versions = sorted((v for v in (storage.listdir(root) if storage.isdir(root) else [])
                      if storage.exists(storage.join(root, v, "dataset_info.json"))),
@@ -145,8 +146,24 @@ def open_split(name: str, split: str, data_dir: str, version: str = ""):
             "or copy the prepared TFDS dataset (array_record) there")
     raise DatasetNotPrepared(f"dataset {name!r}{' version ' + version if version else ''} "
                              f"is not prepared in {data_dir}: {hint}")
-  builder = tfds.builder_from_directory(storage.join(root, versions[-1]))
+  return storage.join(root, versions[-1])
+
+
+def _split_builder(name: str, split: str, data_dir: str, version: str = ""):
+  builder = tfds.builder_from_directory(dataset_dir(name, data_dir, version))
   if split not in builder.info.splits:
     raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)}")
-  return builder.as_data_source(split=split)
+  return builder
+
+
+def open_split(name: str, split: str, data_dir: str, version: str = ""):
+  """A random-access source (len, __getitem__ -> dict of numpy/bytes) over one split."""
+  return _split_builder(name, split, data_dir, version).as_data_source(split=split)
+
+
+def split_shards(name: str, split: str, data_dir: str, version: str = "") -> list[tuple[str, int]]:
+  """(file path, records) of every shard file of one split, in the order open_split reads
+  them (TFDS's dataset_info.json: the file template and shard lengths; no TensorFlow)."""
+  info = _split_builder(name, split, data_dir, version).info.splits[split]
+  return [(str(path), int(n)) for path, n in zip(info.filepaths, info.shard_lengths)]

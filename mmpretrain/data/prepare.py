@@ -84,24 +84,25 @@ class NotReady(RuntimeError):
 def check_prepared(config) -> list[str]:
   """What a run of `config` reads, all present: the datasets' train splits and the
   tokenizer (their paths). Raises NotReady naming everything missing and the command."""
-  found, missing = [], []
+  found, missing, present = [], [], []
   for name in datasets_in_use(config):
     spec = config.data.datasets[name]
     data_dir = spec.data_dir or config.data.data_dir
     try:
       builders.open_split(spec.tfds_name, spec.train_split, data_dir, spec.version)
       found.append(storage.join(data_dir, spec.tfds_name))
+      present.append(name)
     except (builders.DatasetNotPrepared, ValueError) as e:
       missing.append(str(e))
   if config.visual.cached_latents:
-    for name in datasets_in_use(config):
+    for name in present:
       if latent_cache.visual_fields(config, name):
-        spec = config.data.datasets[name]
-        data_dir = spec.data_dir or config.data.data_dir
-        cache = latent_cache.cache_name(config, spec.tfds_name)
-        try:
-          builders.open_split(cache, spec.train_split, data_dir)
-          found.append(storage.join(data_dir, cache))
+        try:          # every source shard of both splits has its cache file
+          for split in ("train", "validation"):
+            latent_cache.check_cache(latent_cache.cache_shards(config, name, split), name)
+          spec = config.data.datasets[name]
+          found.append(storage.join(spec.data_dir or config.data.data_dir,
+                                    latent_cache.cache_name(config, spec.tfds_name)))
         except (builders.DatasetNotPrepared, ValueError) as e:
           missing.append(f"{e} (visual.cached_latents)")
   path = pipeline.tokenizer_path(config)
