@@ -7,7 +7,7 @@ datasets hold.
 """
 
 from mmpretrain import storage
-from mmpretrain.data import builders, latent_cache, pipeline, records, streams
+from mmpretrain.data import builders, latent_cache, pipeline, records, streams, token_counts
 from mmpretrain.data.convert import Runner
 from mmpretrain.data.convert.build import build_dataset
 from mmpretrain.data.pipeline import datasets_in_use
@@ -122,4 +122,19 @@ def prepare(config, datasets: list[str] | None = None, rebuild: bool = False,
   then the tokenizer if missing."""
   names = datasets or datasets_in_use(config)
   prepare_datasets(config, names, rebuild, runner)
-  prepare_tokenizer(config)
+  tokenizer = prepare_tokenizer(config)
+  for name in names:
+    count_dataset_tokens(config, name, tokenizer, runner)
+
+
+def count_dataset_tokens(config, name: str, tokenizer: str,
+                         runner: Runner = Runner()) -> dict:
+  """Text tokens and frames of each split of dataset `name`, kept beside it."""
+  spec = config.data.datasets[name]
+  workers = spec.source.workers if spec.get("source") and spec.source.get("format") else 2
+  counts = token_counts.count_tokens(token_counts.Dataset.of(config, name), tokenizer,
+                                     runner, workers)
+  for split, c in counts["splits"].items():
+    print(f"tokens of {name} {split}: {sum(c['text_tokens'].values()):,} text tokens, "
+          f"{c['frames']:,} frames in {c['records']:,} records")
+  return counts
