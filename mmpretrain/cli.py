@@ -98,6 +98,9 @@ _RUNNER = flags.DEFINE_string("runner", "local", "prepare: the Beam runner that 
                                "source.workers processes), DataflowRunner, FlinkRunner, "
                                "SparkRunner or PortableRunner; its pipeline options follow "
                                "`--` (docs/data.md).")
+_PROGRAM = flags.DEFINE_enum("program", "train", ["train", "latent_cache"], "compile: the "
+                             "train step, or the latent cache's encode step (`prepare` with "
+                             "visual.cached_latents).")
 
 
 def _config(of_run: bool = False):
@@ -346,8 +349,9 @@ def cmd_fit():
 
 
 def cmd_compile():
-  """Compiles the train step for a TPU topology on this machine (libtpu, no TPU) and prints
-  its memory per chip and the TPU cost model's time as one JSON line."""
+  """Compiles the train step (or, with --program=latent_cache, the latent cache's encode
+  step) for a TPU topology on this machine (libtpu, no TPU) and prints its memory per chip
+  and the TPU cost model's time as one JSON line."""
   # pylint: disable=import-outside-toplevel
   import json
   from mmpretrain.train import aot
@@ -355,10 +359,17 @@ def cmd_compile():
     raise app.UsageError("--topology is required, e.g. --topology=v5p-128")
   config = _config()
   try:
-    result = aot.report(config, _TOPOLOGY.value, _NUM_SLICES.value)
+    if _PROGRAM.value == "latent_cache":
+      result = aot.latent_cache_report(config, _TOPOLOGY.value, _NUM_SLICES.value)
+    else:
+      result = aot.report(config, _TOPOLOGY.value, _NUM_SLICES.value)
   except aot.NoTpuCompiler as e:
     raise ValueError(str(e)) from e
   print(json.dumps(result))
+  if not result["fits"] and _PROGRAM.value == "latent_cache":
+    print(f"mmpretrain compile: error: the encode step does not fit {result['tpu']}'s "
+          f"{result['hbm_bytes'] / 2**30:.0f} GiB per chip", file=sys.stderr)
+    sys.exit(3)
   if not result["fits"]:
     need = result.get("compiler") or f"{result['per_device_bytes'] / 2**30:.1f} GiB needed"
     print(f"mmpretrain compile: error: the step does not fit {result['tpu']}'s "
@@ -438,7 +449,7 @@ VERBS = {
     "compile": Verb(cmd_compile, "compile the train step for a TPU topology here (libtpu, "
                     "no TPU): memory per chip, cost-model time and MFU",
                     "mmpretrain compile --config=configs/bench/dense_ref.py --topology=v5p-8",
-                    ("config", "topology", "num_slices")),
+                    ("config", "topology", "num_slices", "program")),
     "export-params": Verb(cmd_export_params, "write a checkpoint's parameters alone",
                           "mmpretrain export-params --workdir=runs/demo",
                           ("config", "workdir", "step")),

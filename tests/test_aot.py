@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -15,10 +16,11 @@ import base
 from mmpretrain.config import load_config, validate
 from mmpretrain.model.masks import attention_mask
 from mmpretrain.scaling.sweep import with_overrides
+from mmpretrain.stages.latent_cache import encode_step
 from mmpretrain.tokenizers.visual import make_representation, row_spec
 from mmpretrain.train import aot
 
-from conftest import ROOT
+from conftest import ROOT, config_file
 
 
 NO_LIBTPU = importlib.util.find_spec("libtpu") is None
@@ -240,3 +242,41 @@ def test_every_paper_config_is_sized_for_the_topology_it_names():
       assert overrides["model.d_model"] == max(config.scaling.widths)
   # The representation arms (RAE, VAE, pixels) put the same number of tokens in an image.
   assert tokens_per_image == {256}
+
+
+@tpu_compile
+def test_compile_prices_the_latent_cache_encode_step_per_chip(tmp_path):
+  # A small random RAE (16² frames, one layer, width 32) through the CLI on a v5p-8 (~10 s).
+  # pylint: disable-next=import-outside-toplevel
+  from test_latent_cache import pod_config, save_random_rae
+  config = pod_config(str(tmp_path))
+  save_random_rae(config)
+  out = run_compile(f"--config={config_file(tmp_path, pod_config, str(tmp_path))}",
+                    "--topology=v5p-8", "--program=latent_cache")
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert report["program"] == "latent_cache" and report["chips"] == 4 and report["fits"]
+  assert report["latent_grid"] == [4, 4, 32]
+  per_chip = report["frames_per_chip"]
+  assert report["images_per_s_per_chip"] == pytest.approx(per_chip / report["optimal_seconds"])
+  # Each chip runs the encoder on its own frames: the FLOPs of one CPU device's compile.
+  representation = make_representation(config)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("frames",))
+  frames = jax.ShapeDtypeStruct((per_chip, 16, 16, 1), np.uint8)
+  cpu = aot._cost(encode_step(representation, mesh).lower(  # pylint: disable=protected-access
+      representation.abstract_params(), frames).compile())
+  assert report["xla_flops"] == pytest.approx(cpu["flops"], rel=0.05)
+
+
+@tpu_compile
+def test_the_so400m_encode_step_costs_its_matmuls_on_every_token():
+  # The paper's SigLIP 2 So400m/14 at 224 px: its 27 layers are unrolled, so the analysis
+  # counts them all: 2 FLOPs a parameter a token (256 tokens), attention and the pooling
+  # head a few percent on top (~40 s: building the abstract So400m, then the compile).
+  config = validate(load_config(f"{ROOT}/configs/paper/dense_1b.py"))
+  report = aot.latent_cache_report(config, "v5p-8")
+  encoder = make_representation(config).abstract_params()["encoder"]
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(encoder))
+  per_image = report["xla_flops"] / report["frames_per_chip"]
+  assert 1.0 < per_image / (2 * params * 256) < 1.15
+  assert report["latent_grid"] == [16, 16, 1152] and report["fits"]

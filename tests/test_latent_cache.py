@@ -167,7 +167,7 @@ def digits(seed: int, n: int) -> list[dict]:
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # origin: (seed, records); b takes two encoder calls of 2 devices × FRAMES_PER_DEVICE
-SHARDS = {"a": (0, 37), "b": (1, 70), "c": (2, 21), "v": (3, 13)}
+SHARDS = {"a": (0, 37), "b": (1, 300), "c": (2, 21), "v": (3, 13)}
 
 
 def source_shards(train: str, validation: str = "v") -> tuple[dict, dict]:
@@ -202,11 +202,15 @@ def pod_root(tmp_path, data_dir):
   os.makedirs(root)
   shutil.copy(tokenizer_path(tiny_config(data_dir)), os.path.join(root, "tokenizer.model"))
   write_source(os.path.join(root, "data"), *source_shards("abc"))
-  config = pod_config(root)
+  save_random_rae(pod_config(root))
+  return root
+
+
+def save_random_rae(config) -> None:
+  """A random-init RAE of the config's encoder and decoder shapes at visual.checkpoint."""
   encoder_cfg = image_tower_config(config)
   save_rae(config.visual.checkpoint, RAE(VisionTransformer(encoder_cfg, rngs=nnx.Rngs(0)),
                                          decoder_config(config, encoder_cfg), rngs=nnx.Rngs(1)))
-  return root
 
 
 def cache_files(config) -> dict[str, tuple[bytes, int]]:
@@ -249,7 +253,7 @@ def test_one_cache_file_per_source_shard_keyed_by_its_origin(pod_root):
   keys = {o: latent_cache.shard_key(o, SHARDS[o][1]) for o in "abcv"}
   assert sorted(files) == sorted([f"train-{keys[o]}.array_record" for o in "abc"]
                                  + [f"validation-{keys['v']}.array_record"])
-  assert len(result["encoded"]) == 4 and result["frames"] == 37 + 70 + 21 + 13
+  assert len(result["encoded"]) == 4 and result["frames"] == 37 + 300 + 21 + 13
   assert_cache_matches_the_encoder(config)
   assert_cache_matches_the_encoder(config, "validation")
   assert check_prepared(config)
@@ -334,7 +338,7 @@ def test_two_processes_write_the_cache_one_process_writes(pod_root, tmp_path):
   outputs = prepare_processes(config_file(tmp_path, pod_config, pod_root), 2, 2)
   got = {name: data for name, (data, _) in cache_files(config).items()}
   assert got == want
-  # Each process encoded its share (largest first to the least loaded): 70 records, and
+  # Each process encoded its share (largest first to the least loaded): 300 records, and
   # 37 + 21 + 13.
   for i, shards in enumerate([("train shard 1",),
                               ("train shard 0", "train shard 2", "validation shard 0")]):

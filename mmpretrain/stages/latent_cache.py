@@ -31,7 +31,7 @@ from mmpretrain.data.convert import Runner
 from mmpretrain.data.prepare import datasets_in_use, prepare
 from mmpretrain.tokenizers.visual import make_representation
 
-FRAMES_PER_DEVICE = 32      # frames a device encodes per call (one compiled shape)
+FRAMES_PER_DEVICE = 128     # frames a device encodes per call (one compiled shape)
 DECODE_THREADS = 16         # threads reading and decoding source records ahead
 PROGRESS_SECONDS = 60.0     # a progress line at least this often inside a long shard
 SPLITS = ("train", "validation")

@@ -35,7 +35,7 @@ from mmpretrain.model.masks import key_ranges
 from mmpretrain.model.transformer import is_moe_layer, model_remat_policy
 from mmpretrain.run import Run
 from mmpretrain.scaling.flops import train_flops_per_token
-from mmpretrain.tokenizers.visual import patch_dim, row_spec
+from mmpretrain.tokenizers.visual import make_representation, patch_dim, row_spec
 from mmpretrain.train.step import Trainer
 
 def parse_topology(name: str) -> tuple[str, str]:
@@ -390,6 +390,52 @@ def report(config, topology: str, num_slices: int = 1) -> dict:
       "tokens_per_step": tokens, "compile_s": compile_s,
       # A text-only config (no frames in a row) draws no images.
       **(sampler_report(config, devices, chip) if config.data.max_frames else {})}
+
+
+def latent_cache_report(config, topology: str, num_slices: int = 1,
+                        frames_per_chip: int | None = None) -> dict:
+  """The latent cache's encode step (stages/latent_cache.encode_step, what `prepare` runs
+  under visual.cached_latents) compiled for a TPU slice: uint8 frames, `frames_per_chip`
+  (default: the stage's FRAMES_PER_DEVICE) on every chip, the representation's weights
+  replicated. Memory per chip, and the cost model's time as images a second a chip (the
+  encoders' layers are unrolled, so the analysis counts them all)."""
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.stages.latent_cache import FRAMES_PER_DEVICE, encode_step
+  generation, devices = abstract_devices(topology, num_slices)
+  chip = CHIPS[generation]
+  per_chip = frames_per_chip or FRAMES_PER_DEVICE
+  representation = make_representation(config)
+  mesh = jax.sharding.Mesh(np.array(devices), ("frames",))
+  replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                        representation.abstract_params())
+  d = config.data
+  frames = jax.ShapeDtypeStruct((per_chip * len(devices), d.image_size, d.image_size,
+                                 d.image_channels), jnp.uint8,
+                                sharding=NamedSharding(mesh, jax.sharding.PartitionSpec("frames")))
+  where = {"program": "latent_cache", "topology": topology,
+           "tpu": f"{generation}:{parse_topology(topology)[1]}", "num_slices": num_slices,
+           "chips": len(devices), "hbm_bytes": chip.hbm_bytes, "frames_per_chip": per_chip,
+           "latent_grid": list(representation.latent_grid)}
+  start = time.perf_counter()
+  try:
+    executable = _compile(encode_step(representation, mesh).lower(params, frames))
+  except DoesNotFit as e:
+    return {**where, "fits": False, "compiler": str(e),
+            "compile_s": time.perf_counter() - start}
+  compile_s = time.perf_counter() - start
+  memory = executable.memory_analysis()
+  per_device = _per_device_bytes(memory)
+  cost = _cost(executable)
+  seconds = cost["optimal_seconds"]
+  return {
+      **where, "argument_bytes": memory.argument_size_in_bytes,
+      "output_bytes": memory.output_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
+      "alias_bytes": memory.alias_size_in_bytes, "per_device_bytes": per_device,
+      "hbm_headroom": 1.0 - per_device / chip.hbm_bytes, "fits": per_device <= chip.hbm_bytes,
+      "xla_flops": cost["flops"], "optimal_seconds": seconds,
+      "images_per_s_per_chip": per_chip / seconds if seconds > 0 else None,
+      "compile_s": compile_s}
 
 
 def advice(config) -> str:
