@@ -54,7 +54,8 @@ def test_every_script_has_help_and_a_dry_run_that_calls_nothing(script, gcloud):
   usage = run_script(script, "--help", stub_dir=stub_dir)
   assert usage.returncode == 0 and usage.stdout.startswith(f"Usage: tpu_scripts/{script}")
   args = {"launch.sh": ["--config=configs/demo.py", "--workdir=gs://b/run"],
-          "prepare.sh": ["--config=configs/demo.py"]}.get(script, [])
+          "prepare.sh": ["--config=configs/demo.py"],
+          "cache_latents.sh": ["--config=configs/paper/dense_1b.py"]}.get(script, [])
   dry = run_script(script, "--dry-run", *args, stub_dir=stub_dir)
   assert dry.returncode == 0, dry.stderr
   lines = dry.stdout.splitlines()
@@ -99,6 +100,40 @@ def test_launch_checks_the_data_then_trains_on_all_workers_logging_to_the_workdi
   assert ("bash tpu_scripts/worker_train.sh gs://b/run/logs --config=configs/demo.py "
           "--workdir=gs://b/run --config.train.num_steps=100 --multihost=auto "
           "--config.data.data_dir=gs://b/data > /tmp/mmpretrain-train.log") in call
+
+
+def test_the_latent_cache_runs_on_every_worker_after_worker_0_prepared_the_data(gcloud):
+  stub_dir, calls = gcloud
+  env = {"DATA_DIR": "gs://b/data"}
+  result = run_script("prepare.sh", "--config=configs/paper/dense_1b.py", env=env,
+                      stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  # One worker alone cannot join the pod's JAX job, so it leaves the latents alone.
+  assert calls() == ["compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b --worker=0 "
+                     "--command=cd ~/mmpretrain && .venv/bin/mmpretrain prepare --nolatents "
+                     "--config=configs/paper/dense_1b.py --config.data.data_dir=gs://b/data "]
+  result = run_script("cache_latents.sh", "--config=configs/paper/dense_1b.py",
+                      "--config.data.image_size=224", env=env, stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  assert calls()[1:] == [
+      "compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b --worker=all --command=cd "
+      "~/mmpretrain && .venv/bin/mmpretrain prepare --config=configs/paper/dense_1b.py "
+      "--config.data.image_size=224 --config.data.data_dir=gs://b/data "]
+
+
+def test_the_latent_cache_spans_every_slice_of_a_multislice_pod(gcloud):
+  stub_dir, calls = gcloud
+  result = run_script("cache_latents.sh", "--config=configs/paper/dense_1b.py",
+                      env={"NUM_SLICES": "2"}, stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  describe, *ssh = calls()
+  assert describe.startswith("compute tpus tpu-vm describe mmpretrain-0")
+  # The slices' commands run at once (one JAX job), so they may be recorded in any order.
+  assert sorted(ssh) == [
+      f"compute tpus tpu-vm ssh mmpretrain-{i} --zone=us-central2-b --worker=all --command=cd "
+      f"~/mmpretrain && export MEGASCALE_COORDINATOR_ADDRESS=10.0.0.7:8080 "
+      f"MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID={i} MEGASCALE_PORT=8080; "
+      ".venv/bin/mmpretrain prepare --config=configs/paper/dense_1b.py " for i in range(2)]
 
 
 def test_launch_stops_before_training_when_the_data_is_not_there(tmp_path):

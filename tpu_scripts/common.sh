@@ -64,3 +64,20 @@ ssh_workers() {
   if [[ -n "$PROJECT" ]]; then flags+=(--project="$PROJECT"); fi
   run gcloud compute tpus tpu-vm ssh "$1" "${flags[@]}"
 }
+
+# slice_env SLICE: sets SLICE_ENV to the DCN settings of slice SLICE of a multislice run
+# (MEGASCALE_COORDINATOR_ADDRESS = slice 0's first worker, looked up once), '' for one slice.
+slice_env() {
+  SLICE_ENV=""
+  [[ "$NUM_SLICES" -gt 1 ]] || return 0
+  if [[ -z "${MEGASCALE_COORDINATOR:-}" ]]; then
+    local describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME-0" --zone="$ZONE"
+                    --format='value(networkEndpoints[0].ipAddress)')
+    if [[ -n "$PROJECT" ]]; then describe+=(--project="$PROJECT"); fi
+    printf '%q ' "${describe[@]}"; echo
+    MEGASCALE_COORDINATOR="$(if $DRY_RUN; then echo SLICE0_WORKER0_IP; else "${describe[@]}"; fi)"
+  fi
+  SLICE_ENV="export MEGASCALE_COORDINATOR_ADDRESS=$MEGASCALE_COORDINATOR:$MEGASCALE_PORT"
+  SLICE_ENV+=" MEGASCALE_NUM_SLICES=$NUM_SLICES MEGASCALE_SLICE_ID=$1"
+  SLICE_ENV+=" MEGASCALE_PORT=$MEGASCALE_PORT; "
+}

@@ -48,19 +48,7 @@ quoted="$(printf '%q ' bash tpu_scripts/worker_train.sh "$workdir/logs" "${train
 
 slice=0
 while read -r node; do
-  env=""
-  if [[ "$NUM_SLICES" -gt 1 ]]; then
-    if [[ -z "${coordinator:-}" ]]; then
-      describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME-0" --zone="$ZONE"
-                --format='value(networkEndpoints[0].ipAddress)')
-      if [[ -n "$PROJECT" ]]; then describe+=(--project="$PROJECT"); fi
-      printf '%q ' "${describe[@]}"; echo
-      coordinator="$(if $DRY_RUN; then echo SLICE0_WORKER0_IP; else "${describe[@]}"; fi)"
-    fi
-    env="export MEGASCALE_COORDINATOR_ADDRESS=$coordinator:$MEGASCALE_PORT"
-    env+=" MEGASCALE_NUM_SLICES=$NUM_SLICES MEGASCALE_SLICE_ID=$slice"
-    env+=" MEGASCALE_PORT=$MEGASCALE_PORT; "
-  fi
-  ssh_workers "$node" all "cd ~/$REMOTE_DIR && ${env}nohup $quoted> $LOG_FILE 2>&1 < /dev/null &"
+  slice_env "$slice"
+  ssh_workers "$node" all "cd ~/$REMOTE_DIR && ${SLICE_ENV}nohup $quoted> $LOG_FILE 2>&1 < /dev/null &"
   slice=$((slice + 1))
 done < <(nodes)

@@ -9,9 +9,11 @@ usage() {
 Usage: tpu_scripts/prepare.sh --config=FILE [--dry-run] [--data_dir=gs://BUCKET/data] \\
            [--config.key=value ...]
 
-Runs \`mmpretrain prepare\` with the config (and DATA_DIR as --config.data.data_dir) on
-worker 0 of the first node, after setup.sh. Idempotent: what is there is kept.
-launch.sh checks the same config with \`mmpretrain prepare --check\` before it starts.
+Runs \`mmpretrain prepare --nolatents\` with the config (and DATA_DIR as
+--config.data.data_dir) on worker 0 of the first node, after setup.sh. Idempotent: what is
+there is kept. A config with visual.cached_latents then needs cache_latents.sh, which
+encodes the latent cache on every worker. launch.sh checks the same config with
+\`mmpretrain prepare --check\` before it starts.
 USAGE
 }
 
@@ -21,6 +23,7 @@ for arg in "${EXTRA_ARGS[@]}"; do
   case "$arg" in --config=*) config="${arg#--config=}" ;; esac
 done
 [[ -n "$config" ]] || die "--config=FILE is required (a config file of the checkout)"
-prepare=(.venv/bin/mmpretrain prepare "${EXTRA_ARGS[@]}")
+# One worker alone cannot join the pod's JAX job: the latent cache is cache_latents.sh's.
+prepare=(.venv/bin/mmpretrain prepare --nolatents "${EXTRA_ARGS[@]}")
 if [[ -n "$DATA_DIR" ]]; then prepare+=(--config.data.data_dir="$DATA_DIR"); fi
 ssh_workers "$(nodes | head -n 1)" 0 "cd ~/$REMOTE_DIR && $(printf '%q ' "${prepare[@]}")"

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Encodes a config's latent cache (visual.cached_latents) on every worker of every slice:
+# each host encodes its share of the datasets' source shards on its own chips.
+# shellcheck source=tpu_scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<USAGE
+Usage: tpu_scripts/cache_latents.sh --config=FILE [--dry-run] [--data_dir=gs://BUCKET/data] \\
+           [--config.key=value ...]
+
+Runs \`mmpretrain prepare\` with the config (and DATA_DIR as --config.data.data_dir) on
+every worker (--worker=all) of every node, after prepare.sh, and waits for it. The workers
+join one JAX job (jax.distributed on the TPU VM; each slice gets launch.sh's DCN settings
+when NUM_SLICES > 1): process 0 checks the datasets and the tokenizer, then every worker
+encodes the source shards assigned to it (balanced by records) on its chips and writes
+one cache file per shard into DATA_DIR. Re-running it encodes only the shards whose file
+is missing (after a preemption, or when inputs were added). launch.sh's readiness check
+names any missing shard.
+USAGE
+}
+
+parse_flags "$@"
+config=""
+for arg in "${EXTRA_ARGS[@]}"; do
+  case "$arg" in --config=*) config="${arg#--config=}" ;; esac
+done
+[[ -n "$config" ]] || die "--config=FILE is required (a config file of the checkout)"
+prepare=(.venv/bin/mmpretrain prepare "${EXTRA_ARGS[@]}")
+if [[ -n "$DATA_DIR" ]]; then prepare+=(--config.data.data_dir="$DATA_DIR"); fi
+quoted="$(printf '%q ' "${prepare[@]}")"
+
+# Every slice's workers must run at once (one JAX job): each node's ssh in the background.
+slice=0 pids=()
+while read -r node; do
+  slice_env "$slice"
+  command="cd ~/$REMOTE_DIR && ${SLICE_ENV}$quoted"
+  if $DRY_RUN; then
+    ssh_workers "$node" all "$command"
+  else
+    ssh_workers "$node" all "$command" &
+    pids+=("$!")
+  fi
+  slice=$((slice + 1))
+done < <(nodes)
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit "$status"
