@@ -393,6 +393,35 @@ def test_a_runner_whose_packages_are_missing_is_refused_by_name(monkeypatch):
   runners.check_runner("FlinkRunner", ["--job_endpoint=localhost:8099"])
 
 
+def test_the_cli_converts_own_corpus_from_gzipped_json_lines(corpus, tmp_path, data_dir):
+  """`mmpretrain prepare --config=configs/examples/own_corpus.py` as a user runs it, with
+  the text as .jsonl.gz: every dataset through Beam, the report, the token counts."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from conftest import ROOT  # pylint: disable=import-outside-toplevel
+  write(tmp_path / "text/docs.jsonl.gz", gzip.compress(jsonl({"text": d} for d in DOCS)))
+  inputs_of = {"my_text": tmp_path / "text/*.jsonl.gz", "my_images": corpus / "wds/*.tar",
+               "my_videos": corpus / "videos/captions.jsonl",
+               "my_episodes": corpus / "episodes/*.npz"}
+  overrides = [f"--config.data.data_dir={tmp_path}/data",
+               f"--config.data.tokenizer.path={data_dir}/tokenizer_512.model",
+               "--config.data.tokenizer.vocab_size=512"]
+  for name, inputs_glob in inputs_of.items():
+    overrides += [f"--config.data.datasets.{name}.source.train={inputs_glob}",
+                  f"--config.data.datasets.{name}.source.validation_fraction=0.5",
+                  f"--config.data.datasets.{name}.source.workers={2 if name == 'my_text' else 1}"]
+  out = subprocess.run([sys.executable, "-m", "mmpretrain.cli", "prepare",
+                        "--config=configs/examples/own_corpus.py", *overrides],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "converted my_text: {'train': " in out.stdout and "runner local" in out.stdout
+  assert "corrupt records skipped: {'bad_image': 1}" in out.stdout
+  assert "tokens of my_text train" in out.stdout
+  text = texts_by_split(f"{tmp_path}/data", "my_text")
+  assert sorted(text["train"] + text["validation"]) == sorted(DOCS)
+
+
 def test_prepare_converts_what_the_config_names_and_a_run_trains_on_it(corpus, tmp_path,
                                                                        data_dir):
   config = tiny_config(str(tmp_path / "data"))

@@ -6,6 +6,7 @@ with the options given after `--` on the command line (docs/data.md has the reci
 """
 import dataclasses
 import importlib.util
+import logging
 import shutil
 
 # runner -> (modules it imports, what provides them)
@@ -58,6 +59,8 @@ def pipeline_options(runner: str, args: list[str], workers: int):
   `runner` with the user's pass-through `args`."""
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
   check_runner(runner, args)
+  # The local job service re-logs every worker's start-up warnings; errors still show.
+  logging.getLogger("apache_beam").setLevel(logging.ERROR)
   if runner != "local":
     return PipelineOptions([f"--runner={runner}", *args])
   local = ["--runner=DirectRunner", "--direct_num_workers", str(workers),
