@@ -121,8 +121,10 @@ _PIPELINE_ARGS: list[str] = []
 
 
 def _beam_runner():
-  from mmpretrain.data.convert import Runner  # pylint: disable=import-outside-toplevel
-  return Runner(_RUNNER.value, tuple(_PIPELINE_ARGS))
+  """The runner of `prepare`'s Beam pipelines, refused before any work if unusable."""
+  from mmpretrain.data.convert import runners  # pylint: disable=import-outside-toplevel
+  runners.check_runner(_RUNNER.value, _PIPELINE_ARGS)
+  return runners.Runner(_RUNNER.value, tuple(_PIPELINE_ARGS))
 
 
 def cmd_prepare():
@@ -136,16 +138,16 @@ def cmd_prepare():
       print(e, file=sys.stderr)
       sys.exit(1)
     return
-  config = _config()
+  config, runner = _config(), _beam_runner()
   if not (config.visual.cached_latents and _LATENTS.value):
-    prepare(config, _DATASETS.value, _REBUILD.value, _beam_runner())
+    prepare(config, _DATASETS.value, _REBUILD.value, runner)
     return
   # Every process of a multi-host job encodes its share of the latent cache.
   distributed.initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)
   # pylint: disable-next=import-outside-toplevel
   from mmpretrain.stages.latent_cache import prepare_with_latents
-  result = prepare_with_latents(config, _DATASETS.value, _REBUILD.value, _beam_runner())
+  result = prepare_with_latents(config, _DATASETS.value, _REBUILD.value, runner)
   if result["process"] == 0:
     for path in result["caches"]:
       print(f"latents ready: {path}")

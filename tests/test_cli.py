@@ -62,7 +62,9 @@ def documented_commands():
         line = line.split("  #")[0].strip()
         match = re.match(r"(?:\.venv/bin/)?mmpretrain ([a-z-]+)(.*)", line)
         if match and not line.startswith("mmpretrain train: error"):
-          args = [a for a in shlex.split(match.group(2)) if a.startswith("--")]
+          words = shlex.split(match.group(2))
+          words = words[:words.index("--")] if "--" in words else words   # Beam's options
+          args = [a for a in words if a.startswith("--")]
           yield os.path.relpath(path, ROOT), [match.group(1), *args]
 
 
@@ -91,6 +93,15 @@ def test_documented_commands_name_real_verbs_flags_and_keys(source, argv):
       cli._check_override_keys(args)              # pylint: disable=protected-access
     finally:
       os.chdir(old)
+
+
+def test_only_prepare_passes_options_after_a_double_dash(capsys):
+  code, out, _ = run_main(capsys, "prepare", "--help")
+  assert code == 0 and "DataflowRunner" in out and "`--`" in out
+  code, _, err = run_main(capsys, "train", "--config=configs/demo.py", "--", "--project=p")
+  assert code == 2 and "only `mmpretrain prepare` takes options after `--`" in err
+  code, _, err = run_main(capsys, "prepare", "--config=configs/demo.py", "--runner=Quick")
+  assert code == 2 and "unknown runner 'Quick'" in err
 
 
 def test_an_override_without_a_config_file_is_refused(capsys):
