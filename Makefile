@@ -75,6 +75,7 @@ bench: install
 	$(BIN)/python benchmarks/moe_layer.py
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/encoder.py --config=configs/demo.py
+	$(BIN)/python benchmarks/latent_cache.py --config=configs/demo.py
 	$(BIN)/python benchmarks/generation.py --config=configs/demo.py
 
 # A tiny IsoFLOP grid (3 budgets × 4 sizes, text + image) end to end: ~30 min on 2 cores.

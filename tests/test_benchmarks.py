@@ -40,6 +40,9 @@ SCRIPTS = {
     "encoder.py --config=configs/demo.py": {
         "demo_encoder_images_per_s", "dinov2_base_224_images_per_s", "rae_step_s",
         "pixels_step_s", "encoder_fraction_of_step", "rae_over_pixels_step"},
+    "latent_cache.py --config=configs/demo.py": {
+        "latent_cache_frames_per_s", "latent_cache_frames_per_s_per_device",
+        "encode_frames_per_s", "stage_over_encode", "cache_bytes_per_frame"},
     "generation.py --config=configs/demo.py": {
         "euler_images_per_s", "heun_images_per_s", "overhead_over_n_forwards",
         "cached_tokens_per_s", "uncached_tokens_per_s", "cache_speedup"},
@@ -63,10 +66,11 @@ def test_every_benchmark_script_has_a_smoke_run():
                      if f.endswith(".py") and f != "smoke.py"}
 
 
-# The MoE overhead and encoder smokes (~25 s each) run with make test-slow, and so does
-# the TPU compiles of moe_tpu.py and attention_tpu.py (skipped without libtpu: make
-# install-tpu).
-SLOW_SMOKES = ("moe_overhead.py", "encoder.py --config=configs/demo.py")
+# The MoE overhead, encoder and latent cache smokes (~20-25 s each) run with make
+# test-slow, and so does the TPU compiles of moe_tpu.py and attention_tpu.py (skipped
+# without libtpu: make install-tpu).
+SLOW_SMOKES = ("moe_overhead.py", "encoder.py --config=configs/demo.py",
+               "latent_cache.py --config=configs/demo.py")
 NEEDS_LIBTPU = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="no libtpu: make install-tpu")
 

@@ -35,6 +35,9 @@ FRAMES_PER_DEVICE = 128     # frames a device encodes per call (one compiled sha
 DECODE_THREADS = 16         # threads reading and decoding source records ahead
 PROGRESS_SECONDS = 60.0     # a progress line at least this often inside a long shard
 SPLITS = ("train", "validation")
+# A record a read (random access); zstd at level 1 shrinks bf16 latents as much as the
+# writer's default level 3 and writes them faster (docs/benchmarks.md).
+WRITER_OPTIONS = "group_size:1,zstd:1"
 
 
 def record_frames(record, keys, config) -> list[np.ndarray]:
@@ -181,7 +184,7 @@ def write_shard(config, shard, encoder: FrameEncoder) -> int:
     local = f"{shard.path}.incomplete-{jax.process_index()}"
   else:
     local = tempfile.mkstemp(prefix="mmpretrain-latents-", suffix=".array_record")[1]
-  writer = ArrayRecordWriter(local, "group_size:1")
+  writer = ArrayRecordWriter(local, WRITER_OPTIONS)
   frames, written, start, last = [0], 0, time.perf_counter(), [time.perf_counter()]
 
   def counted(lists):
