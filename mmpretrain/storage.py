@@ -7,10 +7,12 @@ helpers on etils epath, whose fsspec backend reaches gs:// through gcsfs
 (`pip install 'mmpretrain[gcs]'`). Local writes go through a temporary file and a rename,
 so a reader never sees half a file; an object store publishes an object whole anyway.
 """
+import contextlib
 import io
 import json
 import os
 import shutil
+import tempfile
 import time
 
 from etils import epath
@@ -89,6 +91,20 @@ def rename(source, destination) -> None:
     os.replace(source, destination)
   else:
     epath.Path(source).rename(destination)
+
+
+@contextlib.contextmanager
+def local_file(path):
+  """A local path with `path`'s bytes, for readers that need one (safetensors maps the
+  file): `path` itself, or a temporary copy of an object, streamed down."""
+  if is_local(path):
+    yield str(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="mmpretrain-") as directory:
+    local = os.path.join(directory, os.path.basename(str(path)))
+    with epath.Path(path).open("rb") as source, open(local, "wb") as target:
+      shutil.copyfileobj(source, target, length=16 * 2**20)
+    yield local
 
 
 def upload(local_path, destination) -> None:

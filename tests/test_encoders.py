@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from mmpretrain import storage
 from mmpretrain.encoders import hf_import
 from mmpretrain.encoders.interpolate import resize_matrix
 
@@ -125,3 +126,18 @@ def test_a_hub_config_with_only_its_non_default_fields_loads():
   family, cfg = hf_import.config_from_hf({"model_type": "dinov2", "hidden_size": 384,
                                           "num_attention_heads": 6})
   assert (cfg.patch_size, cfg.width, cfg.mlp_dim, cfg.layer_scale) == (14, 384, 1536, 1.0)
+
+
+def test_a_checkpoint_on_an_object_store_loads_through_storage(tmp_path, monkeypatch):
+  """The same checkpoint, its directory taken for a bucket: every file is read through
+  storage (the safetensors as a streamed local copy) and the encoder is the same."""
+  config = transformers.Dinov2WithRegistersConfig(
+      hidden_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=28, patch_size=7)
+  perturbed(transformers.Dinov2WithRegistersModel(config)).save_pretrained(tmp_path)
+  want = hf_import.load_hf_vision_encoder(str(tmp_path))(images(28))["tokens"]
+  copies, real = [], storage.local_file
+  monkeypatch.setattr(storage, "is_local", lambda path: str(tmp_path) not in str(path))
+  monkeypatch.setattr(storage, "local_file", lambda path: (copies.append(path), real(path))[1])
+  got = hf_import.load_hf_vision_encoder(str(tmp_path))(images(28))["tokens"]
+  assert copies and all(str(c).endswith(".safetensors") for c in copies)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -1,4 +1,5 @@
-"""Pretrained vision encoders from local Hugging Face checkpoints (nothing is downloaded).
+"""Pretrained vision encoders from Hugging Face checkpoint directories, local or on an
+object store (gs://…; nothing is downloaded from a hub).
 
 A checkpoint directory holds `config.json`, `model.safetensors` (or shards listed in
 `model.safetensors.index.json`) and optionally `preprocessor_config.json`, as written by
@@ -8,8 +9,6 @@ is used) and DINOv2 with or without registers (e.g. facebook/dinov2-with-registe
 PyTorch layouts are converted here: Linear weights transposed, the patch convolution
 flattened in (p, p, C) order, fused q/k/v and SwiGLU input weights split.
 """
-import json
-import os
 import re
 
 import jax.numpy as jnp
@@ -17,30 +16,28 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from mmpretrain import storage
 from mmpretrain.encoders.vit import ViTConfig, VisionTransformer
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return storage.read_json(path) if storage.exists(path) else None
 
 
 def read_safetensors(directory: str) -> dict[str, np.ndarray]:
   """Every tensor of the checkpoint in `directory`, as float32 numpy arrays."""
-  index = _read_json(os.path.join(directory, "model.safetensors.index.json"))
+  index = _read_json(storage.join(directory, "model.safetensors.index.json"))
   files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
   tensors = {}
   for name in files:
-    path = os.path.join(directory, name)
-    if not os.path.exists(path):
+    path = storage.join(directory, name)
+    if not storage.exists(path):
       raise FileNotFoundError(f"{path} is missing: copy the whole checkpoint directory "
                               "(config.json and every .safetensors file)")
-    with safe_open(path, framework="flax") as f:    # reads bfloat16 too
-      for key in f.keys():
+    with storage.local_file(path) as local, safe_open(local, framework="flax") as f:
+      for key in f.keys():                          # reads bfloat16 too
         tensors[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
   return tensors
 
@@ -158,12 +155,13 @@ _PREFIXES = re.compile(r"^(vision_model|dinov2_with_registers|dinov2)\.")
 
 
 def load_hf_vision_encoder(directory: str, dtype=jnp.float32) -> VisionTransformer:
-  """The encoder saved in a local Hugging Face checkpoint directory, as a VisionTransformer."""
-  hf = _read_json(os.path.join(directory, "config.json"))
+  """The encoder saved in a Hugging Face checkpoint directory (local or gs://), as a
+  VisionTransformer."""
+  hf = _read_json(storage.join(directory, "config.json"))
   if hf is None:
     raise FileNotFoundError(f"{directory}/config.json not found: pass the directory a "
                             "`save_pretrained` (or a hub download) wrote")
-  family, cfg = config_from_hf(hf, _read_json(os.path.join(directory,
+  family, cfg = config_from_hf(hf, _read_json(storage.join(directory,
                                                            "preprocessor_config.json")))
   weights = {_PREFIXES.sub("", k): v for k, v in read_safetensors(directory).items()
              if not k.startswith("text_model.")}

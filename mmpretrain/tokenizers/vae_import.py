@@ -1,14 +1,12 @@
-"""diffusers `AutoencoderKL` checkpoints (a local directory with config.json and
+"""diffusers `AutoencoderKL` checkpoints (a directory, local or gs://, with config.json and
 diffusion_pytorch_model.safetensors, e.g. stabilityai/sd-vae-ft-mse fetched beforehand)
-as an NNX `AutoencoderKL`. Nothing is downloaded.
+as an NNX `AutoencoderKL`. Nothing is downloaded from a hub.
 
 Keys are renamed by pattern (both current `to_q/to_out.0` and older `query/proj_attn`
 attention names) and tensors converted by what they become: conv kernels
 [O, I, kh, kw] -> [kh, kw, I, O], linear weights transposed (older checkpoints store the
 attention projections as 1×1 convs), GroupNorm weights -> scales.
 """
-import json
-import os
 import re
 
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from mmpretrain import storage
 from mmpretrain.tokenizers.vae import AutoencoderKL, VAEConfig
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -68,17 +67,17 @@ def _convert(tensor: np.ndarray, leaf_shape: tuple, role: str) -> np.ndarray:
 
 
 def load_diffusers_vae(directory: str) -> AutoencoderKL:
-  path = os.path.join(directory, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(directory, "config.json")
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} not found: pass a diffusers AutoencoderKL directory "
                             "(save_pretrained or a hub download)")
-  with open(path, encoding="utf-8") as f:
-    cfg = config_from_diffusers(json.load(f))
-  weights = os.path.join(directory, WEIGHTS)
-  if not os.path.exists(weights):
+  cfg = config_from_diffusers(storage.read_json(path))
+  weights = storage.join(directory, WEIGHTS)
+  if not storage.exists(weights):
     raise FileNotFoundError(f"{weights} is missing")
-  with safe_open(weights, framework="flax") as f:      # reads float16/bfloat16 too
-    tensors = {_our_name(k): np.asarray(f.get_tensor(k).astype(jnp.float32)) for k in f.keys()}
+  with storage.local_file(weights) as local, safe_open(local, framework="flax") as f:
+    tensors = {_our_name(k): np.asarray(f.get_tensor(k).astype(jnp.float32))  # f16/bf16 too
+               for k in f.keys()}
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0))))
   values = {}
   for path_, leaf in nnx.to_flat_state(abstract):
