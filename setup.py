@@ -55,8 +55,11 @@ setup(
                     "tensorboard": ["tensorboard>=2.18,<3"],
                     # libtpu: TPU hosts, and `mmpretrain compile` for TPU topologies anywhere.
                     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-                    # NVIDIA GPUs (CUDA 12 wheels, no local CUDA install needed).
-                    "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
+                    # NVIDIA GPUs (CUDA wheels, no local CUDA install needed): CUDA 13,
+                    # the major version docs/gpu.md was measured on; cuda12 for older
+                    # drivers.
+                    "cuda": ["jax[cuda13]>=0.10.2,<0.11"],
+                    "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
                     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0", "scipy>=1.11",
                              "setuptools",
                              "transformers>=5.20,<6", "diffusers>=0.42,<0.43",

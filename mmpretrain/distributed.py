@@ -56,6 +56,37 @@ def detected_cluster() -> str | None:
   return None
 
 
+def _tasks_per_node(env) -> list[int]:
+  """Tasks on each node of the step: SLURM writes '8(x2)' or '2,1,1'."""
+  counts = []
+  for part in env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "")).split(","):
+    if part:
+      count, _, repeat = part.partition("(x")
+      counts += [int(count)] * int(repeat.rstrip(")") or 1)
+  return counts
+
+
+def slurm_local_device_ids(env) -> list[int] | None:
+  """The GPUs this SLURM task drives. JAX's own SLURM discovery gives task k of a node GPU k
+  alone, so one task per node would drive one GPU of eight; here a node's visible GPUs are
+  split evenly among its tasks (all of them for one task, its own for a task bound to
+  one by --gpus-per-task=1). None where the GPU count is unknown (JAX then decides)."""
+  visible = env.get("CUDA_VISIBLE_DEVICES", "")
+  gpus = (len(visible.split(",")) if visible else
+          int(env["SLURM_GPUS_ON_NODE"]) if env.get("SLURM_GPUS_ON_NODE") else None)
+  per_node = _tasks_per_node(env)
+  node = int(env.get("SLURM_NODEID", 0))
+  tasks = per_node[node] if node < len(per_node) else int(env.get("SLURM_NTASKS_PER_NODE", 1))
+  if gpus is None:
+    return None
+  if gpus % tasks and gpus != 1:
+    raise ValueError(f"SLURM gives {tasks} tasks on this node and {gpus} visible GPUs: "
+                     "start one task per node or one per GPU (srun --ntasks-per-node)")
+  share = gpus // tasks if gpus >= tasks else 1
+  first = 0 if gpus == 1 else int(env.get("SLURM_LOCALID", 0)) * share
+  return list(range(first, first + share))
+
+
 def initialize(mode: str = "auto", coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None) -> None:
   """Makes this process one of a multi-process JAX run, or leaves it alone.
@@ -74,8 +105,11 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
     if num_processes is not None or process_id is not None:
       raise ValueError("--num_processes/--process_id need --coordinator_address=HOST:PORT "
                        "(the address of process 0)")
+    if cluster == "slurm":           # JAX's discovery, with every GPU this task holds
+      jax.distributed.initialize(local_device_ids=slurm_local_device_ids(os.environ))
+      return
     if cluster != "env":
-      jax.distributed.initialize()     # JAX's own TPU / SLURM discovery
+      jax.distributed.initialize()     # a TPU pod's own discovery
       return
     coordinator_address, num_processes, process_id = (
         os.environ[JAX_ENV[0]], int(os.environ[JAX_ENV[1]]), int(os.environ[JAX_ENV[2]]))

@@ -137,7 +137,7 @@ def test_a_tpu_host_is_libtpu_and_attached_chips(monkeypatch, libtpu, chips, on_
 
 
 @pytest.mark.parametrize("environment, want", [
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, ("slurm", ())),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, ("slurm", {"local_device_ids": None})),
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, (None, None)),          # one task: alone
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
       "JAX_PROCESS_ID": "3"}, ("env", ("10.0.0.1:1234", 4, 3))),
@@ -149,7 +149,8 @@ def test_gpu_hosts_join_from_what_launched_them(monkeypatch, environment, want):
   for key, value in environment.items():
     monkeypatch.setenv(key, value)
   joined = []
-  monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a: joined.append(a))
+  monkeypatch.setattr(distributed.jax.distributed, "initialize",
+                      lambda *a, **k: joined.append(k or a))
   monkeypatch.setattr(distributed.jax.config, "update", lambda *a: None)
   cluster, args = want
   assert distributed.detected_cluster() == cluster
@@ -158,3 +159,46 @@ def test_gpu_hosts_join_from_what_launched_them(monkeypatch, environment, want):
   joined.clear()
   distributed.initialize("off")
   assert not joined
+
+
+def slurm_task(nodes: int, tasks_per_node: int, gpus_per_node: int, rank: int,
+               gpus_per_task: int | None = None) -> dict[str, str]:
+  """The environment srun gives task `rank` (--nodes, --ntasks-per-node, --gpus-per-node,
+  optionally --gpus-per-task, which narrows CUDA_VISIBLE_DEVICES to the task's own)."""
+  local = rank % tasks_per_node
+  visible = (range(local * gpus_per_task, (local + 1) * gpus_per_task) if gpus_per_task
+             else range(gpus_per_node))
+  return {"SLURM_JOB_ID": "7", "SLURM_NTASKS": str(nodes * tasks_per_node),
+          "SLURM_NTASKS_PER_NODE": str(tasks_per_node),
+          "SLURM_TASKS_PER_NODE": f"{tasks_per_node}(x{nodes})",
+          "SLURM_STEP_TASKS_PER_NODE": f"{tasks_per_node}(x{nodes})",
+          "SLURM_NODEID": str(rank // tasks_per_node), "SLURM_PROCID": str(rank),
+          "SLURM_LOCALID": str(local), "SLURM_GPUS_ON_NODE": str(gpus_per_node),
+          "CUDA_VISIBLE_DEVICES": ",".join(map(str, visible))}
+
+
+@pytest.mark.parametrize("nodes, tasks, gpus, gpus_per_task", [
+    (2, 8, 8, None), (2, 1, 8, None), (2, 8, 8, 1), (2, 2, 8, None)])
+def test_every_gpu_of_every_slurm_node_is_driven_once(monkeypatch, nodes, tasks, gpus,
+                                                      gpus_per_task):
+  """Over all tasks of the job, what the project passes to jax.distributed.initialize
+  drives each GPU of each node exactly once."""
+  driven = []
+  monkeypatch.setattr(distributed.jax.distributed, "initialize",
+                      lambda **k: driven.append(k["local_device_ids"]))
+  monkeypatch.setattr(distributed, "on_tpu_vm", lambda: False)
+  for rank in range(nodes * tasks):
+    environment = slurm_task(nodes, tasks, gpus, rank, gpus_per_task)
+    monkeypatch.setattr(distributed.os, "environ", environment)
+    distributed.initialize("auto")
+  physical = []
+  for rank, ids in enumerate(driven):
+    visible = [int(g) for g in slurm_task(nodes, tasks, gpus, rank, gpus_per_task)[
+        "CUDA_VISIBLE_DEVICES"].split(",")]
+    physical += [(rank // tasks, visible[i]) for i in ids]
+  assert sorted(physical) == [(n, g) for n in range(nodes) for g in range(gpus)]
+
+
+def test_a_slurm_node_whose_gpus_do_not_split_among_its_tasks_is_refused():
+  with pytest.raises(ValueError, match="3 tasks on this node and 8 visible GPUs"):
+    distributed.slurm_local_device_ids(slurm_task(1, 3, 8, 0))
