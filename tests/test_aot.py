@@ -271,12 +271,13 @@ def test_compile_prices_the_latent_cache_encode_step_per_chip(tmp_path):
 @tpu_compile
 def test_the_so400m_encode_step_costs_its_matmuls_on_every_token():
   # The paper's SigLIP 2 So400m/14 at 224 px: its 27 layers are unrolled, so the analysis
-  # counts them all: 2 FLOPs a parameter a token (256 tokens), attention and the pooling
-  # head a few percent on top (~40 s: building the abstract So400m, then the compile).
+  # counts them all: 2 FLOPs a parameter a token (256 tokens), attention adding a few
+  # percent and the unused pooling head's parameters about as many (~40 s: building the
+  # abstract So400m, then the compile).
   config = validate(load_config(f"{ROOT}/configs/paper/dense_1b.py"))
   report = aot.latent_cache_report(config, "v5p-8")
   encoder = make_representation(config).abstract_params()["encoder"]
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(encoder))
   per_image = report["xla_flops"] / report["frames_per_chip"]
-  assert 1.0 < per_image / (2 * params * 256) < 1.15
+  assert 0.95 < per_image / (2 * params * 256) < 1.1
   assert report["latent_grid"] == [16, 16, 1152] and report["fits"]
