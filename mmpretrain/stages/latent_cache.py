@@ -35,8 +35,9 @@ FRAMES_PER_DEVICE = 128     # frames a device encodes per call (one compiled sha
 DECODE_THREADS = 16         # threads reading and decoding source records ahead
 PROGRESS_SECONDS = 60.0     # a progress line at least this often inside a long shard
 SPLITS = ("train", "validation")
-# A record a read (random access); zstd at level 1 shrinks bf16 latents as much as the
-# writer's default level 3 and writes them faster (docs/benchmarks.md).
+# Groups of one record, so a reader reads only the record it asks for; zstd at level 1
+# shrinks bf16 latents as much as the writer's default level 3, and faster
+# (docs/benchmarks.md).
 WRITER_OPTIONS = "group_size:1,zstd:1"
 
 
@@ -183,7 +184,8 @@ def write_shard(config, shard, encoder: FrameEncoder) -> int:
     storage.makedirs(storage.parent(shard.path))
     local = f"{shard.path}.incomplete-{jax.process_index()}"
   else:
-    local = tempfile.mkstemp(prefix="mmpretrain-latents-", suffix=".array_record")[1]
+    handle, local = tempfile.mkstemp(prefix="mmpretrain-latents-", suffix=".array_record")
+    os.close(handle)                       # the writer opens it by name
   writer = ArrayRecordWriter(local, WRITER_OPTIONS)
   frames, written, start, last = [0], 0, time.perf_counter(), [time.perf_counter()]
 
