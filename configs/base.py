@@ -86,7 +86,7 @@ def get_config(arg=None):
 
   # --- Visual representation (frames -> continuous latent grid -> tokens) ---
   c.visual = ml_collections.ConfigDict()
-  c.visual.representation = "pixels"    # later: 'rae', 'vae'
+  c.visual.representation = "pixels"    # pixels | rae | vae
   c.visual.patch_size = 4                # p×p patchify of the latent grid into tokens
   c.visual.checkpoint = ""               # rae | vae: the <workdir>/representation a stage wrote
   # Train on latents `mmpretrain prepare` computed once (data/latent_cache.py) instead of
@@ -110,7 +110,7 @@ def get_config(arg=None):
   c.model.norm_eps = 1e-6
   c.model.tie_embeddings = False
   c.model.init_std = 0.02
-  c.model.scan_layers = True             # nnx.scan over layers: compile time O(1) in depth
+  c.model.scan_layers = True             # lax.scan over layers: compile time O(1) in depth
   c.model.remat = "none"                 # none | full | dots | dots_no_batch
   c.model.remat_keep_attention = True    # remat: keep the chunked attention's output and
                                          # log-sum-exp ([B, L, d] a layer) for its backward

@@ -1,7 +1,7 @@
 """Dense, about 3B parameters (d 3072, 26 layers, 24 heads of 128, SwiGLU 8192), RAE So400m
 arm, 4,096-token rows, 512 rows a step (2M tokens): a v5p-128. Eight rows a chip, like
-the 1B run: at four the cost model's MFU is 0.445 (1.84 s a step, 43 GB a chip), since the
-FSDP weight gathers do not shrink with the rows.
+the 1B run: at four the FSDP weight gathers, which do not shrink with the rows, cost more
+than the rows' compute (docs/paper_compile.md, "Why each run is laid out as it is").
 
   mmpretrain compile --config=configs/paper/dense_3b.py --topology=v5p-128
 """

@@ -3,10 +3,10 @@
 experts of granularity 16, 16 active, per-modality shared experts, sigmoid router), so
 each width's active compute equals its dense twin's, and its capacity slots are filled
 by one-hot matmuls in groups of 128 tokens. It runs on a v5p-128: on the dense grid's
-v5p-64 its widest model would hold more than 90% of a chip's HBM. No expert axis (fsdp
-64), as in moe_1b.py: for the widest model the cost model gives 2.41 s a step (MFU 0.33)
-against 2.94 s (0.27) with the tokens exchanged over an expert axis of 4 (fsdp 16 ×
-expert 4, `--config.mesh.fsdp=16 --config.mesh.expert=4`).
+v5p-64 its widest model would nearly fill a chip's HBM. No expert axis (fsdp 64), as in
+moe_1b.py: exchanging the tokens over an expert axis (`--config.mesh.fsdp=16
+--config.mesh.expert=4`) is slower for the widest model (docs/paper_compile.md, "Why
+each run is laid out as it is", has the figures).
 
   mmpretrain sweep --config=configs/paper/isoflop_moe.py --out=gs://BUCKET/isoflop_moe \
       --launcher=tpu

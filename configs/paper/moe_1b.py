@@ -4,19 +4,17 @@ shared experts, sigmoid router with bias balancing, every layer after the first 
 
 No expert axis: every chip routes its own tokens through all 64 experts, whose weights
 are gathered like the dense layers' (fsdp 32). At 8 rows of 4,096 tokens a chip, the
-all-to-alls of expert parallelism would move 16 copies of every token each way, against
-0.3 GB of expert weights a layer (the cost model: 78 against 51 ms for one MoE FFN's
-forward and backward on an expert axis of 8 and on none; `--config.mesh.fsdp=4
---config.mesh.expert=8` compiles the former).
+all-to-alls of expert parallelism would move 16 copies of every token each way, more
+than the expert weights a layer (`--config.mesh.fsdp=4 --config.mesh.expert=8` compiles
+that layout).
 
 Capacity slots are filled by one-hot matmuls in groups of 128 consecutive tokens
-(`capacity_impl=einsum`): on the cost model a layer takes 126 ms that way against 183 ms
-with row gathers over whole rows, which a TPU reads a tile at a time. Smaller groups drop
-more: with balanced routing 0.4% of assignments at 128 tokens, none over a whole row
-(`moe_drop_rate` in the metrics shows it; `--config.model.moe.capacity_impl=gather
+(`capacity_impl=einsum`), cheaper than row gathers over whole rows, which a TPU reads a
+tile at a time. Smaller groups drop more assignments (`moe_drop_rate` in the metrics
+shows it; `--config.model.moe.capacity_impl=gather
 --config.model.moe.capacity_group_tokens=0` is the row-group layout). The remat keeps
-the experts' gate/up outputs (`remat_keep_hidden`: 1.66 s a step against 1.74 s, 61 GB a
-chip against 43 GB).
+the experts' gate/up outputs (`remat_keep_hidden`), a faster step that still fits.
+docs/paper_compile.md ("Why each run is laid out as it is") has the figures.
 
   mmpretrain compile --config=configs/paper/moe_1b.py --topology=v5p-64
 """

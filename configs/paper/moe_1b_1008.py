@@ -2,21 +2,18 @@
 hidden (63 × granularity 16), 16 active per token, so the active compute equals the
 64-expert arm's (configs/paper/moe_1b.py) and only the parameters grow, here to ~35B.
 
-Experts sharded over an expert axis of 8 (fsdp 4 × expert 8): gathering 4.4 GB of expert
-weights a layer on every chip costs as much as the all-to-alls of expert parallelism
-(the cost model: 218 against 226 ms a layer), and the expert axis keeps that traffic
-flat as the expert count grows.
+Experts sharded over an expert axis of 8 (fsdp 4 × expert 8): gathering every expert's
+weights on every chip costs as much as the all-to-alls of expert parallelism, and the
+expert axis keeps that traffic flat as the expert count grows.
 
 Slots are filled by row gathers: with 1,008 experts every expert keeps at least k = 16
 slots per group, so one-hot dispatch matmuls (the 64-expert arm's) would cost
 2·1008·16·d FLOPs a token each, more than the experts themselves. A capacity group is a
 chip's 8 rows (32,768 tokens, 520 assignments an expert when balanced), which lets a
-capacity factor of 1.1 drop less than 1.25 does over groups of one row: with uniformly
-random routing 0.01% of assignments against 0.11%, in 12% fewer slots (a MoE layer on the
-cost model: 162.8 → 152.6 ms; with the rows kept as tiles from gather to combine, 140.5).
+capacity factor of 1.1 drop less than 1.25 does over groups of one row, in fewer slots.
 The experts' gate/up outputs are kept for the backward, as in moe_1b.py
-(`remat_keep_hidden`: 136.2 ms a layer), which fits once the routers' f32 logits are
-recomputed rather than kept (93.1 → 85.1 GB a chip).
+(`remat_keep_hidden`), which fits once the routers' f32 logits are recomputed rather
+than kept. docs/paper_compile.md ("Why each run is laid out as it is") has the figures.
 
   mmpretrain compile --config=configs/paper/moe_1b_1008.py --topology=v5p-64
 """

@@ -1,11 +1,10 @@
 """What every paper-scale config shares: 4,096-token rows of text and image–text documents,
 the RAE arm on SigLIP 2 So400m/14 at 224 px (16×16 tokens × 1152 channels per image) with
 its latents precomputed by `mmpretrain prepare` (`visual.cached_latents`: the frozen
-encoder would otherwise run on every image of every step, about 4% of the 1B step),
-bf16 compute, scanned layers that keep their matmul outputs for the backward pass
-(`model.remat=dots_no_batch`: full remat recomputes them, 1.39 against 1.21 s a step on
-the cost model, for 24.5 against 52.5 GB a chip), and fully sharded data parallelism over
-the slice's chips.
+encoder would otherwise run on every image of every step), bf16 compute, scanned layers
+that keep their matmul outputs for the backward pass (`model.remat=dots_no_batch`: full
+remat would recompute them, and the memory is there), and fully sharded data parallelism
+over the slice's chips (docs/paper_compile.md, "Why each run is laid out as it is").
 
 `configs/paper/rae_so400m_224/rae.json` describes that RAE's shapes (the encoder and a
 ViT-XL decoder), which is all `mmpretrain compile` needs; to train, point

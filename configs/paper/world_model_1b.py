@@ -19,7 +19,7 @@ def get_config(arg=None):
   c.data.mixture = {"text": 0.25, "image_text": 0.25, "video": 0.25, "action_video": 0.25}
   c.data.streams.action_video.context_frames = 4
   c.data.max_frames = 24
-  # At 8k tokens chunks of 1,024 cost the step less than 512 (a layer's attention 27.6 ms
-  # against 46.3 on the cost model: fewer passes over the running outputs per score).
+  # At 8k tokens chunks of 1,024 cost the step less than 512: fewer passes over the
+  # running outputs per score (docs/paper_compile.md has the figures).
   c.model.attention_chunk = 1024
   return c

@@ -137,9 +137,9 @@ def _mixed_matmul_backward(out_dtype, contract, batched, residuals, d_out):
   tokens = tuple(range(b, x.ndim - contract))
   if len(tokens) == 1:
     # xᵀ·g contracts the token axis of two row-major operands, a layout XLA:CPU runs below
-    # the f32 rate (210–370 GFLOP/s). Contracting it as two axes ([1, T, ·]) makes XLA
-    # copy xᵀ into row-major form and take its bf16 kernel (520–870 GFLOP/s,
-    # docs/benchmarks.md).
+    # the f32 rate. Contracting it as two axes ([1, T, ·]) makes XLA copy xᵀ into
+    # row-major form and take its bf16 kernel (docs/benchmarks.md, "Why model/layers.py
+    # is written as it is").
     x, d_out = jnp.expand_dims(x, b), jnp.expand_dims(d_out, b)
     tokens = (b, b + 1)
   d_w = jax.lax.dot_general(x, d_out, ((tokens, tokens), (batch, batch)),
@@ -246,8 +246,9 @@ def paired_swiglu(first: SwiGLU, second: SwiGLU, x, use_second):
   """Per token, second(x) where `use_second` [T] else first(x), for x [T, d]: the two
   SwiGLUs run as one with both hidden layers side by side, the one a token does not use
   zeroed. The FLOPs of running both, but one matmul each way and no select over [T, d]:
-  the cheaper form for narrow FFNs such as an MoE's per-modality shared experts (on the
-  TPU cost model, 1.1 ms less a layer at 352 hidden; at 5,632 the select was cheaper)."""
+  the cheaper form for narrow FFNs such as an MoE's per-modality shared experts; for wide
+  ones the select is cheaper (docs/benchmarks.md, "Why model/layers.py is written as it
+  is")."""
   def stacked(name: str, axis: int):
     return jnp.stack([getattr(ffn, name).kernel[...] for ffn in (first, second)], axis)
   x = x.astype(first.gate.dtype)
@@ -260,6 +261,6 @@ def paired_swiglu(first: SwiGLU, second: SwiGLU, x, use_second):
 
 def swiglu(gate, up):
   """silu(gate) · up, computed in f32 and returned in the inputs' dtype: CPUs without bf16
-  arithmetic emulate it (the bf16 backward of this product was 54 ms of a 235 ms
-  fine-grained MoE layer), and on accelerators the upcast is free inside the fusion."""
+  arithmetic emulate it, slowly enough to show in a whole MoE layer, and on accelerators
+  the upcast is free inside the fusion."""
   return (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(gate.dtype)

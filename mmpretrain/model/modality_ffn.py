@@ -9,9 +9,8 @@ SwiGLU, each token through the one of its modality.
       back in order. One FFN's FLOPs forward and for the input gradient; XLA's TPU lowering
       of the weights' gradient still runs every token against both FFNs' weights.
   auto — grouped on TPU; select elsewhere. XLA:CPU runs a grouped matmul as a loop, and
-      XLA:GPU as a dense matmul over every group, so grouped saves nothing there: on an
-      H200 (benchmarks/ffn_local.py) 21.6 against 22.4 ms at 32,768 tokens, 3.5 against
-      3.1 ms at 4,096, with a sort to pay.
+      XLA:GPU as a dense matmul over every group, so grouped saves nothing there, with a
+      sort to pay (docs/gpu.md, benchmarks/ffn_local.py on an H200).
 Both are exact: they differ only in floating-point summation order.
 """
 import jax

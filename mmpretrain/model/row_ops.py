@@ -6,8 +6,8 @@ Rows are the leading axis of an array [N, *row]. TPU tiles an array's last two d
 wants; rows seen as [N, d/128, 128] (`as_tiles`) are tiles of their own. Rows given as
 [N, d] are gathered as tiles and handed back as [.., d], which costs a relayout of every
 gathered row; callers that keep the tiles from the gather into the matmuls that read them
-(`layers.expert_matmul(..., contract=2)`) skip it: on the TPU cost model a gather of 661k
-rows of 2,048 takes 2.4 ms as tiles and 4.7 ms back as rows.
+(`layers.expert_matmul(..., contract=2)`) skip it, which halves a gather's time on the
+TPU cost model (docs/benchmarks.md has the figures).
 """
 import functools
 

@@ -134,8 +134,8 @@ def compile_step(config, devices, for_cost: bool = False):
 
 # XLA:TPU runs a matmul whose weights FSDP gathers (or whose gradient it scatters) as a
 # loop over windows of the gathered operand (a collective matmul), and the cost analysis
-# counts a loop body once: at the paper's sizes a layer's FLOPs came out at 40% of what
-# it runs. The compiles that price the step turn those loops off, so every matmul is
+# counts a loop body once, so a layer's FLOPs came out well short of what it runs
+# (docs/tpu.md). The compiles that price the step turn those loops off, so every matmul is
 # counted whole and its gather priced as a collective of its own (a real step overlaps
 # the two: the estimate errs slow there). The memory figures come from the real program.
 _WHOLE_MATMULS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
