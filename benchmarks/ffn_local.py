@@ -37,6 +37,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
+from mmpretrain.batch import TOKEN_KINDS, is_visual  # pylint: disable=wrong-import-position
 from mmpretrain.config import load_config  # pylint: disable=wrong-import-position
 from mmpretrain.model import layers, modality_ffn, moe  # pylint: disable=wrong-import-position
 import smoke  # pylint: disable=wrong-import-position,wrong-import-order
@@ -54,9 +55,9 @@ VARIANTS = ("dense", *(f"moe_{name}" for name in MOE), "modality_select", "modal
 def token_kinds(tokens: int, row: int) -> np.ndarray:
   """Per row: text, then visual understanding and visual generation halves."""
   text = int(row * TEXT_SHARE)
-  one = np.full(row, moe.TOKEN_KINDS.index("visual_generation"), np.int32)
-  one[:text] = moe.TOKEN_KINDS.index("text")
-  one[text:text + (row - text) // 2] = moe.TOKEN_KINDS.index("visual_understanding")
+  one = np.full(row, TOKEN_KINDS.index("visual_generation"), np.int32)
+  one[:text] = TOKEN_KINDS.index("text")
+  one[text:text + (row - text) // 2] = TOKEN_KINDS.index("visual_understanding")
   return np.tile(one, tokens // row)
 
 
@@ -72,13 +73,12 @@ def layer_loss(variant: str, paper: dict, rows: int):
     model.moe.update(MOE[variant.removeprefix("moe_")])
     module = moe.MoE(model, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(module)
-  is_visual_from = moe.TOKEN_KINDS.index("visual_understanding")
 
   def forward(module, x, kinds):
     if variant == "dense":
       return module(x)
     if variant.startswith("modality_"):
-      return modality_ffn.apply(*module, x, kinds >= is_visual_from,
+      return modality_ffn.apply(*module, x, is_visual(kinds),
                                 variant.removeprefix("modality_"))
     return module(x, kinds, rows)[0]
 

@@ -13,3 +13,14 @@ DEVICE_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions",
 # the dataset's files could not give back (data.on_unreadable='skip').
 SKIP_REASONS = ("corrupt", "empty", "too_long", "bad_shape", "unreadable")
 SKIP_FIELDS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS)
+
+# What a position is to the FFNs and the routing statistics (model/transformer.py
+# `token_kinds` derives it from `modality`; -1 = padding): text, a clean image or frame
+# (read, "understanding"), a noisy one (being generated). Visual kinds follow text, so
+# `is_visual` is one comparison.
+TOKEN_KINDS = ("text", "visual_understanding", "visual_generation")
+
+
+def is_visual(token_kind):
+  """token_kind: TOKEN_KINDS indices (-1 = padding), any array -> whether each is visual."""
+  return token_kind >= TOKEN_KINDS.index("visual_understanding")

@@ -8,9 +8,8 @@ import pytest
 from flax import nnx
 
 import base
-from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL, TOKEN_KINDS
 from mmpretrain.model.masks import attention_mask
-from mmpretrain.model.moe import TOKEN_KINDS
 from mmpretrain.model import transformer
 from mmpretrain.model.transformer import ModelInputs, Transfusion, token_kinds
 

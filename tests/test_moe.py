@@ -7,6 +7,7 @@ from flax import nnx
 
 import base
 from mmpretrain import sharding
+from mmpretrain.batch import TOKEN_KINDS
 from mmpretrain.model import moe as moe_lib
 from mmpretrain.model import row_ops
 from mmpretrain.model import transformer
@@ -165,7 +166,7 @@ def test_load_balance_and_z_loss_match_their_formulas_and_ignore_padding():
   lse = np.log(np.exp(logits).sum(-1))
   np.testing.assert_allclose(stats["router_z"], np.mean(lse ** 2), rtol=1e-5)
   np.testing.assert_array_equal(stats["expert_load"], np.bincount(chosen.ravel(), minlength=4))
-  for index, name in enumerate(moe_lib.TOKEN_KINDS):
+  for index, name in enumerate(TOKEN_KINDS):
     of_kind = chosen[np.asarray(kind)[:18] == index]
     np.testing.assert_array_equal(stats["kind_load"][index],
                                   np.bincount(of_kind.ravel(), minlength=4), err_msg=name)

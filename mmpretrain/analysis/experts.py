@@ -1,7 +1,7 @@
 """Expert specialization: which token kinds each MoE expert serves, per layer.
 
 The train step counts, per MoE layer, how many (token, choice) assignments each expert got
-from each token kind (model/moe.py TOKEN_KINDS: text, visual understanding = a clean image
+from each token kind (batch.py TOKEN_KINDS: text, visual understanding = a clean image
 or frame, visual generation = a noisy one). From those counts:
 
   text affinity of expert e = t_e / (t_e + v_e), where t_e and v_e are e's shares of all
@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from mmpretrain import storage
-from mmpretrain.model.moe import TOKEN_KINDS
+from mmpretrain.batch import TOKEN_KINDS
 
 ROUTING_FILE = "moe_routing.npz"
 CATEGORIES = ("text", "vision", "multimodal", "unused")

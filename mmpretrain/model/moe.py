@@ -31,6 +31,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from mmpretrain import sharding
+from mmpretrain.batch import TOKEN_KINDS, is_visual
 from mmpretrain.model import layers, row_ops
 
 
@@ -74,11 +75,6 @@ def expert_hidden(moe, mlp_dim: int) -> int:
     raise ValueError(f"model.moe.granularity={moe.granularity} does not divide the expert "
                      f"hidden size {hidden}")
   return hidden // moe.granularity
-
-
-# Token kinds for routing statistics (-1 = padding): text, a clean image or frame (read,
-# "understanding"), a noisy one (being generated).
-TOKEN_KINDS = ("text", "visual_understanding", "visual_generation")
 
 
 def _pick(probs, experts):
@@ -553,8 +549,8 @@ class MoE(nnx.Module):
                                              self.capacity_groups(x.shape[0], rows),
                                              self.capacity_factor, self.capacity_impl)
     if self.shared_visual is not None:
-      is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
-      out = out + layers.paired_swiglu(self.shared, self.shared_visual, x, is_visual)
+      out = out + layers.paired_swiglu(self.shared, self.shared_visual, x,
+                                       is_visual(token_kind))
     elif self.shared is not None:
       out = out + self.shared(x)
     stats["drop_rate"] = drop_rate

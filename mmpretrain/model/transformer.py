@@ -16,11 +16,11 @@ from flax import nnx
 
 from mmpretrain import sharding
 from mmpretrain.config_rules import REMAT_POLICIES
-from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, TOKEN_KINDS, is_visual
 from mmpretrain.model import attention, chunked_attention, layers, modality_ffn
 from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
-from mmpretrain.model.moe import DISPATCH_INDICES, EXPERT_HIDDEN, TOKEN_KINDS, MoE, RouterBias
+from mmpretrain.model.moe import DISPATCH_INDICES, EXPERT_HIDDEN, MoE, RouterBias
 
 def remat_policy(name: str, keep: tuple[str, ...] = ()):
   """The jax.checkpoint policy `model.remat` names, or None for no rematerialisation;
@@ -142,8 +142,7 @@ class DecoderBlock(nnx.Module):
     elif self.vision_ffn is None:
       out = self.ffn(h)
     else:
-      is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
-      out = modality_ffn.apply(self.ffn, self.vision_ffn, h, is_visual,
+      out = modality_ffn.apply(self.ffn, self.vision_ffn, h, is_visual(token_kind),
                                modality_ffn_impl or self.modality_ffn_impl)
     return sharding.constrain(x + out, ("batch", None)), stats
 
@@ -353,7 +352,7 @@ class Transfusion(nnx.Module):
     than over two."""
     generated = inputs.timesteps > 0 if inputs.generated is None else inputs.generated
     token_kind = flat(token_kinds(inputs.modality, generated))
-    is_visual = token_kind >= TOKEN_KINDS.index("visual_understanding")
+    visual = is_visual(token_kind)
     text_h = self.embed(flat(inputs.tokens))
     time_h = self.time_embed(flat(inputs.timesteps)).astype(self.dtype)
     visual_h = self.visual_in(flat(inputs.visual_latents).astype(self.dtype)) + time_h
@@ -361,7 +360,7 @@ class Transfusion(nnx.Module):
       index = flat(index_in_block(inputs.positions, inputs.block_ids))
       visual_h = visual_h + self.frame_positions(
           jnp.minimum(index, self.frame_positions.num_embeddings - 1))
-    x = sharding.constrain(jnp.where(is_visual[..., None], visual_h, text_h), ("batch", None))
+    x = sharding.constrain(jnp.where(visual[..., None], visual_h, text_h), ("batch", None))
     return x, token_kind, time_h
 
   def _readout(self, x, inputs: ModelInputs, time_h):
