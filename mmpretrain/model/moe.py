@@ -15,12 +15,11 @@ Config (`config.model.moe`):
       "capacity" (GShard-style per-expert buffers of capacity_factor·n·k/E slots for each
       group of n tokens — `capacity_group_rows` whole rows, or `capacity_group_tokens`
       consecutive tokens of a row; batched einsum; overflow is dropped and the token keeps
-      only its residual), or "auto" (capacity on CPU, where ragged_dot is ~10× slower than
-      the einsum; dropless elsewhere).
+      only its residual), or "auto" (capacity on every platform: resolve_dispatch says why).
   capacity_impl — how tokens reach their slots and come back: "gather" (row gathers) or
       "einsum" (one-hot dispatch and combine matmuls, 2·n·k·capacity_factor·d FLOPs a
-      token each, so for small groups: on TPU, groups of 128 tokens run a fine-grained
-      MoE layer well ahead of row gathers, which the TPU reads a tile at a time).
+      token each, so for small groups: on TPU, which reads a gathered row a tile at a
+      time, groups of 128 tokens beat row gathers; docs/tpu.md has the comparison).
 """
 import functools
 import math
@@ -39,8 +38,9 @@ from mmpretrain.model import layers, row_ops
 # (model.moe.remat_keep_hidden).
 EXPERT_HIDDEN = "moe_expert_hidden"
 # The router's expert choices and the row-gather dispatch's slot indices and combine
-# weights (a few MB a layer), which the remat policy always keeps: recomputing them would
-# run the top-k and the slot claims' sorts again for the backward.
+# weights, which the remat policy always keeps: small, and recomputing them would run the
+# top-k and the slot claims' sorts again for the backward (docs/tpu.md, "Nothing sorts
+# twice").
 DISPATCH_INDICES = "moe_dispatch_indices"
 
 
@@ -49,15 +49,12 @@ class RouterBias(nnx.Variable):
 
 
 def resolve_dispatch(dispatch: str) -> str:
-  """The dispatch `auto` stands for: capacity on every platform, as measured.
-  CPU runs ragged_dot as a loop. On TPU the compile report decides it:
-  configs/paper/moe_1b.py on a v5p-64 takes 3.66 s a step and 44.5 GB a chip with capacity
-  dispatch, 7.73 s and 65.7 GB dropless (receive buffers of twice the balanced load),
-  because XLA's TPU lowering of ragged_dot's weight gradient runs every group's rows
-  against every expert (docs/tpu.md). XLA:GPU lowers ragged_dot as a dense matmul over
-  every expert: on an H200, moe_1b's MoE FFN at 4,096 tokens takes 213 ms dropless against
-  4.6 ms with capacity, and at 32,768 tokens dropless asks for 128 GiB buffers
-  (benchmarks/ffn_local.py, docs/gpu.md)."""
+  """The dispatch `auto` stands for: capacity on every platform, because each XLA backend
+  runs dropless's jax.lax.ragged_dot, or its gradient, as more than a grouped matmul:
+  XLA:CPU as a loop (docs/benchmarks.md, "MoE overhead"); XLA:TPU's weight gradient runs
+  every group's rows against every expert, so the step is slower and larger (docs/tpu.md,
+  "MoE on TPU: which dispatch, which mesh"); XLA:GPU as a dense matmul over every expert,
+  far slower and out of memory at a chip's tokens (docs/gpu.md, "Measured on one H200")."""
   return "capacity" if dispatch == "auto" else dispatch
 
 
@@ -79,8 +76,8 @@ def expert_hidden(moe, mlp_dim: int) -> int:
 
 def _pick(probs, experts):
   """probs [T, E] at the chosen experts [T, k], as a masked sum over E: TPU gathers read
-  a whole tile per element (take_along_axis costs 30× this on the TPU cost model), and
-  its gradient would be a scatter-add."""
+  a whole tile per element, and take_along_axis's gradient would be a scatter-add
+  (docs/benchmarks.md, "The paper's MoE step on a v5p-64": router weights)."""
   chosen = experts[..., None] == jnp.arange(probs.shape[-1])               # [T, k, E]
   return jnp.sum(jnp.where(chosen, probs[:, None, :], 0.0), axis=-1)
 
@@ -88,8 +85,8 @@ def _pick(probs, experts):
 def _router_logits(x, kernel):
   """x [T, d] @ kernel [d, E] in f32, written as a batched matmul over a unit axis so that
   the dots_no_batch remat policy recomputes it for the backward rather than keep [T, E]
-  in f32 (2 GB a chip over the 1,008-expert arm's layers, against a matmul of d·E a token
-  to recompute)."""
+  in f32 for every MoE layer: HBM a large expert count cannot spare, against a matmul of
+  d·E a token to recompute (docs/tpu.md, "The routers' logits recomputed")."""
   return jnp.einsum("btd,bde->bte", x[None].astype(jnp.float32),
                     kernel[None].astype(jnp.float32))[0]
 
@@ -315,8 +312,8 @@ def _dropless_local(x, experts, weights, token_mask, expert_weights, num_experts
   flat = experts.reshape(-1)                         # (token, choice) pairs, token-major
   order = jnp.argsort(flat, stable=True)             # ... sorted by expert
   by_pair = jnp.argsort(order)
-  # Rows per expert from the sorted ids (a bincount is a scatter-add, which the TPU cost
-  # model prices at minus two seconds).
+  # Rows per expert from the sorted ids: a bincount is a scatter-add, which the TPU cost
+  # model misprices (docs/benchmarks.md, "The paper's 1B step on a v5p-64").
   sizes = jnp.diff(jnp.searchsorted(flat[order], jnp.arange(num_experts + 1)))
   gate, up, down = expert_weights
   shards = num_experts // gate.shape[0]
