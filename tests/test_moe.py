@@ -9,6 +9,8 @@ import base
 from mmpretrain import sharding
 from mmpretrain.batch import TOKEN_KINDS
 from mmpretrain.model import moe as moe_lib
+from mmpretrain.model.moe import capacity as moe_capacity
+from mmpretrain.model.moe import router as moe_router
 from mmpretrain.model import row_ops
 from mmpretrain.model import transformer
 
@@ -407,7 +409,7 @@ def test_picked_router_weights_equal_take_along_axis_in_value_and_gradient():
     return lambda p: jnp.sum(pick(p, experts) * weights)
   def take(p, e):
     return jnp.take_along_axis(p, e, axis=-1)
-  pick = moe_lib._pick                              # pylint: disable=protected-access
+  pick = moe_router._pick                           # pylint: disable=protected-access
   np.testing.assert_array_equal(pick(probs, experts), take(probs, experts))
   np.testing.assert_allclose(jax.grad(loss(pick))(probs), jax.grad(loss(take))(probs),
                              rtol=1e-6)
@@ -421,8 +423,8 @@ def test_slot_claims_by_sorting_equal_the_one_hot_claims():
   experts = jnp.asarray(np.stack([rng.choice(num_experts, k, replace=False)
                                   for _ in range(groups * length)]), jnp.int32)
   token_mask = jnp.asarray(rng.random(groups * length) < 0.8)
-  chosen, want = moe_lib._claim_slots(experts, token_mask, length, num_experts)  # pylint: disable=protected-access
-  position, claims, queues = moe_lib._claim_slots_by_sorting(  # pylint: disable=protected-access
+  chosen, want = moe_capacity._claim_slots(experts, token_mask, length, num_experts)  # pylint: disable=protected-access
+  position, claims, queues = moe_capacity._claim_slots_by_sorting(  # pylint: disable=protected-access
       experts, token_mask, length, num_experts)
   real = np.asarray(token_mask).reshape(groups, length, 1).repeat(k, 2)
   np.testing.assert_array_equal(np.asarray(position)[real], np.asarray(want)[real])
@@ -430,7 +432,7 @@ def test_slot_claims_by_sorting_equal_the_one_hot_claims():
   # The slots read off the queues: each expert's pairs of a group in claim order
   # (choice-major), token-major ids, the first `slots` of them; the rest empty.
   slots = 3
-  got = np.asarray(moe_lib._slot_pairs(queues, claims, slots, k))  # pylint: disable=protected-access
+  got = np.asarray(moe_capacity._slot_pairs(queues, claims, slots, k))  # pylint: disable=protected-access
   ids, mask = np.asarray(experts), np.asarray(token_mask)
   empty = groups * length * k
   for g in range(groups):
