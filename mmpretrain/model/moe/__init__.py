@@ -31,10 +31,10 @@ Modules, one concept each:
   dropless  grouped matmuls, the ragged all-to-all and its XLA:CPU stand-in
   capacity  per-group expert slots, filled by row gathers or by one-hot matmuls
 """
-from mmpretrain.model.moe.contract import (DISPATCH_INDICES, EXPERT_HIDDEN, Dispatch,
-                                           ExpertParams, Routing)
+# What callers outside the package read; a new dispatch imports contract.py itself.
+from mmpretrain.model.moe.contract import DISPATCH_INDICES, EXPERT_HIDDEN
 from mmpretrain.model.moe.dropless import padded_ragged_all_to_all
-from mmpretrain.model.moe.layer import (MoE, Experts, expert_count, expert_hidden,
-                                        experts_per_token, resolve_dispatch)
-from mmpretrain.model.moe.router import Router, RouterBias
+from mmpretrain.model.moe.layer import (MoE, expert_count, expert_hidden, experts_per_token,
+                                        resolve_dispatch)
+from mmpretrain.model.moe.router import RouterBias
 
