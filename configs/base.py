@@ -121,7 +121,7 @@ def get_config(arg=None):
   # per-token network reading the hidden state, the noisy latent and the timestep.
   c.model.flow_head = ml_collections.ConfigDict({"width": 0, "depth": 2})
   c.model.frame_positions = True         # + a learned embedding of a token's place in its frame
-  # Mixture-of-Experts FFN (model/moe.py); num_experts = 0 keeps every FFN dense.
+  # Mixture-of-Experts FFN (model/moe/); num_experts = 0 keeps every FFN dense.
   c.model.moe = ml_collections.ConfigDict()
   c.model.moe.num_experts = 0            # before granularity
   c.model.moe.experts_per_token = 2      # before granularity
