@@ -25,7 +25,7 @@ def check_writable(destination: str) -> None:
 
 
 def plan(o: SourceOptions) -> list[inputs.Piece]:
-  fmt = formats.FORMATS[o.format]
+  fmt = formats.format_of(o)
   return inputs.plan(o.globs(), fmt.planned_as, fmt.piece_bytes(o), o.compression)
 
 
@@ -48,6 +48,7 @@ def build_dataset(source, tfds_name: str, data_dir: str, rebuild: bool = False,
   unless `rebuild`); returns {'path', 'examples': {split: n}, 'corrupt': {reason: n},
   'pieces', 'records_per_s'} ('examples' None when it was there)."""
   o = SourceOptions.of(source)
+  formats.format_of(o)
   runners.check_runner(runner.name, list(runner.args))
   destination = storage.join(data_dir, tfds_name, shards.VERSION)
   if storage.exists(storage.join(destination, "dataset_info.json")) and not rebuild:

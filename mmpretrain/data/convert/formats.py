@@ -316,3 +316,10 @@ FORMATS = {
     "episodes": Format(read_episodes, EPISODES, "file"),
     "episode_list": Format(read_episode_list, EPISODES, "list"),
 }
+
+
+def format_of(o: SourceOptions) -> Format:
+  """The source's format; an unknown one is refused with the list."""
+  if o.format not in FORMATS:
+    raise ValueError(f"source format {o.format!r} is not one of {sorted(FORMATS)}")
+  return FORMATS[o.format]

@@ -1,6 +1,8 @@
 """A dataset's `source` (config.data.datasets.<name>.source): what to convert and how."""
 import dataclasses
 
+from mmpretrain.data.convert import compression
+
 MiB = 2**20
 
 SOURCE_DEFAULTS = {
@@ -47,16 +49,13 @@ class SourceOptions:
 
   @classmethod
   def of(cls, source) -> "SourceOptions":
-    """From a config's source; an unknown key, format or compression is refused."""
-    from mmpretrain.data.convert import compression, formats  # pylint: disable=import-outside-toplevel
+    """From a config's source; an unknown key or compression is refused (an unknown
+    format by formats.format_of, which knows them)."""
     given = dict(source)
     unknown = sorted(set(given) - set(SOURCE_DEFAULTS))
     if unknown:
       raise ValueError(f"unknown source keys {unknown}; the keys are {sorted(SOURCE_DEFAULTS)}")
     values = {**SOURCE_DEFAULTS, **given}
-    if values["format"] not in formats.FORMATS:
-      raise ValueError(f"source format {values['format']!r} is not one of "
-                       f"{sorted(formats.FORMATS)}")
     compression.check_name(values["compression"])
     if not values["train"]:
       raise ValueError("the source has no `train` inputs: set source.train to a glob")

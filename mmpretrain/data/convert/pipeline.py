@@ -27,7 +27,7 @@ class ConvertPiece(beam.DoFn):
   def __init__(self, o: SourceOptions, work: str):
     super().__init__()
     self.o, self.work = o, work
-    self.format = formats.FORMATS[o.format]
+    self.format = formats.format_of(o)
     self.features = None
     self.records = Metrics.counter(METRICS, "records")
 
@@ -66,7 +66,7 @@ def build(root: beam.Pipeline, pieces: list[inputs.Piece], o: SourceOptions, tfd
   """Adds the conversion of `pieces` to the pipeline `root`; its output is the totals,
   also written to `<work>.json` for the launcher."""
   description = f"converted by mmpretrain prepare ({o.format})"
-  features = formats.FORMATS[o.format].features
+  features = formats.format_of(o).features
   return (root
           | f"{tfds_name}/pieces" >> beam.Create(pieces)
           | f"{tfds_name}/spread" >> beam.Reshuffle()
