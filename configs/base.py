@@ -222,6 +222,9 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 0                 # 0 = never during training; else and after the last
   c.eval.batches = 4                     # fixed validation batches per stream of the mixture
+  # Rows of each held-out batch, split over the mesh's batch axes like a training batch
+  # (a multiple of data.shards); None: data.batch_size.
+  c.eval.batch_size = config_dict.placeholder(int)
   c.eval.split = "validation"
   # Evaluations of what the model does (train/evaluate.py), each run where the config trains
   # what it judges; () for held-out losses alone.

@@ -87,6 +87,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(d.batch_size % d.shards == 0, "data.shards",
            f"{d.shards} does not divide data.batch_size={d.batch_size}",
            "Use a divisor of data.batch_size (each shard supplies batch_size/shards rows)")
+  held_out = c.eval.batch_size or d.batch_size
+  _require(held_out % d.shards == 0, "eval.batch_size",
+           f"{held_out} rows do not split into data.shards={d.shards}",
+           "Use a multiple of data.shards (each shard supplies its share of every batch)")
   for stream, weight in d.mixture.items():
     if weight > 0:
       _validate_stream(d, stream)
@@ -120,6 +124,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "model.moe.capacity_group_rows",
            f"{m.moe.capacity_group_rows} does not divide the {microbatch} rows of a microbatch",
            "Use a divisor of data.batch_size / optimizer.grad_accum_steps")
+  _require(m.moe.num_experts == 0 or held_out % m.moe.capacity_group_rows == 0,
+           "eval.batch_size",
+           f"{held_out} rows do not split into model.moe.capacity_group_rows="
+           f"{m.moe.capacity_group_rows}", "Use a multiple of model.moe.capacity_group_rows")
   _require(o.warmup_steps < c.train.num_steps or c.train.num_steps == 0, "optimizer.warmup_steps",
            f"warmup ({o.warmup_steps}) must be shorter than train.num_steps ({c.train.num_steps})",
            "Lower the warmup or train longer")

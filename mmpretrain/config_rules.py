@@ -243,6 +243,7 @@ RULES = {
     "train.nonfinite": Choice(("skip", "stop")),
     "eval.every_steps": STEPS,
     "eval.batches": COUNT,
+    "eval.batch_size": Optional(WIDTH),
     "eval.split": Choice(("train", "validation")),
     "eval.generative": Sequence(Choice(GENERATIVE_EVALS), may_be_empty=True),
     "eval.caption_images": COUNT,

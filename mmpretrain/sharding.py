@@ -158,10 +158,11 @@ def batch_sharding(mesh, rules) -> NamedSharding:
   return NamedSharding(mesh, partition_spec(("batch",), rules, mesh))
 
 
-def check_batch_splits(batch_size: int, mesh, rules):
+def check_batch_splits(batch_size: int, mesh, rules, key: str = "data.batch_size"):
+  """Refuses a batch (config.`key`) whose rows the batch axes cannot split evenly."""
   ways = math.prod(mesh.shape[a] for a in mesh_axes(rules, "batch"))
   if batch_size % ways:
-    raise ShardingError(f"config.data.batch_size={batch_size} does not split {ways} ways over "
+    raise ShardingError(f"config.{key}={batch_size} does not split {ways} ways over "
                         f"the batch mesh axes {mesh_axes(rules, 'batch')}: use a multiple of "
                         f"{ways}")
 

@@ -155,10 +155,8 @@ def test_held_out_losses_match_the_train_step_and_do_not_depend_on_the_mesh(conf
   assert held_out == evaluate.HeldOut(trainer, tokenizer)(state.params)
   mesh = sharding.make_mesh(config.mesh)
   sharded = Trainer(Run(config, mesh), tokenizer.byte_lengths())
-  to_device = lambda b: sharding.global_batch(b, mesh, config.mesh.rules,
-                                              config.data.batch_size)
   params = jax.device_put(state.params, sharded.state_sharding.params)
-  on_mesh = evaluate.HeldOut(sharded, tokenizer, to_device=to_device)(params)
+  on_mesh = evaluate.HeldOut(sharded, tokenizer)(params)
   assert on_mesh.keys() == held_out.keys()
   for key, value in held_out.items():
     assert on_mesh[key] == pytest.approx(value, rel=1e-5), key

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmpretrain import pixels, storage
+from mmpretrain import pixels, sharding, storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.data.sources import DIGIT_WORDS
@@ -32,9 +32,24 @@ from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.step import Objective
 
 
+def eval_batch_size(config) -> int:
+  """Rows of a held-out batch: config.eval.batch_size, else the training batch's."""
+  return config.eval.batch_size or config.data.batch_size
+
+
+def with_eval_batch(config):
+  """A copy of `config` whose data.batch_size is the held-out batch's (eval_batch_size):
+  how the data pipeline and the compiles of the evaluation programs read it."""
+  held_out = config.copy_and_resolve_references()
+  with held_out.unlocked():
+    held_out.data.batch_size = eval_batch_size(config)
+  return held_out
+
+
 def stream_batches(config, tok, spec, stream: str, rows=None) -> list[dict]:
-  """The first `config.eval.batches` validation batches of one stream (same every call)."""
-  single = config.copy_and_resolve_references()
+  """The first `config.eval.batches` validation batches of one stream (same every call),
+  of eval_batch_size rows (`rows`: the ones this process loads)."""
+  single = with_eval_batch(config)
   with single.unlocked():
     single.data.mixture = {stream: 1.0}
   batches = pipeline.make_batches(single, tok, spec, split=config.eval.split, rows=rows)
@@ -44,14 +59,19 @@ def stream_batches(config, tok, spec, stream: str, rows=None) -> list[dict]:
 class HeldOut:
   """Fixed held-out batches of every stream in the mixture, and their losses for `params`.
 
-  `to_device(batch)` places a host batch (this process's `rows`) on the run's devices,
-  e.g. sharding.global_batch on a mesh.
+  On a mesh each process loads the rows its devices hold and the rows are split over the
+  batch axes, as in training.
   """
 
-  def __init__(self, loss: Objective, tok, rows=None, to_device=None):
-    config = loss.config
+  def __init__(self, loss: Objective, tok):
+    config, mesh = loss.config, loss.run.mesh
     self.loss, self.loss_config = loss, config.loss
-    to_device = to_device or (lambda batch: batch)
+    rows, to_device = None, lambda batch: batch
+    if mesh is not None:
+      size, rules = eval_batch_size(config), config.mesh.rules
+      sharding.check_batch_splits(size, mesh, rules, "eval.batch_size")
+      rows = sharding.process_rows(size, mesh, rules)
+      to_device = lambda batch: sharding.global_batch(batch, mesh, rules, size)
     self.batches = {stream: [to_device(b) for b in
                              stream_batches(config, tok, loss.run.data_spec, stream, rows)]
                     for stream, weight in sorted(config.data.mixture.items()) if weight > 0}
@@ -230,8 +250,8 @@ class Evaluator:
   """Held-out losses and the generative evals: __call__(params) -> (scalars, images uint8
   [H, W, C] by name)."""
 
-  def __init__(self, loss: Objective, tok, rows=None, to_device=None):
-    self.held_out = HeldOut(loss, tok, rows, to_device)
+  def __init__(self, loss: Objective, tok):
+    self.held_out = HeldOut(loss, tok)
     self.generative = generative_evals(loss.run, tok)
 
   def __call__(self, params) -> tuple[dict, dict]:
@@ -243,11 +263,12 @@ class Evaluator:
     return scalars, images
 
 
-def restore_params(config, workdir: str, step: int | None = None):
+def restore_params(config, workdir: str, step: int | None = None, mesh=None):
   """(tokenizer, run, params, step) of a run's checkpoint (default: the newest); only the
-  parameters are read (no optimizer is built, no optimizer state loaded)."""
+  parameters are read (no optimizer is built, no optimizer state loaded), each process
+  its shards of them on `mesh` (None: jax's first device)."""
   tok = pipeline.load_tokenizer(config)
-  run = Run(config)
+  run = Run(config, mesh)
   checkpoints = RunCheckpoints(workdir, config.checkpoint)
   step = checkpoints.latest_step() if step is None else step
   if step is None:
@@ -257,17 +278,22 @@ def restore_params(config, workdir: str, step: int | None = None):
   return tok, run, params, step
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
-  """Every evaluation of a checkpoint's parameters (default: the newest), written to
-  <workdir>/eval/step_<N>.json, its images beside it as PNGs."""
-  tok, run, params, step = restore_params(config, workdir, step)
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, mesh=None) -> dict:
+  """Every evaluation of a checkpoint's parameters (default: the newest) on `mesh`
+  (default: the config's over every device of the job), each process its share of every
+  batch; process 0 writes <workdir>/eval/step_<N>.json, its images beside it as PNGs."""
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  tok, run, params, step = restore_params(config, workdir, step, mesh)
   scalars, images = Evaluator(Objective(run, tok.byte_lengths()), tok)(params)
   result = {"step": step, "split": config.eval.split, "batches_per_stream": config.eval.batches,
-            **scalars}
+            "batch_size": eval_batch_size(config), "num_devices": mesh.size,
+            "mesh_shape": dict(mesh.shape), **scalars}
   directory = storage.join(workdir, "eval")
-  storage.makedirs(directory)
-  for name, image in images.items():
-    storage.save_image(storage.join(directory, f"step_{step}_{name}.png"), pixels.to_pil(image))
   path = storage.join(directory, f"step_{step}.json")
-  storage.write_json(path, result)
+  if jax.process_index() == 0:
+    storage.makedirs(directory)
+    for name, image in images.items():
+      storage.save_image(storage.join(directory, f"step_{step}_{name}.png"),
+                         pixels.to_pil(image))
+    storage.write_json(path, result)
   return {**result, "path": path}

@@ -96,7 +96,7 @@ class TrainLoop:
     if self.state is None:
       self.state = self.trainer.init_state(config.seed)
     self.writer = MetricWriter(workdir, enabled=self.is_main)
-    self.evaluator = (Evaluator(self.trainer, self.tok, rows, self.to_device)
+    self.evaluator = (Evaluator(self.trainer, self.tok)
                       if config.eval.every_steps > 0 else None)
     self.best = (BestParams(workdir, config.checkpoint.best_metric, config.checkpoint.best_mode)
                  if config.checkpoint.best_metric else None)
