@@ -43,14 +43,17 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.8, "analyze-experts: text (vision
                                 "text affinity at least (at most 1 minus) this.")
 _STEP = flags.DEFINE_integer("step", None, "eval, export-params: checkpoint step (default: "
                              "newest).")
-_MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train, prepare: 'auto' "
-                               "joins a multi-process run from the coordinator flags, or on a "
-                               "TPU VM from the pod itself; 'off' runs one process.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train, prepare: HOST:PORT of "
-                                   "process 0 of a multi-process run (not needed on TPU VMs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train, prepare: processes in the "
-                                     "run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, prepare: this process's index.")
+_MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train, prepare, eval, "
+                               "sample: 'auto' joins a multi-process run from the coordinator "
+                               "flags, or on a TPU VM from the pod itself; 'off' runs one "
+                               "process.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train, prepare, eval, sample: "
+                                   "HOST:PORT of process 0 of a multi-process run (not needed "
+                                   "on TPU VMs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train, prepare, eval, sample: "
+                                     "processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, prepare, eval, sample: this "
+                                   "process's index.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "sample: text to continue (repeatable).")
 _CAPTIONS = flags.DEFINE_multi_string("caption", None, "sample: draw images of this caption "
                                       "(repeatable).")
@@ -153,6 +156,11 @@ def cmd_prepare():
       print(f"latents ready: {path}")
 
 
+def _join_job() -> None:
+  distributed.initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
+
+
 def cmd_train():
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the directory that holds this run")
@@ -188,20 +196,34 @@ def _workdir(stage: str) -> str:
 
 
 def cmd_eval():
-  # pylint: disable-next=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import jax
   from mmpretrain.train.evaluate import evaluate_checkpoint
-  result = evaluate_checkpoint(_config(of_run=True), _workdir("eval"), _STEP.value)
+  config, workdir = _config(of_run=True), _workdir("eval")
+  _join_job()
+  result = evaluate_checkpoint(config, workdir, _STEP.value)
+  if jax.process_index() != 0:
+    return
   for key, value in result.items():
     if key not in ("path", "split", "batches_per_stream"):
-      print(f"{key}: {value}" if key == "step" else f"{key}: {value:.4f}")
+      print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
   print(f"wrote {result['path']}")
+
+
+def _grid_name(step: int, process: int, processes: int) -> str:
+  """The caption grid a process writes: the whole grid's name when it is the only one."""
+  return f"captions_step{step}.png" if processes == 1 else \
+      f"captions_step{step}_process{process}.png"
 
 
 def cmd_sample():
   """Text continuation, images from captions, captions of image files and world-model
-  rollouts with a checkpoint's parameters."""
+  rollouts with a checkpoint's parameters, on the config's mesh over every process of the
+  job. Each process writes the caption images its devices drew; process 0 prints, writes
+  the rest and <output>/sample_step<N>.json (what was sampled, where it went)."""
   # pylint: disable=import-outside-toplevel
   import jax
+  from mmpretrain import sharding
   from mmpretrain.generate import sample
   from mmpretrain.train.evaluate import restore_params
   config, workdir = _config(of_run=True), _workdir("sample")
@@ -209,35 +231,59 @@ def cmd_sample():
           or _DOCUMENTS.value):
     raise app.UsageError("say what to sample: --prompt, --caption, --image, --document or "
                          "--rollouts")
-  tok, run, params, step = restore_params(config, workdir, _STEP.value)
-  output = _OUTPUT.value or os.path.join(workdir, "samples")
-  os.makedirs(output, exist_ok=True)
+  _join_job()
+  mesh = sharding.make_mesh(config.mesh)
+  tok, run, params, step = restore_params(config, workdir, _STEP.value, mesh)
+  process, processes = jax.process_index(), jax.process_count()
+  main = process == 0
+  say = print if main else (lambda *_: None)
+  output = _OUTPUT.value or storage.join(workdir, "samples")
+  storage.makedirs(output)
+  record = {"step": step, "num_devices": mesh.size, "mesh_shape": dict(mesh.shape)}
   if _PROMPTS.value:
-    for text in sample.continue_texts(run, tok, params, _PROMPTS.value, _MAX_NEW.value,
-                                      _TEMPERATURE.value, _TOP_P.value, config.seed):
-      print(f"[step {step}] {text}")
+    record["continuations"] = sample.continue_texts(
+        run, tok, params, _PROMPTS.value, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value,
+        config.seed)
+    for text in record["continuations"]:
+      say(f"[step {step}] {text}")
   if _IMAGES.value:
-    for path, caption in zip(_IMAGES.value, sample.caption_files(run, tok, params,
-                                                                 _IMAGES.value,
-                                                                 _MAX_NEW.value)):
-      print(f"[step {step}] {path}: {caption}")
+    record["image_captions"] = dict(zip(_IMAGES.value, sample.caption_files(
+        run, tok, params, _IMAGES.value, _MAX_NEW.value)))
+    for path, caption in record["image_captions"].items():
+      say(f"[step {step}] {path}: {caption}")
   if _CAPTIONS.value:
-    path = os.path.join(output, f"captions_step{step}.png")
-    sample.draw_captions(run, tok, params, _CAPTIONS.value, _PER_CAPTION.value,
-                         config.seed).save(path)
-    print(f"wrote {path} (a row per caption)")
+    per_caption = _PER_CAPTION.value
+    drawn = sample.draw_captions(run, tok, params, _CAPTIONS.value, per_caption, config.seed)
+    grid = sample.local_grid(drawn, per_caption)
+    if grid is not None:
+      storage.save_image(storage.join(output, _grid_name(step, process, processes)), grid)
+    record["caption_grids"] = {
+        storage.join(output, _grid_name(step, p, processes)): rows
+        for p in range(processes) if (rows := drawn.rows_of(p))}
+    for path, rows in record["caption_grids"].items():
+      say(f"wrote {path} (a row per caption: images {rows[0]}..{rows[-1]} of "
+          f"{drawn.count}, {per_caption} a caption)")
   if _DOCUMENTS.value:
     from mmpretrain.generate.interleaved import InterleavedSampler, write_document
     sampler = InterleavedSampler(run, tok, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
+    record["documents"] = []
     for i, text in enumerate(_DOCUMENTS.value):
       segments = sampler(params, text, jax.random.key(config.seed + i), _BEGIN_IMAGE.value)
-      print(f"[step {step}] {text}"
-            f"{write_document(segments, output, f'document_step{step}_{i}')}")
+      if main:
+        record["documents"].append(
+            text + write_document(segments, output, f"document_step{step}_{i}"))
+        say(f"[step {step}] {record['documents'][-1]}")
   if _ROLLOUTS.value:
     from mmpretrain.generate.world_model import write_rollouts
-    for path in write_rollouts(config, tok, run, params, _ROLLOUTS.value, _HORIZON.value,
-                               _ACTIONS.value, output, f"step{step}"):
-      print(f"wrote {path}")
+    record["rollouts"] = write_rollouts(config, tok, run, params, _ROLLOUTS.value,
+                                        _HORIZON.value, _ACTIONS.value, output, f"step{step}",
+                                        write=main)
+    for path in record["rollouts"]:
+      say(f"wrote {path}")
+  if main:
+    path = storage.join(output, f"sample_step{step}.json")
+    storage.write_json(path, record)
+    say(f"wrote {path}")
 
 
 def cmd_train_encoder():
@@ -399,9 +445,10 @@ class Verb:
 
 
 _STAGE = ("config", "workdir")
+_JOB = ("multihost", "coordinator_address", "num_processes", "process_id")
 _SAMPLE = ("config", "workdir", "step", "output", "prompt", "max_new_tokens", "temperature",
            "top_p", "caption", "images_per_caption", "image", "document", "begin_image",
-           "rollouts", "horizon", "actions")
+           "rollouts", "horizon", "actions", *_JOB)
 VERBS = {
     "prepare": Verb(cmd_prepare, "write the config's datasets (TFDS array_record) and "
                     "train its tokenizer", "mmpretrain prepare --config=configs/demo.py",
@@ -414,7 +461,8 @@ VERBS = {
                    "process_id")),
     "eval": Verb(cmd_eval, "score a checkpoint on held-out data (losses, caption and "
                  "generation accuracy), with the run's config.json unless --config is given",
-                 "mmpretrain eval --workdir=runs/demo", ("config", "workdir", "step")),
+                 "mmpretrain eval --workdir=runs/demo",
+                 ("config", "workdir", "step", *_JOB)),
     "sample": Verb(cmd_sample, "continue text, draw captions, caption images, write "
                    "interleaved documents or world-model rollouts",
                    "mmpretrain sample --workdir=runs/demo --prompt=\"ROMEO:\" "

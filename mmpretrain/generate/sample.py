@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from mmpretrain import diffusion, pixels, sharding
@@ -117,27 +118,37 @@ def replicated_jit(run, fn):
   return jax.jit(fn, out_shardings=sharding.replicated(run.mesh))
 
 
-def make_block_sampler(run, guided: bool):
-  """Returns jitted sample(params, prompt, context, rng) -> the clean latent tokens
-  [n, T, D] of every prompt's block.
+def sample_blocks(run, params, prefix, block, context, rng, guided: bool,
+                  count: int | None = None):
+  """The clean latent tokens [n, T, D] of every prompt's block (traced inside a sampler's
+  jit): the prefix written into a fresh cache, then the block denoised against it.
 
   `context` [rows, F·T, D] are the latent tokens of the prompt's frames. Guided: the first
   n = rows/2 rows are conditional and the others their unconditional twins; otherwise
-  n = rows.
+  n = rows. Noise is drawn for the first `count` of the n rows (default: all) and is zero
+  for the rest, rows that only pad a batch, so a row's draw does not depend on them.
   """
+  rows, width = prefix["tokens"].shape
+  length = block["tokens"].shape[1]
+  params = gathered_params(run, params)
+  model = run.model(params)
+  cache = model.init_cache(rows, width + length)
+  _, _, cache = model.decode(ModelInputs(
+      **{k: prefix[k] for k in ID_FIELDS},
+      visual_latents=place_frame_tokens(context, prefix["frame_slot"]),
+      timesteps=jnp.zeros((rows, width), jnp.float32)), cache, 0)
+  n = rows // 2 if guided else rows
+  z1 = jax.random.normal(rng, (n if count is None else count, length, context.shape[-1]),
+                         jnp.float32)
+  z1 = jnp.pad(z1, ((0, n - z1.shape[0]), (0, 0), (0, 0)))
+  return denoise_block(run, params, cache, block, width, z1, guided)
+
+
+def make_block_sampler(run, guided: bool):
+  """Returns jitted sample(params, prompt, context, rng) -> the clean latent tokens
+  [n, T, D] of every prompt's block (sample_blocks), on every process."""
   def sample(params, prefix, block, context, rng):
-    rows, width = prefix["tokens"].shape
-    length = block["tokens"].shape[1]
-    params = gathered_params(run, params)
-    model = run.model(params)
-    cache = model.init_cache(rows, width + length)
-    _, _, cache = model.decode(ModelInputs(
-        **{k: prefix[k] for k in ID_FIELDS},
-        visual_latents=place_frame_tokens(context, prefix["frame_slot"]),
-        timesteps=jnp.zeros((rows, width), jnp.float32)), cache, 0)
-    n = rows // 2 if guided else rows
-    z1 = jax.random.normal(rng, (n, length, context.shape[-1]), jnp.float32)
-    return denoise_block(run, params, cache, block, width, z1, guided)
+    return sample_blocks(run, params, prefix, block, context, rng, guided)
 
   jitted = replicated_jit(run, sample)
   return lambda params, prompt, context, rng: jitted(params, prompt.prefix, prompt.block,
@@ -161,20 +172,82 @@ def caption_documents(tok, captions: list[str], spec) -> list:
   return [generation_document(c, blank, **specials) for c in ids + [[]] * len(ids)]
 
 
-def make_image_sampler(run, tok):
-  """Returns sample(params, captions, rng) -> uint8 images [N, H, W, C], one per caption,
-  drawn with CFG (config.diffusion) through the KV cache."""
-  spec = run.spec
-  sample_block = make_block_sampler(run, guided=True)
-  decode = make_frame_decoder(run)
-  dim = patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
+@dataclasses.dataclass(frozen=True)
+class Drawn:
+  """Images drawn on a run's devices: `images` uint8 [rows, H, W, C] where the sampler
+  left them (on a mesh, split over the batch axes), of which the first `count` were asked
+  for; the others pad the rows to a multiple of the axes' ways."""
+  images: jax.Array
+  count: int
 
-  def sample(params, captions, rng):
-    prompt = block_prompt(caption_documents(tok, captions, spec), spec)
-    no_frames = jnp.zeros((2 * len(captions), 1, dim), jnp.float32)   # no context frames
-    return decode(sample_block(params, prompt, no_frames, rng))
+  def rows_of(self, process: int) -> list[int]:
+    """The asked-for rows that the devices of `process` hold."""
+    total = self.images.shape[0]
+    held = set()
+    for device, index in self.images.sharding.devices_indices_map(self.images.shape).items():
+      if device.process_index == process:
+        held.update(range(*index[0].indices(total)))
+    return sorted(row for row in held if row < self.count)
 
-  return sample
+  def local(self) -> dict[int, np.ndarray]:
+    """This process's asked-for rows, by row: what it writes."""
+    total, held = self.images.shape[0], {}
+    for shard in self.images.addressable_shards:
+      start = shard.index[0].indices(total)[0]
+      for offset, image in enumerate(np.asarray(shard.data)):
+        if start + offset < self.count:
+          held[start + offset] = image
+    return held
+
+  def gathered(self) -> np.ndarray:
+    """Every asked-for row, on every process (numpy [count, H, W, C])."""
+    return np.asarray(multihost_utils.process_allgather(self.images, tiled=True))[:self.count]
+
+
+def row_ways(run) -> int:
+  """How many ways the run's mesh splits a sampler's rows (1 without a mesh)."""
+  return 1 if run.mesh is None else sharding.batch_ways(run.mesh, run.config.mesh.rules)
+
+
+class ImageSampler:
+  """sampler(params, captions, rng) -> uint8 images [N, H, W, C] on every process, one per
+  caption, drawn with CFG (config.diffusion) through the KV cache; `draw` returns them
+  where they were drawn (Drawn). On a mesh the guided rows are split over the batch axes
+  like a training batch, the captions padded with blank ones to a multiple of their ways,
+  and the weights gathered once over those axes (gathered_params)."""
+
+  def __init__(self, run, tok):
+    self.run, self.tok, self.ways = run, tok, row_ways(run)
+    rep, patch = run.representation, run.config.visual.patch_size
+    dim = patch_dim(rep.latent_grid, patch)
+
+    def draw(params, prefix, block, frozen, rng, count):
+      no_frames = jnp.zeros((prefix["tokens"].shape[0], 1, dim), jnp.float32)
+      latents = sample_blocks(run, params, prefix, block, no_frames, rng, True, count)
+      return rep.decode(frozen, unpatchify(latents, patch, rep.latent_grid))
+
+    if run.mesh is None:
+      self.rows = None
+      self._draw = jax.jit(draw, static_argnames="count")
+    else:
+      self.rows = sharding.batch_sharding(run.mesh, run.config.mesh.rules)
+      self._draw = jax.jit(draw, static_argnames="count", out_shardings=self.rows)
+
+  def draw(self, params, captions: list[str], rng) -> Drawn:
+    spec, count = self.run.spec, len(captions)
+    padded = list(captions) + [""] * (-count % self.ways)
+    prompt = block_prompt(caption_documents(self.tok, padded, spec), spec)
+    place = (lambda rows: rows) if self.rows is None else (
+        lambda rows: jax.device_put(rows, self.rows))     # every process holds them all
+    return Drawn(self._draw(params, place(prompt.prefix), place(prompt.block),
+                            self.run.frozen, rng, count=count), count)
+
+  def __call__(self, params, captions: list[str], rng) -> np.ndarray:
+    return self.draw(params, captions, rng).gathered()
+
+
+def make_image_sampler(run, tok) -> ImageSampler:
+  return ImageSampler(run, tok)
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 2) -> Image.Image:
@@ -244,7 +317,7 @@ def make_generator(run, max_new_tokens: int, temperature: float = 0.0, top_p: fl
     _, generated = jax.lax.scan(step, (first, cache), jnp.arange(max_new_tokens))
     return generated.T
 
-  return jax.jit(generate)
+  return replicated_jit(run, generate)
 
 
 def text_prompt(run, prompts: list[list[int]]) -> dict:
@@ -316,10 +389,23 @@ def caption_files(run, tok, params, paths: list[str], max_new_tokens: int) -> li
   return [decode_generated(tok, ids) for ids in generated]
 
 
-def draw_captions(run, tok, params, captions: list[str], per_caption: int,
-                  seed: int) -> Image.Image:
-  """A grid of `per_caption` images for each caption (a row each)."""
+def draw_captions(run, tok, params, captions: list[str], per_caption: int, seed: int) -> Drawn:
+  """`per_caption` images for each caption, caption by caption."""
   repeated = [c for c in captions for _ in range(per_caption)]
-  images = make_image_sampler(run, tok)(
-      params, repeated, jax.random.key(seed))
-  return image_grid(np.asarray(images), columns=per_caption)
+  return ImageSampler(run, tok).draw(params, repeated, jax.random.key(seed))
+
+
+def local_grid(drawn: Drawn, columns: int) -> Image.Image | None:
+  """The grid of the drawn images (`columns` a row) as far as this process holds them: the
+  grid's rows its images fall in, other cells black (on one process, the whole grid);
+  None where it holds none."""
+  held = drawn.local()
+  if not held:
+    return None
+  first = min(held) // columns
+  last = max(held) // columns
+  images = np.zeros(((last - first + 1) * columns, *next(iter(held.values())).shape),
+                    np.uint8)
+  for row, image in held.items():
+    images[row - first * columns] = image
+  return image_grid(images, columns)

@@ -177,9 +177,11 @@ def rollout_strip(episode: np.ndarray, predicted: np.ndarray, context: int) -> n
 
 
 def write_rollouts(config, tok, run, params, episodes: int, horizon: int, actions: bool,
-                   output: str, tag: str) -> list[str]:
+                   output: str, tag: str, write: bool = True) -> list[str]:
   """GIFs of rollouts of held-out MiniGrid episodes (the truth above the prediction, the
-  context frames first), action-conditioned or as video continuation."""
+  context frames first), action-conditioned or as video continuation; their paths. Every
+  process of a job rolls out (the sampler spans their devices); `write`: this one also
+  writes the GIFs."""
   context = config.data.streams.action_video.context_frames
   frames, episode_actions, missions = held_out_episodes(config, tok, episodes,
                                                         context + horizon)
@@ -190,6 +192,7 @@ def write_rollouts(config, tok, run, params, episodes: int, horizon: int, action
   paths = []
   for i in range(episodes):
     path = os.path.join(output, f"rollout_{tag}_{'actions' if actions else 'video'}_{i}.gif")
-    save_gif(path, rollout_strip(frames[i], predicted[i], context))
+    if write:
+      save_gif(path, rollout_strip(frames[i], predicted[i], context))
     paths.append(path)
   return paths
