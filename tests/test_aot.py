@@ -25,6 +25,7 @@ from conftest import ROOT, config_file
 
 NO_LIBTPU = importlib.util.find_spec("libtpu") is None
 
+from mmpretrain.train.evaluate import with_eval_batch
 
 def tpu_compile(test):
   """Compiles for TPU take a minute or two on 2 cores: `make test-slow` (CI installs
@@ -211,6 +212,50 @@ def latent_grid(config):
   seconds to build, even abstract)."""
   v, d = config.visual, config.data
   return _latent_grid(v.representation, v.checkpoint, d.image_size, d.image_channels)
+
+
+@tpu_compile
+def test_the_held_out_loss_step_is_costed_like_its_fully_unrolled_compile():
+  # `--program=eval`: one forward pass over eval.batch_size rows (16; training's are 8),
+  # its layers extrapolated from 1- and 2-layer compiles like the train step's, which hold
+  # the dense attention.
+  config = small_config(scan_layers=True)
+  config.eval.batch_size = 16
+  report = aot.eval_report(config, "v5p-8")
+  assert report["program"] == "eval" and report["rows"] == 16 and report["fits"]
+  assert report["tokens_per_step"] == 16 * config.data.seq_len
+  whole = aot.unrolled(aot.for_platform(with_eval_batch(config), "tpu"),
+                       config.model.num_layers)
+  _, devices = aot.abstract_devices("v5p-8")
+  unrolled = aot.eval_step_cost(whole, devices)
+  assert report["optimal_seconds"] == pytest.approx(unrolled["optimal_seconds"], rel=0.02)
+  assert report["xla_flops"] == pytest.approx(unrolled["flops"], rel=0.02)
+  # Forward model FLOPs (2·N·tokens + a third of training's attention) over 4 chips.
+  assert report["xla_flops"] * report["chips"] == pytest.approx(report["model_flops"], rel=0.1)
+  assert 0 < report["cost_model_mfu"] < 1
+
+
+@tpu_compile
+def test_compile_prices_the_sampler_for_the_eval_batch_and_refuses_what_does_not_fit():
+  small = ["--config=configs/bench/dense_ref.py", "--topology=v5e-4", "--config.mesh.data=1",
+           "--config.mesh.fsdp=4", "--config.model.num_layers=2"]
+  out = run_compile(*small, "--program=sample", "--config.eval.batch_size=16")
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert report["program"] == "sample" and report["rows"] == 16 and report["fits"]
+  # Extrapolated from 1- and 2-layer compiles: the 2-layer model's step compiled whole,
+  # for the 16 rows of the eval batch.
+  config = with_overrides(validate(load_config(f"{ROOT}/configs/bench/dense_ref.py")), {
+      "mesh.data": 1, "mesh.fsdp": 4, "model.num_layers": 2, "data.batch_size": 16})
+  _, devices = aot.abstract_devices("v5e-4")
+  whole = aot.denoising_step_cost(aot.unrolled(aot.for_platform(config, "tpu"), 2), devices)
+  assert report["step_seconds"] == pytest.approx(whole["optimal_seconds"], rel=0.03)
+  # 64 rows of 16k tokens: their float32 logits alone are 33 GB a chip, beyond 16 GiB.
+  out = run_compile(*small, "--program=eval", "--config.eval.batch_size=64",
+                    "--config.data.seq_len=16384")
+  assert out.returncode == 3, out.stderr[-2000:]
+  assert "held-out loss step does not fit" in out.stderr
+  assert "--config.eval.batch_size" in out.stderr
 
 
 @functools.cache

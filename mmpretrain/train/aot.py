@@ -36,7 +36,8 @@ from mmpretrain.model.transformer import is_moe_layer, model_remat_policy
 from mmpretrain.run import Run
 from mmpretrain.scaling.flops import train_flops_per_token
 from mmpretrain.tokenizers.visual import make_representation, patch_dim, row_spec
-from mmpretrain.train.step import Trainer
+from mmpretrain.train.evaluate import with_eval_batch
+from mmpretrain.train.step import Objective, Trainer
 
 def parse_topology(name: str) -> tuple[str, str]:
   """'v5p-128' (GCP's accelerator type) or 'v5p:4x4x4' -> ('v5p', '4x4x4')."""
@@ -116,18 +117,36 @@ def abstract_batch(config, spec, mesh) -> dict:
                                   sharding=where) for k in DEVICE_FIELDS}
 
 
-def compile_step(config, devices, for_cost: bool = False):
-  """The train step of `config` compiled over `devices`: (executable, seconds); with
-  `for_cost`, as cost_options compiles it."""
+def abstract_run(config, devices):
+  """The run of `config` on its mesh over `devices`, its frozen weights' shapes (replicated)
+  and an abstract batch of config.data.batch_size rows."""
   mesh = sharding.make_mesh(config.mesh, devices)
   run = Run(config, mesh, abstract_frozen=True)
-  trainer = Trainer(run, np.ones(config.model.vocab_size, np.float32))
   replicated = sharding.replicated(mesh)
   frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                         run.frozen)
+  return run, frozen, abstract_batch(config, run.data_spec, mesh)
+
+
+def compile_step(config, devices, for_cost: bool = False):
+  """The train step of `config` compiled over `devices`: (executable, seconds); with
+  `for_cost`, as cost_options compiles it."""
   start = time.perf_counter()
-  batch = abstract_batch(config, run.data_spec, mesh)
+  run, frozen, batch = abstract_run(config, devices)
+  trainer = Trainer(run, np.ones(config.model.vocab_size, np.float32))
   lowered = trainer.lower_step(trainer.abstract_state(), batch, frozen)
+  return _compile(lowered, cost_options(devices) if for_cost else None), \
+      time.perf_counter() - start
+
+
+def compile_eval_step(config, devices, for_cost: bool = False):
+  """The held-out loss step (Objective.eval_sums: one forward pass summing a batch's
+  losses) compiled over `devices` for `config` as with_eval_batch makes it: the batch's
+  rows split like training's, the parameters in training's shardings."""
+  start = time.perf_counter()
+  run, frozen, batch = abstract_run(config, devices)
+  loss = Objective(run, np.ones(config.model.vocab_size, np.float32))
+  lowered = loss.lower_eval_sums(run.abstract_params(), batch, frozen)
   return _compile(lowered, cost_options(devices) if for_cost else None), \
       time.perf_counter() - start
 
@@ -197,6 +216,10 @@ def compile_denoising_step(config, devices, for_cost: bool = False):
 def step_cost(config, devices) -> dict:
   """Cost analysis of the train step of `config` compiled over `devices`."""
   return _cost(compile_step(config, devices, for_cost=True)[0])
+
+
+def eval_step_cost(config, devices) -> dict:
+  return _cost(compile_eval_step(config, devices, for_cost=True)[0])
 
 
 def denoising_step_cost(config, devices) -> dict:
@@ -337,17 +360,18 @@ def estimated_cost(config, devices) -> dict:
 
 
 def sampler_report(config, devices, chip) -> dict:
-  """Memory per device and the cost model's time of one denoising step (the sampler's
-  per-step cost; an image takes diffusion.sample_steps of them)."""
+  """Memory per device and the cost model's time of one denoising step for
+  config.data.batch_size rows (the sampler's per-step cost; an image takes
+  diffusion.sample_steps of them)."""
+  rows = {"rows": config.data.batch_size}
   try:
     executable, compile_s = compile_denoising_step(config, devices)
   except DoesNotFit as e:
-    return {"sampler_fits": False, "sampler_compiler": str(e)}
+    return {**rows, "fits": False, "compiler": str(e)}
   per_device = _per_device_bytes(executable.memory_analysis())
   cost = layer_extrapolation(config, lambda c: denoising_step_cost(c, devices))
-  return {"sampler_rows": config.data.batch_size, "sampler_per_device_bytes": per_device,
-          "sampler_fits": per_device <= chip.hbm_bytes,
-          "sampler_step_seconds": cost["optimal_seconds"], "sampler_compile_s": compile_s}
+  return {**rows, "per_device_bytes": per_device, "fits": per_device <= chip.hbm_bytes,
+          "step_seconds": cost["optimal_seconds"], "compile_s": compile_s}
 
 
 def _per_device_bytes(memory) -> int:
@@ -355,41 +379,101 @@ def _per_device_bytes(memory) -> int:
           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
 
 
-def report(config, topology: str, num_slices: int = 1) -> dict:
-  """Memory per device (the config's own step) and the cost model's time and MFU, and the
-  same for one denoising step of the image sampler (sampler_report)."""
+def _memory(memory, chip) -> dict:
+  """A compiled program's memory per chip (XLA's memory analysis) against the chip's HBM."""
+  per_device = _per_device_bytes(memory)
+  return {"argument_bytes": memory.argument_size_in_bytes,
+          "output_bytes": memory.output_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
+          "alias_bytes": memory.alias_size_in_bytes, "per_device_bytes": per_device,
+          "hbm_headroom": 1.0 - per_device / chip.hbm_bytes,
+          "fits": per_device <= chip.hbm_bytes}
+
+
+def _slice(topology: str, num_slices: int, program: str):
+  """The abstract devices of a TPU slice, its chip, and the fields that name them in a
+  report of `program`."""
   generation, devices = abstract_devices(topology, num_slices)
   chip = CHIPS[generation]
+  return devices, chip, {
+      "program": program, "topology": topology,
+      "tpu": f"{generation}:{parse_topology(topology)[1]}", "num_slices": num_slices,
+      "chips": len(devices), "hbm_bytes": chip.hbm_bytes}
+
+
+def _mfu(model_flops: float, seconds: float, devices, chip) -> float | None:
+  """Model FLOPs over the cost model's time at the chips' bf16 peak; None where the small
+  compiles' times do not add up to a positive time (seen for capacity-dispatch MoE layers
+  at scale): no MFU rather than a wrong one."""
+  return model_flops / (seconds * len(devices) * chip.peak_bf16_flops) if seconds > 0 else None
+
+
+def report(config, topology: str, num_slices: int = 1) -> dict:
+  """Memory per device (the config's own step) and the cost model's time and MFU, and the
+  same for one denoising step of the image sampler (sampler_report, its fields prefixed
+  `sampler_`)."""
+  devices, chip, where = _slice(topology, num_slices, "train")
   config = for_platform(config, "tpu")
-  where = {"topology": topology, "tpu": f"{generation}:{parse_topology(topology)[1]}",
-           "num_slices": num_slices, "chips": len(devices), "hbm_bytes": chip.hbm_bytes}
   start = time.perf_counter()
   try:
     executable, compile_s = compile_step(config, devices)
   except DoesNotFit as e:
     return {**where, "fits": False, "compiler": str(e),
             "compile_s": time.perf_counter() - start}
-  memory = executable.memory_analysis()
-  per_device = _per_device_bytes(memory)
   cost = estimated_cost(config, devices)
-  optimal_seconds, xla_flops = cost["optimal_seconds"], cost["flops"]
   tokens = config.data.batch_size * config.data.seq_len
   model_flops = train_flops_per_token(config) * tokens
+  # A text-only config (no frames in a row) draws no images.
+  sampler = sampler_report(config, devices, chip) if config.data.max_frames else {}
   return {
-      **where, "argument_bytes": memory.argument_size_in_bytes,
-      "output_bytes": memory.output_size_in_bytes,
-      "temp_bytes": memory.temp_size_in_bytes, "alias_bytes": memory.alias_size_in_bytes,
-      "per_device_bytes": per_device, "hbm_headroom": 1.0 - per_device / chip.hbm_bytes,
-      "fits": per_device <= chip.hbm_bytes,
-      "model_flops": model_flops, "xla_flops": xla_flops, "optimal_seconds": optimal_seconds,
+      **where, **_memory(executable.memory_analysis(), chip),
       # xla_flops is per device: the executable is one device's program.
-      # None where the small compiles' times do not add up to a positive step time (seen
-      # for capacity-dispatch MoE layers at scale): no MFU rather than a wrong one.
-      "cost_model_mfu": (model_flops / (optimal_seconds * len(devices) * chip.peak_bf16_flops)
-                         if optimal_seconds > 0 else None),
+      "model_flops": model_flops, "xla_flops": cost["flops"],
+      "optimal_seconds": cost["optimal_seconds"],
+      "cost_model_mfu": _mfu(model_flops, cost["optimal_seconds"], devices, chip),
       "tokens_per_step": tokens, "compile_s": compile_s,
-      # A text-only config (no frames in a row) draws no images.
-      **(sampler_report(config, devices, chip) if config.data.max_frames else {})}
+      **{f"sampler_{key}": value for key, value in sampler.items()}}
+
+
+def eval_report(config, topology: str, num_slices: int = 1) -> dict:
+  """The held-out loss step (what `mmpretrain eval` and training's evaluations run for
+  every held-out batch) compiled for a TPU slice: eval.batch_size rows (with_eval_batch)
+  split over the batch axes, the parameters in training's shardings. Memory per chip, the
+  cost model's time of a batch and its MFU (model FLOPs of the forward pass: a third of
+  training's per token). The time comes from layer_extrapolation, whose unrolled compiles
+  hold XLA's dense attention: the chunked kernel's forward, compiled alone, does not price
+  as it runs inside a layer (docs/tpu.md), so where the step runs the kernel the estimate
+  is the dense attention's."""
+  devices, chip, where = _slice(topology, num_slices, "eval")
+  config = for_platform(with_eval_batch(config), "tpu")
+  where["rows"] = config.data.batch_size
+  start = time.perf_counter()
+  try:
+    executable, compile_s = compile_eval_step(config, devices)
+  except DoesNotFit as e:
+    return {**where, "fits": False, "compiler": str(e),
+            "compile_s": time.perf_counter() - start}
+  cost = layer_extrapolation(config, lambda c: eval_step_cost(c, devices))
+  tokens = config.data.batch_size * config.data.seq_len
+  model_flops = train_flops_per_token(config) / 3 * tokens
+  return {**where, **_memory(executable.memory_analysis(), chip), "model_flops": model_flops,
+          "xla_flops": cost["flops"], "optimal_seconds": cost["optimal_seconds"],
+          "cost_model_mfu": _mfu(model_flops, cost["optimal_seconds"], devices, chip),
+          "tokens_per_step": tokens, "compile_s": compile_s}
+
+
+def sample_report(config, topology: str, num_slices: int = 1) -> dict:
+  """One denoising step of the image sampler (sampler_report) compiled for a TPU slice
+  for eval.batch_size rows (with_eval_batch), half of them classifier-free guidance's
+  unconditional twins: memory per chip and the cost model's time of the step."""
+  devices, chip, where = _slice(topology, num_slices, "sample")
+  config = for_platform(with_eval_batch(config), "tpu")
+  if not config.data.max_frames:
+    raise ValueError("the config's rows hold no frames (data.max_frames=0): it draws no "
+                     "images")
+  step = sampler_report(config, devices, chip)
+  if "per_device_bytes" in step:
+    step["hbm_headroom"] = 1.0 - step["per_device_bytes"] / chip.hbm_bytes
+  return {**where, **step}
 
 
 def latent_cache_report(config, topology: str, num_slices: int = 1,
@@ -401,8 +485,7 @@ def latent_cache_report(config, topology: str, num_slices: int = 1,
   encoders' layers are unrolled, so the analysis counts them all)."""
   # pylint: disable-next=import-outside-toplevel
   from mmpretrain.stages.latent_cache import FRAMES_PER_DEVICE, encode_step
-  generation, devices = abstract_devices(topology, num_slices)
-  chip = CHIPS[generation]
+  devices, chip, where = _slice(topology, num_slices, "latent_cache")
   per_chip = frames_per_chip or FRAMES_PER_DEVICE
   representation = make_representation(config)
   mesh = jax.sharding.Mesh(np.array(devices), ("frames",))
@@ -413,10 +496,7 @@ def latent_cache_report(config, topology: str, num_slices: int = 1,
   frames = jax.ShapeDtypeStruct((per_chip * len(devices), d.image_size, d.image_size,
                                  d.image_channels), jnp.uint8,
                                 sharding=NamedSharding(mesh, jax.sharding.PartitionSpec("frames")))
-  where = {"program": "latent_cache", "topology": topology,
-           "tpu": f"{generation}:{parse_topology(topology)[1]}", "num_slices": num_slices,
-           "chips": len(devices), "hbm_bytes": chip.hbm_bytes, "frames_per_chip": per_chip,
-           "latent_grid": list(representation.latent_grid)}
+  where.update(frames_per_chip=per_chip, latent_grid=list(representation.latent_grid))
   start = time.perf_counter()
   try:
     executable = _compile(encode_step(representation, mesh).lower(params, frames))
@@ -424,15 +504,10 @@ def latent_cache_report(config, topology: str, num_slices: int = 1,
     return {**where, "fits": False, "compiler": str(e),
             "compile_s": time.perf_counter() - start}
   compile_s = time.perf_counter() - start
-  memory = executable.memory_analysis()
-  per_device = _per_device_bytes(memory)
   cost = _cost(executable)
   seconds = cost["optimal_seconds"]
   return {
-      **where, "argument_bytes": memory.argument_size_in_bytes,
-      "output_bytes": memory.output_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes,
-      "alias_bytes": memory.alias_size_in_bytes, "per_device_bytes": per_device,
-      "hbm_headroom": 1.0 - per_device / chip.hbm_bytes, "fits": per_device <= chip.hbm_bytes,
+      **where, **_memory(executable.memory_analysis(), chip),
       "xla_flops": cost["flops"], "optimal_seconds": seconds,
       "images_per_s_per_chip": per_chip / seconds if seconds > 0 else None,
       "compile_s": compile_s}

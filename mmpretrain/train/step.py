@@ -55,6 +55,10 @@ class Objective:
     which add up over batches (objective.summarize turns them into means)."""
     return self._eval(params, batch, self.run.frozen)
 
+  def lower_eval_sums(self, params, batch, frozen=None):
+    """eval_sums lowered for these arguments (for inspecting the compiled program)."""
+    return self._eval.lower(params, batch, self.run.frozen if frozen is None else frozen)
+
   def loss(self, params, batch, row_rngs, normalizers, frozen):
     """Loss and metric sums of one (micro)batch; row_rngs holds one key per row, `frozen`
     the representation's weights."""
