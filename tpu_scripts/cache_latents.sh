@@ -28,21 +28,4 @@ done
 [[ -n "$config" ]] || die "--config=FILE is required (a config file of the checkout)"
 prepare=(.venv/bin/mmpretrain prepare "${EXTRA_ARGS[@]}")
 if [[ -n "$DATA_DIR" ]]; then prepare+=(--config.data.data_dir="$DATA_DIR"); fi
-quoted="$(printf '%q ' "${prepare[@]}")"
-
-# Every slice's workers must run at once (one JAX job): each node's ssh in the background.
-slice=0 pids=()
-while read -r node; do
-  slice_env "$slice"
-  command="cd ~/$REMOTE_DIR && ${SLICE_ENV}$quoted"
-  if $DRY_RUN; then
-    ssh_workers "$node" all "$command"
-  else
-    ssh_workers "$node" all "$command" &
-    pids+=("$!")
-  fi
-  slice=$((slice + 1))
-done < <(nodes)
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-exit "$status"
+on_every_worker "${prepare[@]}"

@@ -81,3 +81,23 @@ slice_env() {
   SLICE_ENV+=" MEGASCALE_NUM_SLICES=$NUM_SLICES MEGASCALE_SLICE_ID=$1"
   SLICE_ENV+=" MEGASCALE_PORT=$MEGASCALE_PORT; "
 }
+
+# on_every_worker WORD...: runs the command WORD... on every worker of every node at once,
+# one JAX job across the slices (each with its DCN settings), and waits for all of them.
+on_every_worker() {
+  local quoted node pid slice=0 status=0 pids=()
+  quoted="$(printf '%q ' "$@")"
+  while read -r node; do
+    slice_env "$slice"
+    if $DRY_RUN; then
+      ssh_workers "$node" all "cd ~/$REMOTE_DIR && ${SLICE_ENV}$quoted"
+    else
+      ssh_workers "$node" all "cd ~/$REMOTE_DIR && ${SLICE_ENV}$quoted" &
+      pids+=("$!")
+    fi
+    slice=$((slice + 1))
+  done < <(nodes)
+  for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+  return "$status"
+}
+
