@@ -19,13 +19,13 @@ from mmpretrain.scaling.sweep import with_overrides
 from mmpretrain.stages.latent_cache import encode_step
 from mmpretrain.tokenizers.visual import make_representation, row_spec
 from mmpretrain.train import aot
+from mmpretrain.train.evaluate import with_eval_batch
 
 from conftest import ROOT, config_file
 
 
 NO_LIBTPU = importlib.util.find_spec("libtpu") is None
 
-from mmpretrain.train.evaluate import with_eval_batch
 
 def tpu_compile(test):
   """Compiles for TPU take a minute or two on 2 cores: `make test-slow` (CI installs
@@ -207,13 +207,6 @@ def test_compile_prints_its_report_and_refuses_a_step_that_does_not_fit():
   assert "GiB per chip" in out.stderr and "--config.model.remat=full" in out.stderr
 
 
-def latent_grid(config):
-  """The representation's latent grid, built once per representation (a So400m RAE is
-  seconds to build, even abstract)."""
-  v, d = config.visual, config.data
-  return _latent_grid(v.representation, v.checkpoint, d.image_size, d.image_channels)
-
-
 @tpu_compile
 def test_the_held_out_loss_step_is_costed_like_its_fully_unrolled_compile():
   # `--program=eval`: one forward pass over eval.batch_size rows (16; training's are 8),
@@ -256,6 +249,13 @@ def test_compile_prices_the_sampler_for_the_eval_batch_and_refuses_what_does_not
   assert out.returncode == 3, out.stderr[-2000:]
   assert "held-out loss step does not fit" in out.stderr
   assert "--config.eval.batch_size" in out.stderr
+
+
+def latent_grid(config):
+  """The representation's latent grid, built once per representation (a So400m RAE is
+  seconds to build, even abstract)."""
+  v, d = config.visual, config.data
+  return _latent_grid(v.representation, v.checkpoint, d.image_size, d.image_channels)
 
 
 @functools.cache
