@@ -55,7 +55,9 @@ def test_every_script_has_help_and_a_dry_run_that_calls_nothing(script, gcloud):
   assert usage.returncode == 0 and usage.stdout.startswith(f"Usage: tpu_scripts/{script}")
   args = {"launch.sh": ["--config=configs/demo.py", "--workdir=gs://b/run"],
           "prepare.sh": ["--config=configs/demo.py"],
-          "cache_latents.sh": ["--config=configs/paper/dense_1b.py"]}.get(script, [])
+          "cache_latents.sh": ["--config=configs/paper/dense_1b.py"],
+          "eval.sh": ["--workdir=gs://b/run"],
+          "sample.sh": ["--workdir=gs://b/run", "--caption=seven"]}.get(script, [])
   dry = run_script(script, "--dry-run", *args, stub_dir=stub_dir)
   assert dry.returncode == 0, dry.stderr
   lines = dry.stdout.splitlines()
@@ -134,6 +136,43 @@ def test_the_latent_cache_spans_every_slice_of_a_multislice_pod(gcloud):
       f"~/mmpretrain && export MEGASCALE_COORDINATOR_ADDRESS=10.0.0.7:8080 "
       f"MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID={i} MEGASCALE_PORT=8080; "
       ".venv/bin/mmpretrain prepare --config=configs/paper/dense_1b.py " for i in range(2)]
+
+
+def test_eval_scores_the_checkpoint_on_every_worker_with_the_data_dir(gcloud):
+  stub_dir, calls = gcloud
+  env = {"DATA_DIR": "gs://b/data"}
+  result = run_script("eval.sh", "--workdir=gs://b/run", "--step=400", env=env,
+                      stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  # The run's own config.json already names its data: nothing to add without --config.
+  assert calls() == ["compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b --worker=all "
+                     "--command=cd ~/mmpretrain && .venv/bin/mmpretrain eval "
+                     "--workdir=gs://b/run --step=400 "]
+  result = run_script("eval.sh", "--workdir=gs://b/run", "--config=configs/paper/dense_1b.py",
+                      "--config.eval.batch_size=512", env=env, stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  assert calls()[1] == ("compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b --worker=all "
+                        "--command=cd ~/mmpretrain && .venv/bin/mmpretrain eval "
+                        "--workdir=gs://b/run --config=configs/paper/dense_1b.py "
+                        "--config.eval.batch_size=512 --config.data.data_dir=gs://b/data ")
+  missing = run_script("eval.sh", "--step=400", stub_dir=stub_dir)
+  assert missing.returncode == 2 and "--workdir=DIR is required" in missing.stderr
+
+
+def test_sample_spans_every_slice_of_a_multislice_pod(gcloud):
+  stub_dir, calls = gcloud
+  result = run_script("sample.sh", "--workdir=gs://b/run", "--caption=a red fox",
+                      "--images_per_caption=64", env={"NUM_SLICES": "2"}, stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  describe, *ssh = calls()
+  assert describe.startswith("compute tpus tpu-vm describe mmpretrain-0")
+  # The slices' commands run at once (one JAX job), so they may be recorded in any order.
+  assert sorted(ssh) == [
+      f"compute tpus tpu-vm ssh mmpretrain-{i} --zone=us-central2-b --worker=all --command=cd "
+      f"~/mmpretrain && export MEGASCALE_COORDINATOR_ADDRESS=10.0.0.7:8080 "
+      f"MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID={i} MEGASCALE_PORT=8080; "
+      ".venv/bin/mmpretrain sample --workdir=gs://b/run --caption=a\\ red\\ fox "
+      "--images_per_caption=64 " for i in range(2)]
 
 
 def test_launch_stops_before_training_when_the_data_is_not_there(tmp_path):

@@ -101,3 +101,17 @@ on_every_worker() {
   return "$status"
 }
 
+# checkpoint_verb VERB: `mmpretrain VERB` (eval, sample) with EXTRA_ARGS on every worker
+# (on_every_worker), which needs --workdir; DATA_DIR goes along as --config.data.data_dir
+# when a --config is given (without one the run's own config.json is read).
+checkpoint_verb() {
+  local arg workdir="" command=(.venv/bin/mmpretrain "$1" "${EXTRA_ARGS[@]}")
+  for arg in "${EXTRA_ARGS[@]}"; do
+    case "$arg" in
+      --workdir=*) workdir="${arg#--workdir=}" ;;
+      --config=*) if [[ -n "$DATA_DIR" ]]; then command+=(--config.data.data_dir="$DATA_DIR"); fi ;;
+    esac
+  done
+  [[ -n "$workdir" ]] || die "--workdir=DIR is required (the run's gs://… directory)"
+  on_every_worker "${command[@]}"
+}
