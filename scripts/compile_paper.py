@@ -1,5 +1,6 @@
 """`make compile-paper`: every configs/paper/ run compiled for the TPU topology it names
-(its TOPOLOGY), on this machine (libtpu, no TPU); writes docs/paper_compile.md.
+(its TOPOLOGY), on this machine (libtpu, no TPU); writes the rows of its table in
+docs/paper_compile.md, whose other text stays as it is.
 `python scripts/compile_paper.py configs/paper/X.py …` recompiles only those runs and
 replaces their rows.
 
@@ -77,42 +78,27 @@ def row(r: dict) -> str:
           f"| {100 * r['hbm_headroom']:.0f}% | {timing} {sampler} {r['seconds']:.0f} s |")
 
 
-def write_table(rows: list[str]) -> None:
-  table = "\n".join(rows)
-  with open(OUT, "w", encoding="utf-8") as f:
-    f.write(f"""# The paper's runs, compiled for their TPU slices
+# The heading the table of docs/paper_compile.md follows.
+HEADING = "# The paper's runs, compiled for their TPU slices"
 
-Written by `make compile-paper` (scripts/compile_paper.py): each configs/paper/ run compiled
-with `mmpretrain compile` for the topology it names, on a CPU machine with libtpu (no TPU).
-Memory is the compiled step's per-chip total (arguments + outputs + temporaries − donated)
-against the chip's HBM (v5p: 95 GiB); the step time and MFU are the TPU cost model's
-(docs/tpu.md says how they are estimated: the chunked attention's loops are costed as
-the kernel's blocks, and every matmul whole, not as XLA's windowed loops). MFU counts model FLOPs as
-6·N_active per token plus 12·layers·heads·head_dim·seq_len for attention (PaLM's
-convention). An IsoFLOP grid's row is its widest model.
 
-The sampler columns are one denoising step of the image sampler (generate/sample.py:
-`diffusion.sample_steps` of them draw an image): a frame's block of latent tokens against
-a KV cache of a full row (`data.seq_len` slots), for `data.batch_size` rows, half of them
-classifier-free guidance's unconditional twins, with the weights gathered over the batch
-axes once per image rather than on every step.
-
-| config | topology | per chip | HBM left | cost-model MFU | step (cost model) \
-| sampler per chip | denoising step | compile + estimate |
-| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-{table}
-""")
-  print(f"wrote {os.path.relpath(OUT, ROOT)}")
+def table_rows(lines: list[str]) -> range:
+  """Where the table's rows lie in the doc's lines (after its header row and separator)."""
+  first = next(i for i in range(lines.index(HEADING), len(lines)) if lines[i].startswith("| "))
+  last = first + 2
+  while last < len(lines) and lines[last].startswith("| "):
+    last += 1
+  return range(first + 2, last)
 
 
 def main(only: list[str]):
   """Compiles every paper config, or with paths given only those, whose rows then replace
-  theirs in the existing table."""
-  rows = {}
-  if only and os.path.exists(OUT):
-    with open(OUT, encoding="utf-8") as f:
-      rows = {line.split(" | ")[0][2:]: line for line in f.read().splitlines()
-              if line.startswith("| configs/paper/")}
+  theirs in the table."""
+  with open(OUT, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  where = table_rows(lines)
+  rows = {line.split(" | ")[0][2:]: line for line in lines[where.start:where.stop]} if only \
+      else {}
   for config, topology, overrides in paper_configs():
     if only and config not in only:
       continue
@@ -120,7 +106,10 @@ def main(only: list[str]):
     result = compile_one(config, topology, overrides)
     print(json.dumps(result), flush=True)
     rows[result["config"]] = row(result)
-  write_table(sorted(rows.values()))
+  lines[where.start:where.stop] = sorted(rows.values())
+  with open(OUT, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print(f"wrote {os.path.relpath(OUT, ROOT)}")
 
 
 if __name__ == "__main__":
