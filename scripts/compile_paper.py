@@ -2,7 +2,8 @@
 (its TOPOLOGY), on this machine (libtpu, no TPU); writes the rows of its table in
 docs/paper_compile.md, whose other text stays as it is.
 `python scripts/compile_paper.py configs/paper/X.py …` recompiles only those runs and
-replaces their rows.
+replaces their rows; `--program=eval` or `--program=sample` compiles the held-out loss
+step or the sampler's denoising step instead, into that program's table.
 
 Each compile runs as its own `mmpretrain compile` process; one that does not fit is a row
 that says so, not an error of the whole table.
@@ -43,9 +44,10 @@ def paper_configs() -> list[tuple[str, str, dict]]:
   return found
 
 
-def compile_one(config: str, topology: str, overrides: dict) -> dict:
+def compile_one(config: str, topology: str, overrides: dict, program: str = "train") -> dict:
   start = time.perf_counter()
   flags = [f"--config.{key}={value}" for key, value in overrides.items()]
+  flags.append(f"--program={program}")
   out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mmpretrain"), "compile",
                         f"--config={config}", f"--topology={topology}", *flags], cwd=ROOT,
                        capture_output=True, text=True, check=False)
@@ -78,34 +80,67 @@ def row(r: dict) -> str:
           f"| {100 * r['hbm_headroom']:.0f}% | {timing} {sampler} {r['seconds']:.0f} s |")
 
 
-# The heading the table of docs/paper_compile.md follows.
-HEADING = "# The paper's runs, compiled for their TPU slices"
+def eval_row(r: dict) -> str:
+  where = f"| {r['config']} | {r['topology']} |"
+  if "error" in r:
+    return f"{where} failed: {r['error'][-120:]} | | | | | | |"
+  if not r["fits"]:
+    return (f"{where} {r['rows']} | does not fit: {r.get('compiler', '')[:80]} | | | | "
+            f"| {r['seconds']:.0f} s |")
+  mfu = "n/a" if r["cost_model_mfu"] is None else f"{r['cost_model_mfu']:.2f}"
+  tokens = r["tokens_per_step"] / r["optimal_seconds"] / r["chips"]
+  return (f"{where} {r['rows']} | {r['per_device_bytes'] / GB:.1f} GB "
+          f"| {100 * r['hbm_headroom']:.0f}% | {r['optimal_seconds']:.2f} s "
+          f"| {tokens / 1e3:.0f}k | {mfu} | {r['seconds']:.0f} s |")
 
 
-def table_rows(lines: list[str]) -> range:
-  """Where the table's rows lie in the doc's lines (after its header row and separator)."""
-  first = next(i for i in range(lines.index(HEADING), len(lines)) if lines[i].startswith("| "))
+def sample_row(r: dict) -> str:
+  where = f"| {r['config']} | {r['topology']} |"
+  if "error" in r:
+    return f"{where} failed: {r['error'][-120:]} | | | | |"
+  if not r["fits"]:
+    return (f"{where} {r['rows']} | does not fit: {r.get('compiler', '')[:80]} | | "
+            f"| {r['seconds']:.0f} s |")
+  return (f"{where} {r['rows']} | {r['per_device_bytes'] / GB:.1f} GB "
+          f"| {100 * r['hbm_headroom']:.0f}% | {1e3 * r['step_seconds']:.0f} ms "
+          f"| {r['seconds']:.0f} s |")
+
+
+# Each program's table in docs/paper_compile.md: the heading it follows, and its rows.
+TABLES = {"train": ("# The paper's runs, compiled for their TPU slices", row),
+          "eval": ("## Held-out evaluation (`--program=eval`)", eval_row),
+          "sample": ("## Sampling (`--program=sample`)", sample_row)}
+
+
+def table_rows(lines: list[str], program: str) -> range:
+  """Where the rows of `program`'s table lie in the doc's lines (after its header row and
+  separator)."""
+  heading = TABLES[program][0]
+  if heading not in lines:
+    raise SystemExit(f"{os.path.relpath(OUT, ROOT)} has no heading {heading!r} for the "
+                     f"{program} table")
+  first = next(i for i in range(lines.index(heading), len(lines)) if lines[i].startswith("| "))
   last = first + 2
   while last < len(lines) and lines[last].startswith("| "):
     last += 1
   return range(first + 2, last)
 
 
-def main(only: list[str]):
-  """Compiles every paper config, or with paths given only those, whose rows then replace
-  theirs in the table."""
+def main(program: str, only: list[str]):
+  """Compiles every paper config for `program`, or with paths given only those, whose rows
+  then replace theirs in that program's table."""
   with open(OUT, encoding="utf-8") as f:
     lines = f.read().splitlines()
-  where = table_rows(lines)
+  where = table_rows(lines, program)
   rows = {line.split(" | ")[0][2:]: line for line in lines[where.start:where.stop]} if only \
       else {}
   for config, topology, overrides in paper_configs():
     if only and config not in only:
       continue
-    print(f"compiling {config} for {topology} ...", flush=True)
-    result = compile_one(config, topology, overrides)
+    print(f"compiling {config} for {topology} (--program={program}) ...", flush=True)
+    result = compile_one(config, topology, overrides, program)
     print(json.dumps(result), flush=True)
-    rows[result["config"]] = row(result)
+    rows[result["config"]] = TABLES[program][1](result)
   lines[where.start:where.stop] = sorted(rows.values())
   with open(OUT, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
@@ -113,4 +148,9 @@ def main(only: list[str]):
 
 
 if __name__ == "__main__":
-  main([os.path.relpath(os.path.abspath(path), ROOT) for path in sys.argv[1:]])
+  programs = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--program=")]
+  if not set(programs) <= set(TABLES):
+    raise SystemExit(f"--program={programs[0]}: use one of {sorted(TABLES)}")
+  main(programs[-1] if programs else "train",
+       [os.path.relpath(os.path.abspath(arg), ROOT) for arg in sys.argv[1:]
+        if not arg.startswith("--")])
