@@ -180,6 +180,14 @@ def make_batches(config, tok: TextTokenizer, spec: RowSpec, *, split: str = "tra
   passes the rows its devices hold (sharding.process_rows), and
   `jax.make_array_from_process_local_data` assembles the global batch.
   """
+  seed = config.seed if seed is None else seed
+  return ShardedBatches({s: shard_batches(config, tok, spec, s, split, seed)
+                         for s in shards_of_rows(config, rows)}, config.data.shards)
+
+
+def shards_of_rows(config, rows: range | None = None) -> range:
+  """The data shards that make up rows `rows` (default: all) of each global batch; the
+  rows must cover whole shards."""
   d = config.data
   rows = range(d.batch_size) if rows is None else rows
   per_shard = d.batch_size // d.shards
@@ -189,7 +197,4 @@ def make_batches(config, tok: TextTokenizer, spec: RowSpec, *, split: str = "tra
         f"this process loads rows {rows.start}..{rows.stop - 1} of the global batch, which "
         f"config.data.shards={d.shards} (shards of {per_shard} rows) does not split into "
         "whole shards: set data.shards to a multiple of the number of processes that load data")
-  seed = config.seed if seed is None else seed
-  shards = range(rows.start // per_shard, rows.stop // per_shard)
-  return ShardedBatches({s: shard_batches(config, tok, spec, s, split, seed) for s in shards},
-                        d.shards)
+  return range(rows.start // per_shard, rows.stop // per_shard)
