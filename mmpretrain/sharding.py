@@ -191,6 +191,18 @@ def global_batch(local_rows: dict, mesh, rules, batch_size: int) -> dict:
           for k, v in local_rows.items()}
 
 
+def host_to_global(tree, shardings):
+  """Arrays that every process holds alike (a module built from the same seed, weights
+  read from the same files) -> global arrays laid out by `shardings` (a tree like `tree`,
+  or one sharding for every array); each process fills its own devices' shards."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  def put(x, where):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, where, lambda index: host[index])
+  return jax.tree.map(put, tree, shardings)
+
+
 _active = threading.local()
 
 

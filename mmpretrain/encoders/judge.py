@@ -13,7 +13,7 @@ from flax import nnx
 
 from mmpretrain import storage
 from mmpretrain.pixels import to_signed
-from mmpretrain.encoders.store import restore_module, save_module
+from mmpretrain.encoders.store import restore_module, save_with_config
 
 CLASSIFIER_JSON = "classifier.json"
 
@@ -60,9 +60,7 @@ class ImageClassifier(nnx.Module):
 
 def save_classifier(directory: str, model: ImageClassifier, meta: dict) -> None:
   """Params, then classifier.json (architecture and `meta`): the JSON marks it complete."""
-  save_module(directory, model)
-  storage.write_json(storage.join(directory, CLASSIFIER_JSON),
-                     {**dataclasses.asdict(model.cfg), **meta})
+  save_with_config(directory, model, CLASSIFIER_JSON, {**dataclasses.asdict(model.cfg), **meta})
 
 
 def load_classifier(directory: str) -> tuple[ImageClassifier, dict]:

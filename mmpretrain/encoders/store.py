@@ -3,10 +3,12 @@ or a Hugging Face checkpoint (config.json + safetensors). `load_encoder` reads e
 import dataclasses
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mmpretrain import storage
+from mmpretrain import sharding, storage
 from mmpretrain.encoders import hf_import
 from mmpretrain.encoders.vit import ViTConfig, VisionTransformer
 
@@ -15,10 +17,22 @@ VIT_CONFIG, PARAMS = "vit.json", "params"
 
 def save_module(directory: str, module: nnx.Module) -> None:
   """The module's state (every Variable: params and buffers such as latent statistics)
-  under <directory>/params (Orbax), replacing an older one."""
+  under <directory>/params (Orbax), replacing an older one. Every process of a job calls
+  it with the same module."""
+  state = nnx.state(module)
+  if jax.process_count() > 1:   # Orbax saves global arrays only: this copy, replicated
+    everywhere = NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), PartitionSpec())
+    state = sharding.host_to_global(state, everywhere)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(storage.join(storage.absolute(directory), PARAMS), nnx.state(module),
-                      force=True)
+    checkpointer.save(storage.join(storage.absolute(directory), PARAMS), state, force=True)
+
+
+def save_with_config(directory: str, module: nnx.Module, config_file: str, fields: dict) -> None:
+  """The module's state, then `config_file` (JSON `fields`, written by process 0), which
+  marks a complete directory."""
+  save_module(directory, module)
+  if jax.process_index() == 0:
+    storage.write_json(storage.join(directory, config_file), fields)
 
 
 def restore_module(directory: str, abstract: nnx.Module) -> nnx.Module:
@@ -36,8 +50,7 @@ def restore_module(directory: str, abstract: nnx.Module) -> nnx.Module:
 
 def save_encoder(directory: str, encoder: VisionTransformer) -> None:
   """Params first, vit.json last: the config file marks a complete directory."""
-  save_module(directory, encoder)
-  storage.write_json(storage.join(directory, VIT_CONFIG), dataclasses.asdict(encoder.cfg))
+  save_with_config(directory, encoder, VIT_CONFIG, dataclasses.asdict(encoder.cfg))
 
 
 def load_encoder(directory: str) -> VisionTransformer:

@@ -117,10 +117,9 @@ def decoder_config(config, encoder_cfg: ViTConfig) -> DecoderConfig:
 
 def save_rae(directory: str, rae: RAE) -> None:
   """State first, rae.json last: the config file marks a complete directory."""
-  store.save_module(directory, rae)
-  storage.write_json(storage.join(directory, RAE_CONFIG),
-                     {"kind": "rae", "encoder": dataclasses.asdict(rae.encoder.cfg),
-                      "decoder": dataclasses.asdict(rae.decoder.cfg)})
+  store.save_with_config(directory, rae, RAE_CONFIG,
+                         {"kind": "rae", "encoder": dataclasses.asdict(rae.encoder.cfg),
+                          "decoder": dataclasses.asdict(rae.decoder.cfg)})
 
 
 def _configs(directory: str) -> tuple[ViTConfig, DecoderConfig]:

@@ -191,5 +191,4 @@ VAE_CONFIG = "vae.json"
 
 def save_vae(directory: str, model: AutoencoderKL) -> None:
   """State first, vae.json last: the config file marks a complete directory."""
-  store.save_module(directory, model)
-  storage.write_json(storage.join(directory, VAE_CONFIG), dataclasses.asdict(model.cfg))
+  store.save_with_config(directory, model, VAE_CONFIG, dataclasses.asdict(model.cfg))
