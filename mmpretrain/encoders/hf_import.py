@@ -154,15 +154,20 @@ CONVERTERS = {"siglip": _siglip, "dinov2": _dinov2}
 _PREFIXES = re.compile(r"^(vision_model|dinov2_with_registers|dinov2)\.")
 
 
-def load_hf_vision_encoder(directory: str, dtype=jnp.float32) -> VisionTransformer:
-  """The encoder saved in a Hugging Face checkpoint directory (local or gs://), as a
-  VisionTransformer."""
+def hf_vision_config(directory: str) -> tuple[str, ViTConfig]:
+  """(family, ViTConfig) of a Hugging Face checkpoint directory, read from its JSON files
+  alone (no weights)."""
   hf = _read_json(storage.join(directory, "config.json"))
   if hf is None:
     raise FileNotFoundError(f"{directory}/config.json not found: pass the directory a "
                             "`save_pretrained` (or a hub download) wrote")
-  family, cfg = config_from_hf(hf, _read_json(storage.join(directory,
-                                                           "preprocessor_config.json")))
+  return config_from_hf(hf, _read_json(storage.join(directory, "preprocessor_config.json")))
+
+
+def load_hf_vision_encoder(directory: str, dtype=jnp.float32) -> VisionTransformer:
+  """The encoder saved in a Hugging Face checkpoint directory (local or gs://), as a
+  VisionTransformer."""
+  family, cfg = hf_vision_config(directory)
   weights = {_PREFIXES.sub("", k): v for k, v in read_safetensors(directory).items()
              if not k.startswith("text_model.")}
   try:

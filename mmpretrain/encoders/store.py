@@ -53,15 +53,27 @@ def save_encoder(directory: str, encoder: VisionTransformer) -> None:
   save_with_config(directory, encoder, VIT_CONFIG, dataclasses.asdict(encoder.cfg))
 
 
-def load_encoder(directory: str) -> VisionTransformer:
-  if storage.exists(storage.join(directory, "config.json")):
-    return hf_import.load_hf_vision_encoder(directory)
+def _is_hf(directory: str) -> bool:
+  return storage.exists(storage.join(directory, "config.json"))
+
+
+def encoder_config(directory: str) -> ViTConfig:
+  """The architecture of the encoder in `directory` (train-encoder's or a Hugging Face
+  checkpoint), read without its weights."""
+  if _is_hf(directory):
+    return hf_import.hf_vision_config(directory)[1]
   path = storage.join(directory, VIT_CONFIG)
   if not storage.exists(path):
     raise FileNotFoundError(
         f"{directory} is not an encoder directory (no {VIT_CONFIG} or config.json): run "
         "`mmpretrain train-encoder` or point to a Hugging Face SigLIP / DINOv2 checkpoint")
   fields = storage.read_json(path)
-  cfg = ViTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+  return ViTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def load_encoder(directory: str) -> VisionTransformer:
+  if _is_hf(directory):
+    return hf_import.load_hf_vision_encoder(directory)
+  cfg = encoder_config(directory)
   return restore_module(directory, nnx.eval_shape(lambda: VisionTransformer(cfg,
                                                                              rngs=nnx.Rngs(0))))

@@ -132,6 +132,15 @@ def _configs(directory: str) -> tuple[ViTConfig, DecoderConfig]:
   return ViTConfig(**encoder), DecoderConfig(**saved["decoder"])
 
 
+def encoder_config(directory: str) -> ViTConfig:
+  """The encoder of an encoder directory (store.encoder_config) or the one an RAE directory
+  describes (its rae.json: configs/paper/rae_so400m_224 holds the shapes alone, which is
+  what compiling the RAE stage needs)."""
+  if storage.exists(storage.join(directory, RAE_CONFIG)):
+    return _configs(directory)[0]
+  return store.encoder_config(directory)
+
+
 @functools.lru_cache(maxsize=8)
 def _abstract_rae(encoder_cfg: ViTConfig, decoder_cfg: DecoderConfig):
   """(graphdef, abstract state) of an RAE. Cached: tracing a So400m's construction takes
