@@ -43,17 +43,17 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.8, "analyze-experts: text (vision
                                 "text affinity at least (at most 1 minus) this.")
 _STEP = flags.DEFINE_integer("step", None, "eval, export-params: checkpoint step (default: "
                              "newest).")
-_MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train, prepare, eval, "
-                               "sample: 'auto' joins a multi-process run from the coordinator "
-                               "flags, or on a TPU VM from the pod itself; 'off' runs one "
-                               "process.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train, prepare, eval, sample: "
-                                   "HOST:PORT of process 0 of a multi-process run (not needed "
-                                   "on TPU VMs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train, prepare, eval, sample: "
-                                     "processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, prepare, eval, sample: this "
-                                   "process's index.")
+_MULTIHOST = flags.DEFINE_enum("multihost", "auto", distributed.MODES, "train, stages, "
+                               "prepare, eval, sample: 'auto' joins a multi-process run from "
+                               "the coordinator flags, or on a TPU VM from the pod itself; "
+                               "'off' runs one process.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "train, stages, prepare, "
+                                   "eval, sample: HOST:PORT of process 0 of a multi-process "
+                                   "run (not needed on TPU VMs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "train, stages, prepare, "
+                                     "eval, sample: processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, stages, prepare, "
+                                   "eval, sample: this process's index.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "sample: text to continue (repeatable).")
 _CAPTIONS = flags.DEFINE_multi_string("caption", None, "sample: draw images of this caption "
                                       "(repeatable).")
@@ -148,14 +148,16 @@ def cmd_prepare():
     prepare(config, _DATASETS.value, _REBUILD.value, runner)
     return
   # Every process of a multi-host job encodes its share of the latent cache.
-  distributed.initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value)
+  _join_job()
   # pylint: disable-next=import-outside-toplevel
   from mmpretrain.stages.latent_cache import prepare_with_latents
   result = prepare_with_latents(config, _DATASETS.value, _REBUILD.value, runner)
   if result["process"] == 0:
     for path in result["caches"]:
       print(f"latents ready: {path}")
+
+
+_PREEMPTED = "preempted: checkpoint saved; re-run the same command to resume"
 
 
 def _join_job() -> None:
@@ -166,14 +168,13 @@ def _join_job() -> None:
 def cmd_train():
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the directory that holds this run")
-  distributed.initialize(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value)
+  _join_job()
   from mmpretrain.train.loop import train  # pylint: disable=import-outside-toplevel
   summary = train(_config(), _WORKDIR.value)
   if not summary["is_main"]:
     return
   if summary["preempted"]:
-    print("preempted: checkpoint saved; re-run the same command to resume")
+    print(_PREEMPTED)
     return
   if summary["last"] is None:
     print(f"{_WORKDIR.value} already holds the finished run (step {summary['resumed_from']})")
@@ -288,11 +289,36 @@ def cmd_sample():
     say(f"wrote {path}")
 
 
+def _train_stage(verb: str, train_stage) -> dict | None:
+  """Runs a representation stage on every process of the job (resuming from the newest
+  checkpoint in --workdir); its summary on process 0 once it has finished, else None."""
+  workdir = _workdir(verb)
+  _join_job()
+  summary = train_stage(_config(), workdir)
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() != 0:
+    return None
+  if summary["preempted"]:
+    print(_PREEMPTED)
+    return None
+  return summary
+
+
+def _trained(summary: dict, key: str) -> str:
+  """Metric `key` from this invocation's first log to its last."""
+  first, last = summary["first"], summary["last"]
+  if last is None:
+    return f"(trained before: step {summary['resumed_from']})"
+  return f"{first[key]:.4f} -> {last[key]:.4f} (step {last['step']})"
+
+
 def cmd_train_encoder():
   from mmpretrain.stages.encoder import train_encoder  # pylint: disable=import-outside-toplevel
-  summary = train_encoder(_config(), _workdir("train-encoder"))
-  print(f"sigmoid loss {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f}, "
-        f"in-batch retrieval {summary['last']['retrieval_accuracy']:.3f}")
+  summary = _train_stage("train-encoder", train_encoder)
+  if summary is None:
+    return
+  print(f"sigmoid loss {_trained(summary, 'loss')}, in-batch retrieval "
+        f"{_trained(summary, 'retrieval_accuracy')}")
   if "digit_zero_shot_accuracy" in summary:
     print(f"zero-shot digit accuracy (held-out MNIST): "
           f"{summary['digit_zero_shot_accuracy']:.3f}")
@@ -302,16 +328,20 @@ def cmd_train_encoder():
 def cmd_train_classifier():
   # pylint: disable-next=import-outside-toplevel
   from mmpretrain.stages.classifier import train_classifier
-  summary = train_classifier(_config(), _workdir("train-classifier"))
-  print(f"cross-entropy {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f}; "
+  summary = _train_stage("train-classifier", train_classifier)
+  if summary is None:
+    return
+  print(f"cross-entropy {_trained(summary, 'loss')}; "
         f"held-out accuracy on real images {summary['held_out_accuracy']:.3f}")
   print(f"classifier: {summary['classifier']} (config.eval.classifier)")
 
 
 def cmd_train_rae():
   from mmpretrain.stages.rae import train_rae  # pylint: disable=import-outside-toplevel
-  summary = train_rae(_config(), _workdir("train-rae"))
-  print(f"L1 {summary['first']['l1']:.4f} -> {summary['last']['l1']:.4f}; held-out "
+  summary = _train_stage("train-rae", train_rae)
+  if summary is None:
+    return
+  print(f"L1 {_trained(summary, 'l1')}; held-out "
         f"reconstruction PSNR {summary['validation_psnr']:.2f} dB; latent grid "
         f"{summary['latent_grid']}")
   print(f"representation: {summary['representation']} (config.visual.checkpoint)")
@@ -319,8 +349,10 @@ def cmd_train_rae():
 
 def cmd_train_vae():
   from mmpretrain.stages.vae import train_vae  # pylint: disable=import-outside-toplevel
-  summary = train_vae(_config(), _workdir("train-vae"))
-  print(f"L1 {summary['first']['l1']:.4f} -> {summary['last']['l1']:.4f}; held-out "
+  summary = _train_stage("train-vae", train_vae)
+  if summary is None:
+    return
+  print(f"L1 {_trained(summary, 'l1')}; held-out "
         f"reconstruction PSNR {summary['validation_psnr']:.2f} dB; latent grid "
         f"{summary['latent_grid']}, scaling factor {summary['scaling_factor']:.4f}")
   print(f"representation: {summary['representation']} (config.visual.checkpoint)")
@@ -460,19 +492,17 @@ class Verb:
 
 _STAGE = ("config", "workdir")
 _JOB = ("multihost", "coordinator_address", "num_processes", "process_id")
+_TRAINING = _STAGE + _JOB
 _SAMPLE = ("config", "workdir", "step", "output", "prompt", "max_new_tokens", "temperature",
            "top_p", "caption", "images_per_caption", "image", "document", "begin_image",
            "rollouts", "horizon", "actions", *_JOB)
 VERBS = {
     "prepare": Verb(cmd_prepare, "write the config's datasets (TFDS array_record) and "
                     "train its tokenizer", "mmpretrain prepare --config=configs/demo.py",
-                    ("config", "datasets", "rebuild", "check", "runner", "latents", "multihost",
-                     "coordinator_address", "num_processes", "process_id")),
+                    ("config", "datasets", "rebuild", "check", "runner", "latents", *_JOB)),
     "train": Verb(cmd_train, "train the unified model (re-running resumes from the newest "
                   "checkpoint)", "mmpretrain train --config=configs/demo.py --workdir="
-                  "runs/demo --config.train.num_steps=100",
-                  ("config", "workdir", "multihost", "coordinator_address", "num_processes",
-                   "process_id")),
+                  "runs/demo --config.train.num_steps=100", _TRAINING),
     "eval": Verb(cmd_eval, "score a checkpoint on held-out data (losses, caption and "
                  "generation accuracy), with the run's config.json unless --config is given",
                  "mmpretrain eval --workdir=runs/demo",
@@ -483,16 +513,18 @@ VERBS = {
                    "--caption=\"a handwritten digit seven\"", _SAMPLE),
     "train-encoder": Verb(cmd_train_encoder, "train the SigLIP-style semantic encoder the "
                           "RAE freezes", "mmpretrain train-encoder --config=configs/stages/"
-                          "encoder_demo.py --workdir=runs/demo_encoder", _STAGE),
+                          "encoder_demo.py --workdir=runs/demo_encoder", _TRAINING),
     "train-rae": Verb(cmd_train_rae, "train the RAE decoder on a frozen encoder's latents",
                       "mmpretrain train-rae --config=configs/stages/rae_demo.py --workdir="
-                      "runs/demo_rae --config.rae.encoder=runs/demo_encoder/encoder", _STAGE),
+                      "runs/demo_rae --config.rae.encoder=runs/demo_encoder/encoder",
+                      _TRAINING),
     "train-vae": Verb(cmd_train_vae, "train the VAE baseline representation",
                       "mmpretrain train-vae --config=configs/stages/vae_demo.py "
-                      "--workdir=runs/demo_vae", _STAGE),
+                      "--workdir=runs/demo_vae", _TRAINING),
     "train-classifier": Verb(cmd_train_classifier, "train the CNN that judges generated "
                              "digits", "mmpretrain train-classifier --config=configs/stages/"
-                             "classifier_demo.py --workdir=runs/demo_classifier", _STAGE),
+                             "classifier_demo.py --workdir=runs/demo_classifier",
+                             _TRAINING),
     "eval-representation": Verb(cmd_eval_representation, "reconstruction PSNR and linear "
                                 "probe of a visual representation",
                                 "mmpretrain eval-representation --config=configs/demo.py "
@@ -537,8 +569,9 @@ def verb_help(name: str) -> str:
   for flag in verb.flags:
     f = flags.FLAGS[flag]
     default = "" if f.default is None else f" (default: {f.default!r})"
-    # The help strings name their verbs ("sample: …"); absl appends a note to list flags.
-    text = re.sub(r"^[a-z, -]+: ", "", f.help.split(";\n")[0])
+    # The help strings name their verbs ("sample: …", after "<auto|off>: " for an enum);
+    # absl appends a note to list flags.
+    text = re.sub(r"^(<[^>]*>: )?[a-z, -]+: ", r"\1", f.help.split(";\n")[0])
     lines.append(f"  --{flag}{default}\n      {text}")
   if "config" in verb.flags:
     lines.append("  --config.<key>=value\n      override any key of the config file")

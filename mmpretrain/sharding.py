@@ -124,6 +124,21 @@ def state_shardings(abstract_state, mesh, rules):
   return jax.tree.map(leaf_sharding, logical, abstract_state)
 
 
+def largest_dim_shardings(tree, mesh, axes) -> object:
+  """NamedShardings for arrays that name no logical axes (the representation stages'
+  modules), ZeRO-3 style: each array split over mesh `axes` along its largest dimension
+  they divide, replicated where none does."""
+  axes = tuple(a for a in axes if mesh.shape[a] > 1)
+  ways = math.prod(mesh.shape[a] for a in axes)
+  def leaf_sharding(leaf):
+    spec = [None] * len(leaf.shape)
+    divisible = [d for d in range(len(leaf.shape)) if leaf.shape[d] % ways == 0]
+    if axes and divisible:
+      spec[max(divisible, key=lambda d: leaf.shape[d])] = axes if len(axes) > 1 else axes[0]
+    return NamedSharding(mesh, PartitionSpec(*spec))
+  return jax.tree.map(leaf_sharding, tree)
+
+
 def spec_axes(entry) -> tuple:
   """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
   return (entry,) if isinstance(entry, str) else tuple(entry or ())

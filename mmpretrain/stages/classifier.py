@@ -12,9 +12,9 @@ from flax import nnx
 
 from mmpretrain import storage
 from mmpretrain.data import pipeline
-from mmpretrain.data.images import NO_LABEL, image_batches
+from mmpretrain.data.images import image_batches, stage_batches
 from mmpretrain.encoders.judge import ClassifierConfig, ImageClassifier, save_classifier
-from mmpretrain.stages.loop import train_model, write_summary
+from mmpretrain.stages.loop import data_rows, train_model, write_summary
 
 CLASSIFIER_DIR = "classifier"
 
@@ -25,18 +25,8 @@ def classifier_config(config) -> ClassifierConfig:
                           num_classes=k.num_classes, widths=tuple(k.widths))
 
 
-def labelled_batches(config, tok, split: str, batch_size: int, repeat: bool):
-  dataset = config.classifier.dataset
-  for batch in image_batches(config, tok, {dataset: 1.0}, split=split, batch_size=batch_size,
-                             caption_len=1, seed=config.seed, repeat=repeat):
-    if (batch["label"] == NO_LABEL).any():
-      raise ValueError(f"classifier.dataset {dataset!r} has no class labels (map a `label` "
-                       f"field in config.data.datasets.{dataset}.fields)")
-    yield {"images": jnp.asarray(batch["images"]), "label": jnp.asarray(batch["label"])}
-
-
-def classifier_loss(model: ImageClassifier, frozen, batch, rng):
-  del frozen, rng
+def classifier_loss(model: ImageClassifier, batch, rng):
+  del rng
   logits = model(batch["images"])
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
   return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
@@ -51,13 +41,17 @@ def accuracy(model: ImageClassifier, batches) -> float:
 def train_classifier(config, workdir: str) -> dict:
   tok = pipeline.load_tokenizer(config)
   model = ImageClassifier(classifier_config(config), rngs=nnx.Rngs(config.seed))
-  history = train_model(config, workdir, model, classifier_loss,
-                        labelled_batches(config, tok, "train", config.data.batch_size, True),
-                        name="classifier")
-  held_out = accuracy(model, labelled_batches(config, tok, config.eval.split,
-                                              config.data.batch_size, repeat=False))
+  classes = {config.classifier.dataset: 1.0}
+  trained = train_model(config, workdir, model, classifier_loss,
+                        stage_batches(config, tok, classes, caption_len=1, rows=data_rows(config),
+                                      labelled=True), name="classifier")
+  if trained.preempted:
+    return trained.summary()
+  held_out = accuracy(model, image_batches(config, tok, classes, split=config.eval.split,
+                                           batch_size=config.data.batch_size, caption_len=1,
+                                           seed=config.seed, repeat=False, labelled=True))
   directory = storage.join(workdir, CLASSIFIER_DIR)
   save_classifier(directory, model, {"dataset": config.classifier.dataset,
                                      "held_out_accuracy": held_out})
-  return write_summary(workdir, {"first": history[0], "last": history[-1],
-                                 "held_out_accuracy": held_out, "classifier": directory})
+  return write_summary(workdir, {**trained.summary(), "held_out_accuracy": held_out,
+                                 "classifier": directory})

@@ -7,11 +7,11 @@ from flax import nnx
 
 from mmpretrain import storage
 from mmpretrain.data import pipeline
-from mmpretrain.data.images import NO_LABEL, image_batches
+from mmpretrain.data.images import NO_LABEL, image_batches, skipped_records, stage_batches
 from mmpretrain.data.sources import digit_caption
 from mmpretrain.encoders import contrastive, store
 from mmpretrain.encoders.vit import ViTConfig, normalize
-from mmpretrain.stages.loop import train_model, write_summary
+from mmpretrain.stages.loop import data_rows, train_model, write_summary
 
 ENCODER_DIR = "encoder"
 
@@ -31,8 +31,8 @@ def text_tower_config(config, vocab_size: int) -> contrastive.TextConfig:
                                 mlp_dim=t.mlp_dim)
 
 
-def encoder_loss(model: contrastive.DualEncoder, frozen, batch, rng):
-  del frozen, rng
+def encoder_loss(model: contrastive.DualEncoder, batch, rng):
+  del rng
   captions = batch["captions"]
   logits = model.logits(normalize(batch["images"], model.image.cfg), captions)
   best = jnp.argmax(logits, axis=1)     # each image's best caption in the batch: a match?
@@ -61,11 +61,12 @@ def train_encoder(config, workdir: str) -> dict:
                                   text_tower_config(config, tok.vocab_size),
                                   temperature_init=config.encoder.temperature_init,
                                   bias_init=config.encoder.bias_init, rngs=nnx.Rngs(config.seed))
-  batches = image_batches(config, tok, config.encoder.datasets, split="train",
-                          batch_size=config.data.batch_size,
-                          caption_len=config.encoder.caption_len, seed=config.seed)
-  history = train_model(config, workdir, model, encoder_loss, batches, name="encoder")
-  summary = {"first": history[0], "last": history[-1], "skipped_records": batches.skipped}
+  batches = stage_batches(config, tok, config.encoder.datasets,
+                          caption_len=config.encoder.caption_len, rows=data_rows(config))
+  trained = train_model(config, workdir, model, encoder_loss, batches, name="encoder")
+  if trained.preempted:
+    return trained.summary()
+  summary = {**trained.summary(), "skipped_records": skipped_records(batches)}
   if config.encoder.datasets.get("mnist_captions", 0) > 0:
     summary["digit_zero_shot_accuracy"] = digit_zero_shot(config, model, tok)
   directory = storage.join(workdir, ENCODER_DIR)

@@ -9,12 +9,12 @@ from flax import nnx
 
 from mmpretrain import storage
 from mmpretrain.data import pipeline
-from mmpretrain.data.images import image_batches
+from mmpretrain.data.images import image_batches, skipped_records, stage_batches
 from mmpretrain.encoders import store
-from mmpretrain.encoders.vit import normalize
+from mmpretrain.encoders.vit import VisionTransformer, normalize
 from mmpretrain.pixels import signed_psnr, to_signed
 from mmpretrain.stages import gan
-from mmpretrain.stages.loop import REPRESENTATION_DIR, train_model, write_summary
+from mmpretrain.stages.loop import REPRESENTATION_DIR, data_rows, train_model, write_summary
 from mmpretrain.tokenizers import rae as rae_lib
 
 # The RAE's decoder and, with rae.gan_weight > 0, the discriminator train; the encoder never.
@@ -46,6 +46,16 @@ def latent_stats(model: rae_lib.RAE, batches, num_batches: int):
   return mean, std, covariance / np.outer(std, std)
 
 
+def set_latent_stats(model: rae_lib.RAE, batches, num_batches: int) -> None:
+  """The RAE's per-channel normalization and, with fewer latent channels than the
+  encoder's width, its whitened principal projection, from `num_batches` of `batches`."""
+  mean, std, correlation = latent_stats(model, batches, num_batches)
+  model.mean[...], model.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  if model.projection is not None:
+    model.projection[...] = jnp.asarray(
+        whitened_principal_channels(correlation, model.decoder.cfg.latent_dim), jnp.float32)
+
+
 def whitened_principal_channels(covariance: np.ndarray, channels: int) -> np.ndarray:
   """[width, channels]: the leading eigenvectors of `covariance`, each divided by the square
   root of its eigenvalue, so the projected channels have unit variance."""
@@ -54,12 +64,14 @@ def whitened_principal_channels(covariance: np.ndarray, channels: int) -> np.nda
   return eigenvectors[:, leading] / np.sqrt(np.maximum(eigenvalues[leading], 1e-12))
 
 
-def make_rae_loss(noise_tau: float, perceptual_weight: float, gan_weight: float):
-  def rae_loss(training: RAETraining, frozen, batch, rng):
+def make_rae_loss(r):
+  """The loss of config.rae `r`."""
+  noise_tau, perceptual_weight, gan_weight = r.noise_tau, r.perceptual_weight, r.gan_weight
+
+  def rae_loss(training: RAETraining, batch, rng):
     """L1 to the pixels from latents + σ·ε, σ ~ U(0, τ) per image (the decoder must
     tolerate the diffusion model's imperfect latents), plus the optional perceptual and
     adversarial (hinge, PatchGAN) terms."""
-    del frozen
     model = training.rae
     target = to_signed(batch["images"])
     latents = model.encode(batch["images"])
@@ -93,34 +105,52 @@ def reconstruction_psnr(model: rae_lib.RAE, batches, num_batches: int) -> float:
   return float(np.mean(np.concatenate(scores)))
 
 
-def train_rae(config, workdir: str) -> dict:
+def rae_training(config, encoder: VisionTransformer) -> RAETraining:
+  """What train-rae optimizes around `encoder` (abstract under nnx.eval_shape: the shapes
+  `mmpretrain compile --program=train_rae` needs)."""
   r = config.rae
-  if not r.encoder:
-    raise ValueError("config.rae.encoder is empty: set it to `mmpretrain train-encoder`'s "
-                     "<workdir>/encoder or a Hugging Face SigLIP / DINOv2 checkpoint directory")
-  tok = pipeline.load_tokenizer(config)
-  encoder = store.load_encoder(r.encoder)
   model = rae_lib.RAE(encoder, rae_lib.decoder_config(config, encoder.cfg),
                       rngs=nnx.Rngs(config.seed))
-  batches = image_batches(config, tok, r.datasets, split="train",
-                          batch_size=config.data.batch_size, caption_len=1, seed=config.seed)
-  mean, std, correlation = latent_stats(model, batches, r.stats_batches)
-  model.mean[...], model.std[...] = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-  if model.projection is not None:
-    model.projection[...] = jnp.asarray(
-        whitened_principal_channels(correlation, model.decoder.cfg.latent_dim), jnp.float32)
   discriminator = (gan.PatchDiscriminator(config.data.image_channels, r.discriminator_width,
                                           rngs=nnx.Rngs(config.seed + 1))
                    if r.gan_weight > 0 else None)
-  history = train_model(config, workdir, RAETraining(model, discriminator),
-                        make_rae_loss(r.noise_tau, r.perceptual_weight, r.gan_weight), batches,
-                        name="rae", wrt=TRAINED)
+  return RAETraining(model, discriminator)
+
+
+def encoder_directory(config) -> str:
+  if not config.rae.encoder:
+    raise ValueError("config.rae.encoder is empty: set it to `mmpretrain train-encoder`'s "
+                     "<workdir>/encoder or a Hugging Face SigLIP / DINOv2 checkpoint directory")
+  return config.rae.encoder
+
+
+def train_rae(config, workdir: str) -> dict:
+  r = config.rae
+  encoder = store.load_encoder(encoder_directory(config))
+  tok = pipeline.load_tokenizer(config)
+  training = rae_training(config, encoder)
+  model = training.rae
+  batches = stage_batches(config, tok, r.datasets, caption_len=1, rows=data_rows(config))
+
+  def measure_latents(training: RAETraining) -> None:
+    # From the stream's first stats_batches global batches, every process reading all
+    # their rows (so all measure the same); training starts after them.
+    set_latent_stats(training.rae, stage_batches(config, tok, r.datasets, caption_len=1),
+                     r.stats_batches)
+    for _ in range(r.stats_batches):
+      next(batches)
+
+  trained = train_model(config, workdir, training, make_rae_loss(r), batches, name="rae",
+                        wrt=TRAINED, prepare=measure_latents)
+  if trained.preempted:
+    return trained.summary()
   held_out = image_batches(config, tok, r.datasets, split="validation",
                            batch_size=config.data.batch_size, caption_len=1, seed=0)
   directory = storage.join(workdir, REPRESENTATION_DIR)
   rae_lib.save_rae(directory, model)
-  summary = {"first": history[0], "last": history[-1], "representation": directory,
-             "latent_grid": [encoder.cfg.grid, encoder.cfg.grid, model.decoder.cfg.latent_dim],
+  encoder_cfg = model.encoder.cfg
+  summary = {**trained.summary(), "representation": directory,
+             "latent_grid": [encoder_cfg.grid, encoder_cfg.grid, model.decoder.cfg.latent_dim],
              "validation_psnr": reconstruction_psnr(model, held_out, 4),
-             "skipped_records": batches.skipped}
+             "skipped_records": skipped_records(batches)}
   return write_summary(workdir, summary)

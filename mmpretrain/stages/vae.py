@@ -10,9 +10,9 @@ from flax import nnx
 
 from mmpretrain import storage
 from mmpretrain.data import pipeline
-from mmpretrain.data.images import image_batches
+from mmpretrain.data.images import image_batches, skipped_records, stage_batches
 from mmpretrain.pixels import signed_psnr, to_signed
-from mmpretrain.stages.loop import REPRESENTATION_DIR, train_model, write_summary
+from mmpretrain.stages.loop import REPRESENTATION_DIR, data_rows, train_model, write_summary
 from mmpretrain.tokenizers import vae as vae_lib
 
 
@@ -26,9 +26,8 @@ def vae_config(config) -> vae_lib.VAEConfig:
 
 
 def make_vae_loss(kl_weight: float):
-  def vae_loss(model: vae_lib.AutoencoderKL, frozen, batch, rng):
+  def vae_loss(model: vae_lib.AutoencoderKL, batch, rng):
     """L1 of the decoded posterior sample + kl_weight · KL(q(z|x) ‖ N(0, I)) per image."""
-    del frozen
     x = to_signed(batch["images"])
     mean, logvar = model.moments(x)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
@@ -52,11 +51,14 @@ def train_vae(config, workdir: str) -> dict:
   v = config.vae
   tok = pipeline.load_tokenizer(config)
   model = vae_lib.AutoencoderKL(vae_config(config), rngs=nnx.Rngs(config.seed))
-  batches = image_batches(config, tok, v.datasets, split="train",
-                          batch_size=config.data.batch_size, caption_len=1, seed=config.seed)
-  history = train_model(config, workdir, model, make_vae_loss(v.kl_weight), batches, name="vae")
-  model.cfg = dataclasses.replace(model.cfg,
-                                  scaling_factor=1.0 / latent_std(model, batches, v.stats_batches))
+  batches = stage_batches(config, tok, v.datasets, caption_len=1, rows=data_rows(config))
+  trained = train_model(config, workdir, model, make_vae_loss(v.kl_weight), batches, name="vae")
+  if trained.preempted:
+    return trained.summary()
+  # Over the stream's first stats_batches global batches: every process measures the same.
+  every_row = stage_batches(config, tok, v.datasets, caption_len=1)
+  model.cfg = dataclasses.replace(
+      model.cfg, scaling_factor=1.0 / latent_std(model, every_row, v.stats_batches))
   held_out = image_batches(config, tok, v.datasets, split="validation",
                            batch_size=config.data.batch_size, caption_len=1, seed=0)
   reconstruct = nnx.jit(lambda m, frames: m.decode_raw(m.moments(to_signed(frames))[0]))
@@ -65,9 +67,9 @@ def train_vae(config, workdir: str) -> dict:
   directory = storage.join(workdir, REPRESENTATION_DIR)
   vae_lib.save_vae(directory, model)
   grid = config.data.image_size // model.cfg.downsample
-  summary = {"first": history[0], "last": history[-1], "representation": directory,
+  summary = {**trained.summary(), "representation": directory,
              "latent_grid": [grid, grid, v.latent_channels],
              "scaling_factor": model.cfg.scaling_factor,
              "validation_psnr": float(np.mean(np.concatenate(scores))),
-             "skipped_records": batches.skipped}
+             "skipped_records": skipped_records(batches)}
   return write_summary(workdir, summary)
