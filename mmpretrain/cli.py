@@ -101,11 +101,13 @@ _RUNNER = flags.DEFINE_string("runner", "local", "prepare: the Beam runner that 
                                "source.workers processes), DataflowRunner, FlinkRunner, "
                                "SparkRunner or PortableRunner; its pipeline options follow "
                                "`--` (docs/data.md).")
-_PROGRAM = flags.DEFINE_enum("program", "train", ["train", "latent_cache", "eval", "sample"],
+_PROGRAM = flags.DEFINE_enum("program", "train", ["train", "latent_cache", "train_rae", "eval",
+                                                "sample"],
                              "compile: the train step, the latent cache's encode step "
-                             "(`prepare` with visual.cached_latents), the held-out loss step "
-                             "(`eval`) or the image sampler's denoising step (`sample`), the "
-                             "last two for eval.batch_size rows.")
+                             "(`prepare` with visual.cached_latents), the RAE decoder's "
+                             "train step (`train-rae`), the held-out loss step (`eval`) or "
+                             "the image sampler's denoising step (`sample`), the last two "
+                             "for eval.batch_size rows.")
 
 
 def _config(of_run: bool = False):
@@ -432,9 +434,10 @@ def cmd_fit():
 
 def cmd_compile():
   """Compiles the train step (or, with --program=latent_cache, the latent cache's encode
-  step; with eval or sample, the held-out loss step or the sampler's denoising step) for a
-  TPU topology on this machine (libtpu, no TPU) and prints its memory per chip and the TPU
-  cost model's time as one JSON line."""
+  step; with --program=train_rae, the RAE decoder's train step; with eval or sample, the
+  held-out loss step or the sampler's denoising step) for a TPU topology on this
+  machine (libtpu, no TPU) and prints its memory per chip and the TPU cost model's time as
+  one JSON line."""
   # pylint: disable=import-outside-toplevel
   import json
   from mmpretrain.train import aot
@@ -444,6 +447,8 @@ def cmd_compile():
   try:
     if _PROGRAM.value == "latent_cache":
       result = aot.latent_cache_report(config, _TOPOLOGY.value, _NUM_SLICES.value)
+    elif _PROGRAM.value == "train_rae":
+      result = aot.train_rae_report(config, _TOPOLOGY.value, _NUM_SLICES.value)
     elif _PROGRAM.value == "eval":
       result = aot.eval_report(config, _TOPOLOGY.value, _NUM_SLICES.value)
     elif _PROGRAM.value == "sample":
@@ -456,6 +461,11 @@ def cmd_compile():
   if not result["fits"] and _PROGRAM.value == "latent_cache":
     print(f"mmpretrain compile: error: the encode step does not fit {result['tpu']}'s "
           f"{result['hbm_bytes'] / 2**30:.0f} GiB per chip", file=sys.stderr)
+    sys.exit(3)
+  if not result["fits"] and _PROGRAM.value == "train_rae":
+    print(f"mmpretrain compile: error: the decoder's step does not fit {result['tpu']}'s "
+          f"{result['hbm_bytes'] / 2**30:.0f} GiB per chip: try {aot.stage_advice(config)}",
+          file=sys.stderr)
     sys.exit(3)
   if not result["fits"] and _PROGRAM.value in ("eval", "sample"):
     step = "held-out loss step" if _PROGRAM.value == "eval" else "denoising step"

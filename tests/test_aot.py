@@ -4,24 +4,31 @@ against a fully unrolled compile, and `mmpretrain compile`'s report and refusal.
 import functools
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import base
 
 from mmpretrain.config import load_config, validate
+from mmpretrain.encoders import store
+from mmpretrain.encoders.vit import VisionTransformer
 from mmpretrain.model.masks import attention_mask
 from mmpretrain.scaling.sweep import with_overrides
+from mmpretrain.stages.encoder import image_tower_config
 from mmpretrain.stages.latent_cache import encode_step
+from mmpretrain.tokenizers import rae as rae_lib
 from mmpretrain.tokenizers.visual import make_representation, row_spec
 from mmpretrain.train import aot
 from mmpretrain.train.evaluate import with_eval_batch
 
 from conftest import ROOT, config_file
+from test_rae import stage_config
 
 
 NO_LIBTPU = importlib.util.find_spec("libtpu") is None
@@ -326,3 +333,53 @@ def test_the_so400m_encode_step_costs_its_matmuls_on_every_token():
   per_image = report["xla_flops"] / report["frames_per_chip"]
   assert 0.95 < per_image / (2 * params * 256) < 1.1
   assert report["latent_grid"] == [16, 16, 1152] and report["fits"]
+
+
+def rae_stage_config(root: str):
+  """test_rae's RAE stage on the random encoder in `root`/encoder, split 2 × 2 over data and
+  fsdp: module level, for `mmpretrain compile` in a subprocess (conftest.config_file)."""
+  c = stage_config(root, 10)
+  c.rae.encoder = os.path.join(root, "encoder")
+  c.mesh.data, c.mesh.fsdp = 2, 2
+  return c
+
+
+@tpu_compile
+def test_compile_prices_the_rae_decoders_train_step_per_chip(tmp_path):
+  # test_rae's tiny RAE (16² frames, one-layer encoder and decoder of width 32, the GAN
+  # critic) through the CLI on a v5p-8's 4 chips (~45 s).
+  config = rae_stage_config(str(tmp_path))
+  store.save_encoder(config.rae.encoder,
+                     VisionTransformer(image_tower_config(config), rngs=nnx.Rngs(0)))
+  out = run_compile(f"--config={config_file(tmp_path, rae_stage_config, str(tmp_path))}",
+                    "--topology=v5p-8", "--program=train_rae")
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert report["program"] == "train_rae" and report["chips"] == 4 and report["fits"]
+  assert report["images_per_s_per_chip"] == pytest.approx(
+      report["images_per_step"] / 4 / report["optimal_seconds"])
+  # Each chip runs a quarter of the images: about one CPU device's step on a quarter of
+  # the batch (the optimizer's update, split over fsdp alone, counts twice as much).
+  config.data.batch_size //= 4
+  config.mesh.data = config.mesh.fsdp = 1
+  cpu = aot._cost(aot.lower_train_rae_step(  # pylint: disable=protected-access
+      config, jax.devices()[:1]).compile())
+  assert report["xla_flops"] == pytest.approx(cpu["flops"], rel=0.1)
+
+
+def test_the_paper_rae_stage_trains_the_rae_the_paper_runs_read():
+  spec = importlib.util.spec_from_file_location(
+      "rae_so400m_224", f"{ROOT}/configs/paper/rae_so400m_224.py")
+  stage = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(stage)
+  assert stage.PROGRAM == "train_rae"
+  config = validate(stage.get_config())
+  with open(f"{ROOT}/configs/paper/rae_so400m_224/rae.json", encoding="utf-8") as f:
+    read = json.load(f)
+  encoder = rae_lib.encoder_config(config.rae.encoder)
+  assert rae_lib.decoder_config(config, encoder) == rae_lib.DecoderConfig(**read["decoder"])
+  assert encoder.width == 1152 and encoder.grid == 16
+  chips = int(np.prod([int(n) for n in aot.parse_topology(stage.TOPOLOGY)[1].split("x")]))
+  mesh = config.mesh
+  assert mesh.data * mesh.fsdp * mesh.expert * mesh.tensor == chips
+  assert config.data.batch_size % chips == 0

@@ -20,18 +20,26 @@ import base  # pylint: disable=wrong-import-position
 RAE_SO400M = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rae_so400m_224")
 
 
-def paper_config(arg=None, *, chips: int, batch: int, d_model: int, layers: int, heads: int,
-                 mlp: int, seq_len: int = 4096):
+def paper_data(arg=None):
+  """The base config with the data every paper run reads (the RAE stage too, so both find
+  the tokenizer `prepare` trained): 224 px RGB images, 65,536 tokens, text and image–text
+  documents, the So400m RAE's cached latents."""
   c = base.get_config(arg)
-  c.data.seq_len, c.data.batch_size = seq_len, batch
   c.data.tokenizer.vocab_size = 65536
   c.data.image_size, c.data.image_channels = 224, 3
   c.data.max_frames = 8
   c.data.mixture = {"text": 0.5, "image_text": 0.5}
+  c.visual.representation, c.visual.checkpoint, c.visual.patch_size = "rae", RAE_SO400M, 1
+  c.visual.cached_latents = True
+  return c
+
+
+def paper_config(arg=None, *, chips: int, batch: int, d_model: int, layers: int, heads: int,
+                 mlp: int, seq_len: int = 4096):
+  c = paper_data(arg)
+  c.data.seq_len, c.data.batch_size = seq_len, batch
   c.model.d_model, c.model.num_layers, c.model.mlp_dim = d_model, layers, mlp
   c.model.num_heads, c.model.num_kv_heads, c.model.head_dim = heads, heads, 128
   c.model.dtype, c.model.remat, c.model.scan_layers = "bfloat16", "dots_no_batch", True
-  c.visual.representation, c.visual.checkpoint, c.visual.patch_size = "rae", RAE_SO400M, 1
-  c.visual.cached_latents = True
   c.mesh.data, c.mesh.fsdp = 1, chips
   return c

@@ -22,12 +22,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from mmpretrain import sharding
 from mmpretrain.hardware import CHIPS
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.synthetic import interleaved_batch
+from mmpretrain.encoders.vit import VisionTransformer
 from mmpretrain.generate import sample
 from mmpretrain.model import attention, modality_ffn, moe
 from mmpretrain.model.chunked_attention import KeyRanges, chunk_bounds, pad_ranges
@@ -35,6 +37,9 @@ from mmpretrain.model.masks import key_ranges
 from mmpretrain.model.transformer import is_moe_layer, model_remat_policy
 from mmpretrain.run import Run
 from mmpretrain.scaling.flops import train_flops_per_token
+from mmpretrain.stages import rae as rae_stage
+from mmpretrain.stages.loop import StageTrainer
+from mmpretrain.tokenizers import rae as rae_lib
 from mmpretrain.tokenizers.visual import make_representation, patch_dim, row_spec
 from mmpretrain.train.evaluate import with_eval_batch
 from mmpretrain.train.step import Objective, Trainer
@@ -513,6 +518,47 @@ def latent_cache_report(config, topology: str, num_slices: int = 1,
       "compile_s": compile_s}
 
 
+def lower_train_rae_step(config, devices):
+  """The RAE decoder's train step (what `mmpretrain train-rae` runs, stages/rae.py) lowered
+  over `devices` on the config's mesh: data.batch_size uint8 images split like its batches,
+  the frozen encoder replicated (its shapes from config.rae.encoder: an encoder directory,
+  or an RAE directory's rae.json), the decoder (and critic) with their AdamW state split
+  over the fsdp axes."""
+  encoder = rae_lib.encoder_config(rae_stage.encoder_directory(config))
+  training = nnx.eval_shape(lambda: rae_stage.rae_training(
+      config, VisionTransformer(encoder, rngs=nnx.Rngs(0))))
+  trainer = StageTrainer(config, sharding.make_mesh(config.mesh, devices), training,
+                         rae_stage.make_rae_loss(config.rae), rae_stage.TRAINED)
+  d = config.data
+  rows = lambda *shape, dtype: jax.ShapeDtypeStruct((d.batch_size, *shape), dtype,
+                                                     sharding=trainer.batch_sharding)
+  return trainer.lower_step({
+      "images": rows(d.image_size, d.image_size, d.image_channels, dtype=jnp.uint8),
+      "captions": rows(1, dtype=jnp.int32), "label": rows(dtype=jnp.int32)})
+
+
+def train_rae_report(config, topology: str, num_slices: int = 1) -> dict:
+  """The RAE decoder's train step (lower_train_rae_step) compiled for a TPU slice: memory
+  per chip, and the cost model's time of a step and images a second a chip (the ViTs'
+  layers are unrolled, so the analysis counts them all)."""
+  devices, chip, where = _slice(topology, num_slices, "train_rae")
+  where["images_per_step"] = images = config.data.batch_size
+  start = time.perf_counter()
+  lowered = lower_train_rae_step(config, devices)
+  try:
+    executable = _compile(lowered)
+  except DoesNotFit as e:
+    return {**where, "fits": False, "compiler": str(e),
+            "compile_s": time.perf_counter() - start}
+  compile_s = time.perf_counter() - start
+  cost = _cost(_compile(lowered, cost_options(devices)))
+  seconds = cost["optimal_seconds"]
+  return {**where, **_memory(executable.memory_analysis(), chip), "xla_flops": cost["flops"],
+          "optimal_seconds": seconds,
+          "images_per_s_per_chip": images / len(devices) / seconds if seconds > 0 else None,
+          "compile_s": compile_s}
+
+
 def advice(config) -> str:
   """What to change when a step does not fit, in the config's own keys."""
   m = config.model
@@ -523,3 +569,9 @@ def advice(config) -> str:
   steps.append(f"more --config.optimizer.grad_accum_steps (now "
                f"{config.optimizer.grad_accum_steps}: microbatches hold fewer activations)")
   return "; or ".join(steps)
+
+
+def stage_advice(config) -> str:
+  """What to change when a representation stage's step does not fit."""
+  return (f"a larger --config.mesh.fsdp (now {config.mesh.fsdp}); or a smaller "
+          f"--config.data.batch_size (now {config.data.batch_size})")
