@@ -99,9 +99,26 @@ def test_launch_checks_the_data_then_trains_on_all_workers_logging_to_the_workdi
                    "--config.data.data_dir=gs://b/data ")
   assert call.startswith("compute tpus tpu-vm ssh mmpretrain --zone=us-central2-b "
                          "--worker=all --command=cd ~/mmpretrain && nohup ")
-  assert ("bash tpu_scripts/worker_train.sh gs://b/run/logs --config=configs/demo.py "
+  assert ("bash tpu_scripts/worker_train.sh gs://b/run/logs train --config=configs/demo.py "
           "--workdir=gs://b/run --config.train.num_steps=100 --multihost=auto "
           "--config.data.data_dir=gs://b/data > /tmp/mmpretrain-train.log") in call
+
+
+def test_launch_runs_a_representation_stage_on_all_workers_with_verb(gcloud):
+  stub_dir, calls = gcloud
+  result = run_script("launch.sh", "--verb=train-rae", "--config=configs/paper/rae_so400m_224.py",
+                      "--workdir=gs://b/rae", "--config.rae.encoder=gs://b/siglip2",
+                      stub_dir=stub_dir)
+  assert result.returncode == 0, result.stderr
+  check, call = calls()
+  assert check.endswith("prepare --check --config=configs/paper/rae_so400m_224.py "
+                        "--config.rae.encoder=gs://b/siglip2 ")
+  assert ("bash tpu_scripts/worker_train.sh gs://b/rae/logs train-rae "
+          "--config=configs/paper/rae_so400m_224.py --workdir=gs://b/rae "
+          "--config.rae.encoder=gs://b/siglip2 > /tmp/mmpretrain-train.log") in call
+  bad = run_script("launch.sh", "--verb=eval", "--config=configs/demo.py",
+                   "--workdir=gs://b/run", stub_dir=stub_dir)
+  assert bad.returncode == 2 and "--verb=eval: use train, train-rae" in bad.stderr
 
 
 def test_the_latent_cache_runs_on_every_worker_after_worker_0_prepared_the_data(gcloud):
@@ -218,7 +235,7 @@ def test_the_worker_script_records_the_trainer_pid_and_ships_its_log(tmp_path):
   for f in bin_dir.iterdir():
     f.chmod(0o755)
   out = subprocess.run(["bash", os.path.join(ROOT, "tpu_scripts", "worker_train.sh"),
-                        str(tmp_path / "logs"), "--config=c.py"], cwd=tmp_path,
+                        str(tmp_path / "logs"), "train", "--config=c.py"], cwd=tmp_path,
                        capture_output=True, text=True, check=True,
                        env=dict(os.environ, PYTHONPATH=ROOT))
   assert "trained train --config=c.py" in out.stdout
