@@ -1,6 +1,8 @@
 """`make compile-paper`: every configs/paper/ run compiled for the TPU topology it names
 (its TOPOLOGY), on this machine (libtpu, no TPU); writes the rows of its table in
-docs/paper_compile.md, whose other text stays as it is.
+docs/paper_compile.md, whose other text stays as it is. A config that also names a PROGRAM
+(a representation stage's, e.g. train_rae) is compiled as that program and reported in a
+table of its own.
 `python scripts/compile_paper.py configs/paper/X.py …` recompiles only those runs and
 replaces their rows; `--program=eval` or `--program=sample` compiles the held-out loss
 step or the sampler's denoising step instead, into that program's table.
@@ -23,10 +25,8 @@ OUT = os.path.join(ROOT, "docs", "paper_compile.md")
 GB = 1e9
 
 
-def paper_configs() -> list[tuple[str, str, dict]]:
-  """(config path, topology, overrides) of every configs/paper/*.py that names a TOPOLOGY;
-  an IsoFLOP grid (a config with a `scaling` section) is compiled at its widest model."""
-  found = []
+def _paper_modules():
+  """(config path, module) of every configs/paper/*.py that names a TOPOLOGY."""
   sys.path.insert(0, PAPER)                     # the configs import their common module
   for name in sorted(os.listdir(PAPER)):
     path = os.path.join(PAPER, name)
@@ -35,13 +35,28 @@ def paper_configs() -> list[tuple[str, str, dict]]:
     spec = importlib.util.spec_from_file_location(name[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, "TOPOLOGY"):
+    if hasattr(module, "TOPOLOGY"):
+      yield os.path.relpath(path, ROOT), module
+
+
+def paper_configs() -> list[tuple[str, str, dict]]:
+  """(config path, topology, overrides) of the unified model's runs; an IsoFLOP grid (a
+  config with a `scaling` section) is compiled at its widest model."""
+  found = []
+  for path, module in _paper_modules():
+    if hasattr(module, "PROGRAM"):
       continue
     config = module.get_config()
     overrides = (model_shape(config.scaling, max(config.scaling.widths))
                  if "scaling" in config else {})
-    found.append((os.path.relpath(path, ROOT), module.TOPOLOGY, overrides))
+    found.append((path, module.TOPOLOGY, overrides))
   return found
+
+
+def stage_configs() -> list[tuple[str, str, str]]:
+  """(config path, topology, program) of the representation stages' configs."""
+  return [(path, module.TOPOLOGY, module.PROGRAM) for path, module in _paper_modules()
+          if hasattr(module, "PROGRAM")]
 
 
 def compile_one(config: str, topology: str, overrides: dict, program: str = "train") -> dict:
@@ -55,7 +70,8 @@ def compile_one(config: str, topology: str, overrides: dict, program: str = "tra
     config += f" (width {overrides['model.d_model']})"
   lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
   if not lines:
-    return {"config": config, "topology": topology, "error": out.stderr.strip()[-400:]}
+    return {"config": config, "topology": topology, "program": program,
+            "error": out.stderr.strip()[-400:]}
   return {"config": config, "seconds": time.perf_counter() - start, **json.loads(lines[-1])}
 
 
@@ -78,6 +94,18 @@ def row(r: dict) -> str:
     sampler = f"does not fit: {r.get('sampler_compiler', '')[:80]} | |"
   return (f"| {r['config']} | {r['topology']} | {r['per_device_bytes'] / GB:.1f} GB "
           f"| {100 * r['hbm_headroom']:.0f}% | {timing} {sampler} {r['seconds']:.0f} s |")
+
+
+def stage_row(r: dict) -> str:
+  where = f"| {r['config']} | {r['program']} | {r['topology']} |"
+  if "error" in r:
+    return f"{where} failed: {r['error'][-120:]} | | | | |"
+  if not r["fits"]:
+    return (f"{where} does not fit: {r.get('compiler', '')[:80]} | | | | "
+            f"{r['seconds']:.0f} s |")
+  return (f"{where} {r['per_device_bytes'] / GB:.1f} GB | {100 * r['hbm_headroom']:.0f}% "
+          f"| {r['optimal_seconds']:.3f} s | {r['images_per_s_per_chip']:.0f} "
+          f"| {r['seconds']:.0f} s |")
 
 
 def eval_row(r: dict) -> str:
@@ -108,6 +136,7 @@ def sample_row(r: dict) -> str:
 
 # Each program's table in docs/paper_compile.md: the heading it follows, and its rows.
 TABLES = {"train": ("# The paper's runs, compiled for their TPU slices", row),
+          "stages": ("## Representation stages", stage_row),
           "eval": ("## Held-out evaluation (`--program=eval`)", eval_row),
           "sample": ("## Sampling (`--program=sample`)", sample_row)}
 
@@ -128,20 +157,27 @@ def table_rows(lines: list[str], program: str) -> range:
 
 def main(program: str, only: list[str]):
   """Compiles every paper config for `program`, or with paths given only those, whose rows
-  then replace theirs in that program's table."""
+  then replace theirs in that program's table; `train` also compiles the representation
+  stages' configs as their PROGRAM, into their table."""
   with open(OUT, encoding="utf-8") as f:
     lines = f.read().splitlines()
-  where = table_rows(lines, program)
-  rows = {line.split(" | ")[0][2:]: line for line in lines[where.start:where.stop]} if only \
-      else {}
-  for config, topology, overrides in paper_configs():
-    if only and config not in only:
-      continue
-    print(f"compiling {config} for {topology} (--program={program}) ...", flush=True)
-    result = compile_one(config, topology, overrides, program)
-    print(json.dumps(result), flush=True)
-    rows[result["config"]] = TABLES[program][1](result)
-  lines[where.start:where.stop] = sorted(rows.values())
+  runs = {program: [(config, topology, overrides, program)
+                    for config, topology, overrides in paper_configs()]}
+  if program == "train":
+    runs["stages"] = [(config, topology, {}, stage) for config, topology, stage
+                      in stage_configs()]
+  for table, jobs in runs.items():
+    where = table_rows(lines, table)
+    rows = ({line.split(" | ")[0][2:]: line for line in lines[where.start:where.stop]}
+            if only else {})
+    for config, topology, overrides, compiled in jobs:
+      if only and config not in only:
+        continue
+      print(f"compiling {config} for {topology} (--program={compiled}) ...", flush=True)
+      result = compile_one(config, topology, overrides, compiled)
+      print(json.dumps(result), flush=True)
+      rows[result["config"]] = TABLES[table][1](result)
+    lines[where.start:where.stop] = sorted(rows.values())
   with open(OUT, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print(f"wrote {os.path.relpath(OUT, ROOT)}")
@@ -149,8 +185,8 @@ def main(program: str, only: list[str]):
 
 if __name__ == "__main__":
   programs = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--program=")]
-  if not set(programs) <= set(TABLES):
-    raise SystemExit(f"--program={programs[0]}: use one of {sorted(TABLES)}")
+  if not set(programs) <= {"train", "eval", "sample"}:
+    raise SystemExit(f"--program={programs[0]}: use train, eval or sample")
   main(programs[-1] if programs else "train",
        [os.path.relpath(os.path.abspath(arg), ROOT) for arg in sys.argv[1:]
         if not arg.startswith("--")])
