@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmpretrain import storage
 from mmpretrain.encoders import store
 
 EPS = 1e-6
