@@ -74,7 +74,11 @@ def rendered(value) -> str:
   return value if isinstance(value, str) else repr(value)
 
 
-def changed(value):
+# Keys whose default None means "automatic", with a value of the type they take.
+AUTOMATIC = {"diffusion.time_shift": 1.5, "eval.batch_size": 16}
+
+
+def changed(value, key: str = ""):
   """Another value of the same type, to tell an override that took from one ignored."""
   if isinstance(value, bool):
     return not value
@@ -84,8 +88,8 @@ def changed(value):
     return value + "_x"
   if isinstance(value, tuple):
     return value + value[:1] if value else ("x",)
-  if value is None:               # an automatic number (diffusion.time_shift)
-    return 1.5
+  if value is None:
+    return AUTOMATIC[key]
   raise AssertionError(f"no command-line form for {value!r}")
 
 
@@ -102,7 +106,7 @@ def assert_overrides_take(config: str, want: dict) -> None:
 def test_every_key_is_set_by_its_command_line_override(relative, change):
   path = os.path.join(CONFIGS, relative)
   want = dict(config_rules.leaves(config_lib.load_config(path)))
-  assert_overrides_take(path, {k: changed(v) for k, v in want.items()} if change else want)
+  assert_overrides_take(path, {k: changed(v, k) for k, v in want.items()} if change else want)
 
 
 @pytest.mark.parametrize("relative, arg", SHIPPED,

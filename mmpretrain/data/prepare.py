@@ -8,7 +8,7 @@ datasets hold.
 
 from mmpretrain import storage
 from mmpretrain.data import builders, latent_cache, pipeline, records, streams, token_counts
-from mmpretrain.data.convert import Runner
+from mmpretrain.data.convert import SOURCE_DEFAULTS, Runner
 from mmpretrain.data.convert.build import build_dataset
 from mmpretrain.data.pipeline import datasets_in_use
 from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
@@ -131,7 +131,8 @@ def count_dataset_tokens(config, name: str, tokenizer: str,
                          runner: Runner = Runner()) -> dict:
   """Text tokens and frames of each split of dataset `name`, kept beside it."""
   spec = config.data.datasets[name]
-  workers = spec.source.workers if spec.get("source") and spec.source.get("format") else 2
+  source = spec.get("source") or {}
+  workers = source.get("workers", SOURCE_DEFAULTS["workers"])
   counts = token_counts.count_tokens(token_counts.Dataset.of(config, name), tokenizer,
                                      runner, workers)
   for split, c in counts["splits"].items():
