@@ -21,11 +21,7 @@ USAGE
 }
 
 parse_flags "$@"
-config=""
-for arg in "${EXTRA_ARGS[@]}"; do
-  case "$arg" in --config=*) config="${arg#--config=}" ;; esac
-done
-[[ -n "$config" ]] || die "--config=FILE is required (a config file of the checkout)"
+require_config
 prepare=(.venv/bin/mmpretrain prepare "${EXTRA_ARGS[@]}")
 if [[ -n "$DATA_DIR" ]]; then prepare+=(--config.data.data_dir="$DATA_DIR"); fi
 on_every_worker "${prepare[@]}"

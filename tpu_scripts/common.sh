@@ -30,6 +30,15 @@ parse_flags() {
     die "CAPACITY=$CAPACITY: use on-demand, spot or preemptible" ;; esac
 }
 
+# Refuses a run without --config=FILE among the extra arguments (the verb's own flags).
+require_config() {
+  local arg
+  for arg in "${EXTRA_ARGS[@]}"; do
+    [[ "$arg" == --config=* ]] && return 0
+  done
+  die "--config=FILE is required (a config file of the checkout)"
+}
+
 # Prints a command exactly (shell-quoted), then runs it unless --dry-run.
 run() {
   printf '%q ' "$@"; echo

@@ -18,11 +18,7 @@ USAGE
 }
 
 parse_flags "$@"
-config=""
-for arg in "${EXTRA_ARGS[@]}"; do
-  case "$arg" in --config=*) config="${arg#--config=}" ;; esac
-done
-[[ -n "$config" ]] || die "--config=FILE is required (a config file of the checkout)"
+require_config
 # One worker alone cannot join the pod's JAX job: the latent cache is cache_latents.sh's.
 prepare=(.venv/bin/mmpretrain prepare --nolatents "${EXTRA_ARGS[@]}")
 if [[ -n "$DATA_DIR" ]]; then prepare+=(--config.data.data_dir="$DATA_DIR"); fi
