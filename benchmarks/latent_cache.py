@@ -56,8 +56,9 @@ def cache_config(config, data_dir: str, rae_dir: str):
 def encode_frames_per_s(config, repeats: int) -> float:
   """The jitted encode step alone, on batches of the stage's shape (median of calls)."""
   encoder = stage.FrameEncoder(config)
-  d = config.data
-  frames = [np.zeros((d.image_size, d.image_size, d.image_channels), np.uint8)] * encoder.batch
+  data = config.data
+  frame = np.zeros((data.image_size, data.image_size, data.image_channels), np.uint8)
+  frames = [frame] * encoder.batch
   encoder.finish(encoder.start(frames))
   times = []
   for _ in range(max(5, repeats)):

@@ -39,21 +39,21 @@ def _require(ok: bool, key: str, problem: str, fix: str):
     refuse(key, problem, fix)
 
 
-def _validate_stream(d, stream: str):
+def _validate_stream(data, stream: str):
   key = f"data.streams.{stream}"
-  settings = d.streams[stream]
+  settings = data.streams[stream]
   weights = settings.datasets
-  unknown = sorted(set(weights) - set(d.datasets))
+  unknown = sorted(set(weights) - set(data.datasets))
   _require(not unknown, f"{key}.datasets", f"unknown dataset(s) {unknown}",
-           f"Add them to config.data.datasets (it has {sorted(d.datasets)})")
+           f"Add them to config.data.datasets (it has {sorted(data.datasets)})")
   _require(sum(weights.values()) > 0, f"{key}.datasets",
            f"weights must have a positive sum, got {dict(weights)}",
            f"Give a dataset a positive weight or set data.mixture.{stream}=0")
   frames = {"video": settings.get("frames"),
             "action_video": settings.get("context_frames", 0) + 1}.get(stream)
   if frames is not None:
-    _require(0 < frames <= d.max_frames, f"{key}",
-             f"a document holds {frames} frames but a row holds data.max_frames={d.max_frames}",
+    _require(0 < frames <= data.max_frames, f"{key}",
+             f"a document holds {frames} frames but a row holds data.max_frames={data.max_frames}",
              f"Raise data.max_frames to {frames} or use fewer frames")
 
 
@@ -77,23 +77,23 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every key against its rule (config_rules.RULES), then the constraints between
   keys that no single rule can see. Raises ConfigError naming the key and the fix."""
   check_values(c)
-  d, m, v, o = c.data, c.model, c.visual, c.optimizer
-  unknown = sorted(set(d.mixture) - set(STREAMS))
+  data, m, v, o = c.data, c.model, c.visual, c.optimizer
+  unknown = sorted(set(data.mixture) - set(STREAMS))
   _require(not unknown, "data.mixture", f"unknown stream(s) {unknown}",
            f"Use only {list(STREAMS)}")
-  _require(sum(d.mixture.values()) > 0, "data.mixture",
-           f"weights must have a positive sum, got {dict(d.mixture)}",
+  _require(sum(data.mixture.values()) > 0, "data.mixture",
+           f"weights must have a positive sum, got {dict(data.mixture)}",
            "Give at least one stream a positive weight")
-  _require(d.batch_size % d.shards == 0, "data.shards",
-           f"{d.shards} does not divide data.batch_size={d.batch_size}",
+  _require(data.batch_size % data.shards == 0, "data.shards",
+           f"{data.shards} does not divide data.batch_size={data.batch_size}",
            "Use a divisor of data.batch_size (each shard supplies batch_size/shards rows)")
-  held_out = c.eval.batch_size or d.batch_size
-  _require(held_out % d.shards == 0, "eval.batch_size",
-           f"{held_out} rows do not split into data.shards={d.shards}",
+  held_out = c.eval.batch_size or data.batch_size
+  _require(held_out % data.shards == 0, "eval.batch_size",
+           f"{held_out} rows do not split into data.shards={data.shards}",
            "Use a multiple of data.shards (each shard supplies its share of every batch)")
-  for stream, weight in d.mixture.items():
+  for stream, weight in data.mixture.items():
     if weight > 0:
-      _validate_stream(d, stream)
+      _validate_stream(data, stream)
   _require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
            f"num_heads={m.num_heads} is not a multiple of num_kv_heads={m.num_kv_heads}",
            "Pick num_kv_heads that divides num_heads (grouped-query attention)")
@@ -103,8 +103,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(not c.diffusion.skip or c.diffusion.prediction == "x", "diffusion.skip",
            f"the skip connection is for x-prediction, not {c.diffusion.prediction!r}",
            "Set --config.diffusion.prediction=x or --config.diffusion.skip=False")
-  _require(d.image_size % v.patch_size == 0, "visual.patch_size",
-           f"patch_size={v.patch_size} does not divide image_size={d.image_size}",
+  _require(data.image_size % v.patch_size == 0, "visual.patch_size",
+           f"patch_size={v.patch_size} does not divide image_size={data.image_size}",
            "Choose a patch size that divides the latent grid")
   _require(not c.checkpoint.best_metric or c.eval.every_steps > 0, "checkpoint.best_metric",
            f"{c.checkpoint.best_metric!r} needs held-out evaluations",
@@ -112,13 +112,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(o.learning_rate * o.weight_decay < 1.0, "optimizer.weight_decay",
            f"learning_rate × weight_decay = {o.learning_rate * o.weight_decay:g} ≥ 1 flips the "
            "sign of every decayed weight", "Lower the weight decay")
-  _require(d.batch_size % o.grad_accum_steps == 0, "optimizer.grad_accum_steps",
-           f"{o.grad_accum_steps} does not divide data.batch_size={d.batch_size}",
+  _require(data.batch_size % o.grad_accum_steps == 0, "optimizer.grad_accum_steps",
+           f"{o.grad_accum_steps} does not divide data.batch_size={data.batch_size}",
            "Make the batch size a multiple of the number of microbatches")
-  microbatch = d.batch_size // o.grad_accum_steps
-  _require(m.moe.num_experts == 0 or d.seq_len % max(m.moe.capacity_group_tokens, 1) == 0,
+  microbatch = data.batch_size // o.grad_accum_steps
+  _require(m.moe.num_experts == 0 or data.seq_len % max(m.moe.capacity_group_tokens, 1) == 0,
            "model.moe.capacity_group_tokens",
-           f"{m.moe.capacity_group_tokens} does not divide data.seq_len={d.seq_len}",
+           f"{m.moe.capacity_group_tokens} does not divide data.seq_len={data.seq_len}",
            "Use a divisor of the row length (or 0 for groups of whole rows)")
   _require(m.moe.num_experts == 0 or microbatch % m.moe.capacity_group_rows == 0,
            "model.moe.capacity_group_rows",

@@ -132,9 +132,9 @@ def largest_dim_shardings(tree, mesh, axes) -> object:
   ways = math.prod(mesh.shape[a] for a in axes)
   def leaf_sharding(leaf):
     spec = [None] * len(leaf.shape)
-    divisible = [d for d in range(len(leaf.shape)) if leaf.shape[d] % ways == 0]
+    divisible = [dim for dim in range(len(leaf.shape)) if leaf.shape[dim] % ways == 0]
     if axes and divisible:
-      spec[max(divisible, key=lambda d: leaf.shape[d])] = axes if len(axes) > 1 else axes[0]
+      spec[max(divisible, key=lambda dim: leaf.shape[dim])] = axes if len(axes) > 1 else axes[0]
     return NamedSharding(mesh, PartitionSpec(*spec))
   return jax.tree.map(leaf_sharding, tree)
 

@@ -261,8 +261,8 @@ def test_compile_prices_the_sampler_for_the_eval_batch_and_refuses_what_does_not
 def latent_grid(config):
   """The representation's latent grid, built once per representation (a So400m RAE is
   seconds to build, even abstract)."""
-  v, d = config.visual, config.data
-  return _latent_grid(v.representation, v.checkpoint, d.image_size, d.image_channels)
+  v, data = config.visual, config.data
+  return _latent_grid(v.representation, v.checkpoint, data.image_size, data.image_channels)
 
 
 @functools.cache

@@ -88,19 +88,19 @@ def image_batches(config, tok: TextTokenizer, datasets: dict[str, float], *, spl
   `repeat=False` makes one pass (evaluation). `shard` = (index, count) keeps every
   count-th record of each dataset, shuffled with seed + index. `labelled`: a record
   without a class label is an error."""
-  d = config.data
+  data = config.data
   index, count = shard
   parts, weights = [], []
   for name, weight in sorted(datasets.items()):
     if weight <= 0:
       continue
-    fields = d.datasets[name].fields
+    fields = data.datasets[name].fields
     dataset = pipeline.dataset_records(config, name, split)[index::count]
     dataset = dataset.shuffle(seed=seed + index)
     dataset = dataset.repeat() if repeat else dataset
     parts.append(dataset.map(
-        lambda r, fields=fields, name=name: _example(r, fields, name, d.image_size,
-                                                     d.image_channels, tok, caption_len,
+        lambda r, fields=fields, name=name: _example(r, fields, name, data.image_size,
+                                                     data.image_channels, tok, caption_len,
                                                      labelled)))
     weights.append(weight)
   if not parts:
@@ -114,12 +114,13 @@ def stage_batches(config, tok: TextTokenizer, datasets: dict[str, float], *, cap
   """A stage's training data: rows `rows` (default: all, `sharding.process_rows` on a
   multi-process job) of every global batch of config.data.batch_size images, made of the
   data shards that cover them (`image_batches` of batch_size/shards images each)."""
-  d = config.data
+  data = config.data
+  per_shard = data.batch_size // data.shards
   return pipeline.ShardedBatches(
-      {s: image_batches(config, tok, datasets, split="train", batch_size=d.batch_size // d.shards,
-                        caption_len=caption_len, seed=config.seed, shard=(s, d.shards),
+      {s: image_batches(config, tok, datasets, split="train", batch_size=per_shard,
+                        caption_len=caption_len, seed=config.seed, shard=(s, data.shards),
                         labelled=labelled)
-       for s in pipeline.shards_of_rows(config, rows)}, d.shards)
+       for s in pipeline.shards_of_rows(config, rows)}, data.shards)
 
 
 def skipped_records(batches: pipeline.ShardedBatches) -> dict[str, int]:

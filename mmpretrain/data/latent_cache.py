@@ -46,8 +46,8 @@ KEY_CHARS = 12                               # of the sha1 hex digest
 
 def cache_name(config, tfds_name: str) -> str:
   """The cache directory of `tfds_name` for this config's representation and frames."""
-  v, d = config.visual, config.data
-  identity = json.dumps([v.representation, v.checkpoint, d.image_size, d.image_channels,
+  v, data = config.visual, config.data
+  identity = json.dumps([v.representation, v.checkpoint, data.image_size, data.image_channels,
                          v.latent_cache_dtype])
   return f"{tfds_name}_latents_{hashlib.sha1(identity.encode()).hexdigest()[:10]}"
 

@@ -54,16 +54,16 @@ def dataset_records(config, name: str, split: str,
   cannot be read raises records.UnreadableRecordError or, under data.on_unreadable='skip',
   arrives as a records.Unreadable marker. `cached_latents`: frames come as the latents
   `prepare` cached (data/latent_cache.py) instead of pixels."""
-  spec, d = config.data.datasets[name], config.data
+  spec, data = config.data.datasets[name], config.data
   tfds_split = spec.train_split if split == "train" else spec.eval_split
-  data_dir = spec.data_dir or d.data_dir
+  data_dir = spec.data_dir or data.data_dir
   source = builders.open_split(spec.tfds_name, tfds_split, data_dir, spec.version)
   mend = (f"Rebuild it: mmpretrain prepare --config=<your config> --datasets={name} --rebuild"
           if spec.tfds_name in builders.BUILDERS
           else f"Copy the prepared dataset {spec.tfds_name!r} into {data_dir} again")
   dataset = grain.MapDataset.source(records.CheckedRecords(
-      source, name, tfds_split, mend, skip=d.on_unreadable == "skip",
-      max_fraction=d.max_unreadable_fraction))
+      source, name, tfds_split, mend, skip=data.on_unreadable == "skip",
+      max_fraction=data.max_unreadable_fraction))
   if cached_latents and latent_cache.visual_fields(config, name):
     dataset = latent_cache.with_cached_latents(dataset, config, name, split)
   return dataset
@@ -125,15 +125,15 @@ def shard_batches(config, tok: TextTokenizer, spec: RowSpec, shard: int, split: 
 
   Shard s draws its crops, orders and dropouts with seed + s, independent of the others.
   """
-  d = config.data
-  docs = document_mixture(config, tok, split, seed + shard, (shard, d.shards))
+  data = config.data
+  docs = document_mixture(config, tok, split, seed + shard, (shard, data.shards))
   rows = PackIterDataset(docs.to_iter_dataset(), spec)
-  batches = rows.batch(d.batch_size // d.shards, drop_remainder=True)
-  if d.num_workers > 0:
+  batches = rows.batch(data.batch_size // data.shards, drop_remainder=True)
+  if data.num_workers > 0:
     if not flags.FLAGS.is_parsed():   # grain's workers read its absl flags (outside absl.app)
       flags.FLAGS.mark_as_parsed()
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=d.num_workers, per_worker_buffer_size=d.worker_buffer_size))
+        num_workers=data.num_workers, per_worker_buffer_size=data.worker_buffer_size))
   return iter(batches)
 
 
@@ -188,13 +188,13 @@ def make_batches(config, tok: TextTokenizer, spec: RowSpec, *, split: str = "tra
 def shards_of_rows(config, rows: range | None = None) -> range:
   """The data shards that make up rows `rows` (default: all) of each global batch; the
   rows must cover whole shards."""
-  d = config.data
-  rows = range(d.batch_size) if rows is None else rows
-  per_shard = d.batch_size // d.shards
+  data = config.data
+  rows = range(data.batch_size) if rows is None else rows
+  per_shard = data.batch_size // data.shards
   whole = rows.start % per_shard == 0 and rows.stop % per_shard == 0
-  if not whole or not 0 <= rows.start < rows.stop <= d.batch_size:
+  if not whole or not 0 <= rows.start < rows.stop <= data.batch_size:
     raise ValueError(
         f"this process loads rows {rows.start}..{rows.stop - 1} of the global batch, which "
-        f"config.data.shards={d.shards} (shards of {per_shard} rows) does not split into "
+        f"config.data.shards={data.shards} (shards of {per_shard} rows) does not split into "
         "whole shards: set data.shards to a multiple of the number of processes that load data")
   return range(rows.start // per_shard, rows.stop // per_shard)

@@ -69,8 +69,9 @@ class CountRange(beam.DoFn):
 
   def _source(self, split: str):
     if split not in self.sources:
-      d = self.dataset
-      self.sources[split] = builders.open_split(d.tfds_name, split, d.data_dir, d.version)
+      dataset = self.dataset
+      self.sources[split] = builders.open_split(dataset.tfds_name, split, dataset.data_dir,
+                                                dataset.version)
     return self.sources[split]
 
   def process(self, piece):

@@ -36,9 +36,9 @@ class FlowHead(nnx.Module):
   -> prediction [T, patch_dim] f32."""
 
   def __init__(self, cfg, patch_dim: int, *, rngs: nnx.Rngs):
-    d, dtype, std = cfg.d_model, jnp.dtype(cfg.dtype), cfg.init_std
+    d_model, dtype, std = cfg.d_model, jnp.dtype(cfg.dtype), cfg.init_std
     width, self.dtype = cfg.flow_head.width, dtype
-    self.cond = layers.linear(d, width, dtype=dtype, std=std, axes=("embed", None), rngs=rngs)
+    self.cond = layers.linear(d_model, width, dtype=dtype, std=std, axes=("embed", None), rngs=rngs)
     self.latent = layers.linear(patch_dim, width, dtype=dtype, std=std, axes=("latent", None),
                                 use_bias=True, rngs=rngs)
     self.blocks = nnx.List([HeadBlock(width, cfg, rngs=rngs)

@@ -179,17 +179,17 @@ class Attention(nnx.Module):
   """Multi-head attention with grouped-query heads, RoPE and optional QK-norm."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    d_model, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     dtype = jnp.dtype(cfg.dtype)
     std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.num_layers) ** 0.5
 
     def proj(heads, axes):
-      return linear(d, (heads, hd), dtype=dtype, std=std, axes=axes, rngs=rngs)
+      return linear(d_model, (heads, hd), dtype=dtype, std=std, axes=axes, rngs=rngs)
 
     self.q = proj(h, ("embed", "heads", "kv"))
     self.k = proj(k, ("embed", "kv_heads", "kv"))
     self.v = proj(k, ("embed", "kv_heads", "kv"))
-    self.o = linear((h, hd), d, axis=(-2, -1), dtype=dtype, std=out_std,
+    self.o = linear((h, hd), d_model, axis=(-2, -1), dtype=dtype, std=out_std,
                     axes=("heads", "kv", "embed"), rngs=rngs)
     self.q_norm = RMSNorm(hd, cfg.norm_eps, dtype) if cfg.qk_norm else None
     self.k_norm = RMSNorm(hd, cfg.norm_eps, dtype) if cfg.qk_norm else None
@@ -232,11 +232,11 @@ class SwiGLU(nnx.Module):
   """Gated FFN: down(silu(gate(x)) * up(x))."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs, mlp_dim: int | None = None):
-    d, f, dtype = cfg.d_model, mlp_dim or cfg.mlp_dim, jnp.dtype(cfg.dtype)
+    d_model, f, dtype = cfg.d_model, mlp_dim or cfg.mlp_dim, jnp.dtype(cfg.dtype)
     std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.num_layers) ** 0.5
-    self.gate = linear(d, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)
-    self.up = linear(d, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)
-    self.down = linear(f, d, dtype=dtype, std=out_std, axes=("mlp", "embed"), rngs=rngs)
+    self.gate = linear(d_model, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)
+    self.up = linear(d_model, f, dtype=dtype, std=std, axes=("embed", "mlp"), rngs=rngs)
+    self.down = linear(f, d_model, dtype=dtype, std=out_std, axes=("mlp", "embed"), rngs=rngs)
 
   def __call__(self, x):
     return self.down(swiglu(self.gate(x), self.up(x)))

@@ -279,28 +279,28 @@ class Transfusion(nnx.Module):
   def __init__(self, cfg, patch_dim: int, *, rngs: nnx.Rngs, tokens_per_frame: int = 0):
     """`tokens_per_frame`: latent tokens of one frame, for `model.frame_positions`."""
     self.cfg, self.dtype = cfg, jnp.dtype(cfg.dtype)
-    d, std = cfg.d_model, cfg.init_std
+    d_model, std = cfg.d_model, cfg.init_std
     # Where a token sits in its frame, learned (DiT's absolute position embedding): RoPE
     # alone gives a frame's tokens only their offsets from each other and the prefix.
     if cfg.frame_positions and tokens_per_frame < 1:
       raise ValueError("model.frame_positions needs the latent tokens per frame: pass "
                        "tokens_per_frame (run.build_model does)")
     self.frame_positions = nnx.Embed(
-        tokens_per_frame, d, dtype=self.dtype, rngs=rngs,
+        tokens_per_frame, d_model, dtype=self.dtype, rngs=rngs,
         embedding_init=layers.dense_init(std, (None, "embed"))) if cfg.frame_positions else None
-    self.embed = nnx.Embed(cfg.vocab_size, d, dtype=self.dtype, rngs=rngs,
+    self.embed = nnx.Embed(cfg.vocab_size, d_model, dtype=self.dtype, rngs=rngs,
                            embedding_init=layers.dense_init(std, ("vocab", "embed")))
-    self.visual_in = layers.linear(patch_dim, d, dtype=self.dtype, std=std,
+    self.visual_in = layers.linear(patch_dim, d_model, dtype=self.dtype, std=std,
                                    axes=("latent", "embed"), use_bias=True, rngs=rngs)
     self.time_embed = TimestepEmbedding(cfg, rngs=rngs)
     self.decoder = DecoderStack(cfg, rngs=rngs)
-    self.final_norm = layers.RMSNorm(d, cfg.norm_eps, self.dtype)
+    self.final_norm = layers.RMSNorm(d_model, cfg.norm_eps, self.dtype)
     # Read-outs emit f32 from the f32 accumulator: the losses need f32 logits anyway.
     self.lm_head = None if cfg.tie_embeddings else layers.linear(
-        d, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs,
+        d_model, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs,
         out_dtype=jnp.float32)
     self.visual_out = FlowHead(cfg, patch_dim, rngs=rngs) if cfg.flow_head.width else (
-        layers.linear(d, patch_dim, dtype=self.dtype, std=std, axes=("embed", "latent"),
+        layers.linear(d_model, patch_dim, dtype=self.dtype, std=std, axes=("embed", "latent"),
                       use_bias=True, rngs=rngs, out_dtype=jnp.float32))
     for table in (self.embed, self.frame_positions):
       if table is not None:

@@ -20,8 +20,8 @@ CLASSIFIER_DIR = "classifier"
 
 
 def classifier_config(config) -> ClassifierConfig:
-  d, k = config.data, config.classifier
-  return ClassifierConfig(image_size=d.image_size, channels=d.image_channels,
+  data, k = config.data, config.classifier
+  return ClassifierConfig(image_size=data.image_size, channels=data.image_channels,
                           num_classes=k.num_classes, widths=tuple(k.widths))
 
 

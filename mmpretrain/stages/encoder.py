@@ -17,11 +17,11 @@ ENCODER_DIR = "encoder"
 
 
 def image_tower_config(config) -> ViTConfig:
-  e, d = config.encoder.image, config.data
-  return ViTConfig(image_size=d.image_size, patch_size=e.patch_size, width=e.width,
+  e, data = config.encoder.image, config.data
+  return ViTConfig(image_size=data.image_size, patch_size=e.patch_size, width=e.width,
                    depth=e.depth, num_heads=e.num_heads, mlp_dim=e.mlp_dim,
-                   channels=d.image_channels, pool_head=True,
-                   image_mean=(0.5,) * d.image_channels, image_std=(0.5,) * d.image_channels)
+                   channels=data.image_channels, pool_head=True,
+                   image_mean=(0.5,) * data.image_channels, image_std=(0.5,) * data.image_channels)
 
 
 def text_tower_config(config, vocab_size: int) -> contrastive.TextConfig:

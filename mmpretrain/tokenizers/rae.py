@@ -101,7 +101,7 @@ class RAE(nnx.Module):
 
 
 def decoder_config(config, encoder_cfg: ViTConfig) -> DecoderConfig:
-  d = config.rae.decoder
+  decoder = config.rae.decoder
   grid = encoder_cfg.grid
   if config.rae.latent_channels > encoder_cfg.width:
     raise ValueError(f"rae.latent_channels={config.rae.latent_channels} exceeds the encoder's "
@@ -111,8 +111,8 @@ def decoder_config(config, encoder_cfg: ViTConfig) -> DecoderConfig:
                      f"encoder's {grid}×{grid} token grid: the decoder emits whole patches")
   return DecoderConfig(grid=grid, latent_dim=config.rae.latent_channels or encoder_cfg.width,
                        image_size=config.data.image_size,
-                       channels=config.data.image_channels, width=d.width, depth=d.depth,
-                       num_heads=d.num_heads, mlp_dim=d.mlp_dim)
+                       channels=config.data.image_channels, width=decoder.width,
+                       depth=decoder.depth, num_heads=decoder.num_heads, mlp_dim=decoder.mlp_dim)
 
 
 def save_rae(directory: str, rae: RAE) -> None:

@@ -77,15 +77,15 @@ def make_representation(config):
 def _representation(config):
   # rae and vae import this module's helpers, so they are imported here, on demand.
   # pylint: disable=import-outside-toplevel
-  name, d = config.visual.representation, config.data
+  name, data = config.visual.representation, config.data
   if name == "pixels":
-    return PixelRepresentation(d.image_size, d.image_channels)
+    return PixelRepresentation(data.image_size, data.image_channels)
   if name == "rae":
     from mmpretrain.tokenizers.rae import RAERepresentation
-    return RAERepresentation(config.visual.checkpoint, d.image_size, d.image_channels)
+    return RAERepresentation(config.visual.checkpoint, data.image_size, data.image_channels)
   if name == "vae":
     from mmpretrain.tokenizers.vae_representation import VAERepresentation
-    return VAERepresentation(config.visual.checkpoint, d.image_size, d.image_channels)
+    return VAERepresentation(config.visual.checkpoint, data.image_size, data.image_channels)
   raise ValueError(f"unknown visual.representation {name!r}")
 
 
@@ -98,10 +98,10 @@ def row_spec(config, latent_grid: tuple[int, int, int] | None = None) -> RowSpec
   """The packed rows' layout: config.data's lengths and the latent grid's tokens per frame
   (default: the grid of the config's representation, which may read its checkpoint)."""
   latent_grid = latent_grid or make_representation(config).latent_grid
-  d = config.data
-  return RowSpec(seq_len=d.seq_len, max_frames=d.max_frames,
+  data = config.data
+  return RowSpec(seq_len=data.seq_len, max_frames=data.max_frames,
                  tokens_per_frame=tokens_per_frame(latent_grid, config.visual.patch_size),
-                 frame_shape=(d.image_size, d.image_size, d.image_channels))
+                 frame_shape=(data.image_size, data.image_size, data.image_channels))
 
 
 def patch_dim(latent_grid: tuple[int, int, int], patch_size: int) -> int:

@@ -497,9 +497,9 @@ def latent_cache_report(config, topology: str, num_slices: int = 1,
   replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
   params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                         representation.abstract_params())
-  d = config.data
-  frames = jax.ShapeDtypeStruct((per_chip * len(devices), d.image_size, d.image_size,
-                                 d.image_channels), jnp.uint8,
+  data = config.data
+  frames = jax.ShapeDtypeStruct((per_chip * len(devices), data.image_size, data.image_size,
+                                 data.image_channels), jnp.uint8,
                                 sharding=NamedSharding(mesh, jax.sharding.PartitionSpec("frames")))
   where.update(frames_per_chip=per_chip, latent_grid=list(representation.latent_grid))
   start = time.perf_counter()
@@ -529,11 +529,11 @@ def lower_train_rae_step(config, devices):
       config, VisionTransformer(encoder, rngs=nnx.Rngs(0))))
   trainer = StageTrainer(config, sharding.make_mesh(config.mesh, devices), training,
                          rae_stage.make_rae_loss(config.rae), rae_stage.TRAINED)
-  d = config.data
-  rows = lambda *shape, dtype: jax.ShapeDtypeStruct((d.batch_size, *shape), dtype,
+  data = config.data
+  rows = lambda *shape, dtype: jax.ShapeDtypeStruct((data.batch_size, *shape), dtype,
                                                      sharding=trainer.batch_sharding)
   return trainer.lower_step({
-      "images": rows(d.image_size, d.image_size, d.image_channels, dtype=jnp.uint8),
+      "images": rows(data.image_size, data.image_size, data.image_channels, dtype=jnp.uint8),
       "captions": rows(1, dtype=jnp.int32), "label": rows(dtype=jnp.int32)})
 
 

@@ -29,10 +29,10 @@ def flow_space(config) -> str:
 def flow_loss_inputs(visual_pred, inputs: ModelInputs, config):
   """The head's output re-expressed in the flow loss's space (x-prediction with a v-space
   loss weighs the x error by 1/t², as in JiT)."""
-  d = config.diffusion
-  pred = diffusion.head_prediction(visual_pred, inputs.visual_latents, inputs.timesteps, d)
-  return diffusion.convert(pred, inputs.visual_latents, inputs.timesteps, d.prediction,
-                           flow_space(config), d.min_t)
+  dcfg = config.diffusion
+  pred = diffusion.head_prediction(visual_pred, inputs.visual_latents, inputs.timesteps, dcfg)
+  return diffusion.convert(pred, inputs.visual_latents, inputs.timesteps, dcfg.prediction,
+                           flow_space(config), dcfg.min_t)
 
 
 def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float, space: str = "x"):
@@ -82,7 +82,7 @@ def frame_change_weights(batch, latent_tokens, lcfg):
   visual = batch["modality"] == MODALITY_VISUAL
   frame_of_position = jnp.where(visual, jnp.maximum(batch["frame_slot"], 0) // tokens_per_frame, 0)
   document = jnp.where(visual, batch["segment_ids"], 0)
-  frame_document = jax.vmap(lambda f, d: jnp.zeros(num_frames, d.dtype).at[f].max(d))(
+  frame_document = jax.vmap(lambda f, doc: jnp.zeros(num_frames, doc.dtype).at[f].max(doc))(
       frame_of_position, document)                                         # [B, F]; 0: unused
   follows = (frame_document[:, 1:] == frame_document[:, :-1]) & (frame_document[:, 1:] > 0)
   follows = jnp.pad(follows, ((0, 0), (1, 0)))                             # [B, F]
