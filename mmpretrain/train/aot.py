@@ -42,7 +42,7 @@ from mmpretrain.stages.loop import StageTrainer
 from mmpretrain.tokenizers import rae as rae_lib
 from mmpretrain.tokenizers.visual import make_representation, patch_dim, row_spec
 from mmpretrain.train.evaluate import with_eval_batch
-from mmpretrain.train.step import Objective, Trainer
+from mmpretrain.train.step import RunLoss, Trainer
 
 def parse_topology(name: str) -> tuple[str, str]:
   """'v5p-128' (GCP's accelerator type) or 'v5p:4x4x4' -> ('v5p', '4x4x4')."""
@@ -145,12 +145,12 @@ def compile_step(config, devices, for_cost: bool = False):
 
 
 def compile_eval_step(config, devices, for_cost: bool = False):
-  """The held-out loss step (Objective.eval_sums: one forward pass summing a batch's
+  """The held-out loss step (RunLoss.eval_sums: one forward pass summing a batch's
   losses) compiled over `devices` for `config` as with_eval_batch makes it: the batch's
   rows split like training's, the parameters in training's shardings."""
   start = time.perf_counter()
   run, frozen, batch = abstract_run(config, devices)
-  loss = Objective(run, np.ones(config.model.vocab_size, np.float32))
+  loss = RunLoss(run, np.ones(config.model.vocab_size, np.float32))
   lowered = loss.lower_eval_sums(run.abstract_params(), batch, frozen)
   return _compile(lowered, cost_options(devices) if for_cost else None), \
       time.perf_counter() - start

@@ -29,7 +29,7 @@ from mmpretrain.generate import sample, world_model
 from mmpretrain.run import Run
 from mmpretrain.train import objective
 from mmpretrain.train.checkpoint import RunCheckpoints
-from mmpretrain.train.step import Objective
+from mmpretrain.train.step import RunLoss
 
 
 def eval_batch_size(config) -> int:
@@ -63,7 +63,7 @@ class HeldOut:
   batch axes, as in training.
   """
 
-  def __init__(self, loss: Objective, tok):
+  def __init__(self, loss: RunLoss, tok):
     config, mesh = loss.config, loss.run.mesh
     self.loss, self.loss_config = loss, config.loss
     rows, to_device = None, lambda batch: batch
@@ -250,7 +250,7 @@ class Evaluator:
   """Held-out losses and the generative evals: __call__(params) -> (scalars, images uint8
   [H, W, C] by name)."""
 
-  def __init__(self, loss: Objective, tok):
+  def __init__(self, loss: RunLoss, tok):
     self.held_out = HeldOut(loss, tok)
     self.generative = generative_evals(loss.run, tok)
 
@@ -284,7 +284,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, mesh=None
   batch; process 0 writes <workdir>/eval/step_<N>.json, its images beside it as PNGs."""
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   tok, run, params, step = restore_params(config, workdir, step, mesh)
-  scalars, images = Evaluator(Objective(run, tok.byte_lengths()), tok)(params)
+  scalars, images = Evaluator(RunLoss(run, tok.byte_lengths()), tok)(params)
   result = {"step": step, "split": config.eval.split, "batches_per_stream": config.eval.batches,
             "batch_size": eval_batch_size(config), "num_devices": mesh.size,
             "mesh_shape": dict(mesh.shape), **scalars}

@@ -27,7 +27,7 @@ class TrainState:
   rng: jnp.ndarray
 
 
-class Objective:
+class RunLoss:
   """A run's loss (no optimizer): the held-out loss sums an evaluation adds up, and the
   loss `Trainer` differentiates."""
 
@@ -86,7 +86,7 @@ class Objective:
     return {k: sums[k] for k in objective.ADDITIVE_SUMS}
 
 
-class Trainer(Objective):
+class Trainer(RunLoss):
   """The run's loss with its optimizer: the train state and the jitted train step."""
 
   def __init__(self, run: Run, byte_lengths):
