@@ -2,11 +2,23 @@
 
 Defined here once so that `data/` and `model/` agree without importing each other.
 """
+import dataclasses
+
 MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL = 0, 1, 2
 
 # Fields the device step reads; the host also carries `skipped_<reason>` counts.
 DEVICE_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions",
                  "text_loss_mask", "visual_loss_mask", "frames", "frame_slot")
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSpec:
+  """Shape of one packed row."""
+  seq_len: int
+  max_frames: int
+  tokens_per_frame: int
+  frame_shape: tuple[int, int, int]   # (H, W, C): pixels, or a cached latent grid (h, w, c)
+  frame_dtype: str = "uint8"          # pixels; a cached latent's dtype (float32, bfloat16)
 
 # Why a document was dropped: undecodable media, nothing to train on, longer than a row
 # (or more frames than a row holds), a frame or action list of the wrong shape, a record

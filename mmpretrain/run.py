@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmpretrain import diffusion, sharding
-from mmpretrain.data.packing import RowSpec
+from mmpretrain.batch import RowSpec
 from mmpretrain.model.transformer import Transfusion
 from mmpretrain.tokenizers.visual import (frame_latent_tokens, make_representation, patch_dim,
                                           row_spec, tokens_per_frame)

@@ -13,7 +13,7 @@ BASE = {"mmpretrain.batch", "mmpretrain.config_rules", "mmpretrain.storage",
 ALLOWED = {
     "mmpretrain.model": BASE,
     "mmpretrain.encoders": BASE,
-    "mmpretrain.tokenizers": BASE | {"mmpretrain.encoders", "mmpretrain.data"},
+    "mmpretrain.tokenizers": BASE | {"mmpretrain.encoders"},
     "mmpretrain.data": BASE | {"mmpretrain.tokenizers.text"},
     "mmpretrain.diffusion": BASE,
     "mmpretrain.run": BASE | {"mmpretrain.data", "mmpretrain.tokenizers", "mmpretrain.model",

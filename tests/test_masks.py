@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
+from mmpretrain.batch import RowSpec
 from mmpretrain.data.documents import TextSegment, VisualSegment, text_segment
-from mmpretrain.data.packing import RowBuilder, RowSpec
+from mmpretrain.data.packing import RowBuilder
 from mmpretrain.model.masks import attention_mask, key_ranges
 
 T = 4  # tokens per frame

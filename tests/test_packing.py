@@ -6,9 +6,9 @@ import grain
 import numpy as np
 import pytest
 
-from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL
+from mmpretrain.batch import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL, RowSpec
 from mmpretrain.data import documents
-from mmpretrain.data.packing import PackIterDataset, RowSpec
+from mmpretrain.data.packing import PackIterDataset
 from mmpretrain.data.pipeline import make_batches
 from mmpretrain.tokenizers.visual import row_spec
 

@@ -6,25 +6,13 @@ document that can never fit (longer than a row, or more frames than a row holds)
 skipped and counted in the row's `skipped_too_long` field; `Skipped` records from the
 streams are counted under their reason.
 """
-import dataclasses
-
 import grain
 import ml_dtypes
 import numpy as np
 
-from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, SKIP_REASONS
+from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, SKIP_REASONS, RowSpec
 from mmpretrain.data.documents import (Document, Skipped, TextSegment, document_frames,
                                        document_length)
-
-
-@dataclasses.dataclass(frozen=True)
-class RowSpec:
-  """Shape of one packed row."""
-  seq_len: int
-  max_frames: int
-  tokens_per_frame: int
-  frame_shape: tuple[int, int, int]   # (H, W, C): pixels, or a cached latent grid (h, w, c)
-  frame_dtype: str = "uint8"          # pixels; a cached latent's dtype (float32, bfloat16)
 
 
 # What a row's frames hold: pixels, or cached latents (ml_dtypes: numpy's bfloat16).

@@ -14,8 +14,9 @@ import grain
 import numpy as np
 from absl import flags
 
+from mmpretrain.batch import RowSpec
 from mmpretrain.data import builders, documents, latent_cache, records, streams
-from mmpretrain.data.packing import PackIterDataset, RowSpec
+from mmpretrain.data.packing import PackIterDataset
 from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import einops
 import jax.numpy as jnp
 
-from mmpretrain.data.packing import RowSpec
+from mmpretrain.batch import RowSpec
 from mmpretrain.pixels import to_signed, to_uint8
 
 
