@@ -20,6 +20,10 @@ ALLOWED = {
                               "mmpretrain.diffusion"},
     "mmpretrain.generate": BASE | {"mmpretrain.data", "mmpretrain.tokenizers",
                                    "mmpretrain.model", "mmpretrain.diffusion"},
+    "mmpretrain.train": BASE | {"mmpretrain.config", "mmpretrain.distributed", "mmpretrain.data",
+                                "mmpretrain.tokenizers", "mmpretrain.encoders", "mmpretrain.model",
+                                "mmpretrain.diffusion", "mmpretrain.run", "mmpretrain.generate",
+                                "mmpretrain.stages", "mmpretrain.scaling"},
 }
 
 

@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 # pylint: disable=wrong-import-position
 from mmpretrain import config as config_lib
 from mmpretrain import distributed, sharding, storage
-from mmpretrain.analysis.experts import RoutingLog
 from mmpretrain.data import pipeline
 from mmpretrain.generate import sample as sample_lib
 from mmpretrain.model.transformer import is_moe_layer
@@ -23,6 +22,7 @@ from mmpretrain.run import Run
 from mmpretrain.train.checkpoint import BestParams, RunCheckpoints
 from mmpretrain.train.evaluate import Evaluator
 from mmpretrain.train.metrics import MetricWriter, StepMetrics, tagged
+from mmpretrain.train.routing import RoutingLog
 from mmpretrain.train.step import Trainer
 from mmpretrain.train.throughput import ProfileWindow, Throughput
 # pylint: enable=wrong-import-position
