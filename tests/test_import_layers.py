@@ -16,6 +16,7 @@ ALLOWED = {
     "mmpretrain.tokenizers": BASE | {"mmpretrain.encoders"},
     "mmpretrain.data": BASE | {"mmpretrain.tokenizers.text"},
     "mmpretrain.diffusion": BASE,
+    "mmpretrain.fid": BASE,
     "mmpretrain.run": BASE | {"mmpretrain.data", "mmpretrain.tokenizers", "mmpretrain.model",
                               "mmpretrain.diffusion"},
     "mmpretrain.generate": BASE | {"mmpretrain.data", "mmpretrain.tokenizers",
