@@ -101,6 +101,15 @@ _RUNNER = flags.DEFINE_string("runner", "local", "prepare: the Beam runner that 
                                "source.workers processes), DataflowRunner, FlinkRunner, "
                                "SparkRunner or PortableRunner; its pipeline options follow "
                                "`--` (docs/data.md).")
+_REAL = flags.DEFINE_string("real", None, "fid: the reference images, a folder or a .npz "
+                            "of FID statistics (mu, sigma).")
+_FAKE = flags.DEFINE_string("fake", None, "fid: the images to score, a folder or a .npz of "
+                            "FID statistics.")
+_INCEPTION = flags.DEFINE_string("inception", None, "fid: pytorch-fid's Inception weights, "
+                                 "pt_inception-2015-12-05-6726825d.pth (local or gs://).")
+_SAVE_STATS = flags.DEFINE_string("save_stats", None, "fid: write the --real folder's "
+                                  "statistics to this new .npz (then --fake is optional).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "fid: images per Inception batch.")
 _PROGRAM = flags.DEFINE_enum("program", "train", ["train", "latent_cache", "train_rae", "eval",
                                                 "sample"],
                              "compile: the train step, the latent cache's encode step "
@@ -492,6 +501,20 @@ def cmd_export_params():
   print(f"wrote {export_params(_WORKDIR.value, config.checkpoint, Run(config), _STEP.value)}")
 
 
+def cmd_fid():
+  """FID between --real and --fake (folders or .npz statistics) as pytorch-fid computes it,
+  printed as one JSON line."""
+  # pylint: disable=import-outside-toplevel
+  import json
+  from mmpretrain.fid.score import compare
+  if not _REAL.value:
+    raise app.UsageError("--real is required: a folder of images or a .npz of statistics")
+  if not (_FAKE.value or _SAVE_STATS.value):
+    raise app.UsageError("give --fake (the images to score) or --save_stats=FILE")
+  print(json.dumps(compare(_REAL.value, _FAKE.value, _INCEPTION.value, _BATCH_SIZE.value,
+                           _SAVE_STATS.value)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Verb:
   run: Callable[[], None]
@@ -556,6 +579,11 @@ VERBS = {
                     "no TPU): memory per chip, cost-model time and MFU",
                     "mmpretrain compile --config=configs/bench/dense_ref.py --topology=v5p-8",
                     ("config", "topology", "num_slices", "program")),
+    "fid": Verb(cmd_fid, "Fréchet Inception Distance between two image folders or .npz "
+                "statistics, as pytorch-fid computes it",
+                "mmpretrain fid --real=real_images --fake=generated_images "
+                "--inception=pt_inception-2015-12-05-6726825d.pth",
+                ("real", "fake", "inception", "save_stats", "batch_size")),
     "export-params": Verb(cmd_export_params, "write a checkpoint's parameters alone",
                           "mmpretrain export-params --workdir=runs/demo",
                           ("config", "workdir", "step")),
