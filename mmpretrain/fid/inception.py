@@ -6,6 +6,8 @@ Modules and parameters carry torchvision's names (`Mixed_6b.branch7x7_2.conv.wei
 `….bn.running_var`), so the weights file maps onto them one to one; its convolution
 kernels [O, I, kh, kw] are stored here as [kh, kw, I, O] (NHWC activations).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,11 +223,17 @@ def _torch_name(path) -> str:
   return ".".join([*module, "weight" if leaf == "kernel" else leaf])
 
 
+@functools.cache
+def _abstract():
+  """The network's graph and its parameters' shapes (traced once: it takes a while)."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: FIDInceptionV3(rngs=nnx.Rngs(0))))
+  return graphdef, tuple(nnx.to_flat_state(state))
+
+
 def expected_tensors() -> dict[str, tuple[int, ...]]:
   """Every tensor the weights file must hold, by torch name, with its torch shape."""
-  abstract = nnx.eval_shape(lambda: FIDInceptionV3(rngs=nnx.Rngs(0)))
   shapes = {}
-  for path, leaf in nnx.to_flat_state(nnx.state(abstract)):
+  for path, leaf in _abstract()[1]:
     shape = leaf.shape
     shapes[_torch_name(path)] = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 \
         else shape
@@ -254,9 +262,9 @@ def load_inception(path: str) -> FIDInceptionV3:
     more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
     raise ValueError(f"{path}: unexpected tensor {unexpected[0]}{more}; is this "
                      f"pytorch-fid's {WEIGHTS_FILE}?")
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: FIDInceptionV3(rngs=nnx.Rngs(0))))
+  graphdef, leaves = _abstract()
   values = {}
-  for path_, leaf in nnx.to_flat_state(abstract):
+  for path_, leaf in leaves:
     value = np.asarray(tensors[_torch_name(path_)], np.float32)
     if value.ndim == 4:
       value = value.transpose(2, 3, 1, 0)
