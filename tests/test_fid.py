@@ -194,7 +194,7 @@ def test_cli_writes_a_folders_statistics_and_reads_pytorch_fids(fid_setup, capsy
 @pytest.mark.slow
 def test_fid_of_two_folders_matches_pytorch_fid(fid_setup, capsys):
   """All 2048 dimensions, end to end. Prints the parity figures docs/fid.md quotes
-  (`pytest tests/test_fid.py -m slow -rP`)."""
+  (`pytest tests/test_fid.py -m slow`)."""
   root = fid_setup["root"]
   code, out, err = run_cli(capsys, f"--real={root / 'real'}", f"--fake={root / 'fake'}",
                            f"--inception={fid_setup['weights']}")
