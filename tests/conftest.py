@@ -7,6 +7,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # pylint: disable=wrong-import-position
 
+
+def _import_torchvision_without_its_kernels():
+  """torchvision 0.28 from the registry is the CUDA wheel: beside the CPU torch its C++ ops
+  are missing and its import fails registering fake kernels for them. The references the
+  tests use (pytorch-fid's Inception, transformers' image models, which import torchvision
+  when it is installed) run plain torch ops only, so the registration is skipped once,
+  here, before any test imports torchvision."""
+  from unittest import mock  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  with mock.patch.object(torch.library, "register_fake", lambda *a, **k: (lambda fn: fn)):
+    import torchvision  # pylint: disable=import-outside-toplevel,unused-import  # noqa: F401
+
+
+_import_torchvision_without_its_kernels()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = "tokenizer_512.model"        # the session's tokenizer, in data_dir
 sys.path.insert(0, os.path.join(ROOT, "configs"))

@@ -25,13 +25,10 @@ from mmpretrain.fid.resize import resize_bilinear
 from mmpretrain.fid.score import FeatureExtractor
 from mmpretrain.fid.statistics import frechet_distance, statistics
 
-# torchvision 0.28 is the CUDA wheel: beside the CPU torch its C++ ops are missing and its
-# import fails registering fake kernels for them. Inception uses plain torch ops only, so
-# the registration is skipped while torchvision loads.
-with mock.patch.object(torch.library, "register_fake", lambda *a, **k: (lambda fn: fn)):
-  import torchvision
-  from pytorch_fid import fid_score
-  from pytorch_fid import inception as reference
+# conftest.py has loaded torchvision past its missing CUDA kernels.
+import torchvision  # pylint: disable=wrong-import-order
+from pytorch_fid import fid_score  # pylint: disable=wrong-import-order
+from pytorch_fid import inception as reference  # pylint: disable=wrong-import-order
 
 SIDE, PER_SET = 64, 16          # small images, resized to 299² by both implementations
 
