@@ -17,6 +17,7 @@ ALLOWED = {
     "mmpretrain.data": BASE | {"mmpretrain.tokenizers.text"},
     "mmpretrain.diffusion": BASE,
     "mmpretrain.fid": BASE,
+    "mmpretrain.vqa": BASE,
     "mmpretrain.run": BASE | {"mmpretrain.data", "mmpretrain.tokenizers", "mmpretrain.model",
                               "mmpretrain.diffusion"},
     "mmpretrain.generate": BASE | {"mmpretrain.data", "mmpretrain.tokenizers",
