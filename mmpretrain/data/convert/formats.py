@@ -34,6 +34,8 @@ IMAGE_TEXT = {"image": _BYTES, "caption": tfds.features.Text()}
 VIDEO = {"frames": _BYTES_LIST, "fps": np.float32, "caption": tfds.features.Text()}
 EPISODES = {"frames": _BYTES_LIST, "actions": tfds.features.Sequence(tfds.features.Text()),
             "mission": tfds.features.Text()}
+VQA = {"image": _BYTES, "question": tfds.features.Text(),
+       "answers": tfds.features.Sequence(tfds.features.Text())}
 
 
 class Corrupt(Exception):
@@ -215,6 +217,26 @@ def read_image_folder(piece, o: SourceOptions) -> Records:
                                                   "caption": caption})
 
 
+def read_vqa_jsonl(piece, o: SourceOptions) -> Records:
+  """JSON lines of questions: `image` (a path relative to the file), `question` and
+  `answers` (every annotator's answer, a list)."""
+  directory = storage.parent(piece.path)
+  for key, line in _keyed_lines(piece, o):
+    try:
+      entry = _json(line)
+      image, question, answers = entry["image"], entry["question"], entry["answers"]
+      if not isinstance(answers, list) or not answers:
+        raise Corrupt("bad_answers")
+      data = checked_image(storage.read_bytes(storage.join(directory, image)))
+      yield key, {"image": data, "question": str(question), "answers": [str(a) for a in answers]}
+    except (KeyError, TypeError):
+      yield key, Corrupt("missing_field")
+    except FileNotFoundError:
+      yield key, Corrupt("missing_file")
+    except Corrupt as e:
+      yield key, e
+
+
 def video_frames(data: bytes, o: SourceOptions) -> np.ndarray:
   """The first `max_frames` frames at `fps`, frame_size² RGB."""
   frames = []
@@ -313,6 +335,7 @@ FORMATS = {
     "image_parquet": Format(read_image_parquet, IMAGE_TEXT, "row_groups"),
     "image_folder": Format(read_image_folder, IMAGE_TEXT, "list"),
     "video_folder": Format(read_video_folder, VIDEO, "list"),
+    "vqa_jsonl": Format(read_vqa_jsonl, VQA, "list"),
     "episodes": Format(read_episodes, EPISODES, "file"),
     "episode_list": Format(read_episode_list, EPISODES, "list"),
 }
