@@ -34,6 +34,11 @@ def check_key_exists(config: ml_collections.ConfigDict, key: str) -> None:
     walked.append(name)
 
 
+def tokens_per_step(config) -> int:
+  """Token positions one train step holds, padding included: batch_size × seq_len."""
+  return config.data.batch_size * config.data.seq_len
+
+
 def _require(ok: bool, key: str, problem: str, fix: str):
   if not ok:
     refuse(key, problem, fix)

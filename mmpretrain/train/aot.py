@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from mmpretrain import sharding
+from mmpretrain.config import tokens_per_step
 from mmpretrain.hardware import CHIPS
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data.synthetic import interleaved_batch
@@ -425,7 +426,7 @@ def report(config, topology: str, num_slices: int = 1) -> dict:
     return {**where, "fits": False, "compiler": str(e),
             "compile_s": time.perf_counter() - start}
   cost = estimated_cost(config, devices)
-  tokens = config.data.batch_size * config.data.seq_len
+  tokens = tokens_per_step(config)
   model_flops = train_flops_per_token(config) * tokens
   # A text-only config (no frames in a row) draws no images.
   sampler = sampler_report(config, devices, chip) if config.data.max_frames else {}
@@ -458,7 +459,7 @@ def eval_report(config, topology: str, num_slices: int = 1) -> dict:
     return {**where, "fits": False, "compiler": str(e),
             "compile_s": time.perf_counter() - start}
   cost = layer_extrapolation(config, lambda c: eval_step_cost(c, devices))
-  tokens = config.data.batch_size * config.data.seq_len
+  tokens = tokens_per_step(config)
   model_flops = train_flops_per_token(config) / 3 * tokens
   return {**where, **_memory(executable.memory_analysis(), chip), "model_flops": model_flops,
           "xla_flops": cost["flops"], "optimal_seconds": cost["optimal_seconds"],
