@@ -213,6 +213,9 @@ def get_config(arg=None):
   # --- Training loop ---
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 10_000
+  # > 0: the run's length in tokens instead (e.g. 5.2e11); steps = ceil(tokens /
+  # (data.batch_size × data.seq_len)), padding included. Set num_steps = 0 with it.
+  c.train.tokens = 0.0
   c.train.log_every = 10                 # logs step_s, tokens/s, MFU (accelerators), memory
   c.train.profile_start = 10             # first step of the jax.profiler trace (after compiling)
   c.train.profile_steps = 0              # steps traced into <workdir>/profile; 0: no trace

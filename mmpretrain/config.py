@@ -1,11 +1,12 @@
 """Config loading and validation: bad values fail at start with the key and the fix."""
 import difflib
 import importlib.util
+import math
 import os
 
 import ml_collections
 
-from mmpretrain.config_rules import ConfigError, check_values, refuse
+from mmpretrain.config_rules import MAX_STEPS, ConfigError, check_values, refuse
 
 STREAMS = ("text", "image_text", "video", "action_video")
 
@@ -37,6 +38,15 @@ def check_key_exists(config: ml_collections.ConfigDict, key: str) -> None:
 def tokens_per_step(config) -> int:
   """Token positions one train step holds, padding included: batch_size × seq_len."""
   return config.data.batch_size * config.data.seq_len
+
+
+def train_steps(config) -> int:
+  """The run's length in steps: train.num_steps, or — when train.tokens is positive — the
+  steps that hold that many tokens, rounded up."""
+  tokens = config.train.get("tokens", 0)     # absent from the config.json of older runs
+  if tokens > 0:
+    return math.ceil(tokens / tokens_per_step(config))
+  return config.train.num_steps
 
 
 def _require(ok: bool, key: str, problem: str, fix: str):
@@ -76,6 +86,22 @@ def _validate_moe(m):
   _require(0 <= moe.first_dense_layers < m.num_layers, "model.moe.first_dense_layers",
            f"must lie in [0, num_layers={m.num_layers}), got {moe.first_dense_layers}",
            "Leave at least one layer for MoE, or set model.moe.num_experts=0")
+
+
+def _validate_length(c):
+  tokens, num_steps = c.train.get("tokens", 0), c.train.num_steps
+  _require(not (tokens > 0 and num_steps > 0), "train.tokens",
+           f"{tokens:g} tokens and train.num_steps={num_steps} both set the run's length",
+           "Size it by one: --config.train.num_steps=0 to train on train.tokens, or "
+           "--config.train.tokens=0 to train for train.num_steps")
+  steps = train_steps(c)
+  _require(steps <= MAX_STEPS, "train.tokens",
+           f"{tokens:g} tokens take {steps} steps of {tokens_per_step(c)} tokens, more than "
+           f"the step counter holds ({MAX_STEPS})", "Train on fewer tokens a run")
+  _require(c.optimizer.warmup_steps < steps or steps == 0, "optimizer.warmup_steps",
+           f"warmup ({c.optimizer.warmup_steps}) must be shorter than the run's {steps} steps "
+           "(train.num_steps, or train.tokens / tokens per step)",
+           "Lower the warmup or train longer")
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -133,7 +159,5 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "eval.batch_size",
            f"{held_out} rows do not split into model.moe.capacity_group_rows="
            f"{m.moe.capacity_group_rows}", "Use a multiple of model.moe.capacity_group_rows")
-  _require(o.warmup_steps < c.train.num_steps or c.train.num_steps == 0, "optimizer.warmup_steps",
-           f"warmup ({o.warmup_steps}) must be shorter than train.num_steps ({c.train.num_steps})",
-           "Lower the warmup or train longer")
+  _validate_length(c)
   return c

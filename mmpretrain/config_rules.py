@@ -9,6 +9,7 @@ import fnmatch
 import math
 
 MAX_STEPS = 2**31 - 1        # the step counter is int32
+MAX_TOKENS = 2.0**53         # tokens of a run: counts a float64 (JSON, TensorBoard) holds exactly
 MAX_SIZE = 2**24             # tokens in a row, rows in a batch, hidden units, vocabulary
 MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, images in an eval
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
@@ -237,6 +238,7 @@ RULES = {
     "optimizer.grad_accum_steps": COUNT,
     # loop, evaluation, checkpoints, analyses
     "train.num_steps": STEPS,
+    "train.tokens": Real(0.0, MAX_TOKENS),
     "train.log_every": Int(1, MAX_STEPS),
     "train.profile_start": Int(0, MAX_STEPS),
     "train.profile_steps": Int(0, MAX_STEPS),

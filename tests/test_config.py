@@ -277,3 +277,29 @@ def test_every_remat_choice_names_a_jax_policy():
   assert transformer.remat_policy("none") is None
   for name in set(config_rules.REMAT_POLICIES) - {"none"}:
     assert callable(transformer.remat_policy(name)), name
+
+
+def test_train_tokens_sets_the_steps_rounded_up_and_never_beside_num_steps():
+  c = base.get_config()
+  per_step = 8 * 512                      # base: 8 rows of 512 token positions
+  assert (c.data.batch_size, c.data.seq_len) == (8, 512)
+  c.train.num_steps, c.optimizer.warmup_steps = 0, 2
+  for tokens, steps in ((per_step * 1000.0, 1000), (per_step * 1000.0 + 1, 1001),
+                        (5.2e11, 126_953_125)):
+    c.train.tokens = tokens
+    assert config_lib.train_steps(config_lib.validate(c)) == steps
+  c.train.num_steps = 5
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.train\.tokens: 5\.2e\+11 tokens "
+                     r"and train\.num_steps=5 both set the run's length\. .*num_steps=0.*"
+                     r"tokens=0"):
+    config_lib.validate(c)
+  c.train.tokens = 0.0                    # steps alone, as before
+  assert config_lib.train_steps(config_lib.validate(c)) == 5
+  c.optimizer.warmup_steps, c.train.num_steps, c.train.tokens = 200, 0, per_step * 150.0
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.optimizer\.warmup_steps: warmup "
+                     r"\(200\) must be shorter than the run's 150 steps"):
+    config_lib.validate(c)
+  c.train.tokens = per_step * 2.0**32
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.train\.tokens: .* 4294967296 "
+                     "steps"):
+    config_lib.validate(c)

@@ -66,6 +66,13 @@ def write_samples(run, params, step: int, tok, workdir: str,
   return path
 
 
+def run_length(config) -> dict:
+  """How long the run is, and which key said so (train.tokens or train.num_steps)."""
+  steps, per_step = config_lib.train_steps(config), config_lib.tokens_per_step(config)
+  return {"num_steps": steps, "tokens_per_step": per_step, "tokens": steps * per_step,
+          "set_by": "train.tokens" if config.train.get("tokens", 0) > 0 else "train.num_steps"}
+
+
 class NonFiniteLoss(FloatingPointError):
   """The loss or gradient went non-finite under train.nonfinite='stop'."""
 
@@ -107,7 +114,12 @@ class TrainLoop:
     self.throughput = Throughput(config, jax.devices(), self.start)
     self.profile = ProfileWindow(workdir, config.train.profile_start, config.train.profile_steps)
     self.history, self.evaluations = [], []
-    self.num_steps = config.train.num_steps
+    self.length = run_length(config)
+    self.num_steps = self.length["num_steps"]
+    if self.is_main:
+      print(f"train: {self.length['num_steps']:,} steps of {self.length['tokens_per_step']:,} "
+            f"tokens = {self.length['tokens']:,} tokens (set by {self.length['set_by']}), from "
+            f"step {self.start}", flush=True)
 
   def steps(self):
     return tqdm(range(self.start, self.num_steps), desc="train", disable=not self.is_main,
@@ -174,7 +186,7 @@ class TrainLoop:
     history = self.history
     summary = {"first": history[0] if history else None,
                "last": history[-1] if history else None, "resumed_from": self.start,
-               "preempted": preempted, "is_main": self.is_main,
+               "preempted": preempted, "is_main": self.is_main, "length": self.length,
                "eval": self.evaluations[-1] if self.evaluations else None}
     if not preempted:
       samples = write_samples(self.run, self.state.params, int(self.state.step), self.tok,
@@ -190,8 +202,9 @@ class TrainLoop:
 
 
 def train(config, workdir: str) -> dict:
-  """Trains to config.train.num_steps in `workdir`, resuming from its newest complete
-  checkpoint; returns the first and last metrics of this invocation (and the sample path).
+  """Trains for the run's length (train.num_steps, or train.tokens) in `workdir`, resuming
+  from its newest complete checkpoint; returns the first and last metrics of this
+  invocation (and the sample path).
 
   SIGTERM saves a checkpoint after the current step and returns early.
   """

@@ -10,6 +10,7 @@ from flax import nnx
 
 from mmpretrain import sharding
 from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS
+from mmpretrain.config import train_steps
 from mmpretrain.run import Run, abstract_arrays
 from mmpretrain.tokenizers.visual import frame_latent_tokens
 from mmpretrain.train import objective
@@ -92,8 +93,8 @@ class Trainer(RunLoss):
   def __init__(self, run: Run, byte_lengths):
     super().__init__(run, byte_lengths)
     config, mesh = run.config, run.mesh
-    self.tx = make_optimizer(config.optimizer, config.train.num_steps)
-    self.schedule = learning_rate_schedule(config.optimizer, config.train.num_steps)
+    self.tx = make_optimizer(config.optimizer, train_steps(config))
+    self.schedule = learning_rate_schedule(config.optimizer, train_steps(config))
     self.state_sharding = None
     if mesh is None:
       self._step = jax.jit(self._train_step, donate_argnums=0)
