@@ -63,7 +63,7 @@ world-model: install
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=10 tests
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal --durations=20 tests
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow --durations=10 tests

@@ -62,6 +62,7 @@ setup(
                     "cuda": ["jax[cuda13]>=0.10.2,<0.11"],
                     "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
                     "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "torch==2.13.0",
+                             "filelock>=3.12",   # one data_dir for all pytest workers
                              # pytorch-fid: the FID reference; torchvision 0.28 is the
                              # release built against torch 2.13.0.
                              "pytorch-fid==0.3.0", "torchvision==0.28.0", "setuptools",

@@ -1,9 +1,16 @@
 """Shared fixtures. 8 virtual CPU devices so mesh code runs on real (virtual) meshes."""
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests, their pytest-xdist workers and the runs they start compile the same small
+# programs: one compilation cache for the whole session (set before the workers start, so
+# they and every subprocess inherit it) compiles each once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmpretrain-tests-jax-")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import pytest  # pylint: disable=wrong-import-position
 
@@ -97,18 +104,27 @@ def all_streams_config(data_dir: str):
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  """Every built-in dataset and a small tokenizer, made by `prepare` as a user would."""
+def data_dir(tmp_path_factory, worker_id):
+  """Every built-in dataset and a small tokenizer, made by `prepare` as a user would.
+  Tests only read it, so the pytest-xdist workers share one: the first to ask makes it
+  while the others wait on a lock."""
   # pylint: disable=import-outside-toplevel
   import shutil
+  import filelock
   from mmpretrain.data.pipeline import tokenizer_path
   from mmpretrain.data.prepare import datasets_in_use, prepare
-  path = str(tmp_path_factory.mktemp("data"))
-  config = tiny_config(path)
-  config.data.tokenizer.path = ""        # trained under its corpus's name, as for a user
-  prepare(config, datasets_in_use(all_streams_config(path)))
-  shutil.copy(tokenizer_path(config), os.path.join(path, TOKENIZER))
-  return path
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent                   # the session's directory, above each worker's
+  path, made = root / "data", root / "data.made"
+  with filelock.FileLock(str(root / "data.lock")):
+    if not made.exists():
+      config = tiny_config(str(path))
+      config.data.tokenizer.path = ""    # trained under its corpus's name, as for a user
+      prepare(config, datasets_in_use(all_streams_config(str(path))))
+      shutil.copy(tokenizer_path(config), path / TOKENIZER)
+      made.touch()
+  return str(path)
 
 
 @pytest.fixture
