@@ -33,7 +33,7 @@ SCRIPTS = {
     "prepare.py": {
         "text_records_per_s_1_worker", "text_records_per_s_2_workers", "text_scaling",
         "text_beam_over_loop", "images_records_per_s_1_worker", "images_scaling",
-        "images_beam_over_loop"},
+        "images_beam_over_loop", "fixed_s_1_worker", "fixed_s_2_workers"},
     "checkpoint.py": {
         "state_mb", "save_mb_per_s", "restore_mb_per_s", "save_vs_file_write",
         "async_block_fraction"},
@@ -66,11 +66,11 @@ def test_every_benchmark_script_has_a_smoke_run():
                      if f.endswith(".py") and f != "smoke.py"}
 
 
-# The MoE overhead, encoder and latent cache smokes (~20-25 s each) run with make
-# test-slow, and so does the TPU compiles of moe_tpu.py and attention_tpu.py (skipped
-# without libtpu: make install-tpu).
+# The smokes that compile several models run with make test-slow, and so do the TPU
+# compiles of moe_tpu.py and attention_tpu.py (skipped without libtpu: make install-tpu).
 SLOW_SMOKES = ("moe_overhead.py", "encoder.py --config=configs/demo.py",
-               "latent_cache.py --config=configs/demo.py")
+               "latent_cache.py --config=configs/demo.py", "generation.py --config=configs/demo.py",
+               "ffn_local.py", "checkpoint.py")
 NEEDS_LIBTPU = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="no libtpu: make install-tpu")
 

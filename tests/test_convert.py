@@ -423,6 +423,7 @@ def test_the_cli_converts_own_corpus_from_gzipped_json_lines(corpus, tmp_path, d
   assert sorted(text["train"] + text["validation"]) == sorted(DOCS)
 
 
+@pytest.mark.slow     # prepare, then a training run: make test-slow
 def test_prepare_converts_what_the_config_names_and_a_run_trains_on_it(corpus, tmp_path,
                                                                        data_dir):
   config = tiny_config(str(tmp_path / "data"))
