@@ -1,12 +1,14 @@
 """`mmpretrain prepare` throughput: the Beam conversion of a corpus made here.
 
-  python benchmarks/prepare.py [--text_docs=300000] [--images=16000]
+  python benchmarks/prepare.py [--text_docs=1500000] [--images=96000]
 
 Prints one JSON line: records/s converting JSON-lines text and webdataset images with
 Beam's local runner at 1 and 2 worker processes (`scaling` = 2 ÷ 1, target ≥ 1.6 on 2
 cores), and the same readers and shard writer called in a plain loop with no Beam
 (`beam_over_loop` = 1 worker ÷ loop, target ≥ 0.8). Every rate includes the run's fixed
-costs: Beam's start, planning, publishing.
+costs (Beam's start, planning, publishing), which are also measured alone: the seconds of
+a run over one tiny piece (`fixed_s_*`). The default corpus is large enough for the
+fixed costs to be a small part of each run, as they are of a real corpus.
 """
 import argparse
 import io
@@ -89,6 +91,14 @@ def loop_rate(source: dict, out: str, name: str) -> float:
   return sum(counts["examples"].values()) / (time.perf_counter() - started)
 
 
+def fixed_seconds(root: str, workers: int, out: str) -> float:
+  """Seconds of a conversion of a few records: the runner's start, planning, publishing."""
+  train = make_text(os.path.join(root, f"fixed_{workers}"), 64)
+  result = build.build_dataset({"format": "jsonl", "train": train, "workers": workers,
+                                "validation_fraction": 0.25}, f"fixed_{workers}", out)
+  return _seconds(result)
+
+
 def measure(name: str, source: dict, out: str) -> dict:
   one = beam_rate(source, 1, out, f"{name}_1")
   two = beam_rate(source, 2, out, f"{name}_2")
@@ -101,8 +111,8 @@ def measure(name: str, source: dict, out: str) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--text_docs", type=int, default=300_000)
-  parser.add_argument("--images", type=int, default=16_000)
+  parser.add_argument("--text_docs", type=int, default=1_500_000)
+  parser.add_argument("--images", type=int, default=96_000)
   smoke.add_flag(parser)
   args = parser.parse_args()
   if args.smoke:
@@ -113,6 +123,8 @@ def main():
   images = make_images(root, args.images)
   text_bytes = os.path.getsize(f"{root}/text/docs.jsonl")
   figures = {"text_docs": args.text_docs, "images": args.images, "cores": os.cpu_count()}
+  for workers, key in ((1, "fixed_s_1_worker"), (2, "fixed_s_2_workers")):
+    figures[key] = round(fixed_seconds(root, workers, f"{root}/out"), 2)
   figures |= measure("text", {"format": "jsonl", "train": text, "validation_fraction": 0.05,
                               "piece_bytes": -(-text_bytes // PIECES)}, f"{root}/out")
   figures |= measure("images", {"format": "webdataset", "train": images,
