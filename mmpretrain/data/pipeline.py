@@ -2,9 +2,10 @@
 
 Each stream is a grain MapDataset of documents (shuffled, repeated, with a per-record RNG
 so the whole stream is a deterministic function of the seed). Streams are mixed by the
-config's weights, split into `config.data.shards` data shards (disjoint records), each
-packed into rows and batched, optionally in worker processes. A process iterates the shards
-its devices need; the iterator's state is checkpointable per shard.
+config's weights (shares of documents or of tokens: data/mixture.py), split into
+`config.data.shards` data shards (disjoint records), each packed into rows and batched,
+optionally in worker processes. A process iterates the shards its devices need; the
+iterator's state is checkpointable per shard.
 """
 import hashlib
 import json
@@ -15,7 +16,7 @@ import numpy as np
 from absl import flags
 
 from mmpretrain.batch import RowSpec
-from mmpretrain.data import builders, documents, latent_cache, records, streams
+from mmpretrain.data import builders, documents, latent_cache, mixture, records, streams
 from mmpretrain.data.packing import PackIterDataset
 from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
 
@@ -80,8 +81,10 @@ def canonical(record: dict, fields, needed: tuple[str, ...], dataset: str) -> di
 
 
 def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: int,
-                     shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
-  """A stream's datasets, each shuffled, repeated and turned into documents, then mixed.
+                     shard: tuple[int, int] = (0, 1),
+                     weights: dict[str, float] | None = None) -> grain.MapDataset:
+  """A stream's datasets, each shuffled, repeated and turned into documents, then mixed by
+  `weights` (documents per dataset; default: the config's weights as document shares).
 
   The per-record RNG of `random_map` depends on the seed and the position in the repeated
   stream, so every epoch draws fresh crops, orderings and caption dropouts, reproducibly.
@@ -90,10 +93,9 @@ def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: 
   """
   needed, make_document = streams.STREAMS[stream]
   ctx = streams.StreamContext(config, tok, stream)
-  parts, weights = [], []
-  for name, weight in sorted(config.data.streams[stream].datasets.items()):
-    if weight <= 0:
-      continue
+  weights = mixture.stream_datasets(config, stream) if weights is None else weights
+  parts = []
+  for name in sorted(weights):
     fields = config.data.datasets[name].fields
 
     def to_document(record, rng, fields=fields, name=name):
@@ -106,28 +108,30 @@ def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: 
     shard_records = dataset_records(config, name, split,
                                     config.visual.cached_latents)[shard[0]::shard[1]]
     parts.append(shard_records.shuffle(seed=seed).repeat().random_map(to_document, seed=seed))
-    weights.append(weight)
-  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(
+      parts, [weights[name] for name in sorted(weights)])
 
 
 def document_mixture(config, tok: TextTokenizer, split: str, seed: int,
-                     shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
-  """The configured streams mixed by `config.data.mixture` (weight 0 leaves one out)."""
-  parts, weights = [], []
-  for stream, weight in sorted(config.data.mixture.items()):
-    if weight > 0:
-      parts.append(stream_documents(config, tok, stream, split, seed, shard))
-      weights.append(weight)
-  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+                     shard: tuple[int, int] = (0, 1),
+                     weights: mixture.Weights | None = None) -> grain.MapDataset:
+  """The configured streams mixed by `weights` (mixture.document_weights; default: the
+  config's weights as document shares), a stream of weight 0 left out."""
+  weights = weights or mixture.document_weights(config)
+  parts = [stream_documents(config, tok, stream, split, seed, shard, weights.datasets[stream])
+           for stream in sorted(weights.streams)]
+  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(
+      parts, [weights.streams[stream] for stream in sorted(weights.streams)])
 
 
-def shard_batches(config, tok: TextTokenizer, spec: RowSpec, shard: int, split: str, seed: int):
+def shard_batches(config, tok: TextTokenizer, spec: RowSpec, shard: int, split: str, seed: int,
+                  weights: mixture.Weights | None = None):
   """A grain iterator over batches of data shard `shard`: batch_size/shards packed rows.
 
   Shard s draws its crops, orders and dropouts with seed + s, independent of the others.
   """
   data = config.data
-  docs = document_mixture(config, tok, split, seed + shard, (shard, data.shards))
+  docs = document_mixture(config, tok, split, seed + shard, (shard, data.shards), weights)
   rows = PackIterDataset(docs.to_iter_dataset(), spec)
   batches = rows.batch(data.batch_size // data.shards, drop_remainder=True)
   if data.num_workers > 0:
@@ -182,7 +186,8 @@ def make_batches(config, tok: TextTokenizer, spec: RowSpec, *, split: str = "tra
   `jax.make_array_from_process_local_data` assembles the global batch.
   """
   seed = config.seed if seed is None else seed
-  return ShardedBatches({s: shard_batches(config, tok, spec, s, split, seed)
+  weights = mixture.document_weights(config, spec.tokens_per_frame, tokenizer_path(config))
+  return ShardedBatches({s: shard_batches(config, tok, spec, s, split, seed, weights)
                          for s in shards_of_rows(config, rows)}, config.data.shards)
 
 

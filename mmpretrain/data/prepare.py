@@ -7,7 +7,8 @@ datasets hold.
 """
 
 from mmpretrain import storage
-from mmpretrain.data import builders, latent_cache, pipeline, records, streams, token_counts
+from mmpretrain.data import (builders, latent_cache, mixture, pipeline, records, streams,
+                             token_counts)
 from mmpretrain.data.convert import SOURCE_DEFAULTS, Runner
 from mmpretrain.data.convert.build import build_dataset
 from mmpretrain.data.pipeline import datasets_in_use
@@ -82,8 +83,9 @@ class NotReady(RuntimeError):
 
 
 def check_prepared(config) -> list[str]:
-  """What a run of `config` reads, all present: the datasets' train splits and the
-  tokenizer (their paths). Raises NotReady naming everything missing and the command."""
+  """What a run of `config` reads, all present: the datasets' train splits, the tokenizer
+  and, for a mixture in tokens, the datasets' token counts (their paths). Raises NotReady
+  naming everything missing and the command."""
   found, missing, present = [], [], []
   for name in datasets_in_use(config):
     spec = config.data.datasets[name]
@@ -108,6 +110,12 @@ def check_prepared(config) -> list[str]:
   path = pipeline.tokenizer_path(config)
   if storage.exists(path):
     found.append(path)
+    if config.data.get("mixture_unit", "documents") == "tokens":
+      for name in present:       # the mixture in tokens reads every dataset's counts
+        try:
+          found.append(mixture.counts_file(config, name, path))
+        except mixture.MissingTokenCounts as e:
+          missing.append(str(e))
   else:
     missing.append(f"tokenizer {path} is missing")
   if missing:
