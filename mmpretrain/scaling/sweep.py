@@ -64,19 +64,33 @@ def with_overrides(config, overrides: dict):
 
 
 def isoflop_plan(config, config_arg: str) -> list[Run]:
-  """budgets × widths -> runs that spend each budget (model FLOPs) at each width."""
+  """budgets × widths -> runs that spend each budget (model FLOPs) at each width, counted
+  on the config's own packed batches."""
   s = config.scaling
   tok = pipeline.load_tokenizer(config)
   batches = pipeline.make_batches(config, tok, row_spec(config))
   counts = mean_token_counts([next(batches) for _ in range(s.count_batches)])
+
+  def per_step(sized, params) -> dict:
+    flops = step_flops(sized, counts, params)
+    return {"text_tokens": counts.text, "visual_tokens": counts.visual,
+            "tokens": counts.text + counts.visual, "text_flops": flops.text,
+            "visual_flops": flops.visual, "flops": flops.model}
+  return isoflop_grid(config, config_arg, per_step)
+
+
+def isoflop_grid(config, config_arg: str, per_step) -> list[Run]:
+  """budgets × widths -> runs; `per_step(sized config, MatmulParams)` gives a step's figures
+  for the plan (tokens, FLOPs, ...), whose "flops" each run's steps spend its budget in."""
+  s = config.scaling
   runs = []
-  for budget in s.budgets:
-    for width in s.widths:
-      shape = model_shape(s, width)
-      sized = with_overrides(config, shape)
-      params = matmul_params(sized)
-      flops = step_flops(sized, counts, params)
-      steps = int(round(budget / flops.model))
+  for width in s.widths:
+    shape = model_shape(s, width)
+    sized = with_overrides(config, shape)
+    params = matmul_params(sized)
+    step = per_step(sized, params)
+    for budget in s.budgets:
+      steps = int(round(budget / step["flops"]))
       if steps < s.min_steps:
         continue              # too big for this budget: fewer steps than warmup makes sense
       overrides = {**shape, "train.num_steps": steps,
@@ -90,14 +104,12 @@ def isoflop_plan(config, config_arg: str) -> list[Run]:
           plan={"budget": budget, "width": width, "layers": shape["model.num_layers"],
                 "params": params.decoder, "params_with_heads": params.decoder
                 + params.lm_head + params.flow_head, "steps": steps,
-                "text_tokens": steps * counts.text, "visual_tokens": steps * counts.visual,
-                "tokens": steps * (counts.text + counts.visual),
-                "text_flops": steps * flops.text, "visual_flops": steps * flops.visual,
-                "flops": steps * flops.model}))
+                **{key: steps * value for key, value in step.items()}}))
   if not runs:
     raise ValueError("no run fits: every width needs fewer than scaling.min_steps steps; "
                      "raise scaling.budgets or lower scaling.widths")
-  return runs
+  return sorted(runs, key=lambda r: (s.budgets.index(r.plan["budget"]),
+                                     s.widths.index(r.plan["width"])))
 
 
 def config_variants(path: str) -> tuple[str, ...] | None:
