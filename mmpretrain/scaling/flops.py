@@ -77,19 +77,20 @@ def matmul_params(config) -> MatmulParams:
       flow_head=int(round(whole[layers.VISUAL] - decoder[layers.VISUAL])))
 
 
-def active_matmul_params(config) -> int:
+def active_matmul_params(config, params: MatmulParams | None = None) -> int:
   """Matmul parameters per token, LM head and flow head both included (the 6·N rule's N
   for a model that reads and writes both modalities)."""
-  p = matmul_params(config)
+  p = params or matmul_params(config)
   return p.decoder + p.lm_head + p.flow_head
 
 
-def train_flops_per_token(config) -> float:
+def train_flops_per_token(config, params: MatmulParams | None = None) -> float:
   """6·N_active for forward+backward matmuls, plus 12·layers·heads·head_dim·seq_len for the
-  full L×L attention scores and weighted sums that a dense kernel computes."""
+  full L×L attention scores and weighted sums that a dense kernel computes. `params`: the
+  config's matmul_params, when the caller has them already."""
   m = config.model
   attention = 12 * m.num_layers * m.num_heads * m.head_dim * config.data.seq_len
-  return 6 * active_matmul_params(config) + attention
+  return 6 * active_matmul_params(config, params) + attention
 
 
 @dataclasses.dataclass(frozen=True)
