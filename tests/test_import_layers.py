@@ -26,6 +26,10 @@ ALLOWED = {
                                 "mmpretrain.tokenizers", "mmpretrain.encoders", "mmpretrain.model",
                                 "mmpretrain.diffusion", "mmpretrain.run", "mmpretrain.generate",
                                 "mmpretrain.stages", "mmpretrain.scaling"},
+    # The paper's experiments plan and report runs; training them is the launchers' job.
+    "mmpretrain.study": BASE | {"mmpretrain.config", "mmpretrain.data", "mmpretrain.tokenizers",
+                                "mmpretrain.model", "mmpretrain.diffusion", "mmpretrain.run",
+                                "mmpretrain.scaling"},
 }
 
 
