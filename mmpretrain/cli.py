@@ -73,11 +73,20 @@ _OUT = flags.DEFINE_string("out", None, "sweep: the sweep's directory (plan.json
                            "results.jsonl).")
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu"], "sweep: run here one "
                               "after another, or print the TPU launcher commands.")
-_RESULTS = flags.DEFINE_string("results", None, "fit: a sweep's results.jsonl.")
+_RESULTS = flags.DEFINE_string("results", None, "fit, study: a sweep's results.jsonl (study "
+                                "also takes the directory that holds it).")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "fit: bootstrap resamples for the "
                                   "confidence intervals.")
 _METRICS = flags.DEFINE_list("metrics", None, "fit: modality=section.metric pairs (default "
                              "text=eval.text/text_loss,vision=eval.image_text/flow_loss).")
+_LIST = flags.DEFINE_boolean("list", False, "study: name every experiment of the paper, one "
+                             "line each.")
+_SCALE = flags.DEFINE_string("scale", "paper", "study: paper (configs/paper/) or mini (a "
+                             "CPU-sized base).")
+_PLAN = flags.DEFINE_boolean("plan", False, "study: print the experiment's runs: overrides, "
+                             "parameters, tokens, FLOPs, topology.")
+_REPORT = flags.DEFINE_boolean("report", False, "study: the experiment's figure and table from "
+                               "the results in --results.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample: folder for PNGs and GIFs (default "
                               "<workdir>/samples).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens generated per prompt.")
@@ -441,6 +450,51 @@ def cmd_fit():
   print(f"wrote {fit['out']}/fit.json, fit.md, isoflops.png, optima.png")
 
 
+# `mmpretrain study NAME …`: the experiment named before or between the flags.
+_NAMES: list[str] = []
+
+
+def cmd_study():
+  """Lists the paper's experiments, prints one's runs at a scale, or reports its results;
+  a plan with arms that cannot run yet exits 3 after printing why."""
+  # pylint: disable=import-outside-toplevel
+  from mmpretrain.study import listing, registry
+  from mmpretrain.study.plan import plan
+  if _LIST.value:
+    if _NAMES or _PLAN.value or _REPORT.value:
+      raise app.UsageError("--list lists every experiment: give no NAME, --plan or --report")
+    print("\n".join(listing.experiment_lines()))
+    return
+  if not (_PLAN.value or _REPORT.value):
+    raise app.UsageError("say what to do: --list, NAME --plan, or NAME --report --results=DIR")
+  if len(_NAMES) != 1:
+    raise app.UsageError(f"name one experiment, got {_NAMES or 'none'}: mmpretrain study NAME "
+                         "--plan (mmpretrain study --list names them)")
+  experiment = registry.experiment(_NAMES[0])
+  registry.check_scale(_SCALE.value)
+  if _REPORT.value and not _RESULTS.value:
+    raise app.UsageError("--report needs --results=DIR: the study's results directory")
+  planned = plan(experiment, _SCALE.value)
+  if _PLAN.value:
+    print("\n".join(listing.plan_lines(planned)))
+  if _REPORT.value:
+    # pylint: disable-next=import-outside-toplevel
+    from mmpretrain.study.report import write_report
+    results = _RESULTS.value
+    if results.endswith(".jsonl"):
+      results = storage.parent(results)
+    report = write_report(planned, results)
+    missing = [r["run"] for r in report["rows"] if r["status"] != "ok"]
+    print(f"{len(report['rows']) - len(missing)} of {len(report['rows'])} runs reported"
+          + (f"; no results for {', '.join(missing)}" if missing else ""))
+    print(f"wrote {report['table']} and {report['figure']}")
+  if _PLAN.value and planned.refused:
+    print(f"mmpretrain study: error: {experiment.name} has arms that cannot run yet ("
+          f"{', '.join(a.name for a in planned.refused)}): the plan says what each needs",
+          file=sys.stderr)
+    sys.exit(3)
+
+
 def cmd_compile():
   """Compiles the train step (or, with --program=latent_cache, the latent cache's encode
   step; with --program=train_rae, the RAE decoder's train step; with eval or sample, the
@@ -521,6 +575,7 @@ class Verb:
   summary: str                 # one line for `mmpretrain --help`
   example: str                 # a command that works after `make demo`
   flags: tuple[str, ...]       # the flags it reads (`--config.<key>=…` with --config)
+  positional: str = ""         # what words without dashes name (study: NAME), if any
 
 
 _STAGE = ("config", "workdir")
@@ -575,6 +630,10 @@ VERBS = {
     "fit": Verb(cmd_fit, "fit compute-optimal scaling laws to a sweep's results",
                 "mmpretrain fit --results=runs/scaling_mini/results.jsonl",
                 ("results", "bootstrap", "metrics")),
+    "study": Verb(cmd_study, "the paper's experiments: list them, plan one's runs at a "
+                  "scale, or report its figure and table from their results",
+                  "mmpretrain study separation --scale=paper --plan",
+                  ("list", "scale", "plan", "report", "results"), positional="NAME"),
     "compile": Verb(cmd_compile, "compile the train step for a TPU topology here (libtpu, "
                     "no TPU): memory per chip, cost-model time and MFU",
                     "mmpretrain compile --config=configs/bench/dense_ref.py --topology=v5p-8",
@@ -602,7 +661,8 @@ def overview() -> str:
 
 def verb_help(name: str) -> str:
   verb = VERBS[name]
-  lines = [f"usage: mmpretrain {name} [--flag=value ...]", "", verb.summary + ".", "",
+  words = f" [{verb.positional}]" if verb.positional else ""
+  lines = [f"usage: mmpretrain {name}{words} [--flag=value ...]", "", verb.summary + ".", "",
            "flags:"]
   for flag in verb.flags:
     f = flags.FLAGS[flag]
@@ -641,8 +701,9 @@ def _check_verb_flags(verb: str, args: list[str]) -> None:
 
 def _run(command):
   def main(argv):
-    if len(argv) > 1:
+    if len(argv) > 1 and not VERBS[command].positional:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    _NAMES[:] = argv[1:]
     if not flags.FLAGS["verbosity"].present:   # Orbax logs every save at INFO
       logging.set_verbosity(logging.WARNING)
     try:
