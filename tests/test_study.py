@@ -175,6 +175,7 @@ def test_sparsity_grows_the_total_parameters(plans):
 def test_isoflop_runs_spend_the_papers_budgets(plans, name, budgets):
   p = plans(name)
   assert {r.plan["budget"] for r in p.runs} == set(budgets)
+  assert len(p.runs) == {"isoflop_dense": 31, "isoflop_moe": 26}[name]    # docs/study.md
   base = load(p.base)
   for run in p.runs:
     c = apply(load(p.base), {k: v for k, v in run.overrides.items()
