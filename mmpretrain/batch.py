@@ -6,7 +6,8 @@ import dataclasses
 
 MODALITY_PAD, MODALITY_TEXT, MODALITY_VISUAL = 0, 1, 2
 
-# Fields the device step reads; the host also carries `skipped_<reason>` counts.
+# Fields the device step reads; the host also carries `skipped_<reason>` counts and the
+# tokens each stream packed into the row (`stream_tokens_<stream>`).
 DEVICE_FIELDS = ("tokens", "modality", "segment_ids", "block_ids", "positions",
                  "text_loss_mask", "visual_loss_mask", "frames", "frame_slot")
 
@@ -25,6 +26,11 @@ class RowSpec:
 # the dataset's files could not give back (data.on_unreadable='skip').
 SKIP_REASONS = ("corrupt", "empty", "too_long", "bad_shape", "unreadable")
 SKIP_FIELDS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS)
+
+# The streams documents come from (data/streams.py makes each); a row counts the tokens it
+# holds of each, so a run can log the token share each stream realises.
+STREAMS = ("text", "image_text", "video", "action_video")
+STREAM_TOKEN_FIELDS = tuple(f"stream_tokens_{stream}" for stream in STREAMS)
 
 # What a position is to the FFNs and the routing statistics (model/transformer.py
 # `token_kinds` derives it from `modality`; -1 = padding): text, a clean image or frame

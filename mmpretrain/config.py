@@ -6,9 +6,8 @@ import os
 
 import ml_collections
 
+from mmpretrain.batch import STREAMS
 from mmpretrain.config_rules import MAX_STEPS, ConfigError, check_values, refuse
-
-STREAMS = ("text", "image_text", "video", "action_video")
 
 
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

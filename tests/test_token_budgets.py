@@ -1,5 +1,5 @@
 """Budgets in tokens: a run sized by train.tokens trains the steps that hold them; a
-mixture in tokens packs each stream's share of tokens."""
+mixture in tokens packs each stream's share of tokens, and the run logs what it realised."""
 import contextlib
 import io
 import json
@@ -17,9 +17,11 @@ from mmpretrain.train.loop import train
 
 
 def tokens_run(data_dir):
-  """tiny_config sized by tokens: 3.5 steps' worth of 8 rows × 128 positions."""
+  """tiny_config sized by tokens: 3.5 steps' worth of 8 rows × 128 positions, its mixture
+  in tokens."""
   c = tiny_config(data_dir)
   c.train.num_steps, c.train.tokens = 0, 3.5 * 8 * 128
+  c.data.mixture_unit = "tokens"
   c.train.log_every, c.checkpoint.every_steps, c.eval.every_steps = 1, 0, 0
   c.sample.captions = []
   return c
@@ -101,12 +103,14 @@ def packed_tokens(batch) -> dict[str, int]:
 
 def realised_shares(config, tokenizer, batches: int) -> dict[str, float]:
   """Each stream's share of the tokens in the first `batches` batches, counted from the
-  rows."""
+  rows; the rows' own per-stream counts must agree batch by batch."""
   it = pipeline.make_batches(config, tokenizer, row_spec(config))
   totals = dict.fromkeys(TARGET, 0)
   for _ in range(batches):
     batch = next(it)
     counted = packed_tokens(batch)
+    assert {s: int(batch[f"stream_tokens_{s}"].sum()) for s in TARGET} == counted
+    assert int(batch["stream_tokens_video"].sum()) == 0
     totals = {s: totals[s] + counted[s] for s in TARGET}
   return {s: n / sum(totals.values()) for s, n in totals.items()}
 
@@ -138,6 +142,28 @@ def test_a_dataset_without_counts_names_itself_and_the_prepare_command(data_dir,
     prepare.check_prepared(config)                # what launch scripts check first
   config.data.mixture_unit = "documents"      # no counts needed
   next(pipeline.make_batches(config, tokenizer, row_spec(config)))
+
+
+def test_the_run_logs_each_streams_realised_token_share(tokens_workdir, data_dir, tokenizer):
+  workdir, _ = tokens_workdir
+  config = tokens_run(data_dir)
+  assert dict(config.data.mixture) == {**TARGET, "video": 0.0, "action_video": 0.0}
+  logged = [m for m in read_jsonl(workdir / "metrics.jsonl") if "train/loss" in m]
+  it = pipeline.make_batches(config, tokenizer, row_spec(config))
+  expected = [packed_tokens(next(it)) for _ in range(4)]     # the run's 4 batches
+  assert [m["step"] for m in logged] == [0, 1, 2, 3]
+  for metrics, counts in zip(logged, expected):
+    for s in TARGET:
+      assert metrics[f"data/stream_tokens/{s}"] == counts[s]
+      assert metrics[f"data/stream_token_share/{s}"] == pytest.approx(
+          counts[s] / sum(counts.values()))
+    assert "data/stream_tokens/video" not in metrics       # not in the mixture
+  with open(workdir / "summary.json", encoding="utf-8") as f:
+    summary = json.load(f)["stream_tokens"]
+  totals = {s: sum(c[s] for c in expected) for s in TARGET}
+  assert summary["tokens"] == totals and summary["target"] == TARGET
+  assert summary["share"] == pytest.approx({s: n / sum(totals.values())
+                                            for s, n in totals.items()})
 
 
 @pytest.mark.parametrize("stream, name, epochs", [

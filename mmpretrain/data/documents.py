@@ -26,6 +26,14 @@ class VisualSegment:
 Document = list  # list[TextSegment | VisualSegment]
 
 
+class StreamDocument(list):
+  """A document that knows its stream, so that packing can count each stream's tokens."""
+
+  def __init__(self, segments, stream: str):
+    super().__init__(segments)
+    self.stream = stream
+
+
 @dataclasses.dataclass
 class Skipped:
   """Stands in for a record that could not become a document (counted, never trained)."""

@@ -4,15 +4,17 @@ Text-only documents are concatenated and split across rows (each piece its own s
 a document with visual segments is never split, so no image or frame is ever cut. A
 document that can never fit (longer than a row, or more frames than a row holds) is
 skipped and counted in the row's `skipped_too_long` field; `Skipped` records from the
-streams are counted under their reason.
+streams are counted under their reason. A row also counts the tokens it took from each
+stream (`stream_tokens_<stream>`, for documents that know theirs: StreamDocument).
 """
 import grain
 import ml_dtypes
 import numpy as np
 
-from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, SKIP_REASONS, RowSpec
-from mmpretrain.data.documents import (Document, Skipped, TextSegment, document_frames,
-                                       document_length)
+from mmpretrain.batch import (MODALITY_TEXT, MODALITY_VISUAL, SKIP_REASONS, STREAM_TOKEN_FIELDS,
+                              RowSpec)
+from mmpretrain.data.documents import (Document, Skipped, StreamDocument, TextSegment,
+                                       document_frames, document_length)
 
 
 # What a row's frames hold: pixels, or cached latents (ml_dtypes: numpy's bfloat16).
@@ -36,6 +38,7 @@ class RowBuilder:
         "frame_slot": np.full(L, -1, np.int32),
         "frames": np.zeros((F, *spec.frame_shape), FRAME_DTYPES[spec.frame_dtype]),
         **{f"skipped_{reason}": np.zeros((), np.int32) for reason in SKIP_REASONS},
+        **{field: np.zeros((), np.int32) for field in STREAM_TOKEN_FIELDS},
     }
     self.length = self.num_frames = self.num_segments = self.num_blocks = 0
 
@@ -47,8 +50,11 @@ class RowBuilder:
     return (document_length(doc, self.spec.tokens_per_frame) <= self.space
             and self.num_frames + document_frames(doc) <= self.spec.max_frames)
 
-  def add(self, doc: Document) -> None:
-    """Appends a whole document as a new segment (caller checked `fits`)."""
+  def add(self, doc: Document, stream: str | None = None) -> None:
+    """Appends a whole document as a new segment (caller checked `fits`), counting its
+    tokens to `stream` if given."""
+    if stream is not None:
+      self.row[f"stream_tokens_{stream}"] += document_length(doc, self.spec.tokens_per_frame)
     self.num_segments += 1
     row, pos, T = self.row, 0, self.spec.tokens_per_frame
     for seg in doc:
@@ -153,10 +159,11 @@ class PackIterator(grain.DatasetIterator):
         builder.row[f"skipped_{reason}"] += 1
         self._carry = None
         continue
+      stream = doc.stream if isinstance(doc, StreamDocument) else None
       if self._offset:
         doc = split_text_document(doc, self._offset)[1]
       if builder.fits(doc):
-        builder.add(doc)
+        builder.add(doc, stream)
         self._carry = None
         if builder.space == 0:
           break
@@ -164,7 +171,7 @@ class PackIterator(grain.DatasetIterator):
       if is_text_only(doc) and builder.space > 0:
         head, _ = split_text_document(doc, builder.space)
         self._offset += builder.space
-        builder.add(head)
+        builder.add(head, stream)
       break   # the row is full, or the next document needs a fresh row
     return builder.row
 

@@ -102,7 +102,8 @@ def stream_documents(config, tok: TextTokenizer, stream: str, split: str, seed: 
       if isinstance(record, records.Unreadable):
         return documents.Skipped("unreadable")
       try:
-        return make_document(ctx, canonical(record, fields, needed, name), rng)
+        return documents.StreamDocument(
+            make_document(ctx, canonical(record, fields, needed, name), rng), stream)
       except streams.BadRecord as e:
         return documents.Skipped(e.reason)
     shard_records = dataset_records(config, name, split,

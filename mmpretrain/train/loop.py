@@ -24,6 +24,7 @@ from mmpretrain.train.evaluate import Evaluator
 from mmpretrain.train.metrics import MetricWriter, StepMetrics, tagged
 from mmpretrain.train.routing import RoutingLog
 from mmpretrain.train.step import Trainer
+from mmpretrain.train.stream_shares import StreamShares
 from mmpretrain.train.throughput import ProfileWindow, Throughput
 # pylint: enable=wrong-import-position
 
@@ -111,6 +112,7 @@ class TrainLoop:
     self.routing = (RoutingLog(workdir, moe_layers, config.analysis.expert_threshold)
                     if moe_layers and self.is_main else None)
     self.metrics = StepMetrics()
+    self.shares = StreamShares(config)
     self.throughput = Throughput(config, jax.devices(), self.start)
     self.profile = ProfileWindow(workdir, config.train.profile_start, config.train.profile_steps)
     self.history, self.evaluations = [], []
@@ -158,6 +160,7 @@ class TrainLoop:
     """Means and counts since the previous log, throughput, to TensorBoard and the bar."""
     metrics = self.metrics.read()
     metrics.update(self.throughput.read(step, int(metrics.pop("tokens"))))
+    metrics.update(self.shares.read(metrics))
     self.history.append({"step": step, **metrics})
     self.writer.scalars(step, tagged(metrics))
     if self.routing is not None:
@@ -187,6 +190,7 @@ class TrainLoop:
     summary = {"first": history[0] if history else None,
                "last": history[-1] if history else None, "resumed_from": self.start,
                "preempted": preempted, "is_main": self.is_main, "length": self.length,
+               "stream_tokens": self.shares.summary(),
                "eval": self.evaluations[-1] if self.evaluations else None}
     if not preempted:
       samples = write_samples(self.run, self.state.params, int(self.state.step), self.tok,

@@ -12,11 +12,11 @@ from clu import metrics as clu_metrics
 from tensorboardX import SummaryWriter
 
 from mmpretrain import storage
-from mmpretrain.batch import SKIP_FIELDS
+from mmpretrain.batch import SKIP_FIELDS, STREAM_TOKEN_FIELDS, STREAMS
 
 
 # Summed over the steps between logs (each already summed over the global batch).
-WINDOW_COUNTS = ("tokens", *SKIP_FIELDS)
+WINDOW_COUNTS = ("tokens", *SKIP_FIELDS, *STREAM_TOKEN_FIELDS)
 
 
 @flax.struct.dataclass
@@ -109,7 +109,9 @@ TAGS = {"text_loss": "text/loss", "text_bits_per_byte": "text/bits_per_byte",
         "learning_rate": "train/learning_rate", "tokens_per_s": "speed/tokens_per_s",
         "step_s": "speed/step_s", "mfu": "speed/mfu", "device_memory_gb": "speed/device_memory_gb",
         "device_peak_memory_gb": "speed/device_peak_memory_gb",
-        **{field: f"data/{field}" for field in SKIP_FIELDS}}
+        **{field: f"data/{field}" for field in SKIP_FIELDS},
+        **{f"stream_tokens_{s}": f"data/stream_tokens/{s}" for s in STREAMS},
+        **{f"stream_token_share_{s}": f"data/stream_token_share/{s}" for s in STREAMS}}
 
 
 def tagged(metrics: dict) -> dict:

@@ -9,7 +9,7 @@ import optax
 from flax import nnx
 
 from mmpretrain import sharding
-from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS
+from mmpretrain.batch import DEVICE_FIELDS, SKIP_FIELDS, STREAM_TOKEN_FIELDS
 from mmpretrain.config import train_steps
 from mmpretrain.run import Run, abstract_arrays
 from mmpretrain.tokenizers.visual import frame_latent_tokens
@@ -156,7 +156,8 @@ class Trainer(RunLoss):
 
   def _train_step(self, state: TrainState, batch, frozen):
     rng, step_rng = jax.random.split(state.rng)
-    counts = {f: jnp.sum(batch[f]) for f in SKIP_FIELDS if f in batch}   # documents dropped
+    # Documents dropped, and the tokens each stream packed.
+    counts = {f: jnp.sum(batch[f]) for f in (*SKIP_FIELDS, *STREAM_TOKEN_FIELDS) if f in batch}
     batch = {k: batch[k] for k in DEVICE_FIELDS}
     grads, sums = self.gradients(state.params, batch, step_rng, frozen)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
