@@ -119,7 +119,7 @@ def realised_shares(config, tokenizer, batches: int) -> dict[str, float]:
 def test_a_mixture_in_tokens_realises_each_streams_token_share(data_dir, long_texts, tokenizer,
                                                                unit):
   """Within 0.01 of the target over a run in tokens; far from it when the same weights
-  share out documents (a text document holds about 20 times the tokens of a digit's)."""
+  share out documents (a text document holds dozens of times the tokens of a digit's)."""
   shares = realised_shares(two_streams(data_dir, long_texts, unit), tokenizer, batches=400)
   off = {s: abs(shares[s] - TARGET[s]) for s in TARGET}
   if unit == "tokens":
