@@ -196,20 +196,26 @@ def read_webdataset(piece, o: SourceOptions) -> Records:
       yield key, e
 
 
-def _listed(piece, o: SourceOptions, record_of: Callable) -> Records:
-  """Records of a folder format: `record_of(file bytes, caption)` of each listed file."""
+def _entries(piece, o: SourceOptions, record_of: Callable) -> Records:
+  """Records of a JSON-lines list: `record_of(entry, directory)` of each line, where the
+  entry names its files relative to the list's `directory`."""
   directory = storage.parent(piece.path)
   for key, line in _keyed_lines(piece, o):
     try:
-      entry = _json(line)
-      file = storage.join(directory, entry[o.file_field])
-      yield key, record_of(storage.read_bytes(file), str(entry[o.caption_field]))
+      yield key, record_of(_json(line), directory)
     except (KeyError, TypeError):
       yield key, Corrupt("missing_field")
     except FileNotFoundError:
       yield key, Corrupt("missing_file")
     except Corrupt as e:
       yield key, e
+
+
+def _listed(piece, o: SourceOptions, record_of: Callable) -> Records:
+  """Records of a folder format: `record_of(file bytes, caption)` of each listed file."""
+  return _entries(piece, o, lambda entry, directory: record_of(
+      storage.read_bytes(storage.join(directory, entry[o.file_field])),
+      str(entry[o.caption_field])))
 
 
 def read_image_folder(piece, o: SourceOptions) -> Records:
@@ -217,24 +223,18 @@ def read_image_folder(piece, o: SourceOptions) -> Records:
                                                   "caption": caption})
 
 
+def _vqa_record(entry: dict, directory: str) -> dict:
+  image, question, answers = entry["image"], entry["question"], entry["answers"]
+  if not isinstance(answers, list) or not answers:
+    raise Corrupt("bad_answers")
+  data = checked_image(storage.read_bytes(storage.join(directory, image)))
+  return {"image": data, "question": str(question), "answers": [str(a) for a in answers]}
+
+
 def read_vqa_jsonl(piece, o: SourceOptions) -> Records:
   """JSON lines of questions: `image` (a path relative to the file), `question` and
   `answers` (every annotator's answer, a list)."""
-  directory = storage.parent(piece.path)
-  for key, line in _keyed_lines(piece, o):
-    try:
-      entry = _json(line)
-      image, question, answers = entry["image"], entry["question"], entry["answers"]
-      if not isinstance(answers, list) or not answers:
-        raise Corrupt("bad_answers")
-      data = checked_image(storage.read_bytes(storage.join(directory, image)))
-      yield key, {"image": data, "question": str(question), "answers": [str(a) for a in answers]}
-    except (KeyError, TypeError):
-      yield key, Corrupt("missing_field")
-    except FileNotFoundError:
-      yield key, Corrupt("missing_file")
-    except Corrupt as e:
-      yield key, e
+  return _entries(piece, o, _vqa_record)
 
 
 def video_frames(data: bytes, o: SourceOptions) -> np.ndarray:
