@@ -111,8 +111,10 @@ def count_tokens(dataset: Dataset, tokenizer_path: str,
   for split in dataset.splits:
     n = len(builders.open_split(dataset.tfds_name, split, dataset.data_dir, dataset.version))
     pieces += [(split, s, min(n, s + RECORDS_PER_PIECE)) for s in range(0, n, RECORDS_PER_PIECE)]
-  options = runners.pipeline_options(runner.name, list(runner.args),
-                                     max(1, min(workers, len(pieces))))
+  # A worker process costs seconds to start, worth it only for a full piece of records.
+  records = sum(end - start for _, start, end in pieces)
+  processes = max(1, min(workers, -(-records // RECORDS_PER_PIECE)))
+  options = runners.pipeline_options(runner.name, list(runner.args), processes)
   with beam.Pipeline(options=options) as root:
     totals = (root
               | "ranges" >> beam.Create(pieces)
