@@ -1,10 +1,6 @@
 """Pixels: uint8 frames <-> floats in [-1, 1] (what every network here reads and draws),
-uint8 frames <-> Pillow images and PNG bytes, and PSNR."""
-import io
-
+and PSNR. Pillow images and PNG bytes are in `image_files`."""
 import jax.numpy as jnp
-import numpy as np
-from PIL import Image
 
 MSE_FLOOR = 1e-10          # identical images: a finite PSNR (100 dB at peak-to-peak 1)
 
@@ -17,18 +13,6 @@ def to_signed(frames) -> jnp.ndarray:
 def to_uint8(x) -> jnp.ndarray:
   """Floats in [-1, 1] (clipped) -> the nearest uint8 pixel values."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
-def to_pil(frame) -> Image.Image:
-  """uint8 [H, W, C] (C = 1: grayscale, 3: RGB) or [H, W] -> a Pillow image."""
-  frame = np.asarray(frame)
-  return Image.fromarray(frame[..., 0] if frame.ndim == 3 and frame.shape[-1] == 1 else frame)
-
-
-def png_bytes(frame) -> bytes:
-  buffer = io.BytesIO()
-  to_pil(frame).save(buffer, "PNG")
-  return buffer.getvalue()
 
 
 def psnr(mse, peak_to_peak: float) -> jnp.ndarray:

@@ -24,7 +24,7 @@ from mmpretrain.data import latent_cache, pipeline, streams
 from mmpretrain.data.pipeline import make_batches, tokenizer_path
 from mmpretrain.data.prepare import NotReady, check_prepared
 from mmpretrain.encoders.vit import VisionTransformer
-from mmpretrain.pixels import png_bytes
+from mmpretrain.image_files import png_bytes
 from mmpretrain.run import Run
 from mmpretrain.stages.encoder import image_tower_config
 from mmpretrain.stages.latent_cache import assign, build_latent_caches

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from mmpretrain import storage
 from mmpretrain.data import sources
-from mmpretrain.pixels import png_bytes
+from mmpretrain.image_files import png_bytes
 
 SPLITS = ("train", "validation")
 TEXT_CHUNK_CHARS = 1000          # play excerpts: one document each

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from mmpretrain.pixels import to_pil
+from mmpretrain.image_files import to_pil
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmpretrain import pixels, storage
+from mmpretrain import image_files, storage
 from mmpretrain.batch import MODALITY_VISUAL
 from mmpretrain.generate import sample
 from mmpretrain.model.transformer import ModelInputs
@@ -126,7 +126,7 @@ def write_document(segments: list, output: str, name: str) -> str:
       parts.append(segment)
       continue
     path = storage.join(output, f"{name}_image{images}.png")
-    storage.save_image(path, pixels.to_pil(segment))
+    storage.save_image(path, image_files.to_pil(segment))
     parts.append(f" [image: {path}] ")
     images += 1
   return "".join(parts)

@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from mmpretrain import diffusion, pixels, sharding
+from mmpretrain import diffusion, image_files, sharding
 from mmpretrain.batch import MODALITY_TEXT
 from mmpretrain.data.documents import (document_frames, document_length, fit_frame,
                                        generation_document, text_segment,
@@ -258,7 +258,7 @@ def image_grid(images: np.ndarray, columns: int, scale: int = 2) -> Image.Image:
   for i, img in enumerate(images):
     r, col = divmod(i, columns)
     grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
-  pil = pixels.to_pil(grid)
+  pil = image_files.to_pil(grid)
   return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mmpretrain import pixels, storage
+from mmpretrain import image_files, pixels, storage
 from mmpretrain.data import documents as docs
 from mmpretrain.data import pipeline, records, streams
 from mmpretrain.data.sources import MINIGRID_CELLS
@@ -158,7 +158,7 @@ def held_out_episodes(config, tok, count: int, length: int):
 
 def save_gif(path: str, frames: np.ndarray, scale: int = 4, milliseconds: int = 300) -> None:
   """uint8 frames [T, H, W, C] -> an endlessly looping GIF, upscaled for viewing."""
-  images = [pixels.to_pil(f) for f in frames]
+  images = [image_files.to_pil(f) for f in frames]
   images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
   storage.save_image(path, images[0], save_all=True, append_images=images[1:],
                      duration=milliseconds, loop=0)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmpretrain import pixels, sharding, storage
+from mmpretrain import image_files, sharding, storage
 from mmpretrain.data import pipeline
 from mmpretrain.data.images import image_batches
 from mmpretrain.data.sources import DIGIT_WORDS
@@ -294,6 +294,6 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, mesh=None
     storage.makedirs(directory)
     for name, image in images.items():
       storage.save_image(storage.join(directory, f"step_{step}_{name}.png"),
-                         pixels.to_pil(image))
+                         image_files.to_pil(image))
     storage.write_json(path, result)
   return {**result, "path": path}

@@ -22,7 +22,7 @@ from mmpretrain import storage
 from mmpretrain.data import sources
 from mmpretrain.data.convert import inputs
 from mmpretrain.data.convert.options import SourceOptions
-from mmpretrain.pixels import png_bytes
+from mmpretrain.image_files import png_bytes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PARQUET_BATCH_ROWS = 256         # rows decoded at a time: bounded memory for image rows
