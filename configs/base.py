@@ -233,6 +233,11 @@ def get_config(arg=None):
   # (a multiple of data.shards); None: data.batch_size.
   c.eval.batch_size = config_dict.placeholder(int)
   c.eval.split = "validation"
+  # Text sets: keys of data.datasets with a `text` field that are evaluated on their
+  # eval.split but never trained on (a held-out shard of the pretraining corpus, an
+  # out-of-distribution corpus), reported as perplexity and bits per byte;
+  # `mmpretrain prepare` builds them beside the training data.
+  c.eval.text_sets = ()
   # Evaluations of what the model does (train/evaluate.py), each run where the config trains
   # what it judges; () for held-out losses alone.
   c.eval.generative = ("caption_accuracy", "generation", "world_model")

@@ -71,6 +71,27 @@ def _validate_stream(data, stream: str):
              f"Raise data.max_frames to {frames} or use fewer frames")
 
 
+def datasets_in_use(config) -> list[str]:
+  """Datasets with a positive weight in a stream with a positive mixture weight."""
+  return sorted({name for stream, weight in config.data.mixture.items() if weight > 0
+                 for name, w in config.data.streams[stream].datasets.items() if w > 0})
+
+
+def _validate_text_sets(c):
+  trained = datasets_in_use(c)
+  for name in c.eval.text_sets:
+    _require(name in c.data.datasets, "eval.text_sets", f"unknown dataset {name!r}",
+             f"Add it to config.data.datasets (it has {sorted(c.data.datasets)})")
+    _require("text" in c.data.datasets[name].fields, "eval.text_sets",
+             f"dataset {name!r} has no `text` field",
+             f"Name its text field in config.data.datasets.{name}.fields, e.g. "
+             "fields={'text': 'body'}")
+    _require(name not in trained, "eval.text_sets",
+             f"dataset {name!r} is trained on, so its perplexity is not held out",
+             "Name datasets the mixture does not train on; the streams' own held-out "
+             "losses cover the others")
+
+
 def _validate_moe(m):
   moe = m.moe
   if moe.num_experts == 0:
@@ -129,6 +150,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "Pick num_kv_heads that divides num_heads (grouped-query attention)")
   _require(m.head_dim % 2 == 0, "model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}",
            "Use an even head_dim")
+  _validate_text_sets(c)
   _validate_moe(m)
   _require(not c.diffusion.skip or c.diffusion.prediction == "x", "diffusion.skip",
            f"the skip connection is for x-prediction, not {c.diffusion.prediction!r}",

@@ -248,6 +248,7 @@ RULES = {
     "eval.batches": COUNT,
     "eval.batch_size": Optional(WIDTH),
     "eval.split": Choice(("train", "validation")),
+    "eval.text_sets": Sequence(Text(), may_be_empty=True),
     "eval.generative": Sequence(Choice(GENERATIVE_EVALS), may_be_empty=True),
     "eval.caption_images": COUNT,
     "eval.caption_tokens": Int(1, 4096),

@@ -16,15 +16,10 @@ import numpy as np
 from absl import flags
 
 from mmpretrain.batch import RowSpec
+from mmpretrain.config import datasets_in_use
 from mmpretrain.data import builders, documents, latent_cache, mixture, records, streams
 from mmpretrain.data.packing import PackIterDataset
 from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
-
-
-def datasets_in_use(config) -> list[str]:
-  """Datasets with a positive weight in a stream with a positive mixture weight."""
-  return sorted({name for stream, weight in config.data.mixture.items() if weight > 0
-                 for name, w in config.data.streams[stream].datasets.items() if w > 0})
 
 
 def tokenizer_path(config) -> str:

@@ -1,17 +1,17 @@
 """`mmpretrain prepare`: builds what a config needs into config.data.data_dir, idempotently.
 
-The TFDS datasets its streams read — the built-in ones, and a user's own corpus converted
+The TFDS datasets its streams and text sets read — the built-in ones, and a user's own corpus converted
 from the files it comes in (a dataset entry with a `source`: data/convert/); any other
 dataset must already be there — and the SentencePiece tokenizer, trained on the text those
 datasets hold.
 """
 
 from mmpretrain import storage
+from mmpretrain.config import datasets_in_use
 from mmpretrain.data import (builders, latent_cache, mixture, pipeline, records, streams,
                              token_counts)
 from mmpretrain.data.convert import SOURCE_DEFAULTS, Runner
 from mmpretrain.data.convert.build import build_dataset
-from mmpretrain.data.pipeline import datasets_in_use
 from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
 
 TEXT_FIELDS = ("text", "caption", "actions", "mission")
@@ -83,17 +83,20 @@ class NotReady(RuntimeError):
 
 
 def check_prepared(config) -> list[str]:
-  """What a run of `config` reads, all present: the datasets' train splits, the tokenizer
-  and, for a mixture in tokens, the datasets' token counts (their paths). Raises NotReady
-  naming everything missing and the command."""
+  """What a run of `config` reads, all present: the datasets' train splits (a text set's
+  eval split), the tokenizer and, for a mixture in tokens, the datasets' token counts (their
+  paths). Raises NotReady naming everything missing and the command."""
   found, missing, present = [], [], []
-  for name in datasets_in_use(config):
+  text_sets = list(config.eval.get("text_sets", ()))
+  for name in datasets_in_use(config) + text_sets:
     spec = config.data.datasets[name]
     data_dir = spec.data_dir or config.data.data_dir
+    split = spec.eval_split if name in text_sets else spec.train_split
     try:
-      builders.open_split(spec.tfds_name, spec.train_split, data_dir, spec.version)
+      builders.open_split(spec.tfds_name, split, data_dir, spec.version)
       found.append(storage.join(data_dir, spec.tfds_name))
-      present.append(name)
+      if name not in text_sets:
+        present.append(name)
     except (builders.DatasetNotPrepared, ValueError) as e:
       missing.append(str(e))
   if config.visual.cached_latents:
@@ -126,9 +129,9 @@ def check_prepared(config) -> list[str]:
 
 def prepare(config, datasets: list[str] | None = None, rebuild: bool = False,
             runner: Runner = Runner()) -> None:
-  """Builds `datasets` (default: all the config reads; `rebuild`: anew, even where present),
-  then the tokenizer if missing."""
-  names = datasets or datasets_in_use(config)
+  """Builds `datasets` (default: all the config reads, its text sets included; `rebuild`:
+  anew, even where present), then the tokenizer (of the datasets it trains on) if missing."""
+  names = datasets or datasets_in_use(config) + list(config.eval.get("text_sets", ()))
   prepare_datasets(config, names, rebuild, runner)
   tokenizer = prepare_tokenizer(config)
   for name in names:

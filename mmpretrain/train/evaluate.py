@@ -2,7 +2,9 @@
 checkpoint (`mmpretrain eval`).
 
 Losses: per stream of the mixture, fixed validation batches — text cross-entropy and bits
-per byte, flow MSE — with fixed diffusion noise, so successive evaluations compare.
+per byte, flow MSE — with fixed diffusion noise, so successive evaluations compare. Text
+sets (`config.eval.text_sets`): datasets evaluated but never trained on (a held-out shard
+of the pretraining corpus, an out-of-distribution corpus), by perplexity and bits per byte.
 What the model does: the evaluations `config.eval.generative` names (GENERATIVE_EVALS),
 each where the config trains what it judges:
 - `caption_accuracy` (understanding): greedy captions of held-out MNIST digits that name
@@ -56,8 +58,21 @@ def stream_batches(config, tok, spec, stream: str, rows=None) -> list[dict]:
   return [next(batches) for _ in range(config.eval.batches)]
 
 
+def text_set_config(config, name: str):
+  """A copy of `config` whose text stream reads dataset `name` alone; its tokenizer stays
+  the run's (whose path is keyed by the datasets the run trains on)."""
+  text_set = config.copy_and_resolve_references()
+  with text_set.unlocked():
+    text_set.data.tokenizer.path = pipeline.tokenizer_path(config)
+    text_set.data.mixture = {"text": 1.0}
+    text_set.data.mixture_unit = "documents"
+    text_set.data.streams.text.datasets = {name: 1.0}
+  return text_set
+
+
 class HeldOut:
-  """Fixed held-out batches of every stream in the mixture, and their losses for `params`.
+  """Fixed held-out batches of every stream in the mixture and of every text set, and their
+  losses for `params`.
 
   On a mesh each process loads the rows its devices hold and the rows are split over the
   batch axes, as in training.
@@ -72,20 +87,34 @@ class HeldOut:
       sharding.check_batch_splits(size, mesh, rules, "eval.batch_size")
       rows = sharding.process_rows(size, mesh, rules)
       to_device = lambda batch: sharding.global_batch(batch, mesh, rules, size)
+    spec = loss.run.data_spec
     self.batches = {stream: [to_device(b) for b in
-                             stream_batches(config, tok, loss.run.data_spec, stream, rows)]
+                             stream_batches(config, tok, spec, stream, rows)]
                     for stream, weight in sorted(config.data.mixture.items()) if weight > 0}
+    self.text_sets = {name: [to_device(b) for b in stream_batches(
+        text_set_config(config, name), tok, spec, "text", rows)]
+                      for name in config.eval.get("text_sets", ())}
+
+  def _metrics(self, params, batches) -> dict:
+    sums = None
+    for batch in batches:
+      batch_sums = self.loss.eval_sums(params, batch)
+      sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+    return jax.device_get(objective.summarize(sums, self.loss_config))
 
   def __call__(self, params) -> dict[str, float]:
     """{'<stream>/text_loss', '<stream>/text_bits_per_byte', '<stream>/flow_loss'} for the
-    modalities each stream trains."""
+    modalities each stream trains, and {'text_sets/<name>/perplexity', …/bits_per_byte,
+    …/text_loss} for each text set."""
     results = {}
+    for name, batches in self.text_sets.items():
+      metrics = self._metrics(params, batches)
+      text_loss = float(metrics["text_loss"])
+      results |= {f"text_sets/{name}/text_loss": text_loss,
+                  f"text_sets/{name}/perplexity": float(np.exp(text_loss)),
+                  f"text_sets/{name}/bits_per_byte": float(metrics["text_bits_per_byte"])}
     for stream, batches in self.batches.items():
-      sums = None
-      for batch in batches:
-        batch_sums = self.loss.eval_sums(params, batch)
-        sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-      metrics = jax.device_get(objective.summarize(sums, self.loss_config))
+      metrics = self._metrics(params, batches)
       if metrics["text_tokens"] > 0:
         results[f"{stream}/text_loss"] = float(metrics["text_loss"])
         results[f"{stream}/text_bits_per_byte"] = float(metrics["text_bits_per_byte"])
