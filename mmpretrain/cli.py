@@ -57,7 +57,15 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "train, stages, prepare, 
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "sample: text to continue (repeatable).")
 _CAPTIONS = flags.DEFINE_multi_string("caption", None, "sample: draw images of this caption "
                                       "(repeatable).")
-_PER_CAPTION = flags.DEFINE_integer("images_per_caption", 4, "sample: images per --caption.")
+_PER_CAPTION = flags.DEFINE_integer("images_per_caption", 4, "sample: images per --caption "
+                                     "or --prompts prompt.")
+_PROMPT_FILE = flags.DEFINE_string("prompts", None, "sample: draw images for a benchmark's "
+                                   "prompts (GenEval's .jsonl, DPG-Bench's folder of .txt, or "
+                                   "one a line) into --output in its scorer's layout.")
+_PROMPT_LAYOUT = flags.DEFINE_string("prompt_layout", "auto", "sample: geneval | dpg | auto "
+                                     "(dpg for a folder of prompts, else geneval).")
+_PROMPTS_PER_BATCH = flags.DEFINE_integer("prompts_per_batch", 8, "sample: --prompts drawn "
+                                          "together (times --images_per_caption rows).")
 _IMAGES = flags.DEFINE_multi_string("image", None, "sample: caption this image file "
                                     "(repeatable).")
 _DOCUMENTS = flags.DEFINE_multi_string("document", None, "sample: continue this text as an "
@@ -251,9 +259,11 @@ def cmd_sample():
   from mmpretrain.train.evaluate import restore_params
   config, workdir = _config(of_run=True), _workdir("sample")
   if not (_PROMPTS.value or _CAPTIONS.value or _IMAGES.value or _ROLLOUTS.value
-          or _DOCUMENTS.value):
-    raise app.UsageError("say what to sample: --prompt, --caption, --image, --document or "
-                         "--rollouts")
+          or _DOCUMENTS.value or _PROMPT_FILE.value):
+    raise app.UsageError("say what to sample: --prompt, --caption, --image, --document, "
+                         "--prompts or --rollouts")
+  if _PROMPT_FILE.value:
+    return _export_prompts(config, workdir)
   _join_job()
   mesh = sharding.make_mesh(config.mesh)
   tok, run, params, step = restore_params(config, workdir, _STEP.value, mesh)
@@ -307,6 +317,28 @@ def cmd_sample():
     path = storage.join(output, f"sample_step{step}.json")
     storage.write_json(path, record)
     say(f"wrote {path}")
+
+
+def _export_prompts(config, workdir: str) -> None:
+  """`sample --prompts`: a benchmark's prompts drawn into its scorer's layout."""
+  # pylint: disable=import-outside-toplevel
+  import json
+  from mmpretrain import sharding
+  from mmpretrain.generate import prompt_export
+  from mmpretrain.train.evaluate import restore_params
+  layout = _PROMPT_LAYOUT.value
+  if layout not in prompt_export.LAYOUTS:
+    raise app.UsageError(f"--prompt_layout={layout}: use one of {prompt_export.LAYOUTS}")
+  prompts = prompt_export.read_prompts(_PROMPT_FILE.value)
+  layout = prompt_export.resolve_layout(layout, _PROMPT_FILE.value)
+  output = _OUTPUT.value or prompt_export.default_output(workdir, _PROMPT_FILE.value)
+  writer = prompt_export.make_layout(layout, output, _PER_CAPTION.value)
+  _join_job()
+  mesh = sharding.make_mesh(config.mesh)
+  tok, run, params, step = restore_params(config, workdir, _STEP.value, mesh)
+  counts = prompt_export.export_prompts(run, tok, params, prompts, writer, _PER_CAPTION.value,
+                                        _PROMPTS_PER_BATCH.value, config.seed)
+  print(json.dumps({"step": step, "layout": layout, "output": output, **counts}))
 
 
 def _train_stage(verb: str, train_stage) -> dict | None:
@@ -582,7 +614,8 @@ _STAGE = ("config", "workdir")
 _JOB = ("multihost", "coordinator_address", "num_processes", "process_id")
 _TRAINING = _STAGE + _JOB
 _SAMPLE = ("config", "workdir", "step", "output", "prompt", "max_new_tokens", "temperature",
-           "top_p", "caption", "images_per_caption", "image", "document", "begin_image",
+           "top_p", "caption", "images_per_caption", "prompts", "prompt_layout",
+           "prompts_per_batch", "image", "document", "begin_image",
            "rollouts", "horizon", "actions", *_JOB)
 VERBS = {
     "prepare": Verb(cmd_prepare, "write the config's datasets (TFDS array_record) and "
@@ -596,7 +629,7 @@ VERBS = {
                  "mmpretrain eval --workdir=runs/demo",
                  ("config", "workdir", "step", *_JOB)),
     "sample": Verb(cmd_sample, "continue text, draw captions, caption images, write "
-                   "interleaved documents or world-model rollouts",
+                   "interleaved documents, world-model rollouts or a benchmark's prompt images",
                    "mmpretrain sample --workdir=runs/demo --prompt=\"ROMEO:\" "
                    "--caption=\"a handwritten digit seven\"", _SAMPLE),
     "train-encoder": Verb(cmd_train_encoder, "train the SigLIP-style semantic encoder the "

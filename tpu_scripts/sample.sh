@@ -8,6 +8,7 @@ usage() {
   cat <<USAGE
 Usage: tpu_scripts/sample.sh --workdir=gs://BUCKET/RUN [--dry-run] [--step=N] \\
            [--caption=TEXT ... --images_per_caption=N] [--prompt=TEXT ...] \\
+           [--prompts=gs://BUCKET/evaluation_metadata.jsonl] \\
            [--output=gs://BUCKET/DIR] [--config=FILE --config.key=value ...]
 
 Runs \`mmpretrain sample\` with these flags on every worker (--worker=all) of every node
@@ -17,7 +18,9 @@ parameters are restored in shards over the config's mesh and the images of --cap
 drawn with their rows split over the chips. Each host writes the images its chips drew
 (OUTPUT/captions_stepN_processP.png; OUTPUT defaults to WORKDIR/samples); process 0
 prints the texts and writes the rest and OUTPUT/sample_stepN.json (what was sampled and
-which file holds which images). Without --config the run's own WORKDIR/config.json is
+which file holds which images). --prompts draws a benchmark's prompts (GenEval, DPG-Bench)
+into OUTPUT in its scorer's layout, each host writing its share (docs/image_benchmarks.md).
+Without --config the run's own WORKDIR/config.json is
 read; with one, DATA_DIR (when set) is passed as --config.data.data_dir.
 USAGE
 }
