@@ -121,12 +121,15 @@ _RUNNER = flags.DEFINE_string("runner", "local", "prepare: the Beam runner that 
 _REAL = flags.DEFINE_string("real", None, "fid: the reference images, a folder or a .npz "
                             "of FID statistics (mu, sigma).")
 _FAKE = flags.DEFINE_string("fake", None, "fid: the images to score, a folder or a .npz of "
-                            "FID statistics.")
+                            "FID statistics; clip-score: the geneval-layout output of "
+                            "`sample --prompts`.")
+_SIGLIP = flags.DEFINE_string("siglip", None, "clip-score: a SigLIP or SigLIP 2 checkpoint "
+                              "directory with both towers and tokenizer.json (local or gs://).")
 _INCEPTION = flags.DEFINE_string("inception", None, "fid: pytorch-fid's Inception weights, "
                                  "pt_inception-2015-12-05-6726825d.pth (local or gs://).")
 _SAVE_STATS = flags.DEFINE_string("save_stats", None, "fid: write the --real folder's "
                                   "statistics to this new .npz (then --fake is optional).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "fid: images per Inception batch.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "fid, clip-score: images per batch.")
 _PROGRAM = flags.DEFINE_enum("program", "train", ["train", "latent_cache", "train_rae", "eval",
                                                 "sample"],
                              "compile: the train step, the latent cache's encode step "
@@ -601,6 +604,23 @@ def cmd_fid():
                            _SAVE_STATS.value)))
 
 
+def cmd_clip_score():
+  """CLIP score of the images `sample --prompts` drew against their prompts, with a SigLIP
+  checkpoint, printed as one JSON line."""
+  # pylint: disable=import-outside-toplevel
+  import json
+  from mmpretrain.encoders.clip_score import ClipScorer, clip_score
+  from mmpretrain.fid.images import read_image
+  from mmpretrain.generate.prompt_export import geneval_samples
+  if not (_FAKE.value and _SIGLIP.value):
+    raise app.UsageError("give --fake (a geneval-layout folder) and --siglip (a checkpoint)")
+  paths, captions = geneval_samples(_FAKE.value)
+  scorer = ClipScorer(_SIGLIP.value, _BATCH_SIZE.value)
+  cosines = scorer.cosines([read_image(p) for p in paths], captions)
+  print(json.dumps({"clip_score": clip_score(cosines), "images": len(paths),
+                    "distinct_prompts": len(set(captions))}))
+
+
 @dataclasses.dataclass(frozen=True)
 class Verb:
   run: Callable[[], None]
@@ -676,6 +696,10 @@ VERBS = {
                 "mmpretrain fid --real=real_images --fake=generated_images "
                 "--inception=pt_inception-2015-12-05-6726825d.pth",
                 ("real", "fake", "inception", "save_stats", "batch_size")),
+    "clip-score": Verb(cmd_clip_score, "CLIP score of the images `sample --prompts` drew "
+                       "against their prompts, with a SigLIP checkpoint",
+                       "mmpretrain clip-score --fake=runs/demo/prompt_images/prompts "
+                       "--siglip=siglip2-so400m-patch14-224", ("fake", "siglip", "batch_size")),
     "export-params": Verb(cmd_export_params, "write a checkpoint's parameters alone",
                           "mmpretrain export-params --workdir=runs/demo",
                           ("config", "workdir", "step")),

@@ -90,11 +90,11 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None) -> tuple[str, ViT
                            interpolation="bicubic_antialias")
 
 
-def _linear(w: dict, name: str) -> dict:
+def linear_tensors(w: dict, name: str) -> dict:
   return {"kernel": w[f"{name}.weight"].T, "bias": w[f"{name}.bias"]}
 
 
-def _norm(w: dict, name: str) -> dict:
+def norm_tensors(w: dict, name: str) -> dict:
   return {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}
 
 
@@ -104,24 +104,32 @@ def _patch_embed(w: dict, name: str) -> dict:
           "bias": w[f"{name}.bias"]}
 
 
-def _siglip(w: dict, cfg: ViTConfig) -> dict:
+def siglip_blocks(w: dict, depth: int) -> dict:
+  """The encoder layers of a SigLIP tower: the vision and the text tower lay them out alike."""
   blocks = {}
-  for i in range(cfg.depth):
+  for i in range(depth):
     l = f"encoder.layers.{i}"
-    blocks[i] = {"norm1": _norm(w, f"{l}.layer_norm1"), "norm2": _norm(w, f"{l}.layer_norm2"),
-                 "attn": {t: _linear(w, f"{l}.self_attn.{s}_proj")
+    blocks[i] = {"norm1": norm_tensors(w, f"{l}.layer_norm1"),
+                 "norm2": norm_tensors(w, f"{l}.layer_norm2"),
+                 "attn": {t: linear_tensors(w, f"{l}.self_attn.{s}_proj")
                           for t, s in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "out"))},
-                 "mlp": {f: _linear(w, f"{l}.mlp.{f}") for f in ("fc1", "fc2")}}
+                 "mlp": {f: linear_tensors(w, f"{l}.mlp.{f}") for f in ("fc1", "fc2")}}
+  return blocks
+
+
+def _siglip(w: dict, cfg: ViTConfig) -> dict:
+  blocks = siglip_blocks(w, cfg.depth)
   state = {"patch_embed": _patch_embed(w, "embeddings.patch_embedding"),
            "pos_embed": w["embeddings.position_embedding.weight"],
-           "blocks": blocks, "norm": _norm(w, "post_layernorm")}
+           "blocks": blocks, "norm": norm_tensors(w, "post_layernorm")}
   if cfg.pool_head:
     qkv_w = np.split(w["head.attention.in_proj_weight"], 3)
     qkv_b = np.split(w["head.attention.in_proj_bias"], 3)
     attn = {t: {"kernel": qkv_w[j].T, "bias": qkv_b[j]} for j, t in enumerate("qkv")}
-    attn["o"] = _linear(w, "head.attention.out_proj")
-    state["head"] = {"probe": w["head.probe"], "attn": attn, "norm": _norm(w, "head.layernorm"),
-                     "mlp": {f: _linear(w, f"head.mlp.{f}") for f in ("fc1", "fc2")}}
+    attn["o"] = linear_tensors(w, "head.attention.out_proj")
+    state["head"] = {"probe": w["head.probe"], "attn": attn,
+                     "norm": norm_tensors(w, "head.layernorm"),
+                     "mlp": {f: linear_tensors(w, f"head.mlp.{f}") for f in ("fc1", "fc2")}}
   return state
 
 
@@ -133,18 +141,19 @@ def _dinov2(w: dict, cfg: ViTConfig) -> dict:
       gate_w, up_w = np.split(w[f"{l}.mlp.weights_in.weight"], 2)
       gate_b, up_b = np.split(w[f"{l}.mlp.weights_in.bias"], 2)
       mlp = {"gate": {"kernel": gate_w.T, "bias": gate_b}, "fc1": {"kernel": up_w.T, "bias": up_b},
-             "fc2": _linear(w, f"{l}.mlp.weights_out")}
+             "fc2": linear_tensors(w, f"{l}.mlp.weights_out")}
     else:
-      mlp = {f: _linear(w, f"{l}.mlp.{f}") for f in ("fc1", "fc2")}
-    blocks[i] = {"norm1": _norm(w, f"{l}.norm1"), "norm2": _norm(w, f"{l}.norm2"),
-                 "attn": {t: _linear(w, f"{l}.attention.{s}")
+      mlp = {f: linear_tensors(w, f"{l}.mlp.{f}") for f in ("fc1", "fc2")}
+    blocks[i] = {"norm1": norm_tensors(w, f"{l}.norm1"), "norm2": norm_tensors(w, f"{l}.norm2"),
+                 "attn": {t: linear_tensors(w, f"{l}.attention.{s}")
                           for t, s in (("q", "attention.query"), ("k", "attention.key"),
                                        ("v", "attention.value"), ("o", "output.dense"))},
                  "ls1": w[f"{l}.layer_scale1.lambda1"], "ls2": w[f"{l}.layer_scale2.lambda1"],
                  "mlp": mlp}
   state = {"patch_embed": _patch_embed(w, "embeddings.patch_embeddings.projection"),
            "pos_embed": w["embeddings.position_embeddings"][0],
-           "cls": w["embeddings.cls_token"][0], "blocks": blocks, "norm": _norm(w, "layernorm")}
+           "cls": w["embeddings.cls_token"][0], "blocks": blocks,
+           "norm": norm_tensors(w, "layernorm")}
   if cfg.num_registers:
     state["registers"] = w["embeddings.register_tokens"][0]
   return state
@@ -176,6 +185,12 @@ def load_hf_vision_encoder(directory: str, dtype=jnp.float32) -> VisionTransform
     raise ValueError(f"{directory}: tensor {e} is missing for a {family} encoder of depth "
                      f"{cfg.depth}; is config.json from the same checkpoint?") from e
   model = nnx.eval_shape(lambda: VisionTransformer(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+  return fill_params(model, tree, directory)
+
+
+def fill_params(model, tree: dict, directory: str):
+  """`model` (abstract, from nnx.eval_shape) with every parameter taken from `tree` (nested
+  by the module's attribute path), each checked for presence and shape."""
   graphdef, abstract = nnx.split(model)
   flat = dict(nnx.traversals.flatten_mapping(tree))
   values = {}

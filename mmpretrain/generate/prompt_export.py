@@ -102,6 +102,30 @@ class GenEvalLayout:
       storage.save_image(storage.join(samples, f"{k:04d}.png"), image_files.to_pil(image))
 
 
+def geneval_samples(out: str) -> tuple[list[str], list[str]]:
+  """(image paths, the prompt of each) of a folder in the geneval layout."""
+  if not storage.isdir(out):
+    raise FileNotFoundError(f"{out}: no such folder (give the --output of `mmpretrain sample "
+                            "--prompts` in the geneval layout)")
+  paths, captions = [], []
+  for folder in sorted(storage.listdir(out)):
+    metadata = storage.join(out, folder, "metadata.jsonl")
+    if not storage.exists(metadata):
+      continue
+    try:
+      prompt = json.loads(storage.read_text(metadata).splitlines()[0])["prompt"]
+    except (ValueError, IndexError, KeyError, TypeError) as e:
+      raise BadPrompts(f"{metadata}: not one JSON line with a `prompt`") from e
+    samples = storage.join(out, folder, "samples")
+    names = sorted(n for n in storage.listdir(samples) if n.endswith(".png"))
+    paths += [storage.join(samples, n) for n in names]
+    captions += [prompt] * len(names)
+  if not paths:
+    raise FileNotFoundError(f"{out}: no <index>/metadata.jsonl and samples/*.png (the "
+                            "geneval layout of `mmpretrain sample --prompts`)")
+  return paths, captions
+
+
 class DpgLayout:
   def __init__(self, out: str, per_prompt: int):
     self.out, self.side = out, math.isqrt(per_prompt)
