@@ -240,7 +240,7 @@ def get_config(arg=None):
   c.eval.text_sets = ()
   # Evaluations of what the model does (train/evaluate.py), each run where the config trains
   # what it judges; () for held-out losses alone.
-  c.eval.generative = ("caption_accuracy", "generation", "world_model")
+  c.eval.generative = ("caption_accuracy", "generation", "world_model", "fid", "clip_score")
   c.eval.caption_images = 100            # mmpretrain eval: held-out digits captioned (greedy)
   c.eval.caption_tokens = 8              # tokens generated per caption
   # World model (when the mixture has action_video): rollouts of held-out MiniGrid episodes
@@ -318,6 +318,14 @@ def get_config(arg=None):
   c.eval.generation_prompts = tuple(digit_caption(k) for k in range(10))
   c.eval.generation_images_per_prompt = 4
   c.eval.frechet_real_images = 500       # held-out real images the drawn ones are compared to
+  # The standard scores of images drawn for generation_prompts (docs/image_benchmarks.md),
+  # each on when its files are given: FID against reference statistics (a .npz written by
+  # `mmpretrain fid --real=FOLDER --save_stats=FILE`) with pytorch-fid's Inception weights,
+  # and CLIP score with a SigLIP checkpoint directory (local or gs://).
+  c.eval.fid_inception = ""              # pt_inception-2015-12-05-6726825d.pth
+  c.eval.fid_reference = ""
+  c.eval.fid_images = 500                # drawn per evaluation (FID depends on the count)
+  c.eval.clip_siglip = ""
 
   # `mmpretrain train-classifier`: the small CNN that judges generated images.
   c.classifier = ml_collections.ConfigDict()

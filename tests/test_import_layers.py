@@ -23,7 +23,7 @@ ALLOWED = {
                               "mmpretrain.diffusion"},
     "mmpretrain.generate": BASE | {"mmpretrain.data", "mmpretrain.tokenizers",
                                    "mmpretrain.model", "mmpretrain.diffusion"},
-    "mmpretrain.train": BASE | {"mmpretrain.distributed", "mmpretrain.data",
+    "mmpretrain.train": BASE | {"mmpretrain.distributed", "mmpretrain.data", "mmpretrain.fid",
                                 "mmpretrain.tokenizers", "mmpretrain.encoders", "mmpretrain.model",
                                 "mmpretrain.diffusion", "mmpretrain.run", "mmpretrain.generate",
                                 "mmpretrain.stages", "mmpretrain.scaling"},

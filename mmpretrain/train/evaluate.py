@@ -11,7 +11,9 @@ each where the config trains what it judges:
   the digit;
 - `generation` (alignment): a frozen classifier (encoders/judge.py) scores images drawn
   for class captions, against images drawn without a caption;
-- `world_model`: rollouts of held-out MiniGrid episodes (generate/world_model.py).
+- `world_model`: rollouts of held-out MiniGrid episodes (generate/world_model.py);
+- `fid` and `clip_score`: the standard scores of images drawn for the generation prompts
+  (train/image_scores.py).
 Each builds its jitted samplers once, so periodic evaluation compiles them once.
 """
 import dataclasses
@@ -30,6 +32,7 @@ from mmpretrain.encoders.judge import load_classifier
 from mmpretrain.generate import sample, world_model
 from mmpretrain.run import Run
 from mmpretrain.train import objective
+from mmpretrain.train.image_scores import ClipScoreEval, FidEval
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.step import RunLoss
 
@@ -261,6 +264,11 @@ GENERATIVE_EVALS = {
         _trains(c, "image_text") and bool(c.eval.classifier))),
     "world_model": GenerativeEval(WorldModelEval, lambda c: (
         _trains(c, "action_video") and c.eval.world_model_episodes > 0)),
+    "fid": GenerativeEval(FidEval, lambda c: (
+        _trains(c, "image_text") and bool(c.eval.get("fid_inception"))
+        and bool(c.eval.get("fid_reference")))),
+    "clip_score": GenerativeEval(ClipScoreEval, lambda c: (
+        _trains(c, "image_text") and bool(c.eval.get("clip_siglip")))),
 }
 
 
