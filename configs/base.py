@@ -28,7 +28,8 @@ def get_config(arg=None):
   c.data.max_frames = 4                  # images/frames one packed row can hold
   c.data.image_size = 32                 # frames are resized/padded to this square size
   c.data.image_channels = 1
-  c.data.mixture = {"text": 0.5, "image_text": 0.5, "video": 0.0, "action_video": 0.0}
+  c.data.mixture = {"text": 0.5, "image_text": 0.5, "video": 0.0, "action_video": 0.0,
+                    "vqa": 0.0}
   # What the weights of the mixture and of the datasets inside each stream share out:
   # documents, or tokens (by the counts `mmpretrain prepare` keeps beside each dataset;
   # data/mixture.py), as the paper's 1:1 text:visual tokens.
@@ -63,6 +64,9 @@ def get_config(arg=None):
       "datasets": {"minigrid_episodes": 1.0},
       "context_frames": 4,               # clean frames before the action (paper's NWM setup)
   }
+  # Visual question answering: image, question, then the answer, the only trained text
+  # (records: image, question and every annotator's answer; the most common is trained).
+  c.data.streams.vqa = {"datasets": {"minigrid_vqa": 1.0}}
 
   # Where each dataset lives and which record fields a stream reads. The built-in ones are
   # made by `mmpretrain prepare`; any prepared TFDS dataset (array_record) can be added,
@@ -79,7 +83,9 @@ def get_config(arg=None):
                        ("minigrid_episodes", {"frames": "frames", "actions": "actions",
                                               "mission": "mission"}),
                        ("minigrid_moves", {"frames": "frames", "actions": "actions",
-                                           "mission": "mission"})):
+                                           "mission": "mission"}),
+                       ("minigrid_vqa", {"image": "image", "question": "question",
+                                         "answers": "answers"})):
     c.data.datasets[name] = {"tfds_name": name, "data_dir": "", "version": "",
                              "train_split": "train", "eval_split": "validation",
                              "fields": fields}

@@ -29,7 +29,7 @@ SKIP_FIELDS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS)
 
 # The streams documents come from (data/streams.py makes each); a row counts the tokens it
 # holds of each, so a run can log the token share each stream realises.
-STREAMS = ("text", "image_text", "video", "action_video")
+STREAMS = ("text", "image_text", "video", "action_video", "vqa")
 STREAM_TOKEN_FIELDS = tuple(f"stream_tokens_{stream}" for stream in STREAMS)
 
 # What a position is to the FFNs and the routing statistics (model/transformer.py

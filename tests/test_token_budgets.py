@@ -147,7 +147,7 @@ def test_a_dataset_without_counts_names_itself_and_the_prepare_command(data_dir,
 def test_the_run_logs_each_streams_realised_token_share(tokens_workdir, data_dir, tokenizer):
   workdir, _ = tokens_workdir
   config = tokens_run(data_dir)
-  assert dict(config.data.mixture) == {**TARGET, "video": 0.0, "action_video": 0.0}
+  assert dict(config.data.mixture) == {**TARGET, "video": 0.0, "action_video": 0.0, "vqa": 0.0}
   logged = [m for m in read_jsonl(workdir / "metrics.jsonl") if "train/loss" in m]
   it = pipeline.make_batches(config, tokenizer, row_spec(config))
   expected = [packed_tokens(next(it)) for _ in range(4)]     # the run's 4 batches

@@ -20,6 +20,7 @@ TEXT_CHUNK_CHARS = 1000          # play excerpts: one document each
 VIDEO_FPS, VIDEO_CLIP_FRAMES, VIDEO_SIZE = 4.0, 8, 64
 MINIGRID_EPISODES, MINIGRID_MAX_STEPS, MINIGRID_MIN_FRAMES = 600, 32, 12
 MOVES_EPISODES, MOVES_STEPS = 1000, 24
+VQA_SCENES, VQA_QUESTIONS_PER_SCENE = 3000, 3
 
 
 _BYTES = tfds.features.Tensor(shape=(), dtype=np.object_)
@@ -112,9 +113,22 @@ class MinigridMoves(_Builder):
       yield i, {"frames": [png_bytes(f) for f in frames], "actions": actions, "mission": mission}
 
 
+class MinigridVqa(_Builder):
+  """Questions about 64×64 renders of MiniGrid rooms holding balls, keys and boxes: counts,
+  colours, presence and the agent's heading, each with ten agreeing annotators' answers
+  (sources.minigrid_vqa); the layout of a `vqa_jsonl` dataset."""
+  FEATURES = {"image": _BYTES, "question": tfds.features.Text(),
+              "answers": tfds.features.Sequence(tfds.features.Text())}
+
+  def _generate_examples(self, split):
+    for i, (frame, question, answers) in enumerate(
+        sources.minigrid_vqa(split, VQA_SCENES, VQA_QUESTIONS_PER_SCENE)):
+      yield i, {"image": png_bytes(frame), "question": question, "answers": answers}
+
+
 BUILDERS = {cls.name: cls for cls in
             (ShakespearePlays, MnistCaptions, EmojiCaptions, SkvideoClips, MinigridEpisodes,
-             MinigridMoves)}
+             MinigridMoves, MinigridVqa)}
 
 
 class DatasetNotPrepared(FileNotFoundError):

@@ -84,6 +84,15 @@ def understanding_document(caption_ids, frame, *, bos, eos, boi, eoi) -> Documen
           text_segment([eoi] + list(caption_ids) + [eos], [False] + [True] * (len(caption_ids) + 1))]
 
 
+def vqa_document(question_ids, answer_ids, frame, *, bos, eos, boi, eoi) -> Document:
+  """Image and question -> answer: only the answer and <eos> are trained, so fine-tuning
+  teaches answering, not asking."""
+  return [text_segment([bos, boi], False),
+          VisualSegment(frame[None], generate=False),
+          text_segment([eoi] + list(question_ids) + list(answer_ids) + [eos],
+                       [False] * (1 + len(question_ids)) + [True] * (len(answer_ids) + 1))]
+
+
 def video_document(frames, *, bos, eos, boi, eoi) -> Document:
   """A clip: every frame generated, each its own block (block-causal across frames)."""
   return [text_segment([bos, boi], False), VisualSegment(frames, generate=True),

@@ -66,10 +66,16 @@ def _action_video(settings, counts: dict):
                     + counts["text_tokens"].get("actions", 0) / actions)
 
 
+def _vqa(settings, counts: dict):
+  del settings
+  return (documents.vqa_document([], [], _frames(1)[0], **_SPECIALS),
+          _per_record(counts, "question") + _per_record(counts, "answers"))
+
+
 # stream -> (its settings, a split's counts) -> (its document without text, the text
 # tokens a document adds on average)
 LAYOUTS = {"text": _text, "image_text": _image_text, "video": _video,
-           "action_video": _action_video}
+           "action_video": _action_video, "vqa": _vqa}
 
 
 def mean_document_tokens(stream: str, settings, counts: dict, tokens_per_frame: int) -> float:

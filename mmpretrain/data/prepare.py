@@ -1,9 +1,9 @@
 """`mmpretrain prepare`: builds what a config needs into config.data.data_dir, idempotently.
 
-The TFDS datasets its streams and text sets read — the built-in ones, and a user's own corpus converted
-from the files it comes in (a dataset entry with a `source`: data/convert/); any other
-dataset must already be there — and the SentencePiece tokenizer, trained on the text those
-datasets hold.
+The TFDS datasets its streams and text sets read — the built-in ones, and a user's own
+corpus converted from the files it comes in (a dataset entry with a `source`:
+data/convert/); any other dataset must already be there — and the SentencePiece
+tokenizer, trained on the text those datasets hold.
 """
 
 from mmpretrain import storage
@@ -14,7 +14,7 @@ from mmpretrain.data.convert import SOURCE_DEFAULTS, Runner
 from mmpretrain.data.convert.build import build_dataset
 from mmpretrain.tokenizers.text import load_text_tokenizer, train_tokenizer
 
-TEXT_FIELDS = ("text", "caption", "actions", "mission")
+TEXT_FIELDS = ("text", "caption", "actions", "mission", "question", "answers")
 CORPUS_RECORDS = 20_000      # per dataset: plenty for an 8k BPE, bounded for huge sets
 
 

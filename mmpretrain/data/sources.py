@@ -252,3 +252,61 @@ def minigrid_moves(split: str, episodes: int, steps: int, seed: int = 1):
     mission = env.mission
     env.close()
     yield np.stack(frames), actions, mission
+
+
+VQA_OBJECTS = ("ball", "key", "box")
+VQA_PLURALS = {"ball": "balls", "key": "keys", "box": "boxes"}
+VQA_COUNTS = ("zero", "one", "two", "three", "four")
+VQA_ANNOTATORS = 10      # a VQAv2 record lists ten annotators' answers
+
+
+def minigrid_vqa(split: str, scenes: int, questions_per_scene: int, seed: int = 2):
+  """Yields (frame uint8 [64, 64, 3], question, answers) about MiniGrid scenes.
+
+  Each scene is an empty 8×8 room holding one to four balls, keys and boxes of MiniGrid's
+  colours, and the agent at a random cell and heading. Its questions are drawn from four
+  kinds whose answers the scene decides: how many of an object there are, the colour of
+  an object the scene holds once, whether it holds an object, and where the agent faces
+  (right, down, left, up on the screen). Every annotator gives the scene's answer.
+  """
+  _check_split(split)
+  from minigrid.core.constants import COLOR_NAMES  # pylint: disable=import-outside-toplevel
+  from minigrid.core.world_object import Ball, Box, Key  # pylint: disable=import-outside-toplevel
+  from minigrid.envs import EmptyEnv  # pylint: disable=import-outside-toplevel
+  kinds = dict(zip(VQA_OBJECTS, (Ball, Key, Box)))
+  rng = np.random.default_rng(seed)
+  for index in range(scenes):
+    scene_seed = int(rng.integers(2**31))
+    if not in_split(index, split):
+      continue
+    scene_rng = np.random.default_rng(scene_seed)
+    env = EmptyEnv(size=MINIGRID_CELLS, agent_start_pos=None, render_mode="rgb_array")
+    env.reset(seed=scene_seed)
+    env.grid.set(MINIGRID_CELLS - 2, MINIGRID_CELLS - 2, None)      # no goal square
+    cells = [(x, y) for x in range(1, MINIGRID_CELLS - 1) for y in range(1, MINIGRID_CELLS - 1)]
+    order = scene_rng.permutation(len(cells))
+    objects = []
+    for cell in order[:int(scene_rng.integers(1, 5))]:
+      kind = VQA_OBJECTS[scene_rng.integers(len(VQA_OBJECTS))]
+      color = COLOR_NAMES[scene_rng.integers(len(COLOR_NAMES))]
+      env.grid.set(*cells[cell], kinds[kind](color))
+      objects.append((kind, color))
+    env.agent_pos = cells[order[-1]]                  # a cell no object holds
+    env.agent_dir = int(scene_rng.integers(4))
+    frame = env.get_frame(tile_size=MINIGRID_TILE, highlight=False)
+    env.close()
+    questions = _scene_questions(objects, env.agent_dir)
+    for q in scene_rng.permutation(len(questions))[:questions_per_scene]:
+      question, answer = questions[q]
+      yield frame, question, [answer] * VQA_ANNOTATORS
+
+
+def _scene_questions(objects: list[tuple[str, str]], heading: int) -> list[tuple[str, str]]:
+  kinds = [kind for kind, _ in objects]
+  questions = [(f"how many {VQA_PLURALS[kind]} are there?", VQA_COUNTS[kinds.count(kind)])
+               for kind in VQA_OBJECTS]
+  questions += [(f"is there a {kind}?", "yes" if kind in kinds else "no") for kind in VQA_OBJECTS]
+  questions += [(f"what color is the {kind}?", color) for kind, color in objects
+                if kinds.count(kind) == 1]
+  questions.append(("which way does the agent face?", MOVES[heading]))
+  return questions

@@ -119,10 +119,29 @@ def action_video_document(ctx: StreamContext, record: dict, rng) -> documents.Do
       mission, **ctx.specials)
 
 
+def training_answer(answers) -> str:
+  """The answer a VQA document trains on: the one most annotators gave (the first of a
+  tie), as VQA's `multiple_choice_answer` is chosen."""
+  texts = [as_text(a) for a in answers]
+  return max(texts, key=texts.count)
+
+
+def vqa_document(ctx: StreamContext, record: dict, rng) -> documents.Document:
+  """An image and a question about it, then the answer (the only trained text)."""
+  del rng
+  if len(record["answers"]) == 0:
+    raise BadRecord("empty", "no answers")
+  question, answer = ctx.encode(record["question"]), ctx.encode(training_answer(record["answers"]))
+  if not question or not answer:
+    raise BadRecord("empty", "empty question or answer")
+  return documents.vqa_document(question, answer, ctx.frame(record["image"]), **ctx.specials)
+
+
 # stream -> (canonical fields it reads, record -> document)
 STREAMS = {
     "text": (("text",), text_document),
     "image_text": (("image", "caption"), image_text_document),
     "video": (("frames",), video_document),
     "action_video": (("frames", "actions"), action_video_document),
+    "vqa": (("image", "question", "answers"), vqa_document),
 }

@@ -17,7 +17,9 @@ from mmpretrain.data import builders, streams
 from mmpretrain.data.convert import runners
 from mmpretrain.tokenizers.text import load_text_tokenizer
 
-TEXT_FIELDS = ("text", "caption", "actions", "mission")
+TEXT_FIELDS = ("text", "caption", "actions", "mission", "question", "answers")
+# A field whose documents use one of its values: the count is of that value alone.
+TRAINED_VALUES = {"answers": lambda values: [streams.training_answer(values)]}
 FRAME_FIELDS = ("image", "frames")
 RECORDS_PER_PIECE = 20_000
 
@@ -90,6 +92,8 @@ class CountRange(beam.DoFn):
         value = record.get(key)
         values = value if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) else [
             value]
+        if field in TRAINED_VALUES and len(values) > 0:
+          values = TRAINED_VALUES[field](values)
         counts["text_tokens"][field] += sum(len(self.tokenizer.encode(streams.as_text(v)))
                                             for v in values if v is not None)
       for key in self.dataset.frame_keys:
