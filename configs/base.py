@@ -226,6 +226,11 @@ def get_config(arg=None):
   # > 0: the run's length in tokens instead (e.g. 5.2e11); steps = ceil(tokens /
   # (data.batch_size × data.seq_len)), padding included. Set num_steps = 0 with it.
   c.train.tokens = 0.0
+  # Fine-tuning (`mmpretrain finetune`): a pretrained run's workdir whose parameters (its
+  # newest checkpoint, or init_step) start this run, with a fresh optimizer at step 0.
+  # Read only while this run's workdir has no checkpoint of its own ('' = from scratch).
+  c.train.init_from = ""
+  c.train.init_step = -1                 # -1: the newest checkpoint of init_from
   c.train.log_every = 10                 # logs step_s, tokens/s, MFU (accelerators), memory
   c.train.profile_start = 10             # first step of the jax.profiler trace (after compiling)
   c.train.profile_steps = 0              # steps traced into <workdir>/profile; 0: no trace

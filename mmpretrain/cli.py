@@ -196,12 +196,13 @@ def _join_job() -> None:
                          _PROCESS_ID.value)
 
 
-def cmd_train():
+def cmd_train(config=None):
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: the directory that holds this run")
+  config = config or _config()
   _join_job()
   from mmpretrain.train.loop import train  # pylint: disable=import-outside-toplevel
-  summary = train(_config(), _WORKDIR.value)
+  summary = train(config, _WORKDIR.value)
   if not summary["is_main"]:
     return
   if summary["preempted"]:
@@ -342,6 +343,20 @@ def _export_prompts(config, workdir: str) -> None:
   counts = prompt_export.export_prompts(run, tok, params, prompts, writer, _PER_CAPTION.value,
                                         _PROMPTS_PER_BATCH.value, config.seed)
   print(json.dumps({"step": step, "layout": layout, "output": output, **counts}))
+
+
+def cmd_finetune():
+  """`train` from a pretrained run's parameters (config.train.init_from), with a fresh
+  optimizer: the config names the fine-tuning data (e.g. the vqa stream)."""
+  config = _config()
+  source = config.train.init_from
+  if not source:
+    raise app.UsageError("finetune starts from a pretrained run: pass "
+                         "--config.train.init_from=<its workdir>")
+  if _WORKDIR.value and storage.absolute(source) == storage.absolute(_WORKDIR.value):
+    raise app.UsageError(f"--workdir={_WORKDIR.value} is the pretrained run itself: give the "
+                         "fine-tuned run a workdir of its own")
+  cmd_train(config)
 
 
 def _train_stage(verb: str, train_stage) -> dict | None:
@@ -644,6 +659,10 @@ VERBS = {
     "train": Verb(cmd_train, "train the unified model (re-running resumes from the newest "
                   "checkpoint)", "mmpretrain train --config=configs/demo.py --workdir="
                   "runs/demo --config.train.num_steps=100", _TRAINING),
+    "finetune": Verb(cmd_finetune, "train on new data from a pretrained run's parameters "
+                     "(config.train.init_from) with a fresh optimizer",
+                     "mmpretrain finetune --config=configs/demo.py --workdir=runs/demo_finetuned "
+                     "--config.train.init_from=runs/demo", _TRAINING),
     "eval": Verb(cmd_eval, "score a checkpoint on held-out data (losses, caption and "
                  "generation accuracy), with the run's config.json unless --config is given",
                  "mmpretrain eval --workdir=runs/demo",

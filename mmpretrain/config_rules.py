@@ -248,6 +248,8 @@ RULES = {
     "eval.every_steps": STEPS,
     "eval.batches": COUNT,
     "eval.batch_size": Optional(WIDTH),
+    "train.init_from": Text(),
+    "train.init_step": Int(-1, MAX_STEPS),
     "eval.split": Choice(("train", "validation")),
     "eval.text_sets": Sequence(Text(), may_be_empty=True),
     "eval.generative": Sequence(Choice(GENERATIVE_EVALS), may_be_empty=True),

@@ -12,9 +12,11 @@ import json
 import os
 
 import grain
+import ml_collections
 import numpy as np
 from absl import flags
 
+from mmpretrain import storage
 from mmpretrain.batch import RowSpec
 from mmpretrain.config import datasets_in_use
 from mmpretrain.data import builders, documents, latent_cache, mixture, records, streams
@@ -23,16 +25,28 @@ from mmpretrain.tokenizers.text import TextTokenizer, load_text_tokenizer
 
 
 def tokenizer_path(config) -> str:
-  """The configured tokenizer, or the one `prepare` trains on the datasets in use. Its name
-  carries a digest of that corpus and the vocabulary size, so that another corpus of the
-  same size trains its own instead of reading this one's."""
+  """The configured tokenizer; for a run fine-tuned from another (train.init_from), that
+  run's; else the one `prepare` trains on the datasets in use. Its name carries a digest
+  of that corpus and the vocabulary size, so that another corpus of the same size trains
+  its own instead of reading this one's."""
   if config.data.tokenizer.path:
     return config.data.tokenizer.path
+  if config.train.get("init_from"):
+    return tokenizer_path(pretrained_config(config.train.init_from))
   vocab_size = config.data.tokenizer.vocab_size
   corpus = [(name, config.data.datasets[name].tfds_name, config.data.datasets[name].version)
             for name in datasets_in_use(config)]
   digest = hashlib.sha256(json.dumps([corpus, vocab_size]).encode()).hexdigest()[:10]
   return os.path.join(config.data.data_dir, f"tokenizer_{vocab_size}_{digest}.model")
+
+
+def pretrained_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` trained with (its config.json)."""
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
+    raise FileNotFoundError(f"train.init_from={workdir!r} holds no config.json: point it at "
+                            "the workdir of a trained run")
+  return ml_collections.ConfigDict(storage.read_json(path))
 
 
 def load_tokenizer(config) -> TextTokenizer:

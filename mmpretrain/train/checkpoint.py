@@ -85,6 +85,27 @@ def _storable(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.key_data(state.rng))
 
 
+def pretrained_state(trainer, config):
+  """A fresh state (new optimizer, step 0) holding the parameters of the run at
+  config.train.init_from (its checkpoint train.init_step, -1: the newest), read alone
+  (Orbax partial restore, the optimizer state left on disk) in this run's shardings."""
+  tcfg = config.train
+  directory = storage.join(storage.absolute(tcfg.init_from), CHECKPOINT_DIR)
+  steps = ([int(s) for s in storage.listdir(directory) if s.isdigit()]
+           if storage.isdir(directory) else [])
+  step = max(steps, default=None) if tcfg.init_step < 0 else tcfg.init_step
+  if step not in steps:
+    raise FileNotFoundError(f"train.init_from={tcfg.init_from!r} has no checkpoint "
+                            f"{'at all' if step is None else step} in {directory}: point it at "
+                            "a trained run's workdir")
+  source = RunCheckpoints(tcfg.init_from, config.checkpoint)
+  try:
+    params = source.restore_params(step, trainer.abstract_state().params)
+  finally:
+    source.close()
+  return dataclasses.replace(trainer.init_state(config.seed), params=params)
+
+
 class RunCheckpoints:
   """Saves every `config.checkpoint.every_steps` steps, keeps the newest `keep`."""
 

@@ -19,7 +19,7 @@ from mmpretrain.data import pipeline
 from mmpretrain.generate import sample as sample_lib
 from mmpretrain.model.transformer import is_moe_layer
 from mmpretrain.run import Run
-from mmpretrain.train.checkpoint import BestParams, RunCheckpoints
+from mmpretrain.train.checkpoint import BestParams, RunCheckpoints, pretrained_state
 from mmpretrain.train.evaluate import Evaluator
 from mmpretrain.train.metrics import MetricWriter, StepMetrics, tagged
 from mmpretrain.train.routing import RoutingLog
@@ -102,7 +102,8 @@ class TrainLoop:
     self.start, self.state = self.checkpoints.restore_newest(
         self.trainer.abstract_state(), self.batches, config.checkpoint.fallback)
     if self.state is None:
-      self.state = self.trainer.init_state(config.seed)
+      self.state = (pretrained_state(self.trainer, config) if config.train.get("init_from")
+                    else self.trainer.init_state(config.seed))
     self.writer = MetricWriter(workdir, enabled=self.is_main)
     self.evaluator = (Evaluator(self.trainer, self.tok)
                       if config.eval.every_steps > 0 else None)
