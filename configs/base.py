@@ -251,12 +251,17 @@ def get_config(arg=None):
   c.eval.text_sets = ()
   # Evaluations of what the model does (train/evaluate.py), each run where the config trains
   # what it judges; () for held-out losses alone.
-  c.eval.generative = ("caption_accuracy", "generation", "world_model", "fid", "clip_score")
+  c.eval.generative = ("caption_accuracy", "generation", "world_model", "vqa", "fid",
+                       "clip_score")
   c.eval.caption_images = 100            # mmpretrain eval: held-out digits captioned (greedy)
   c.eval.caption_tokens = 8              # tokens generated per caption
   # World model (when the mixture has action_video): rollouts of held-out MiniGrid episodes
   # from their first context frames with the true actions, vs copying the last frame.
   c.eval.world_model_episodes = 16
+  # VQA (when the mixture has vqa): greedy answers to the first questions of the eval split
+  # of each of the stream's datasets, by VQAv2 accuracy and exact match.
+  c.eval.vqa_questions = 200
+  c.eval.vqa_answer_tokens = 4           # tokens generated per answer
   c.eval.world_model_horizons = (1, 4, 8)
 
   # --- Checkpoints (<workdir>/checkpoints; re-running the same command resumes) ---

@@ -15,8 +15,8 @@ MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, im
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked")    # model/attention.py
 MODALITY_FFN_IMPLS = ("auto", "select", "grouped")                  # model/modality_ffn.py
-GENERATIVE_EVALS = ("caption_accuracy", "generation", "world_model", "fid",  # train/evaluate.py
-                    "clip_score")
+GENERATIVE_EVALS = ("caption_accuracy", "generation", "world_model", "vqa",  # train/evaluate.py
+                    "fid", "clip_score")
 # model.remat: which activations of a layer the backward pass keeps (the rest it
 # recomputes), as the jax.checkpoint_policies member that says so; "none" keeps everything.
 REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "checkpoint_dots",
@@ -261,6 +261,8 @@ RULES = {
     "eval.generation_prompts": Sequence(Text()),
     "eval.generation_images_per_prompt": COUNT,
     "eval.frechet_real_images": Int(2, MAX_SIZE),
+    "eval.vqa_questions": Int(0, MAX_SIZE),
+    "eval.vqa_answer_tokens": Int(1, 4096),
     "eval.fid_inception": Text(),
     "eval.fid_reference": Text(),
     "eval.fid_images": Int(2, MAX_SIZE),

@@ -115,7 +115,7 @@ def test_captioning_an_image_equals_recomputing_with_the_image_in_context(config
   trainer = Trainer(Run(config), tokenizer.byte_lengths())
   params = trainer.init_state(0).params
   frames = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 1), dtype=np.uint8)
-  prompt = sample.caption_prompt(trainer.run, tokenizer, frames)
+  prompt = sample.understanding_prompt(trainer.run, tokenizer, frames)
   generated = np.asarray(sample.make_generator(trainer.run, 4)(params, prompt, jax.random.key(0)))
   model = trainer.run.model(params)
   patch = sample.patch_dim(trainer.run.representation.latent_grid, config.visual.patch_size)

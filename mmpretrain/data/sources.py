@@ -256,7 +256,7 @@ def minigrid_moves(split: str, episodes: int, steps: int, seed: int = 1):
 
 VQA_OBJECTS = ("ball", "key", "box")
 VQA_PLURALS = {"ball": "balls", "key": "keys", "box": "boxes"}
-VQA_COUNTS = ("zero", "one", "two", "three", "four")
+VQA_COUNTS = ("0", "1", "2", "3", "4")     # digits, as VQAv2 answers write numbers
 VQA_ANNOTATORS = 10      # a VQAv2 record lists ten annotators' answers
 
 

@@ -57,21 +57,28 @@ class BlockPrompt:
   frames: np.ndarray
 
 
+def right_aligned(rows: dict, ends) -> dict:
+  """ID_FIELDS and frame_slot of each row's first `ends[i]` slots, right-aligned (padding
+  first, segment id 0), so that every row continues at the same cache slot."""
+  width = int(max(ends))
+  aligned = {k: np.zeros((len(ends), width), rows[k].dtype) for k in ID_FIELDS}
+  aligned["frame_slot"] = np.full((len(ends), width), -1, np.int32)
+  for i, end in enumerate(ends):
+    for k in aligned:
+      aligned[k][i, width - end:] = rows[k][i, :end]
+  return aligned
+
+
 def block_prompt(documents: list, spec) -> BlockPrompt:
   rows = document_rows(documents, spec)
   generated = rows["visual_loss_mask"]
   if not generated.any(axis=1).all():
     raise ValueError("every prompt document needs a generated visual segment")
   starts = np.argmax(generated, axis=1)
-  width, length = int(starts.max()), spec.tokens_per_frame
-  prefix = {k: np.zeros((len(starts), width), rows[k].dtype) for k in ID_FIELDS}
-  prefix["frame_slot"] = np.full((len(starts), width), -1, np.int32)
-  for i, start in enumerate(starts):
-    for k in prefix:
-      prefix[k][i, width - start:] = rows[k][i, :start]
+  length = spec.tokens_per_frame
   block = {k: np.stack([rows[k][i, s:s + length] for i, s in enumerate(starts)])
            for k in ID_FIELDS}
-  return BlockPrompt(prefix, block, rows["frames"])
+  return BlockPrompt(right_aligned(rows, starts), block, rows["frames"])
 
 
 def block_velocity(run, params, cache, block: dict, index, z, t, guided: bool):
@@ -335,19 +342,20 @@ def text_prompt(run, prompts: list[list[int]]) -> dict:
                           patch))
 
 
-def caption_prompt(run, tok, frames: np.ndarray) -> dict:
-  """`<bos> <boi> [clean image] <eoi>` per frame (uint8 [B, H, W, C]): the understanding
-  document up to its caption, as a generator prompt."""
-  spec = run.spec
+def understanding_prompt(run, tok, frames: np.ndarray, texts=None) -> dict:
+  """`<bos> <boi> [clean image] <eoi> text` per frame (uint8 [B, H, W, C]) and text ids
+  (`texts`, e.g. a question; none: a caption follows the image), right-aligned, as a
+  generator prompt."""
   specials = special_ids(tok)
+  texts = [[]] * len(frames) if texts is None else texts
   rows = document_rows([understanding_document([], frame, **specials)[:-1]
-                        + [text_segment([tok.eoi_id], False)] for frame in frames], spec)
-  used = int((rows["segment_ids"][0] > 0).sum())
+                        + [text_segment([tok.eoi_id] + list(text), False)]
+                        for frame, text in zip(frames, texts)], run.spec)
+  prompt = right_aligned(rows, (rows["segment_ids"] > 0).sum(axis=1))
   latents = place_frame_tokens(run.latent_tokens(rows["frames"]),
-                               jnp.asarray(rows["frame_slot"]))
-  return {**{k: jnp.asarray(rows[k][:, :used]) for k in ID_FIELDS},
-          "visual_latents": latents[:, :used],
-          "timesteps": jnp.zeros((len(frames), used), jnp.float32)}
+                               jnp.asarray(prompt["frame_slot"]))
+  return {**{k: jnp.asarray(prompt[k]) for k in ID_FIELDS}, "visual_latents": latents,
+          "timesteps": jnp.zeros(prompt["tokens"].shape, jnp.float32)}
 
 
 def decode_generated(tok, ids, after=()) -> str:
@@ -383,7 +391,7 @@ def caption_files(run, tok, params, paths: list[str], max_new_tokens: int) -> li
     with Image.open(path) as image:
       frames.append(fit_frame(np.asarray(image.convert("L" if channels == 1 else "RGB"))
                               .reshape(image.height, image.width, channels), size, channels))
-  prompt = caption_prompt(run, tok, np.stack(frames))
+  prompt = understanding_prompt(run, tok, np.stack(frames))
   generated = jax.device_get(make_generator(run, max_new_tokens)(params, prompt,
                                                                     jax.random.key(0)))
   return [decode_generated(tok, ids) for ids in generated]

@@ -12,6 +12,7 @@ each where the config trains what it judges:
 - `generation` (alignment): a frozen classifier (encoders/judge.py) scores images drawn
   for class captions, against images drawn without a caption;
 - `world_model`: rollouts of held-out MiniGrid episodes (generate/world_model.py);
+- `vqa`: answers to held-out questions of the vqa stream's datasets (train/vqa_eval.py);
 - `fid` and `clip_score`: the standard scores of images drawn for the generation prompts
   (train/image_scores.py).
 Each builds its jitted samplers once, so periodic evaluation compiles them once.
@@ -33,6 +34,7 @@ from mmpretrain.generate import sample, world_model
 from mmpretrain.run import Run
 from mmpretrain.train import objective
 from mmpretrain.train.image_scores import ClipScoreEval, FidEval
+from mmpretrain.train.vqa_eval import VqaEval
 from mmpretrain.train.checkpoint import RunCheckpoints
 from mmpretrain.train.step import RunLoss
 
@@ -141,7 +143,7 @@ class CaptionAccuracy:
                                batch_size=config.eval.caption_images, caption_len=1, seed=0,
                                repeat=False))
     self.labels = batch["label"]
-    self.prompt = sample.caption_prompt(run, tok, batch["images"])
+    self.prompt = sample.understanding_prompt(run, tok, batch["images"])
     self.generate = sample.make_generator(run, config.eval.caption_tokens)
 
   def __call__(self, params) -> tuple[dict, dict]:
@@ -264,6 +266,8 @@ GENERATIVE_EVALS = {
         _trains(c, "image_text") and bool(c.eval.classifier))),
     "world_model": GenerativeEval(WorldModelEval, lambda c: (
         _trains(c, "action_video") and c.eval.world_model_episodes > 0)),
+    "vqa": GenerativeEval(VqaEval, lambda c: (
+        _trains(c, "vqa") and c.eval.get("vqa_questions", 0) > 0)),
     "fid": GenerativeEval(FidEval, lambda c: (
         _trains(c, "image_text") and bool(c.eval.get("fid_inception"))
         and bool(c.eval.get("fid_reference")))),
