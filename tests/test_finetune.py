@@ -68,8 +68,12 @@ def test_a_finetuned_run_starts_from_the_pretrained_parameters_with_a_fresh_opti
 
 
 def test_a_finetuned_run_resumes_from_its_own_checkpoint(data_dir, pretrained, tmp_path):
+  """… and, once finished, a re-run trains nothing and leaves its summary as it was."""
   config = finetune_config(data_dir, pretrained)
   train(config, str(tmp_path))
+  summary = (tmp_path / "summary.json").read_text()
+  assert train(config, str(tmp_path))["last"] is None
+  assert (tmp_path / "summary.json").read_text() == summary
   checkpoints = RunCheckpoints(str(tmp_path), config.checkpoint)
   assert checkpoints.latest_step() == 3
   checkpoints.close()

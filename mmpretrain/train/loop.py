@@ -185,15 +185,16 @@ class TrainLoop:
     self.checkpoints.save(step + 1, self.state, self.batches, self.config)
 
   def finish(self, preempted: bool) -> dict:
-    """The first and last logged metrics, the last evaluation; unless preempted, the
-    sample grid, the loss plot and summary.json."""
+    """The first and last logged metrics, the last evaluation; unless preempted (or the
+    run was finished before this invocation, whose outputs stay), the sample grid, the
+    loss plot and summary.json."""
     history = self.history
     summary = {"first": history[0] if history else None,
                "last": history[-1] if history else None, "resumed_from": self.start,
                "preempted": preempted, "is_main": self.is_main, "length": self.length,
                "stream_tokens": self.shares.summary(),
                "eval": self.evaluations[-1] if self.evaluations else None}
-    if not preempted:
+    if not preempted and self.start < self.num_steps:   # a finished run keeps its outputs
       samples = write_samples(self.run, self.state.params, int(self.state.step), self.tok,
                               self.workdir, self.writer)
       if self.is_main:
