@@ -109,6 +109,20 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   assert set(draws) == {0}                                  # only the top token survives
 
 
+def assert_greedy_by_recomputing(run, params, prompt: dict, generated) -> None:
+  """Each generated token is the argmax of a full forward over the one-row `prompt` and
+  the tokens before it (no cache)."""
+  model = run.model(params)
+  patch = sample.patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
+  inputs = dict(prompt)
+  for token in generated:
+    logits, _, _ = model(ModelInputs(**inputs))
+    assert int(jnp.argmax(logits[0, -1])) == token
+    extra = sample.text_inputs(jnp.asarray([[token]]), inputs["positions"][:, -1:] + 1,
+                               jnp.ones((1, 1), jnp.int32), patch)
+    inputs = {k: jnp.concatenate([inputs[k], getattr(extra, k)], axis=1) for k in inputs}
+
+
 def test_captioning_an_image_equals_recomputing_with_the_image_in_context(config, tokenizer):
   """Image → caption: the prompt <bos> <boi> [clean image] <eoi> runs into the cache with
   its block bidirectional, then greedy text; equal to the full forward each step."""
@@ -117,13 +131,6 @@ def test_captioning_an_image_equals_recomputing_with_the_image_in_context(config
   frames = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 1), dtype=np.uint8)
   prompt = sample.understanding_prompt(trainer.run, tokenizer, frames)
   generated = np.asarray(sample.make_generator(trainer.run, 4)(params, prompt, jax.random.key(0)))
-  model = trainer.run.model(params)
-  patch = sample.patch_dim(trainer.run.representation.latent_grid, config.visual.patch_size)
   for row in range(2):
-    inputs = {k: v[row:row + 1] for k, v in prompt.items()}
-    for token in generated[row]:
-      logits, _, _ = model(ModelInputs(**inputs))
-      assert int(jnp.argmax(logits[0, -1])) == token
-      extra = sample.text_inputs(jnp.asarray([[token]]), inputs["positions"][:, -1:] + 1,
-                                 jnp.ones((1, 1), jnp.int32), patch)
-      inputs = {k: jnp.concatenate([inputs[k], getattr(extra, k)], axis=1) for k in inputs}
+    assert_greedy_by_recomputing(trainer.run, params, {k: v[row:row + 1] for k, v in
+                                                       prompt.items()}, generated[row])

@@ -24,6 +24,7 @@ ALLOWED = {
     "mmpretrain.generate": BASE | {"mmpretrain.data", "mmpretrain.tokenizers",
                                    "mmpretrain.model", "mmpretrain.diffusion"},
     "mmpretrain.train": BASE | {"mmpretrain.distributed", "mmpretrain.data", "mmpretrain.fid",
+                                "mmpretrain.vqa",
                                 "mmpretrain.tokenizers", "mmpretrain.encoders", "mmpretrain.model",
                                 "mmpretrain.diffusion", "mmpretrain.run", "mmpretrain.generate",
                                 "mmpretrain.stages", "mmpretrain.scaling"},

@@ -2,15 +2,14 @@
 lengths right-aligned in one cache (each equal to recomputing its row alone), scored by
 VQAv2 accuracy and exact match."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import tiny_config
 from fixtures.tiny_vqa import QUESTIONS, TinyVqa
+from test_decode import assert_greedy_by_recomputing
 from mmpretrain.data import streams
 from mmpretrain.generate import sample
-from mmpretrain.model.transformer import ModelInputs
 from mmpretrain.run import Run
 from mmpretrain.train import evaluate
 from mmpretrain.train.step import Trainer
@@ -38,18 +37,11 @@ def test_greedy_answers_through_one_cache_equal_recomputing_each_row(vqa_config,
   assert len({len(q) for q in questions}) == 3               # three prompt lengths
   prompt = sample.understanding_prompt(run, tokenizer, frames, questions)
   generated = np.asarray(sample.make_generator(run, 3)(params, prompt, jax.random.key(0)))
-  model = run.model(params)
-  patch = sample.patch_dim(run.representation.latent_grid, vqa_config.visual.patch_size)
   for row in range(3):
-    alone = sample.understanding_prompt(run, tokenizer, frames[row:row + 1], questions[row:row + 1])
+    alone = sample.understanding_prompt(run, tokenizer, frames[row:row + 1],
+                                        questions[row:row + 1])
     assert alone["tokens"].shape[1] == int((prompt["segment_ids"][row] > 0).sum())
-    inputs = dict(alone)
-    for token in generated[row]:
-      logits, _, _ = model(ModelInputs(**inputs))
-      assert int(jnp.argmax(logits[0, -1])) == token
-      extra = sample.text_inputs(jnp.asarray([[token]]), inputs["positions"][:, -1:] + 1,
-                                 jnp.ones((1, 1), jnp.int32), patch)
-      inputs = {k: jnp.concatenate([inputs[k], getattr(extra, k)], axis=1) for k in inputs}
+    assert_greedy_by_recomputing(run, params, alone, generated[row])
 
 
 class Answering(VqaEval):
