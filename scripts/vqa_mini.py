@@ -117,27 +117,16 @@ def answers_figure(out: str, seed: int, path: str) -> None:
     evaluation = VqaEval(run, tok)
     replies[arm] = evaluation.answers(params, "minigrid_vqa")[:SHOWN]
   questions = evaluation.sets["minigrid_vqa"]
-  frames = _held_out_frames(config, SHOWN)
+  frames = questions.frames
   figure, axes = plt.subplots(1, SHOWN, figsize=(2.4 * SHOWN, 3.4))
   for i, axis in enumerate(axes):
-    axis.imshow(frames[i], interpolation="nearest")
+    axis.imshow(frames[i], interpolation="nearest")     # the 32×32 RGB the model reads
     axis.set_axis_off()
     truth = streams.training_answer(questions.answers[i])
     axis.set_title(f"{questions.texts[i]}\ntruth: {truth}\nfine-tuned: "
                    f"{replies['finetuned'][i]}\nscratch: {replies['scratch'][i]}", fontsize=7)
   figure.tight_layout()
   storage.save_figure(path, figure)
-
-
-def _held_out_frames(config, count: int) -> list[np.ndarray]:
-  """The frames of the first `count` held-out VQA records, as the model reads them."""
-  # pylint: disable=import-outside-toplevel
-  from mmpretrain.data import pipeline
-  from mmpretrain.tokenizers.text import load_text_tokenizer
-  from mmpretrain.data.streams import StreamContext
-  ctx = StreamContext(config, load_text_tokenizer(pipeline.tokenizer_path(config)), "vqa")
-  records = pipeline.dataset_records(config, "minigrid_vqa", config.eval.split)
-  return [ctx.frame(records[i]["image"]) for i in range(count)]
 
 
 def main():

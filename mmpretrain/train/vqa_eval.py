@@ -21,15 +21,15 @@ class VqaSet:
     ctx = streams.StreamContext(config, tok, "vqa")
     records = pipeline.dataset_records(config, name, config.eval.split)
     fields = config.data.datasets[name].fields
-    readable = (records[i] for i in range(len(records))
-                if not isinstance(records[i], Unreadable))
+    readable = (r for r in (records[i] for i in range(len(records)))
+                if not isinstance(r, Unreadable))
     chosen = [pipeline.canonical(r, fields, NEEDED, name)
               for r, _ in zip(readable, range(count))]
     self.answers = [[streams.as_text(a) for a in r["answers"]] for r in chosen]
     self.texts = [streams.as_text(r["question"]) for r in chosen]
     self.questions = [ctx.encode(text) for text in self.texts]
-    self.prompt = sample.understanding_prompt(
-        run, tok, np.stack([ctx.frame(r["image"]) for r in chosen]), self.questions)
+    self.frames = np.stack([ctx.frame(r["image"]) for r in chosen])   # as the model reads them
+    self.prompt = sample.understanding_prompt(run, tok, self.frames, self.questions)
 
 
 class VqaEval:
