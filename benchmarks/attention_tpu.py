@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,6 +31,9 @@ import smoke  # pylint: disable=wrong-import-position,wrong-import-order
 # c×c score blocks' matmuls of 2·c²·head_dim FLOPs each, per block: the forward's max
 # pass, its probabilities pass and value mix (3), the backward's scores, dP, dQ, dK, dV (5).
 MATMULS_PER_BLOCK = 3 + 5
+# The Pallas kernel's per pair: QK, PV; the dK/dV kernel's scores, dP, dK, dV; the dQ
+# kernel's scores, dP, dQ.
+PALLAS_MATMULS_PER_BLOCK = 2 + 4 + 3
 
 
 def main():
@@ -64,6 +68,11 @@ def main():
          "matmul_ms": 1e3 * flops / CHIPS[generation].peak_bf16_flops}
   out["kernel_vs_dense"] = out["kernel_ms"] / out["dense_ms"]
   out["kernel_vs_matmul"] = out["kernel_ms"] / out["matmul_ms"]
+  start = time.perf_counter()
+  pallas = aot.lower_attention(config, devices, "pallas", spec.seq_len, chunk).compile()
+  out["pallas_compile_s"] = time.perf_counter() - start
+  out["pallas_temp_bytes"] = pallas.memory_analysis().temp_size_in_bytes
+  out["pallas_matmul_ms"] = out["matmul_ms"] * PALLAS_MATMULS_PER_BLOCK / MATMULS_PER_BLOCK
   print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
 
 

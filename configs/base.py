@@ -125,8 +125,9 @@ def get_config(arg=None):
   c.model.remat_keep_attention = True    # remat: keep the chunked attention's output and
                                          # log-sum-exp ([B, L, d] a layer) for its backward
   c.model.dtype = "float32"              # compute dtype; bfloat16 = mixed precision
-  c.model.attention_impl = "auto"        # auto | xla | cudnn | einsum | chunked (model/attention.py)
-  c.model.attention_chunk = 512          # chunked: query and key chunk (memory O(L · chunk))
+  c.model.attention_impl = "auto"        # auto | xla | cudnn | einsum | chunked | pallas
+                                         # (model/attention.py)
+  c.model.attention_chunk = 512          # chunked, pallas: query and key chunk or block
   # Flow head (model/flow_head.py): width 0 = a linear read-out; else a wide, shallow
   # per-token network reading the hidden state, the noisy latent and the timestep.
   c.model.flow_head = ml_collections.ConfigDict({"width": 0, "depth": 2})

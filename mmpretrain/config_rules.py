@@ -13,7 +13,7 @@ MAX_TOKENS = 2.0**53         # tokens of a run: counts a float64 (JSON, TensorBo
 MAX_SIZE = 2**24             # tokens in a row, rows in a batch, hidden units, vocabulary
 MAX_COUNT = 2**16            # layers, heads, experts, devices per mesh axis, images in an eval
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked")    # model/attention.py
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum", "chunked", "pallas")  # model/attention.py
 MODALITY_FFN_IMPLS = ("auto", "select", "grouped")                  # model/modality_ffn.py
 GENERATIVE_EVALS = ("caption_accuracy", "generation", "world_model", "vqa",  # train/evaluate.py
                     "fid", "clip_score")

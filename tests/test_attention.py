@@ -1,5 +1,5 @@
-"""Attention kernels: the einsum path (custom VJP), jax.nn.dot_product_attention and the
-chunked kernel over key ranges, all against float64 numpy softmax attention and its
+"""Attention kernels: the einsum path (custom VJP), the dense XLA path, the chunked kernel
+and the Pallas kernel (interpreted) over key ranges, all against float64 numpy softmax attention and its
 analytic gradients, on block-causal masks with packed documents and grouped-query heads."""
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,10 @@ def _ids():
   return segment, block
 
 
-def _reference(q, k, v, mask, d_out):
-  """Float64 attention and its gradients, written from the definition."""
+def reference_attention(q, k, v, mask, d_out):
+  """Float64 attention over `mask` [B, 1, L, L] and its gradients, written from the
+  definition (keys and values grouped-query when they have fewer heads)."""
+  q, k, v, d_out = (np.asarray(a, np.float64) for a in (q, k, v, d_out))
   groups = q.shape[2] // k.shape[2]
   k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
   scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
@@ -47,48 +49,52 @@ def _inputs(kv_heads, dtype, seed=0):
 
 
 def _visible(impl):
-  """What `impl` takes as its mask: key ranges for `chunked`, the bool mask otherwise."""
-  return (key_ranges if impl.startswith("chunked") else attention_mask)(*_ids())
+  """What a layer passes: the key ranges of whole rows."""
+  del impl
+  return key_ranges(*_ids())
 
 
 # chunked/5: chunks that do not divide L (the padded path); chunked/8: three chunks, where
 # the second query chunk of row 0 skips no key chunk and the third skips the first.
 IMPLS = {"einsum": ("einsum", 512), "xla": ("xla", 512), "chunked/5": ("chunked", 5),
-         "chunked/8": ("chunked", 8), "chunked/whole": ("chunked", L)}
+         "chunked/8": ("chunked", 8), "chunked/whole": ("chunked", L), "pallas/8": ("pallas", 8)}
 
 
 @pytest.mark.parametrize("name", list(IMPLS))
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_float32_matches_float64_reference(name, kv_heads):
+def test_float32_matches_float64reference_attention(name, kv_heads):
   impl, chunk = IMPLS[name]
   q, k, v, d_out = _inputs(kv_heads, jnp.float32)
   mask = attention_mask(*_ids())
   out, vjp = jax.vjp(lambda *a: attention.attend(*a, _visible(impl), impl, chunk), q, k, v)
   got = [out, *vjp(d_out)]
-  want = _reference(*(np.asarray(a, np.float64) for a in (q, k, v)), np.asarray(mask),
+  want = reference_attention(*(np.asarray(a, np.float64) for a in (q, k, v)), np.asarray(mask),
                     np.asarray(d_out, np.float64))
   for name, g, w in zip(["out", "d_q", "d_k", "d_v"], got, want):
     np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def test_bfloat16_einsum_is_as_close_as_the_library():
-  # bf16 rounds inputs, probabilities and outputs; the einsum path must not be worse than
-  # jax.nn.dot_product_attention on the same bf16 inputs (errors against float64).
+def test_bfloat16_kernels_are_as_close_as_the_library():
+  # bf16 rounds inputs, scores, probabilities and outputs; no kernel may be much worse
+  # than jax.nn.dot_product_attention (f32 scores) on the same bf16 inputs (errors
+  # against float64).
   q, k, v, d_out = _inputs(2, jnp.bfloat16, seed=1)
   mask = attention_mask(*_ids())
-  want = _reference(*(np.asarray(a.astype(jnp.float32), np.float64) for a in (q, k, v)),
+  want = reference_attention(*(np.asarray(a.astype(jnp.float32), np.float64) for a in (q, k, v)),
                     np.asarray(mask), np.asarray(d_out.astype(jnp.float32), np.float64))
+  library = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask)
+  kernels = {impl: (lambda *a, impl=impl: attention.attend(*a, key_ranges(*_ids()), impl, 8))
+             for impl in ("einsum", "xla", "chunked", "pallas")}
   errors = {}
-  for impl in ("einsum", "xla", "chunked"):
-    out, vjp = jax.vjp(lambda *a, impl=impl: attention.attend(*a, _visible(impl), impl, 8),
-                       q, k, v)
+  for name, kernel in {"library": library, **kernels}.items():
+    out, vjp = jax.vjp(kernel, q, k, v)
     got = [out, *vjp(d_out)]
-    assert all(g.dtype == jnp.bfloat16 for g in got)
-    errors[impl] = [np.abs(np.asarray(g.astype(jnp.float32), np.float64) - w).max()
+    assert all(g.dtype == jnp.bfloat16 for g in got), name
+    errors[name] = [np.abs(np.asarray(g.astype(jnp.float32), np.float64) - w).max()
                     / np.abs(w).max() for g, w in zip(got, want)]
-  for impl in ("einsum", "chunked"):
-    assert max(errors[impl]) < 0.02, errors
-    assert all(e <= 2 * x + 1e-3 for e, x in zip(errors[impl], errors["xla"])), errors
+  for name in kernels:
+    assert max(errors[name]) < 0.02, errors
+    assert all(e <= 2 * x + 1e-3 for e, x in zip(errors[name], errors["library"])), errors
 
 
 def test_auto_is_einsum_on_cpu_chunked_on_accelerators_and_unknown_names_are_refused():
@@ -96,9 +102,12 @@ def test_auto_is_einsum_on_cpu_chunked_on_accelerators_and_unknown_names_are_ref
   assert attention.resolve("auto", "tpu") == attention.resolve("auto", "gpu") == "chunked"
   assert attention.for_cache("auto") == "einsum"
   assert attention.for_cache("chunked") == "xla"     # a KV cache's unwritten slots
+  assert attention.for_cache("pallas") == "xla"
   assert attention.resolve("cudnn") == "cudnn"
   with pytest.raises(ValueError, match="attention_impl"):
     attention.resolve("flash")
+  with pytest.raises(ValueError, match="TPU kernel"):
+    attention.resolve("pallas", "gpu")
 
 
 def test_chunked_skips_key_chunks_no_query_sees_and_stays_exact_on_long_packed_rows():
@@ -113,7 +122,7 @@ def test_chunked_skips_key_chunks_no_query_sees_and_stays_exact_on_long_packed_r
                     for _ in range(4))
   out, vjp = jax.vjp(lambda *a: attention.attend(*a, key_ranges(segment, block), "chunked", 16),
                      q, k, v)
-  want = _reference(*(np.asarray(a, np.float64) for a in (q, k, v)),
+  want = reference_attention(*(np.asarray(a, np.float64) for a in (q, k, v)),
                     np.asarray(attention_mask(segment, block)), np.asarray(d_out, np.float64))
   for name, g, w in zip(["out", "d_q", "d_k", "d_v"], [out, *vjp(d_out)], want):
     np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -134,7 +143,7 @@ def test_remat_keeps_the_chunked_kernels_residuals_rather_than_running_it_again(
   assert str(jax.make_jaxpr(grads)(q, k, v)).count("while[") == (3 if keep else 5)
   q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
   mask = np.asarray(attention_mask(*_ids()))
-  out = _reference(q64, k64, v64, mask, np.zeros(q.shape))[0]
-  want = _reference(q64, k64, v64, mask, out)[1:]
+  out = reference_attention(q64, k64, v64, mask, np.zeros(q.shape))[0]
+  want = reference_attention(q64, k64, v64, mask, out)[1:]
   for name, g, w in zip(["d_q", "d_k", "d_v"], grads(q, k, v), want):
     np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=1e-4, atol=1e-5, err_msg=name)

@@ -5,7 +5,7 @@ import pytest
 from mmpretrain.batch import RowSpec
 from mmpretrain.data.documents import TextSegment, VisualSegment, text_segment
 from mmpretrain.data.packing import RowBuilder
-from mmpretrain.model.masks import attention_mask, key_ranges
+from mmpretrain.model.masks import attention_mask, key_ranges, ranges_mask
 
 T = 4  # tokens per frame
 SPEC = RowSpec(seq_len=48, max_frames=6, tokens_per_frame=T, frame_shape=(2, 2, 1))
@@ -74,11 +74,9 @@ def test_mask_matches_brute_force(name):
 
 
 def ranges_as_mask(row):
-  """key_ranges of a packed row, spelled out as the [L, L] mask they stand for."""
-  start, end = (np.asarray(r)[0] for r in key_ranges(row["segment_ids"][None],
-                                                      row["block_ids"][None]))
-  keys = np.arange(len(start))
-  return (keys[None] >= start[:, None]) & (keys[None] < end[:, None])
+  """key_ranges of a packed row, as the [L, L] mask the dense kernels build from them."""
+  ranges = key_ranges(row["segment_ids"][None], row["block_ids"][None])
+  return np.asarray(ranges_mask(ranges, row["segment_ids"].shape[-1]))[0, 0]
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -171,11 +171,12 @@ def test_index_in_block_counts_from_each_blocks_first_token():
   np.testing.assert_array_equal(got, expected)
 
 
-def test_chunked_attention_gives_the_dense_models_outputs_and_gradients():
-  # The whole model with key ranges and 5-token chunks (three chunks, the last padded)
-  # against the dense mask: logits, visual predictions and parameter gradients.
+@pytest.mark.parametrize("impl", ["chunked", "pallas", "xla"])
+def test_each_attention_kernel_gives_the_einsum_models_outputs_and_gradients(impl):
+  # The whole model with 5-token chunks or blocks (three, the last padded) against the
+  # einsum kernel: logits, visual predictions and parameter gradients.
   dense = model_config(attention_impl="einsum", scan_layers=True)
-  chunked = model_config(attention_impl="chunked", attention_chunk=5, scan_layers=True)
+  chunked = model_config(attention_impl=impl, attention_chunk=5, scan_layers=True)
   inputs = make_inputs()
 
   def outputs_and_grads(cfg):

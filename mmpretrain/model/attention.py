@@ -1,22 +1,33 @@
 """Attention kernels behind one call: `attend(q, k, v, visible, impl)`.
 
-`chunked` (model/chunked_attention.py) takes the mask as a key range per query and never
-builds an [L, L] tensor: the choice on TPU and GPU, where sequences of thousands of tokens
-would make the dense mask and scores the largest tensors of the step.
-`xla` / `cudnn` go to `jax.nn.dot_product_attention` (the backend's fused kernels on GPU and
-TPU). `einsum` is written out with a custom VJP for XLA:CPU, where the library path is
-slow: its backward reduces softmax gradients over the [T, S] matrix in f32 and multiplies
-with f32 operands even in bf16. Here the forward keeps the softmax probabilities in the
-compute dtype, and the backward uses the identity rowsum(dP ∘ P) = rowsum(dO ∘ O) (an
-[T] reduction over head_dim instead of over S) and runs all four matmuls with
-compute-dtype operands and f32 accumulation. `auto` picks `einsum` on CPU (the demo's short
-rows), `chunked` elsewhere.
+Training passes the mask as a key range per query (masks.key_ranges); each kernel reads
+it its own way:
+- `chunked` (model/chunked_attention.py): plain JAX over chunks of keys with an online
+  softmax, never an [L, L] tensor; the choice on TPU and GPU, where rows of thousands of
+  tokens would make the dense scores the largest tensors of the step.
+- `pallas` (model/flash_attention.py): the same contract as a fused Pallas TPU kernel whose
+  score blocks never leave the chip's VMEM; run by Pallas' interpreter on CPU.
+- `xla` (model/dense_attention.py): dense scores in the compute dtype, the mask built
+  inside the layer from the ranges.
+- `cudnn`: `jax.nn.dot_product_attention` on cuDNN (GPU).
+- `einsum`: dense, written out with a custom VJP for XLA:CPU, where the autodiff backward
+  is slow: the forward keeps the softmax probabilities in the compute dtype, and the
+  backward uses the identity rowsum(dP ∘ P) = rowsum(dO ∘ O) (an [T] reduction over
+  head_dim instead of over S) and runs all four matmuls with compute-dtype operands and
+  f32 accumulation.
+`auto` picks `einsum` on CPU (the demo's short rows), `chunked` elsewhere.
 """
 import jax
 import jax.numpy as jnp
 
 from mmpretrain.config_rules import ATTENTION_IMPLS
-from mmpretrain.model.chunked_attention import chunked_attention
+from mmpretrain.model.chunked_attention import KeyRanges, chunked_attention
+from mmpretrain.model.dense_attention import dense_attention
+from mmpretrain.model.flash_attention import flash_attention
+from mmpretrain.model.masks import ranges_mask
+
+# The kernels that read the mask as a key range per query and never build [L, L].
+RANGE_IMPLS = ("chunked", "pallas")
 
 
 def resolve(impl: str, platform: str | None = None) -> str:
@@ -24,8 +35,12 @@ def resolve(impl: str, platform: str | None = None) -> str:
   others unchanged."""
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl={impl!r}: pick one of {ATTENTION_IMPLS}")
+  platform = platform or jax.default_backend()
   if impl == "auto":
-    return "einsum" if (platform or jax.default_backend()) == "cpu" else "chunked"
+    return "einsum" if platform == "cpu" else "chunked"
+  if impl == "pallas" and platform == "gpu":
+    raise ValueError("model.attention_impl=pallas is a TPU kernel: on GPU use cudnn, "
+                     "chunked or xla")
   return impl
 
 
@@ -33,16 +48,20 @@ def for_cache(impl: str) -> str:
   """The implementation for a few new tokens against a KV cache, where the mask is a small
   [T, S] and a key range per query does not describe the cache's unwritten slots."""
   impl = resolve(impl)
-  return "xla" if impl == "chunked" else impl
+  return "xla" if impl in RANGE_IMPLS else impl
 
 
 def attend(q, k, v, visible, impl: str, chunk: int = 512):
   """Softmax attention. q [B, T, heads, D]; k, v [B, S, kv_heads, D] (grouped-query when
-  kv_heads < heads); `visible`: for `chunked` the masks.key_ranges of the queries (and S =
-  T), otherwise a bool mask [B or 1, 1, T, S], True = attend. `chunk`: tokens per chunk of
-  `chunked`. Returns [B, T, heads, D] in q's dtype."""
+  kv_heads < heads); `visible`: the masks.key_ranges of a whole row's queries (S = T), or
+  a bool mask [B or 1, 1, T, S], True = attend (a KV cache's). `chunk`: tokens per chunk
+  or block of `chunked` and `pallas`. Returns [B, T, heads, D] in q's dtype."""
   impl = resolve(impl)
-  if impl not in ("einsum", "chunked"):
+  if isinstance(visible, KeyRanges) and impl not in RANGE_IMPLS:
+    # Built here, inside each layer, so XLA fuses the comparison into the scores' softmax
+    # rather than store an [L, L] mask for every layer to read.
+    visible = ranges_mask(visible, k.shape[1])
+  if impl == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, mask=visible, implementation=impl)
   # Grouped-query heads share keys and values: repeat them (small, [B, S, kv_heads, D];
   # autodiff sums their gradients back); a grouped 5-D layout is slower on XLA:CPU.
@@ -50,6 +69,12 @@ def attend(q, k, v, visible, impl: str, chunk: int = 512):
   k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
   if impl == "chunked":
     return chunked_attention(q, k, v, visible, chunk)
+  if impl == "pallas":
+    # Pallas' interpreter stands in for the TPU on CPU (tests, debugging in a notebook).
+    return flash_attention(q, k, v, visible, block_q=chunk, block_k=chunk,
+                           interpret=jax.default_backend() == "cpu")
+  if impl == "xla":
+    return dense_attention(q, k, v, visible)
   return _einsum_attention(q, k, v, visible)
 
 

@@ -39,6 +39,12 @@ def key_ranges(segment_ids: jnp.ndarray, block_ids: jnp.ndarray) -> KeyRanges:
   return KeyRanges(start.astype(jnp.int32), end.astype(jnp.int32))
 
 
+def ranges_mask(ranges: KeyRanges, length: int) -> jnp.ndarray:
+  """Key ranges [B, T] -> the bool mask [B, 1, T, length] they describe."""
+  keys = jnp.arange(length)
+  return ((keys >= ranges.start[..., None]) & (keys < ranges.end[..., None]))[:, None]
+
+
 def cached_attention_mask(q_segment_ids, q_block_ids, segment_ids, block_ids, index):
   """The same rule for a chunk of T new tokens at cache slots index..index+T-1 against all
   S slots (q_* [B, T], segment/block ids of the slots [B, S]) -> bool[B, 1, T, S].

@@ -19,7 +19,7 @@ from mmpretrain.config_rules import REMAT_POLICIES
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, TOKEN_KINDS, is_visual
 from mmpretrain.model import attention, chunked_attention, layers, modality_ffn
 from mmpretrain.model.flow_head import FlowHead
-from mmpretrain.model.masks import attention_mask, cached_attention_mask, key_ranges
+from mmpretrain.model.masks import cached_attention_mask, key_ranges
 from mmpretrain.model.moe import DISPATCH_INDICES, EXPERT_HIDDEN, MoE, RouterBias
 
 def remat_policy(name: str, keep: tuple[str, ...] = ()):
@@ -314,9 +314,7 @@ class Transfusion(nnx.Module):
     """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the
     MoE layers' routing stats (per MoE layer, in order; {} for a dense model)."""
     x, token_kind, time_h = self._embed(inputs)
-    ranges_or_mask = (key_ranges if attention.resolve(self.cfg.attention_impl) == "chunked"
-                      else attention_mask)
-    visible = ranges_or_mask(inputs.segment_ids, inputs.block_ids)
+    visible = key_ranges(inputs.segment_ids, inputs.block_ids)
     x, moe_stats = self.decoder(x, inputs.positions, visible, token_kind)
     return (*self._readout(x, inputs, time_h), moe_stats)
 

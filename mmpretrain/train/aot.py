@@ -264,19 +264,17 @@ def attention_shard_shape(config, devices, length: int, heads: int) -> tuple:
   return where.shard_shape(shape)
 
 
-def attention_cost(config, devices, impl: str, length: int, chunk: int | None = None) -> dict:
-  """Cost analysis of one layer's attention at `length` tokens (`impl`: `xla`, or `chunked`
-  in chunks of `chunk`, whose loops the analysis counts once) on one chip's share of the
-  rows and heads, run as a layer runs it: its output read by the rest of the step, its
-  backward under the layer's remat policy (which may run its forward again)."""
+def lower_attention(config, devices, impl: str, length: int, chunk: int | None = None):
+  """One layer's attention at `length` tokens (`impl` in chunks or blocks of `chunk`), on
+  one chip's share of the rows and heads, lowered as a layer runs it: its output read by
+  the rest of the step, its backward under the layer's remat policy (which may run its
+  forward again)."""
   m = config.model
   q_shape = attention_shard_shape(config, devices, length, m.num_heads)
   kv_shape = attention_shard_shape(config, devices, length, m.num_kv_heads)
   rows = q_shape[0]
-  def attend(q, k, v, start, end, mask):
-    # As the layers get them: key ranges, or the dense mask built once for all layers.
-    visible = KeyRanges(start, end) if impl == "chunked" else mask
-    return attention.attend(q, k, v, visible, impl, chunk or length)
+  def attend(q, k, v, start, end):
+    return attention.attend(q, k, v, KeyRanges(start, end), impl, chunk or length)
   policy = model_remat_policy(m)
   if policy is not None:
     attend = jax.checkpoint(attend, policy=policy)
@@ -286,9 +284,14 @@ def attention_cost(config, devices, impl: str, length: int, chunk: int | None = 
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one_chip)
   dtype = jnp.dtype(m.dtype)
   args = [spec(q_shape, dtype), spec(kv_shape, dtype), spec(kv_shape, dtype),
-          spec((rows, length), jnp.int32), spec((rows, length), jnp.int32),
-          spec((rows, 1, length, length) if impl == "xla" else (), jnp.bool_)]
-  return _cost(_compile(jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args),
+          spec((rows, length), jnp.int32), spec((rows, length), jnp.int32)]
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args)
+
+
+def attention_cost(config, devices, impl: str, length: int, chunk: int | None = None) -> dict:
+  """Cost analysis of lower_attention's program (`xla`, or `chunked`, whose loops the
+  analysis counts once)."""
+  return _cost(_compile(lower_attention(config, devices, impl, length, chunk),
                         cost_options(devices)))
 
 
