@@ -25,7 +25,8 @@ def get_config(arg=None):
       "MMPRETRAIN_DATA_DIR", os.path.expanduser("~/.cache/mmpretrain/data"))
   c.data.seq_len = 512
   c.data.batch_size = 8                  # global batch (sequences per optimizer step)
-  c.data.max_frames = 4                  # images/frames one packed row can hold
+  c.data.max_frames = 4                  # images/frames one packed row can hold (0: text
+                                         # only, and the model builds no visual path)
   c.data.image_size = 32                 # frames are resized/padded to this square size
   c.data.image_channels = 1
   c.data.mixture = {"text": 0.5, "image_text": 0.5, "video": 0.0, "action_video": 0.0,

@@ -130,7 +130,7 @@ RULES = {
     "data.data_dir": Text(),
     "data.seq_len": WIDTH,
     "data.batch_size": WIDTH,
-    "data.max_frames": COUNT,
+    "data.max_frames": Int(0, MAX_COUNT),   # 0: text only, no visual path in the model
     "data.image_size": Int(1, 8192),
     "data.image_channels": Choice((1, 3)),
     "data.mixture.*": WEIGHT,

@@ -23,7 +23,8 @@ def build_model(config, seed: int, representation=None) -> Transfusion:
   grid = (representation or make_representation(config)).latent_grid
   patch = config.visual.patch_size
   return Transfusion(config.model, patch_dim(grid, patch), rngs=nnx.Rngs(seed),
-                     tokens_per_frame=tokens_per_frame(grid, patch))
+                     tokens_per_frame=tokens_per_frame(grid, patch),
+                     visual=config.data.max_frames > 0)
 
 
 def abstract_arrays(shapes, shardings=None):

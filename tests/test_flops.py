@@ -136,3 +136,52 @@ def test_executed_flops_match_xla_cost_analysis(config, tokenizer, variant):
   xla = xla_step_flops(trainer, trainer.init_state(0), batch)
   executed = step_flops(config, token_counts(batch)).executed
   assert executed == pytest.approx(xla, rel=0.10), (executed, xla)
+
+
+def text_only(config):
+  """`config` with rows of text alone: no frames, only the text stream."""
+  config.data.max_frames = 0
+  config.data.mixture = {stream: 1.0 if stream == "text" else 0.0
+                         for stream in config.data.mixture}
+  return config
+
+
+def test_a_text_only_config_builds_no_visual_path():
+  c = text_only(base.get_config())
+  model = nnx.eval_shape(lambda: build_model(c, 0))
+  names = {str(part) for path, _ in nnx.to_flat_state(nnx.state(model)) for part in path}
+  assert not names & {"visual_in", "visual_out", "time_embed", "frame_positions"}, names
+  m = c.model
+  # The layers and the LM head only: a text-only transformer's count.
+  attention = 2 * m.d_model * m.num_heads * m.head_dim + 2 * m.d_model * m.num_kv_heads * m.head_dim
+  layer = attention + 3 * m.d_model * m.mlp_dim
+  assert active_matmul_params(c) == m.num_layers * layer + m.d_model * m.vocab_size
+
+
+def test_a_text_only_step_runs_only_the_text_transformers_flops(config, tokenizer):
+  """XLA's count of the compiled text-only step against the same model with a visual
+  path fed text rows: the difference is the visual path's matmuls on every slot (input
+  projection, flow head, timestep MLP), and the text-only step is what the FLOP count of
+  a text transformer says."""
+  config.model.scan_layers = False
+  config.model.d_model, config.model.mlp_dim, config.model.num_layers = 128, 384, 2
+  text_only(config)
+  def step_flops_of(cfg):
+    trainer = Trainer(Run(cfg), tokenizer.byte_lengths())
+    batch = next(make_batches(cfg, tokenizer, row_spec(cfg)))
+    return xla_step_flops(trainer, trainer.init_state(0), batch), batch
+  alone, batch = step_flops_of(config)
+  assert batch["frames"].shape[1] == 0
+  with_vision = config.copy_and_resolve_references()
+  with_vision.data.max_frames = 1
+  visual, _ = step_flops_of(with_vision)
+  m = config.model
+  slots = batch["tokens"].size
+  patch = patch_dim(make_representation(config).latent_grid, config.visual.patch_size)
+  # The input projection and the timestep MLP's first layer read inputs that take no
+  # gradient: forward and weight gradient, 4 FLOPs a weight; the others 6.
+  first = m.d_model * patch + 256 * m.d_model
+  rest = m.d_model * m.d_model + m.d_model * patch
+  assert visual - alone == pytest.approx(slots * (4 * first + 6 * rest), rel=0.05), (visual, alone)
+  executed = step_flops(config, token_counts(batch)).executed
+  assert executed == pytest.approx(alone, rel=0.05), (executed, alone)

@@ -276,9 +276,34 @@ class DecoderStack(nnx.Module):
 class Transfusion(nnx.Module):
   """Decoder-only transformer trained with next-token CE on text and flow matching on vision."""
 
-  def __init__(self, cfg, patch_dim: int, *, rngs: nnx.Rngs, tokens_per_frame: int = 0):
-    """`tokens_per_frame`: latent tokens of one frame, for `model.frame_positions`."""
+  def __init__(self, cfg, patch_dim: int, *, rngs: nnx.Rngs, tokens_per_frame: int = 0,
+               visual: bool = True):
+    """`tokens_per_frame`: latent tokens of one frame, for `model.frame_positions`.
+    `visual`: False for rows that hold no frames (data.max_frames=0): the model is then a
+    text-only transformer, with no visual projections, flow head, timestep MLP or frame
+    positions, and its visual prediction is None."""
     self.cfg, self.dtype = cfg, jnp.dtype(cfg.dtype)
+    d_model, std = cfg.d_model, cfg.init_std
+    self.embed = nnx.Embed(cfg.vocab_size, d_model, dtype=self.dtype, rngs=rngs,
+                           embedding_init=layers.dense_init(std, ("vocab", "embed")))
+    if visual:
+      self._build_visual_path(cfg, patch_dim, tokens_per_frame, rngs)
+    else:
+      self.frame_positions = self.visual_in = self.time_embed = self.visual_out = None
+    self.decoder = DecoderStack(cfg, rngs=rngs)
+    self.final_norm = layers.RMSNorm(d_model, cfg.norm_eps, self.dtype)
+    # Read-outs emit f32 from the f32 accumulator: the losses need f32 logits anyway.
+    self.lm_head = None if cfg.tie_embeddings else layers.linear(
+        d_model, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs,
+        out_dtype=jnp.float32)
+    for table in (self.embed, self.frame_positions):
+      if table is not None:
+        layers.mark_used_by(table, layers.LOOKUP)
+    if self.lm_head is not None:
+      layers.mark_used_by(self.lm_head, layers.TEXT)
+
+  def _build_visual_path(self, cfg, patch_dim: int, tokens_per_frame: int, rngs):
+    """The latents' input projection, timestep MLP, flow head and frame positions."""
     d_model, std = cfg.d_model, cfg.init_std
     # Where a token sits in its frame, learned (DiT's absolute position embedding): RoPE
     # alone gives a frame's tokens only their offsets from each other and the prefix.
@@ -288,31 +313,18 @@ class Transfusion(nnx.Module):
     self.frame_positions = nnx.Embed(
         tokens_per_frame, d_model, dtype=self.dtype, rngs=rngs,
         embedding_init=layers.dense_init(std, (None, "embed"))) if cfg.frame_positions else None
-    self.embed = nnx.Embed(cfg.vocab_size, d_model, dtype=self.dtype, rngs=rngs,
-                           embedding_init=layers.dense_init(std, ("vocab", "embed")))
     self.visual_in = layers.linear(patch_dim, d_model, dtype=self.dtype, std=std,
                                    axes=("latent", "embed"), use_bias=True, rngs=rngs)
     self.time_embed = TimestepEmbedding(cfg, rngs=rngs)
-    self.decoder = DecoderStack(cfg, rngs=rngs)
-    self.final_norm = layers.RMSNorm(d_model, cfg.norm_eps, self.dtype)
-    # Read-outs emit f32 from the f32 accumulator: the losses need f32 logits anyway.
-    self.lm_head = None if cfg.tie_embeddings else layers.linear(
-        d_model, cfg.vocab_size, dtype=self.dtype, std=std, axes=("embed", "vocab"), rngs=rngs,
-        out_dtype=jnp.float32)
     self.visual_out = FlowHead(cfg, patch_dim, rngs=rngs) if cfg.flow_head.width else (
         layers.linear(d_model, patch_dim, dtype=self.dtype, std=std, axes=("embed", "latent"),
                       use_bias=True, rngs=rngs, out_dtype=jnp.float32))
-    for table in (self.embed, self.frame_positions):
-      if table is not None:
-        layers.mark_used_by(table, layers.LOOKUP)
     for head in (self.visual_in, self.time_embed, self.visual_out):
       layers.mark_used_by(head, layers.VISUAL)
-    if self.lm_head is not None:
-      layers.mark_used_by(self.lm_head, layers.TEXT)
 
   def __call__(self, inputs: ModelInputs):
-    """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 and the
-    MoE layers' routing stats (per MoE layer, in order; {} for a dense model)."""
+    """Returns text logits [B, L, V] f32, visual prediction [B, L, patch_dim] f32 (None for
+    a text-only model) and the MoE layers' routing stats (per MoE layer, in order; {} for a dense model)."""
     x, token_kind, time_h = self._embed(inputs)
     visible = key_ranges(inputs.segment_ids, inputs.block_ids)
     x, moe_stats = self.decoder(x, inputs.positions, visible, token_kind)
@@ -348,10 +360,13 @@ class Transfusion(nnx.Module):
     kinds and the timestep embeddings. The decoder works on flat tokens; only attention sees
     [B, L, ...]: weight gradients then contract over one axis, which XLA:CPU runs ~2× faster
     than over two."""
+    text_h = self.embed(flat(inputs.tokens))
+    if self.visual_in is None:
+      kind = jnp.where(inputs.modality == MODALITY_TEXT, TOKEN_KINDS.index("text"), -1)
+      return sharding.constrain(text_h, ("batch", None)), flat(kind).astype(jnp.int32), None
     generated = inputs.timesteps > 0 if inputs.generated is None else inputs.generated
     token_kind = flat(token_kinds(inputs.modality, generated))
     visual = is_visual(token_kind)
-    text_h = self.embed(flat(inputs.tokens))
     time_h = self.time_embed(flat(inputs.timesteps)).astype(self.dtype)
     visual_h = self.visual_in(flat(inputs.visual_latents).astype(self.dtype)) + time_h
     if self.frame_positions is not None:
@@ -365,12 +380,14 @@ class Transfusion(nnx.Module):
     """Text logits and the flow head's prediction, [B, L, ...] f32."""
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+    def unflat(t):
+      return t.reshape(*inputs.tokens.shape, *t.shape[1:]).astype(jnp.float32)
+    if self.visual_out is None:
+      return unflat(logits), None
     if isinstance(self.visual_out, FlowHead):
       prediction = self.visual_out(x, flat(inputs.visual_latents), time_h)
     else:
       prediction = self.visual_out(x)
-    def unflat(t):
-      return t.reshape(*inputs.tokens.shape, *t.shape[1:]).astype(jnp.float32)
     return unflat(logits), unflat(prediction)
 
 

@@ -35,6 +35,13 @@ def flow_loss_inputs(visual_pred, inputs: ModelInputs, config):
                            flow_space(config), dcfg.min_t)
 
 
+def text_inputs(batch) -> ModelInputs:
+  """What a text-only model (rows with no frames) reads of `batch`."""
+  return ModelInputs(tokens=batch["tokens"], modality=batch["modality"],
+                     segment_ids=batch["segment_ids"], block_ids=batch["block_ids"],
+                     positions=batch["positions"], visual_latents=None, timesteps=None)
+
+
 def noised_inputs(batch, latent_tokens, row_rngs, dcfg, time_shift: float, space: str = "x"):
   """Places latent tokens at their slots and noises the generated frames.
 
@@ -99,7 +106,8 @@ def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_
   """Returns (scalar loss, metrics of sums) for one (micro)batch.
 
   Logits at position i predict tokens[i + 1]; text_loss_mask[i + 1] says whether that
-  target is trained. The flow head predicts the target of its own position. `flow_weights`
+  target is trained. The flow head predicts the target of its own position (no flow
+  term where `visual_pred` is None: a text-only model). `flow_weights`
   ([B, L], e.g. `frame_change_weights`) scales each position's flow term in the loss; the
   logged flow MSE stays the unweighted mean, comparable across weightings.
   """
@@ -113,9 +121,13 @@ def transfusion_loss(logits, visual_pred, flow_target, batch, normalizers, byte_
   z_sum = jnp.sum(jnp.square(log_z) * text_mask)
   visual_mask = (batch["visual_loss_mask"]
                  & (batch["modality"] == MODALITY_VISUAL)).astype(jnp.float32)
-  mse = jnp.mean(jnp.square(visual_pred - flow_target), axis=-1)
-  flow_sum = jnp.sum(mse * visual_mask)
-  trained_flow_sum = flow_sum if flow_weights is None else jnp.sum(mse * visual_mask * flow_weights)
+  if visual_pred is None:                    # a text-only model
+    flow_sum = trained_flow_sum = jnp.zeros((), jnp.float32)
+  else:
+    mse = jnp.mean(jnp.square(visual_pred - flow_target), axis=-1)
+    flow_sum = jnp.sum(mse * visual_mask)
+    trained_flow_sum = (flow_sum if flow_weights is None
+                        else jnp.sum(mse * visual_mask * flow_weights))
   loss = (lcfg.text_weight * ce_sum / normalizers["text"]
           + lcfg.flow_weight * trained_flow_sum / normalizers["visual"]
           + lcfg.z_loss * z_sum / normalizers["text"])

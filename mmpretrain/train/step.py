@@ -64,6 +64,11 @@ class RunLoss:
     """Loss and metric sums of one (micro)batch; row_rngs holds one key per row, `frozen`
     the representation's weights."""
     cfg, run = self.config, self.run
+    if not batch["frames"].shape[1]:          # rows of text alone (data.max_frames=0)
+      logits, _, moe_stats = run.model(params)(objective.text_inputs(batch))
+      loss, sums = objective.transfusion_loss(logits, None, None, batch, normalizers,
+                                              self.byte_lengths, cfg.loss)
+      return self._with_moe_terms(loss, sums, moe_stats)
     latents = frame_latent_tokens(run.representation, frozen, batch["frames"],
                                   cfg.visual.patch_size)
     inputs, target = objective.noised_inputs(batch, latents, row_rngs, cfg.diffusion,
@@ -74,10 +79,14 @@ class RunLoss:
                if cfg.loss.frame_change_weight != 1.0 else None)
     loss, sums = objective.transfusion_loss(logits, pred, target, batch, normalizers,
                                             self.byte_lengths, cfg.loss, weights)
-    if moe_stats:
-      loss, sums = objective.add_moe_terms(loss, sums, moe_stats, cfg.loss,
-                                           cfg.optimizer.grad_accum_steps)
-    return loss, sums
+    return self._with_moe_terms(loss, sums, moe_stats)
+
+  def _with_moe_terms(self, loss, sums, moe_stats):
+    if not moe_stats:
+      return loss, sums
+    cfg = self.config
+    return objective.add_moe_terms(loss, sums, moe_stats, cfg.loss,
+                                   cfg.optimizer.grad_accum_steps)
 
   def _eval_sums(self, params, batch, frozen):
     batch = {k: batch[k] for k in DEVICE_FIELDS}
