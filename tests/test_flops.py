@@ -158,6 +158,7 @@ def test_a_text_only_config_builds_no_visual_path():
   assert active_matmul_params(c) == m.num_layers * layer + m.d_model * m.vocab_size
 
 
+@pytest.mark.slow
 def test_a_text_only_step_runs_only_the_text_transformers_flops(config, tokenizer):
   """XLA's count of the compiled text-only step against the same model with a visual
   path fed text rows: the difference is the visual path's matmuls on every slot (input
