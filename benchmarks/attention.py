@@ -1,6 +1,6 @@
 """Attention's memory at long sequences: the forward and backward of one attention layer
-with the dense mask (`xla`: an [B, 1, L, L] mask and [B, heads, L, L] scores) against the
-chunked kernel over key ranges, one row per device.
+with dense scores (`xla`: [B, heads, L, L], the mask built from the key ranges inside)
+against the chunked kernel over the same key ranges, one row per device.
 
   .venv/bin/python benchmarks/attention.py --topology=v5p:2x2x1 --length=8192
   .venv/bin/python benchmarks/attention.py --local --length=8192     # a GPU / TPU host
@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmpretrain import distributed
 from mmpretrain.model import attention
-from mmpretrain.model.masks import attention_mask, key_ranges
+from mmpretrain.model.masks import key_ranges
 from mmpretrain.train import aot
 import smoke
 
@@ -32,10 +32,8 @@ def compile_attention(impl, devices, batch, length, heads, head_dim, chunk):
   rows = NamedSharding(mesh, P("data"))
   qkv = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.bfloat16, sharding=rows)
   ids = jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=rows)
-  build = key_ranges if impl == "chunked" else attention_mask
-
   def loss(q, k, v, segment_ids, block_ids):
-    out = attention.attend(q, k, v, build(segment_ids, block_ids), impl, chunk)
+    out = attention.attend(q, k, v, key_ranges(segment_ids, block_ids), impl, chunk)
     return jnp.sum(out.astype(jnp.float32) ** 2)
 
   shapes = (qkv, qkv, qkv, ids, ids)
