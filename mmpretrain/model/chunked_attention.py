@@ -46,15 +46,21 @@ def _dot(spec, a, b):
 def chunked_attention(q, k, v, ranges: KeyRanges, chunk: int):
   """Softmax attention. q, k, v [B, L, heads, D] (keys already repeated for grouped-query
   heads); `ranges` [B, L]. Returns [B, L, heads, D] in q's dtype."""
+  chunk = min(chunk, q.shape[1])
+  return heads_major_padded(lambda *a: _attention(*a, chunk), q, k, v, ranges, chunk)
+
+
+def heads_major_padded(kernel, q, k, v, ranges: KeyRanges, multiple: int):
+  """kernel(q, k, v, start, end) on q, k, v heads-major ([B, heads, L, D]) and padded to a
+  multiple of `multiple` tokens (pad_ranges), its output back as [B, L, heads, D]."""
   length = q.shape[1]
-  chunk = min(chunk, length)
-  pad = -length % chunk
+  pad = -length % multiple
   if pad:
     widen = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0)))
     q, k, v = widen(q), widen(k), widen(v)
-  start, end = pad_ranges(ranges, chunk)
+  start, end = pad_ranges(ranges, multiple)
   heads_major = lambda t: jnp.swapaxes(t, 1, 2)
-  out = _attention(heads_major(q), heads_major(k), heads_major(v), start, end, chunk)
+  out = kernel(heads_major(q), heads_major(k), heads_major(v), start, end)
   return heads_major(out)[:, :length]
 
 

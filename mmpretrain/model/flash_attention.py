@@ -28,11 +28,11 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from mmpretrain.model.chunked_attention import RESIDUALS, KeyRanges, pad_ranges
+from mmpretrain.model.chunked_attention import RESIDUALS, KeyRanges, heads_major_padded
 from mmpretrain.model.flash_backward import key_value_grads_call, query_grads_call
 from mmpretrain.model.flash_blocks import (NOTHING_SEEN, Tiling, as_column, as_row, as_rows,
                                            compiler_params, cost_estimate, dot,
-                                           key_block_bounds, masked_scores,
+                                           key_block_bounds, masked_scores, query_major_grid,
                                            query_major_specs, visits)
 
 # A TPU vector register's lanes. Both block sizes are the minor dim of some block (the
@@ -48,17 +48,9 @@ def flash_attention(q, k, v, ranges: KeyRanges, *, block_q: int = 512, block_k: 
   tokens per query and key block, multiples of 128 on TPU (shrunk for shorter rows).
   `interpret` runs the kernels in Pallas' interpreter (any backend: the CPU tests)."""
   length = q.shape[1]
-  block_q, block_k = _fit_block(block_q, length), _fit_block(block_k, length)
-  padded_to = math.lcm(block_q, block_k)
-  pad = -length % padded_to
-  if pad:
-    widen = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    q, k, v = widen(q), widen(k), widen(v)
-  start, end = pad_ranges(ranges, padded_to)
-  heads_major = lambda t: jnp.swapaxes(t, 1, 2)
-  out = _flash(heads_major(q), heads_major(k), heads_major(v), start, end,
-               Tiling(block_q, block_k, interpret))
-  return heads_major(out)[:, :length]
+  tiling = Tiling(_fit_block(block_q, length), _fit_block(block_k, length), interpret)
+  return heads_major_padded(lambda *a: _flash(*a, tiling), q, k, v, ranges,
+                            math.lcm(tiling.block_q, tiling.block_k))
 
 
 def _fit_block(block: int, length: int) -> int:
@@ -135,15 +127,12 @@ def _forward_call(q, k, v, start, end, bounds, tiling):
   """out [B, heads, L, D] and the log-sum-exp per query [B, heads, 1, L] (f32)."""
   batch, heads, length, dim = q.shape
   specs = query_major_specs(tiling, dim)
-  grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2,
-      grid=(batch, heads, length // tiling.block_q, length // tiling.block_k),
-      in_specs=[specs.range_row, specs.range_row, specs.query_tile, specs.key_tile,
-                specs.key_tile],
-      out_specs=[specs.query_tile, specs.query_row],
-      scratch_shapes=[pltpu.VMEM((tiling.block_q, 1), jnp.float32),
-                      pltpu.VMEM((tiling.block_q, 1), jnp.float32),
-                      pltpu.VMEM((tiling.block_q, dim), jnp.float32)])
+  grid_spec = query_major_grid(
+      tiling, q.shape,
+      [specs.range_row, specs.range_row, specs.query_tile, specs.key_tile, specs.key_tile],
+      [specs.query_tile, specs.query_row],
+      [pltpu.VMEM((tiling.block_q, 1), jnp.float32), pltpu.VMEM((tiling.block_q, 1), jnp.float32),
+       pltpu.VMEM((tiling.block_q, dim), jnp.float32)])
   return pl.pallas_call(
       functools.partial(_forward_kernel, scale=dim ** -0.5),
       grid_spec=grid_spec,

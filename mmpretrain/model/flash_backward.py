@@ -12,7 +12,8 @@ from jax.experimental.pallas import tpu as pltpu
 from mmpretrain.model.flash_blocks import (TRANSPOSE_B, as_column, compiler_params,
                                            cost_estimate, dot, key_major_specs,
                                            masked_scores, query_block_bounds,
-                                           query_major_specs, score_grads, visible, visits)
+                                           query_major_grid, query_major_specs, score_grads,
+                                           visible, visits)
 
 
 # --- Backward: dK, dV ---------------------------------------------------------------------
@@ -104,15 +105,13 @@ def _query_grads_kernel(first_ref, last_ref, start_ref, end_ref, q_ref, k_ref, v
 
 
 def query_grads_call(q, k, v, start, end, d_out, logsumexp, row, bounds, tiling):
-  batch, heads, length, dim = q.shape
+  dim = q.shape[-1]
   specs = query_major_specs(tiling, dim)
-  grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2,
-      grid=(batch, heads, length // tiling.block_q, length // tiling.block_k),
-      in_specs=[specs.range_row, specs.range_row, specs.query_tile, specs.key_tile,
-                specs.key_tile, specs.query_tile, specs.query_row, specs.query_row],
-      out_specs=specs.query_tile,
-      scratch_shapes=[pltpu.VMEM((tiling.block_q, dim), jnp.float32)])
+  grid_spec = query_major_grid(
+      tiling, q.shape,
+      [specs.range_row, specs.range_row, specs.query_tile, specs.key_tile, specs.key_tile,
+       specs.query_tile, specs.query_row, specs.query_row],
+      specs.query_tile, [pltpu.VMEM((tiling.block_q, dim), jnp.float32)])
   return pl.pallas_call(
       functools.partial(_query_grads_kernel, scale=dim ** -0.5),
       grid_spec=grid_spec,

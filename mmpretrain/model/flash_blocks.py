@@ -96,6 +96,16 @@ def query_major_specs(tiling, dim):
       query_row=pl.BlockSpec((None, None, 1, block_q), lambda b, h, i, j, *_: (b, h, 0, i)))
 
 
+def query_major_grid(tiling, shape, in_specs, out_specs, scratch_shapes):
+  """The grid (row b, head h, query block i, key block j) over q of `shape`, the key-block
+  bounds first, last prefetched (query_major_specs reads them)."""
+  batch, heads, length, _ = shape
+  return pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=(batch, heads, length // tiling.block_q, length // tiling.block_k),
+      in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch_shapes)
+
+
 def key_major_specs(tiling, dim):
   """Grid (row b, head h, key block j, query block i), prefetched first, last [B, n_q]
   (for the kernel) and the query-block bounds lo, hi [B, n_k]: a skipped query block
