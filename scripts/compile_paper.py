@@ -25,6 +25,11 @@ OUT = os.path.join(ROOT, "docs", "paper_compile.md")
 GB = 1e9
 
 
+def _one_line(error: str) -> str:
+  """The end of a compile's error as one table cell: a newline would end the row."""
+  return " ".join(error.split())[-120:]
+
+
 def _paper_modules():
   """(config path, module) of every configs/paper/*.py that names a TOPOLOGY."""
   sys.path.insert(0, PAPER)                     # the configs import their common module
@@ -77,7 +82,7 @@ def compile_one(config: str, topology: str, overrides: dict, program: str = "tra
 
 def row(r: dict) -> str:
   if "error" in r:
-    return f"| {r['config']} | {r['topology']} | failed: {r['error'][-120:]} | | | | | | |"
+    return f"| {r['config']} | {r['topology']} | failed: {_one_line(r['error'])} | | | | | | |"
   if not r["fits"]:
     return (f"| {r['config']} | {r['topology']} | does not fit: {r.get('compiler', '')[:80]} "
             f"| | | | | | {r['seconds']:.0f} s |")
@@ -99,7 +104,7 @@ def row(r: dict) -> str:
 def stage_row(r: dict) -> str:
   where = f"| {r['config']} | {r['program']} | {r['topology']} |"
   if "error" in r:
-    return f"{where} failed: {r['error'][-120:]} | | | | |"
+    return f"{where} failed: {_one_line(r['error'])} | | | | |"
   if not r["fits"]:
     return (f"{where} does not fit: {r.get('compiler', '')[:80]} | | | | "
             f"{r['seconds']:.0f} s |")
@@ -111,7 +116,7 @@ def stage_row(r: dict) -> str:
 def eval_row(r: dict) -> str:
   where = f"| {r['config']} | {r['topology']} |"
   if "error" in r:
-    return f"{where} failed: {r['error'][-120:]} | | | | | | |"
+    return f"{where} failed: {_one_line(r['error'])} | | | | | | |"
   if not r["fits"]:
     return (f"{where} {r['rows']} | does not fit: {r.get('compiler', '')[:80]} | | | | "
             f"| {r['seconds']:.0f} s |")
@@ -125,7 +130,7 @@ def eval_row(r: dict) -> str:
 def sample_row(r: dict) -> str:
   where = f"| {r['config']} | {r['topology']} |"
   if "error" in r:
-    return f"{where} failed: {r['error'][-120:]} | | | | |"
+    return f"{where} failed: {_one_line(r['error'])} | | | | |"
   if not r["fits"]:
     return (f"{where} {r['rows']} | does not fit: {r.get('compiler', '')[:80]} | | "
             f"| {r['seconds']:.0f} s |")
