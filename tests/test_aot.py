@@ -278,6 +278,15 @@ def _latent_grid(representation, checkpoint, image_size, channels):
   return make_representation(c).latent_grid
 
 
+def test_a_failed_compile_is_one_row_of_the_paper_table():
+  sys.path.insert(0, f"{ROOT}/scripts")
+  from compile_paper import row  # pylint: disable=import-outside-toplevel
+  error = "mmpretrain compile: error: Cannot assign\n\n  _.x = nnx.data(...)"
+  line = row({"config": "configs/paper/x.py", "topology": "v5p-8", "error": error})
+  assert "\n" not in line and line.endswith("| | | | | | |")
+  assert "Cannot assign _.x = nnx.data(...)" in line
+
+
 def test_every_paper_config_is_sized_for_the_topology_it_names():
   sys.path.insert(0, f"{ROOT}/scripts")
   from compile_paper import paper_configs  # pylint: disable=import-outside-toplevel
