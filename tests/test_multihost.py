@@ -100,7 +100,9 @@ def test_two_processes_are_preempted_resume_and_match_one_process(data_dir, toke
   assert sorted(got) == list(range(STEPS))
   np.testing.assert_allclose([got[s] for s in range(STEPS)], [want[s] for s in range(STEPS)],
                              rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+  # Parameters to 1e-5 absolute: Adam divides each step by the gradient's own scale, so
+  # an element whose gradient is near zero turns rounding into a step-sized difference.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                final_params(workdir, config, tokenizer), final_params(reference, config, tokenizer))
 
 
