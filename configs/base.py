@@ -116,6 +116,8 @@ def get_config(arg=None):
   c.model.mlp_dim = 1536                 # SwiGLU hidden size
   c.model.modality_ffn = False           # separate text / vision FFNs (paper's dense+)
   c.model.modality_ffn_impl = "auto"     # auto | select | grouped (model/modality_ffn.py)
+  c.model.mot = False                    # Mixture-of-Transformers: per-modality norms,
+                                         # attention projections and FFNs (model/mot.py)
   c.model.qk_norm = False
   c.model.rope_theta = 10_000.0
   c.model.norm_eps = 1e-6

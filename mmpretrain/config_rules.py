@@ -166,6 +166,7 @@ RULES = {
     "model.mlp_dim": WIDTH,
     "model.modality_ffn": Flag(),
     "model.modality_ffn_impl": Choice(MODALITY_FFN_IMPLS),
+    "model.mot": Flag(),
     "model.qk_norm": Flag(),
     "model.rope_theta": Real(1.0, 1e9, open="lo"),
     "model.norm_eps": Real(0.0, 1.0, open="lo"),

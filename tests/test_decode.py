@@ -29,12 +29,14 @@ def chunks_of(block_ids: np.ndarray) -> list[tuple[int, int]]:
   return chunks
 
 
-@pytest.mark.parametrize("scan_layers, flow_head_width, frame_positions",
-                         [(True, 0, False), (False, 0, False), (True, 48, True)])
+@pytest.mark.parametrize("scan_layers, flow_head_width, frame_positions, mot",
+                         [(True, 0, False, False), (False, 0, False, False),
+                          (True, 48, True, False), (True, 0, False, True)])
 def test_chunked_decoding_with_a_kv_cache_equals_the_full_forward(config, tokenizer,
                                                                  scan_layers, flow_head_width,
-                                                                 frame_positions):
+                                                                 frame_positions, mot):
   config.model.scan_layers = scan_layers
+  config.model.mot = mot
   config.model.flow_head.width = flow_head_width
   config.model.frame_positions = frame_positions
   config.data.mixture = {"image_text": 1.0}

@@ -17,7 +17,7 @@ from mmpretrain.study.plan import plan
 PAPER = ("separation", "granularity", "sparsity", "shared_experts", "progression", "encoders",
          "data_composition", "vqa_data", "world_model_ratio", "isoflop_dense", "isoflop_moe")
 # (runs, refused arms) of each experiment that is not a grid, at paper scale.
-EXPECTED_RUNS = {"separation": (3, 1), "granularity": (5, 0), "sparsity": (6, 0),
+EXPECTED_RUNS = {"separation": (4, 0), "granularity": (5, 0), "sparsity": (6, 0),
                  "shared_experts": (3, 0), "progression": (5, 0), "encoders": (3, 3),
                  "data_composition": (5, 0), "vqa_data": (1, 3), "world_model_ratio": (5, 0)}
 
@@ -190,13 +190,17 @@ def test_isoflop_runs_spend_the_papers_budgets(plans, name, budgets):
 
 
 def test_plan_prints_runs_and_exits_3_on_a_refused_arm(capsys):
-  code, out, err = run_main(capsys, "separation", "--scale=mini", "--plan")
+  code, out, err = run_main(capsys, "vqa_data", "--scale=mini", "--plan")
   assert code == 3
   rows = {line.split()[0]: line for line in out.splitlines() if line[:1].isalpha()}
-  assert {"shared_ffn", "modality_ffn", "moe", "mot"} <= set(rows)
-  assert "refused: needs Mixture-of-Transformers" in rows["mot"]
-  assert "--config.model.modality_ffn=True" in out
-  assert err.strip().count("\n") == 0 and "cannot run yet (mot)" in err
+  assert {"none", "vqa_1pct", "vqa_5pct", "vqa_10pct"} <= set(rows)
+  assert "refused: needs a VQA stream" in rows["vqa_1pct"]
+  assert err.strip().count("\n") == 0
+  assert "cannot run yet (vqa_1pct, vqa_5pct, vqa_10pct)" in err
+
+  code, out, err = run_main(capsys, "separation", "--scale=mini", "--plan")
+  assert code in (0, None) and not err
+  assert "--config.model.modality_ffn=True" in out and "--config.model.mot=True" in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -252,8 +256,18 @@ def test_report_draws_and_tabulates_results_and_marks_a_missing_run(plans, capsy
   assert table == [
       ["shared_ffn", "3.25", "0.5", "ok"],
       ["modality_ffn", "—", "—", "missing"],
-      ["moe", "3", "0.375", "ok"],
-      ["mot", "—", "—", "refused: needs " + p.refused[0].needs]]
+      ["mot", "—", "—", "missing"],
+      ["moe", "3", "0.375", "ok"]]
+
+  # An arm that cannot run yet keeps its row, saying what it needs.
+  p = plans("vqa_data", "mini")
+  with open(tmp_path / sweep.RESULTS, "w", encoding="utf-8") as f:
+    f.write(json.dumps(result_line(p.runs[0], 3.25, 0.5)) + "\n")
+  run_main(capsys, "vqa_data", "--scale=mini", "--report", f"--results={tmp_path}")
+  rows = {row[0]: row for row in table_rows(
+      (tmp_path / "vqa_data.md").read_text(encoding="utf-8"))}
+  assert rows["none"][-1] == "ok"
+  assert rows["vqa_5pct"][-1] == "refused: needs " + p.refused[1].needs
 
 
 def test_report_of_a_numeric_axis_and_results_of_another_study(plans, tmp_path):

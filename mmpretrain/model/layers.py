@@ -196,7 +196,8 @@ class Attention(nnx.Module):
     self.rope_theta = cfg.rope_theta
     self.impl, self.chunk = cfg.attention_impl, cfg.attention_chunk
 
-  def _project(self, x, positions):
+  def project(self, x, positions):
+    """(q, k, v) [B, L, heads, head_dim] of tokens x [B·L, d], QK-normed and rotated."""
     batch, length = positions.shape
     def heads(t):
       return t.reshape(batch, length, *t.shape[1:])
@@ -205,14 +206,15 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     return apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta), v
 
-  def _output(self, out):
+  def output(self, out):
+    """The output projection of attention's result [B, L, heads, head_dim], as [B·L, d]."""
     return self.o(out.reshape(-1, *out.shape[2:]))
 
   def __call__(self, x, positions, visible):
     """x: tokens [B·L, d] (flat, see Transfusion.__call__); positions [B, L]; `visible`: see
     attention.attend."""
-    q, k, v = self._project(x, positions)
-    return self._output(attention.attend(q, k, v, visible, self.impl, self.chunk))
+    q, k, v = self.project(x, positions)
+    return self.output(attention.attend(q, k, v, visible, self.impl, self.chunk))
 
   def decode(self, x, positions, mask, cache, index):
     """New tokens x [B·T, d] at cache slots index..index+T-1 attend to every written slot.
@@ -220,12 +222,17 @@ class Attention(nnx.Module):
     cache: (keys, values) [B, S, kv_heads, head_dim]; mask [B, 1, T, S]. Returns the
     output and the cache with this chunk's keys and values written in.
     """
-    q, k, v = self._project(x, positions)
-    keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index,
-                                                 axis=1)
-    return (self._output(attention.attend(q, keys, values, mask, attention.for_cache(self.impl))),
-            (keys, values))
+    q, k, v = self.project(x, positions)
+    out, cache = attend_with_cache(q, k, v, mask, cache, index, self.impl)
+    return self.output(out), cache
+
+
+def attend_with_cache(q, k, v, mask, cache, index, impl: str):
+  """Writes k, v into the cache at slots index.. and attends q to every written slot:
+  (attention's result, the cache)."""
+  keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
+  values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
+  return attention.attend(q, keys, values, mask, attention.for_cache(impl)), (keys, values)
 
 
 class SwiGLU(nnx.Module):

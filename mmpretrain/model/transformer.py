@@ -17,7 +17,7 @@ from flax import nnx
 from mmpretrain import sharding
 from mmpretrain.config_rules import REMAT_POLICIES
 from mmpretrain.batch import MODALITY_TEXT, MODALITY_VISUAL, TOKEN_KINDS, is_visual
-from mmpretrain.model import attention, chunked_attention, layers, modality_ffn
+from mmpretrain.model import chunked_attention, layers, modality_ffn, mot
 from mmpretrain.model.flow_head import FlowHead
 from mmpretrain.model.masks import cached_attention_mask, key_ranges
 from mmpretrain.model.moe import DISPATCH_INDICES, EXPERT_HIDDEN, MoE, RouterBias
@@ -103,31 +103,45 @@ def token_kinds(modality, generated):
 class DecoderBlock(nnx.Module):
   """Pre-norm block: x + attn(norm(x)); x + ffn(norm(x)).
 
-  The FFN is a SwiGLU, a pair of modality SwiGLUs (`modality_ffn`), or a MoE layer.
+  The FFN is a SwiGLU, a pair of modality SwiGLUs (`modality_ffn`), or a MoE layer; with
+  `mot`, the norms and attention projections are per modality too (`model/mot.py`).
   Returns (x, routing stats) — stats are empty for dense FFNs.
   """
 
   def __init__(self, cfg, *, moe: bool, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.dtype)
-    self.attn_norm = layers.RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
-    self.attn = layers.Attention(cfg, rngs=rngs)
-    self.ffn_norm = layers.RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
+    self.mot = cfg.mot
+    if cfg.mot:
+      self.attn_norm = mot.ModalityNorm(cfg)
+      self.attn = mot.ModalityAttention(cfg, rngs=rngs)
+      self.ffn_norm = mot.ModalityNorm(cfg)
+    else:
+      self.attn_norm = layers.RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
+      self.attn = layers.Attention(cfg, rngs=rngs)
+      self.ffn_norm = layers.RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
     self.ffn = MoE(cfg, rngs=rngs) if moe else layers.SwiGLU(cfg, rngs=rngs)
     # The paper's improved dense baseline: visual tokens use their own FFN weights.
-    twins = cfg.modality_ffn and not moe
+    twins = (cfg.modality_ffn or cfg.mot) and not moe
     self.vision_ffn = (layers.mark_used_by(layers.SwiGLU(cfg, rngs=rngs), layers.VISUAL)
                        if twins else None)
     if twins:
       layers.mark_used_by(self.ffn, layers.TEXT)
     self.modality_ffn_impl = cfg.modality_ffn_impl
 
+  def _modality(self, token_kind) -> tuple:
+    """The extra argument the MoT norms and attention take: each token's modality."""
+    return (is_visual(token_kind),) if self.mot else ()
+
   def __call__(self, x, positions, mask, token_kind):
-    x = x + self.attn(self.attn_norm(x), positions, mask)
+    modality = self._modality(token_kind)
+    x = x + self.attn(self.attn_norm(x, *modality), positions, mask, *modality)
     return self._ffn(x, token_kind, rows=positions.shape[0])
 
   def decode(self, x, positions, mask, token_kind, cache, index):
     """The block on a chunk of new tokens with a KV cache (see Attention.decode)."""
-    attended, cache = self.attn.decode(self.attn_norm(x), positions, mask, cache, index)
+    modality = self._modality(token_kind)
+    attended, cache = self.attn.decode(self.attn_norm(x, *modality), positions, mask, cache,
+                                       index, *modality)
     # A sampler's steps hold the weights whole and split their rows over the chips outside
     # any activation rules: sorting tokens by modality would gather them across chips.
     x, _ = self._ffn(x + attended, token_kind, rows=positions.shape[0],
@@ -135,7 +149,7 @@ class DecoderBlock(nnx.Module):
     return x, cache
 
   def _ffn(self, x, token_kind, rows: int, modality_ffn_impl: str | None = None):
-    h = self.ffn_norm(x)
+    h = self.ffn_norm(x, *self._modality(token_kind))
     stats = {}
     if isinstance(self.ffn, MoE):
       out, stats = self.ffn(h, token_kind, rows=rows)

@@ -139,9 +139,7 @@ EXPERIMENTS = {e.name: e for e in (
         {"paper": "configs/paper/dense_1b.py",
          "mini": "configs/ablations/ffn_type.py:dense,runlocal"},
         (both("shared_ffn", {}), both("modality_ffn", {"model.modality_ffn": True}),
-         both("mot", {}, needs="Mixture-of-Transformers: modality-specific attention "
-              "projections and norms as well as FFNs (model/ separates only the FFN, "
-              "model.modality_ffn)"),
+         both("mot", {"model.mot": True}),
          both("moe", MOE)),
         (TEXT, IMAGE_FLOW)),
     Experiment(
