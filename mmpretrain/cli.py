@@ -77,10 +77,10 @@ _ROLLOUTS = flags.DEFINE_integer("rollouts", 0, "sample: roll out this many held
 _HORIZON = flags.DEFINE_integer("horizon", 8, "sample: frames predicted per rollout.")
 _ACTIONS = flags.DEFINE_boolean("actions", True, "sample: condition rollouts on the episodes' "
                                 "actions; --noactions continues them as video.")
-_OUT = flags.DEFINE_string("out", None, "sweep: the sweep's directory (plan.json, runs/, "
-                           "results.jsonl).")
-_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu"], "sweep: run here one "
-                              "after another, or print the TPU launcher commands.")
+_OUT = flags.DEFINE_string("out", None, "sweep, study --run: the runs' directory (plan.json, "
+                           "runs/, results.jsonl).")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "tpu"], "sweep, study --run: run "
+                              "here one after another, or print the TPU launcher commands.")
 _RESULTS = flags.DEFINE_string("results", None, "fit, study: a sweep's results.jsonl (study "
                                 "also takes the directory that holds it).")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "fit: bootstrap resamples for the "
@@ -95,6 +95,10 @@ _PLAN = flags.DEFINE_boolean("plan", False, "study: print the experiment's runs:
                              "parameters, tokens, FLOPs, topology.")
 _REPORT = flags.DEFINE_boolean("report", False, "study: the experiment's figure and table from "
                                "the results in --results.")
+_COMPILE = flags.DEFINE_boolean("compile", False, "study: compile each distinct step of the "
+                                "experiment's runs for --topology (default: the base config's).")
+_RUN = flags.DEFINE_boolean("run", False, "study: train the runs not yet in --out (or print "
+                            "their TPU launches, --launcher=tpu), then draw the report there.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample: folder for PNGs and GIFs (default "
                               "<workdir>/samples).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "sample: tokens generated per prompt.")
@@ -102,7 +106,7 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus sampling mass.")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "compile: the TPU slice, as GCP names it "
+_TOPOLOGY = flags.DEFINE_string("topology", None, "compile, study --compile: the TPU slice, as GCP names it "
                                 "(v5p-128, v5e-16, v6e-256) or generation:shape (v5p:4x4x4).")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "compile: slices joined over DCN "
                                    "(config.mesh.dcn_data splits the data axis over them).")
@@ -505,18 +509,21 @@ _NAMES: list[str] = []
 
 
 def cmd_study():
-  """Lists the paper's experiments, prints one's runs at a scale, or reports its results;
-  a plan with arms that cannot run yet exits 3 after printing why."""
+  """Lists the paper's experiments; or, for one at a scale, prints its runs, compiles its
+  steps, runs or launches them, or reports their results. A plan with arms that cannot run
+  yet, and a step that does not compile or fit, exit 3 after saying why."""
   # pylint: disable=import-outside-toplevel
   from mmpretrain.study import listing, registry
   from mmpretrain.study.plan import plan
+  actions = _PLAN.value or _COMPILE.value or _RUN.value or _REPORT.value
   if _LIST.value:
-    if _NAMES or _PLAN.value or _REPORT.value:
-      raise app.UsageError("--list lists every experiment: give no NAME, --plan or --report")
+    if _NAMES or actions:
+      raise app.UsageError("--list lists every experiment: give no NAME or other action")
     print("\n".join(listing.experiment_lines()))
     return
-  if not (_PLAN.value or _REPORT.value):
-    raise app.UsageError("say what to do: --list, NAME --plan, or NAME --report --results=DIR")
+  if not actions:
+    raise app.UsageError("say what to do: --list, or NAME with --plan, --compile, "
+                         "--run --out=DIR or --report --results=DIR")
   if len(_NAMES) != 1:
     raise app.UsageError(f"name one experiment, got {_NAMES or 'none'}: mmpretrain study NAME "
                          "--plan (mmpretrain study --list names them)")
@@ -524,25 +531,49 @@ def cmd_study():
   registry.check_scale(_SCALE.value)
   if _REPORT.value and not _RESULTS.value:
     raise app.UsageError("--report needs --results=DIR: the study's results directory")
+  if _RUN.value and not _OUT.value:
+    raise app.UsageError("--run needs --out=DIR: where the runs and their results go")
   planned = plan(experiment, _SCALE.value)
+  failed = []
   if _PLAN.value:
     print("\n".join(listing.plan_lines(planned)))
+  if _COMPILE.value:
+    failed += _study_compile(planned)
+  if _RUN.value:
+    from mmpretrain.scaling.sweep import run_sweep
+    run_sweep(planned.runs, _OUT.value, _LAUNCHER.value)
+    if _LAUNCHER.value == "local":
+      _study_report(planned, _OUT.value)
   if _REPORT.value:
-    # pylint: disable-next=import-outside-toplevel
-    from mmpretrain.study.report import write_report
     results = _RESULTS.value
-    if results.endswith(".jsonl"):
-      results = storage.parent(results)
-    report = write_report(planned, results)
-    missing = [r["run"] for r in report["rows"] if r["status"] != "ok"]
-    print(f"{len(report['rows']) - len(missing)} of {len(report['rows'])} runs reported"
-          + (f"; no results for {', '.join(missing)}" if missing else ""))
-    print(f"wrote {report['table']} and {report['figure']}")
-  if _PLAN.value and planned.refused:
-    print(f"mmpretrain study: error: {experiment.name} has arms that cannot run yet ("
-          f"{', '.join(a.name for a in planned.refused)}): the plan says what each needs",
-          file=sys.stderr)
+    _study_report(planned, storage.parent(results) if results.endswith(".jsonl") else results)
+  if (_PLAN.value or _RUN.value) and planned.refused:
+    failed.append(f"{experiment.name} has arms that cannot run yet ("
+                  f"{', '.join(a.name for a in planned.refused)}): the plan says what each "
+                  "needs")
+  if failed:
+    print(f"mmpretrain study: error: {'; '.join(failed)}", file=sys.stderr)
     sys.exit(3)
+
+
+def _study_compile(planned) -> list[str]:
+  """Compiles the plan's distinct steps and prints their table; what failed, if any."""
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.study.compile import compile_plan, fits, table_lines
+  results = compile_plan(planned, _TOPOLOGY.value or "")
+  print("\n".join(table_lines(planned, results)))
+  bad = [", ".join(r["runs"]) for r in results if not fits(r)]
+  return [f"{'; '.join(bad)} did not compile or fit: the table says why"] if bad else []
+
+
+def _study_report(planned, results: str) -> None:
+  # pylint: disable-next=import-outside-toplevel
+  from mmpretrain.study.report import write_report
+  report = write_report(planned, results)
+  missing = [r["run"] for r in report["rows"] if r["status"] != "ok"]
+  print(f"{len(report['rows']) - len(missing)} of {len(report['rows'])} runs reported"
+        + (f"; no results for {', '.join(missing)}" if missing else ""))
+  print(f"wrote {report['table']} and {report['figure']}")
 
 
 def cmd_compile():
@@ -702,10 +733,12 @@ VERBS = {
     "fit": Verb(cmd_fit, "fit compute-optimal scaling laws to a sweep's results",
                 "mmpretrain fit --results=runs/scaling_mini/results.jsonl",
                 ("results", "bootstrap", "metrics")),
-    "study": Verb(cmd_study, "the paper's experiments: list them, plan one's runs at a "
-                  "scale, or report its figure and table from their results",
+    "study": Verb(cmd_study, "the paper's experiments: list them; plan one's runs at a "
+                  "scale, compile their steps, run or launch them, or report its figure and "
+                  "table from their results",
                   "mmpretrain study separation --scale=paper --plan",
-                  ("list", "scale", "plan", "report", "results"), positional="NAME"),
+                  ("list", "scale", "plan", "compile", "topology", "run", "out", "launcher",
+                   "report", "results"), positional="NAME"),
     "compile": Verb(cmd_compile, "compile the train step for a TPU topology here (libtpu, "
                     "no TPU): memory per chip, cost-model time and MFU",
                     "mmpretrain compile --config=configs/bench/dense_ref.py --topology=v5p-8",
