@@ -107,6 +107,7 @@ def test_arms_change_the_base_in_exactly_their_overrides(name, scale):
 # The arm, its experiment's base, and the repository's config file that is that arm.
 SAME_AS_CONFIG = [
     ("separation", "paper", "modality_ffn", "configs/paper/modality_ffn_1b.py"),
+    ("separation", "paper", "mot", "configs/paper/mot_1b.py"),
     ("separation", "paper", "moe", "configs/paper/moe_1b.py"),
     ("encoders", "paper", "flux_vae", "configs/paper/vae_1b.py"),
     ("encoders", "paper", "pixels", "configs/paper/pixels_1b.py"),
