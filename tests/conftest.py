@@ -3,7 +3,10 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests' programs are tiny, so their time goes to compiling them, not to running them:
+# LLVM's optimisation passes are turned off for the session (and the runs it starts).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests, their pytest-xdist workers and the runs they start compile the same small
 # programs: one compilation cache for the whole session (set before the workers start, so
@@ -13,6 +16,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import pytest  # pylint: disable=wrong-import-position
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a process a test starts with `devices` CPU devices, compiling as this
+  session does: a result compared with this process's must come from the same code."""
+  kept = [flag for flag in os.environ["XLA_FLAGS"].split()
+          if not flag.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([f"--xla_force_host_platform_device_count={devices}", *kept])
 
 
 def _import_torchvision_without_its_kernels():
@@ -136,3 +147,18 @@ def config(data_dir):
 def tokenizer(data_dir):
   from mmpretrain.data.pipeline import load_tokenizer  # pylint: disable=import-outside-toplevel
   return load_tokenizer(tiny_config(data_dir))
+
+
+@pytest.fixture(scope="session")
+def plans():
+  """`plans(name, scale)`: the study's plan of an experiment, built once a session (each
+  counts its runs' parameters by eval_shape)."""
+  # pylint: disable=import-outside-toplevel
+  from mmpretrain.study import registry
+  from mmpretrain.study.plan import plan
+  cache = {}
+  def get(name, scale="paper"):
+    if (name, scale) not in cache:
+      cache[name, scale] = plan(registry.experiment(name), scale)
+    return cache[name, scale]
+  return get

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import config_file, tiny_config
+from conftest import config_file, tiny_config, xla_flags
 from test_multihost import DEVICES_PER_PROCESS, PROCESSES, finish, free_port
 from mmpretrain import sharding
 from mmpretrain.generate import sample
@@ -102,7 +102,7 @@ def test_sample_draws_the_same_images_on_one_and_eight_devices(data_dir, trained
 def run_on_two_processes(verb: str, config_path: str, workdir: str, *flags) -> list[str]:
   """`mmpretrain VERB` as PROCESSES processes of one job, as a pod's hosts would run it."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+             XLA_FLAGS=xla_flags(DEVICES_PER_PROCESS))
   address = f"localhost:{free_port()}"
   return finish([subprocess.Popen(
       [sys.executable, "-m", "mmpretrain.cli", verb, f"--config={config_path}",

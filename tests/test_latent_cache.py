@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from conftest import all_streams_config, config_file, tiny_config
+from conftest import all_streams_config, config_file, tiny_config, xla_flags
 from test_multihost import free_port
 from mmpretrain.batch import DEVICE_FIELDS
 from mmpretrain.data import latent_cache, pipeline, streams
@@ -317,7 +317,7 @@ def prepare_processes(config_path: str, processes: int, devices: int) -> list[st
   """`mmpretrain prepare` as `processes` local processes of one job (CPU, gloo), as a pod's
   hosts run it; their outputs."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=xla_flags(devices))
   address = f"localhost:{free_port()}"
   running = [subprocess.Popen(
       [sys.executable, "-m", "mmpretrain.cli", "prepare", f"--config={config_path}",

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import config_file, tiny_config
+from conftest import config_file, tiny_config, xla_flags
 from test_checkpoint import wait_for_checkpoint
 from test_sharding import moe_config
 from mmpretrain import distributed
@@ -45,7 +45,7 @@ def free_port() -> int:
 def launch(config_path: str, workdir: str) -> list[subprocess.Popen]:
   """`mmpretrain train` as PROCESSES processes of one run, as a pod's hosts would run it."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+             XLA_FLAGS=xla_flags(DEVICES_PER_PROCESS))
   address = f"localhost:{free_port()}"
   return [subprocess.Popen(
       [sys.executable, "-m", "mmpretrain.cli", "train", f"--config={config_path}",

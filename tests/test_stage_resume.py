@@ -25,7 +25,7 @@ from mmpretrain.stages.rae import TRAINED, make_rae_loss, rae_training, train_ra
 from mmpretrain.tokenizers import rae as rae_lib
 from mmpretrain.train.checkpoint import RunCheckpoints
 
-from conftest import config_file
+from conftest import config_file, xla_flags
 from test_checkpoint import wait_for_checkpoint
 from test_multihost import DEVICES_PER_PROCESS, PROCESSES, finish, free_port
 from test_rae import stage_config
@@ -181,7 +181,7 @@ def two_process_config(data_dir):
 
 def launch_stage(verb: str, config_path: str, workdir: str) -> list[subprocess.Popen]:
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+             XLA_FLAGS=xla_flags(DEVICES_PER_PROCESS))
   address = f"localhost:{free_port()}"
   return [subprocess.Popen(
       [sys.executable, "-m", "mmpretrain.cli", verb, f"--config={config_path}",
