@@ -88,16 +88,11 @@ def test_greedy_generation_with_the_cache_equals_recomputing_every_step(config, 
              [tokenizer.bos_id] + tokenizer.encode("My lord")]
   generated = np.asarray(sample.make_generator(trainer.run, 6)(
       params, sample.text_prompt(trainer.run, prompts), jax.random.key(0)))
-  model = trainer.run.model(params)
   patch = sample.patch_dim(trainer.run.representation.latent_grid, config.visual.patch_size)
   for row, prompt in enumerate(prompts):
-    sequence = list(prompt)
-    for _ in range(6):
-      ids = jnp.asarray([sequence])
-      logits, _, _ = model(sample.text_inputs(ids, jnp.arange(len(sequence))[None],
-                                              jnp.ones_like(ids), patch))
-      sequence.append(int(jnp.argmax(logits[0, -1])))
-    assert list(generated[row]) == sequence[len(prompt):]
+    ids = jnp.asarray([prompt])
+    alone = sample.text_inputs(ids, jnp.arange(len(prompt))[None], jnp.ones_like(ids), patch)
+    assert_greedy_by_recomputing(trainer.run, params, vars(alone), generated[row])
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
@@ -112,17 +107,19 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 
 def assert_greedy_by_recomputing(run, params, prompt: dict, generated) -> None:
-  """Each generated token is the argmax of a full forward over the one-row `prompt` and
-  the tokens before it (no cache)."""
-  model = run.model(params)
+  """Each generated token is the argmax of a full forward (no cache) over the one-row
+  `prompt` and the tokens before it. The decoder is causal after the prompt, so one
+  forward over the prompt and every generated token but the last gives each of those
+  forwards' last logits at once, each at its own position."""
   patch = sample.patch_dim(run.representation.latent_grid, run.config.visual.patch_size)
-  inputs = dict(prompt)
-  for token in generated:
-    logits, _, _ = model(ModelInputs(**inputs))
-    assert int(jnp.argmax(logits[0, -1])) == token
-    extra = sample.text_inputs(jnp.asarray([[token]]), inputs["positions"][:, -1:] + 1,
-                               jnp.ones((1, 1), jnp.int32), patch)
-    inputs = {k: jnp.concatenate([inputs[k], getattr(extra, k)], axis=1) for k in inputs}
+  fed = jnp.asarray(generated[None, :-1])
+  extra = sample.text_inputs(fed, prompt["positions"][:, -1:] + 1 + jnp.arange(fed.shape[1]),
+                             jnp.ones(fed.shape, jnp.int32), patch)
+  inputs = {k: jnp.concatenate([v, getattr(extra, k)], axis=1) for k, v in prompt.items()
+            if v is not None}
+  logits, _, _ = run.model(params)(ModelInputs(**inputs))
+  last = prompt["tokens"].shape[1] - 1
+  np.testing.assert_array_equal(np.asarray(jnp.argmax(logits[0, last:], -1)), generated)
 
 
 def test_captioning_an_image_equals_recomputing_with_the_image_in_context(config, tokenizer):
