@@ -65,10 +65,11 @@ def main():
   smoke.add_flag(parser)
   args = parser.parse_args()
   config = validate(load_config(args.config))
-  if args.smoke:
-    args.batches, args.steps = 2, 1
+  workers = (0, 1, 2)
+  if args.smoke:              # one worker process exercises the worker path
+    args.batches, args.steps, workers = 2, 1, (0, 1)
   tok = pipeline.load_tokenizer(config)
-  rates = {w: pipeline_rate(config, tok, w, args.batches) for w in (0, 1, 2)}
+  rates = {w: pipeline_rate(config, tok, w, args.batches) for w in workers}
   train = training_rate(config, tok, args.steps)
   print(json.dumps({
       "config": args.config,

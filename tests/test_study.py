@@ -12,7 +12,6 @@ from mmpretrain import cli
 from mmpretrain import config as config_lib
 from mmpretrain.scaling import flops, sweep
 from mmpretrain.study import registry
-from mmpretrain.study.plan import plan
 
 PAPER = ("separation", "granularity", "sparsity", "shared_experts", "progression", "encoders",
          "data_composition", "vqa_data", "world_model_ratio", "isoflop_dense", "isoflop_moe")
@@ -59,17 +58,6 @@ def apply(config, overrides: dict):
     assert name in node, key
     setattr(node, name, value)
   return config
-
-
-@pytest.fixture(scope="module")
-def plans():
-  """Plans built once for the module (each counts its runs' parameters by eval_shape)."""
-  cache = {}
-  def get(name, scale="paper"):
-    if (name, scale) not in cache:
-      cache[name, scale] = plan(registry.experiment(name), scale)
-    return cache[name, scale]
-  return get
 
 
 def test_every_experiment_is_listed_once(capsys):

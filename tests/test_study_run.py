@@ -14,16 +14,6 @@ from test_aot import tpu_compile
 from test_study import result_line, run_main
 
 
-@pytest.fixture(scope="module")
-def plans():
-  cache = {}
-  def get(name, scale="paper"):
-    if (name, scale) not in cache:
-      cache[name, scale] = plan(registry.experiment(name), scale)
-    return cache[name, scale]
-  return get
-
-
 @pytest.mark.parametrize("name, steps", [("data_composition", 1), ("world_model_ratio", 1),
                                          ("separation", 4), ("sparsity", 6)])
 def test_arms_differing_only_in_data_or_mixture_share_a_compile(plans, name, steps):
