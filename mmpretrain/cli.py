@@ -106,8 +106,9 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus sampling mass.")
 _DATASETS = flags.DEFINE_list("datasets", None, "prepare: only these datasets (names in "
                               "config.data.datasets); default: every dataset the config reads.")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "compile, study --compile: the TPU slice, as GCP names it "
-                                "(v5p-128, v5e-16, v6e-256) or generation:shape (v5p:4x4x4).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "compile, study --compile: the TPU slice, "
+                                "as GCP names it (v5p-128, v5e-16, v6e-256) or "
+                                "generation:shape (v5p:4x4x4).")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "compile: slices joined over DCN "
                                    "(config.mesh.dcn_data splits the data axis over them).")
 _REBUILD = flags.DEFINE_boolean("rebuild", False, "prepare: write the datasets anew even where "
